@@ -1,0 +1,61 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Both create the virtual environment and install everything first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+# On machines without CUDA a CPU build of torch is installed before the
+# package, so the consumer extra's torch range is already met and no CUDA
+# build (several GB) is pulled. Override for your site, e.g.
+#   make test TORCH_CPU="torch --index-url <your CPU wheel index>"
+TORCH_CPU ?= torch==2.13.0
+PROFILE ?= profiles/bursty.yaml
+
+.PHONY: all demo test test-fast lint typecheck bench soak system-deps clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "CUDA device found: torch comes with the consumer extra"; \
+	  else \
+	    echo "no CUDA device: installing a CPU build of torch ($(TORCH_CPU))"; \
+	    $(PY) -m pip install -q $(TORCH_CPU); \
+	  fi; \
+	fi
+	$(PY) -m pip install -q -e ".[all]"
+	@touch $(STAMP)
+
+# Debian packages the kernel-shaping and capture tests use (root only; a no-op
+# where they are present).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  need=""; \
+	  command -v tc >/dev/null 2>&1 || need="$$need iproute2"; \
+	  command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
+	  if [ -n "$$need" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need; fi; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/simstream codec demo --profile $(PROFILE)
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check simstream pipeline tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(PY) bench/bench_codec.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

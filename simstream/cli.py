@@ -1,0 +1,129 @@
+"""The ``simstream`` command. Thin: each subcommand lives beside the code it drives
+and is imported only when used, so ``simstream profiles`` works on a node
+without torch."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import click
+
+from simstream.errors import UsageError
+from simstream.profile import (
+    ProfileError,
+    bundled_profiles,
+    dump_profile,
+    find_profile,
+    load_profile,
+    profile_schema,
+)
+
+# subcommand name -> "module:attribute"; imported lazily
+_LAZY = {
+    "emit": "simstream.emitter.cli:emit",
+    "consume": "pipeline.cli:consume",
+    "run": "simstream.runner.cli:run",
+    "investigate": "simstream.runner.cli:investigate",
+    "diagnose": "simstream.diagnose.cli:diagnose",
+    "codec": "simstream.codec_cli:codec",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = set(super().list_commands(ctx))
+        for name, target in _LAZY.items():
+            if importlib.util.find_spec(target.split(":")[0]) is not None:
+                names.add(name)
+        return sorted(names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None or cmd_name not in _LAZY:
+            return cmd
+        module, attr = _LAZY[cmd_name].split(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == module or module.startswith(e.name + ".")):
+                return None
+            raise click.ClickException(
+                f"'{cmd_name}' needs the Python package {e.name!r}; install it "
+                f"(e.g. pip install 'simstream[consumer]')"
+            ) from None
+        return getattr(mod, attr)  # type: ignore[no-any-return]
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="simstream")
+def cli() -> None:
+    """A fake LCLStreamer and a measured GPU consumer, to find why inference starves."""
+
+
+@cli.group()
+def profiles() -> None:
+    """List, show, validate profiles; print their JSON Schema."""
+
+
+@profiles.command("list")
+def profiles_list() -> None:
+    """The bundled profiles, one line each."""
+    for name, path in bundled_profiles().items():
+        try:
+            desc = load_profile(path).description
+        except ProfileError as e:
+            desc = f"INVALID: {e.problems[0]}"
+        click.echo(f"{name:28s} {desc}")
+
+
+@profiles.command("show")
+@click.argument("name")
+def profiles_show(name: str) -> None:
+    """A profile with every default written out (NAME: bundled name or path)."""
+    click.echo(dump_profile(load_profile(find_profile(name))), nl=False)
+
+
+@profiles.command("validate")
+@click.argument("files", nargs=-1, required=True)
+def profiles_validate(files: tuple[str, ...]) -> None:
+    """Validate profile FILES; exit 2 if any is invalid."""
+    bad = 0
+    for f in files:
+        try:
+            load_profile(find_profile(f))
+        except ProfileError as e:
+            bad += 1
+            click.echo(str(e), err=True)
+        else:
+            click.echo(f"{f}: ok")
+    if bad:
+        sys.exit(2)
+
+
+@profiles.command("schema")
+def profiles_schema() -> None:
+    """The profile's JSON Schema, for editors."""
+    click.echo(json.dumps(profile_schema(), indent=2))
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return cli.main(args=argv, prog_name="simstream", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (ProfileError, UsageError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,544 @@
+"""The profile: one YAML file that scripts an experiment.
+
+The key names are a public contract (README, issue tracker, outside checks):
+additions are welcome, renames are not. Units live in the names. A profile is
+validated once, at load; every later stage trusts it.
+
+Errors name the YAML path, the value and what is allowed, e.g.
+``timeline.phases[1].rate_hz: -3 is not >= 0``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "COMPRESSIONS",
+    "DTYPES",
+    "FAULT_KINDS",
+    "Fault",
+    "NetworkConditions",
+    "NetworkOverride",
+    "Phase",
+    "Profile",
+    "ProfileError",
+    "Source",
+    "Stop",
+    "Timeline",
+    "Transport",
+    "bundled_profiles",
+    "dump_profile",
+    "find_profile",
+    "load_profile",
+    "parse_profile",
+    "profile_schema",
+]
+
+DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+)
+COMPRESSIONS = ("none", "gzip", "gzip_with_shuffle", "bitshuffle_lz4", "bitshuffle_zstd")
+FAULT_KINDS = ("reset", "truncate", "corrupt", "stall", "duplicate", "slow_close")
+TRIGGERS = ("at_message", "every_messages", "at_s", "every_s", "probability")
+
+DEFAULT_FIELDS = {
+    "detector_data": "/data/data",
+    "timestamp": "/data/timestamp",
+    "photon_wavelength": "/data/wavelength",
+}
+
+_URL_RE = re.compile(r"^tcp://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.*-]+):(\d{1,5})$")
+
+
+class ProfileError(ValueError):
+    """A profile (or a flag overriding one) is invalid; ``str()`` is the user message."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"invalid profile {source}" if source else "invalid profile"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Source(_Model):
+    """What LCLStreamer would send: batches of detector events."""
+
+    batch_size: int = Field(8, ge=1, description="events per message")
+    shape: list[int] = Field(
+        default_factory=lambda: [1, 512, 512],
+        min_length=1,
+        max_length=4,
+        description="per-event array shape of the detector data",
+    )
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    content: Literal["random", "peaks", "constant", "replay"] = "peaks"
+    replay_path: str | list[str] | None = Field(
+        None, description="HDF5/npz file(s) to replay when content: replay"
+    )
+    format: Literal["hdf5", "npz"] = "hdf5"
+    compression: Literal[COMPRESSIONS] = "none"  # type: ignore[valid-type]
+    compression_level: int = Field(3, ge=0, le=22)
+    fields: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_FIELDS),
+        description="data source name -> dataset path (hdf5) or key (npz)",
+    )
+    total_events: int | None = Field(
+        4000, ge=1, description="per rank; null = endless; a final partial batch is sent"
+    )
+    pool: int | None = Field(
+        None, ge=1, description="pre-encode N batches and cycle them, rewriting per-message fields"
+    )
+    peaks_per_event: int = Field(30, ge=0, description="Bragg-like spots per event (content: peaks)")
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dims(cls, v: list[int]) -> list[int]:
+        for i, d in enumerate(v):
+            if d < 1:
+                raise ValueError(f"shape[{i}] = {d} is not >= 1")
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: dict[str, str]) -> dict[str, str]:
+        if "detector_data" not in v:
+            raise ValueError("must name the detector_data source")
+        seen: dict[str, str] = {}
+        for name, path in v.items():
+            if not name or not path:
+                raise ValueError("field names and paths must be non-empty")
+            if path in seen:
+                raise ValueError(f"{name!r} and {seen[path]!r} share the path {path!r}")
+            seen[path] = name
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Source:
+        if self.content == "replay" and not self.replay_path:
+            raise ValueError("content: replay needs replay_path")
+        if self.compression in ("gzip", "gzip_with_shuffle") and self.compression_level > 9:
+            raise ValueError(f"compression_level {self.compression_level} is not <= 9 for gzip")
+        if self.format == "npz" and self.compression not in ("none", "gzip"):
+            raise ValueError(
+                f"format npz supports compression none or gzip (savez_compressed), "
+                f"not {self.compression!r}"
+            )
+        return self
+
+    @property
+    def event_nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        import numpy as np
+
+        return n * np.dtype(self.dtype).itemsize
+
+
+class Transport(_Model):
+    """How the emitter reaches the consumer (LCLStreamer's BinaryDataStreamingDataHandler)."""
+
+    kind: Literal["zmq", "nng", "tcp"] = "zmq"
+    role: Literal["client", "server"] = Field(
+        "client", description="client = connect (LCLStreamer's usual role) | server = bind"
+    )
+    url: str = "tcp://127.0.0.1:12321"
+    urls: list[str] | None = Field(
+        None, description="several addresses; ranks are spread over them round robin"
+    )
+    sndhwm: int = Field(5, ge=1, description="messages queued for a peer that is not reading")
+    ranks: int = Field(1, ge=1, le=1024, description="independent connections, one per MPI rank")
+    connect_timeout_s: float = Field(30.0, gt=0, description="give up on an unreachable peer")
+    reconnect_backoff_ms: list[float] = Field(
+        default_factory=lambda: [100.0, 5000.0],
+        min_length=2,
+        max_length=2,
+        description="[first, max] reconnect backoff, doubled per attempt",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        _check_url(v)
+        return v
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("urls must not be empty (use null)")
+            for u in v:
+                _check_url(u)
+        return v
+
+    @model_validator(mode="after")
+    def _role_url(self) -> Transport:
+        for u in self.all_urls:
+            host = _URL_RE.match(u).group(1)  # type: ignore[union-attr]
+            if self.role == "client" and host in ("*", "0.0.0.0", "[::]"):
+                raise ValueError(f"role client cannot connect to the wildcard address in {u!r}")
+        return self
+
+    @property
+    def all_urls(self) -> list[str]:
+        return list(self.urls) if self.urls else [self.url]
+
+
+def _check_url(v: str) -> None:
+    m = _URL_RE.match(v)
+    if not m:
+        raise ValueError(f"{v!r} is not a tcp://HOST:PORT address")
+    port = int(m.group(2))
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} in {v!r} is not in 1..65535")
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """``tcp://host:port`` -> (host, port); IPv6 brackets removed."""
+    m = _URL_RE.match(url)
+    if not m:
+        raise ValueError(f"{url!r} is not a tcp://HOST:PORT address")
+    return m.group(1).strip("[]"), int(m.group(2))
+
+
+JitterDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
+
+
+class NetworkConditions(_Model):
+    """Base network conditions; in user space unless kernel shaping is asked for."""
+
+    latency_ms: float = Field(0.0, ge=0, description="one-way delay added before each message")
+    jitter_ms: float = Field(0.0, ge=0, description="spread of the delay (netem's jitter)")
+    jitter_distribution: JitterDistribution = "normal"
+    bandwidth_mbps: float | None = Field(
+        None, gt=0, description="megabits per second (10^6 bit/s); null = uncapped"
+    )
+    bandwidth_scope: Literal["per_rank", "aggregate"] = Field(
+        "per_rank", description="the cap applies to each rank, or to all ranks together"
+    )
+
+
+class NetworkOverride(_Model):
+    """Per-phase overrides of the base network conditions (unset = inherit)."""
+
+    latency_ms: float | None = Field(None, ge=0)
+    jitter_ms: float | None = Field(None, ge=0)
+    jitter_distribution: JitterDistribution | None = None
+    bandwidth_mbps: float | None = Field(None, gt=0)
+
+
+class Phase(_Model):
+    name: str = "steady"
+    duration_s: float | None = Field(
+        None, gt=0, description="null = lasts until the stop condition"
+    )
+    rate_hz: float | None = Field(
+        None, ge=0, description="messages per second per rank; null = as fast as possible"
+    )
+    network: NetworkOverride | None = None
+
+
+class Timeline(_Model):
+    repeat: bool = True
+    phases: list[Phase] = Field(default_factory=lambda: [Phase()], min_length=1)
+
+    @model_validator(mode="after")
+    def _open_ended_last(self) -> Timeline:
+        for i, ph in enumerate(self.phases[:-1]):
+            if ph.duration_s is None:
+                raise ValueError(f"phases[{i}] has no duration_s but is not the last phase")
+        if self.repeat and self.phases[-1].duration_s is None and len(self.phases) > 1:
+            raise ValueError("repeat: true needs a duration_s on every phase")
+        return self
+
+
+class Fault(_Model):
+    """A message- or time-triggered fault.
+
+    Triggers: ``at_message`` (sequence number, per rank), ``every_messages``,
+    ``at_s`` / ``every_s`` (seconds since the start of the run) and
+    ``probability`` (0..1). With only ``probability`` the fault strikes each
+    message with that chance; with another trigger too, each triggering
+    occurrence strikes with that chance.
+    """
+
+    kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    at_message: int | None = Field(None, ge=0)
+    every_messages: int | None = Field(None, ge=1)
+    at_s: float | None = Field(None, ge=0)
+    every_s: float | None = Field(None, gt=0)
+    probability: float | None = Field(None, ge=0, le=1)
+    duration_ms: float | None = Field(
+        None, ge=0, description="stall: silence; slow_close: how long the close takes"
+    )
+    fraction: float | None = Field(
+        None, gt=0, lt=1, description="truncate: share of the message sent before the reset"
+    )
+    nbytes: int | None = Field(None, ge=1, description="corrupt: bytes flipped in the payload")
+    rank: int | None = Field(None, ge=0, description="only this rank; null = every rank")
+
+    @model_validator(mode="after")
+    def _trigger(self) -> Fault:
+        if all(getattr(self, t) is None for t in TRIGGERS):
+            raise ValueError(f"fault {self.kind!r} needs a trigger: one of {', '.join(TRIGGERS)}")
+        if self.kind == "stall" and self.duration_ms is None:
+            raise ValueError("fault 'stall' needs duration_ms")
+        for attr, kinds in (
+            ("fraction", ("truncate",)),
+            ("nbytes", ("corrupt",)),
+            ("duration_ms", ("stall", "slow_close")),
+        ):
+            if getattr(self, attr) is not None and self.kind not in kinds:
+                raise ValueError(f"{attr} does not apply to fault {self.kind!r}")
+        return self
+
+
+class Stop(_Model):
+    messages: int | None = Field(None, ge=1, description="per rank")
+    duration_s: float | None = Field(None, gt=0)
+
+
+class Profile(_Model):
+    name: str
+    description: str = ""
+    seed: int = Field(0, ge=0, description="every random draw derives from this")
+    source: Source = Field(default_factory=Source)
+    transport: Transport = Field(default_factory=Transport)
+    network: NetworkConditions = Field(default_factory=NetworkConditions)
+    timeline: Timeline = Field(default_factory=Timeline)
+    faults: list[Fault] = Field(default_factory=list)
+    stop: Stop = Field(default_factory=Stop)
+    consumer: dict[str, Any] = Field(
+        default_factory=dict, description="read by the consumer side (pipeline/)"
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Profile:
+        for f in self.faults:
+            if f.rank is not None and f.rank >= self.transport.ranks:
+                raise ValueError(
+                    f"a fault names rank {f.rank} but transport.ranks is {self.transport.ranks}"
+                )
+        return self
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Profile:
+        """A new profile with dotted-path overrides (``{"transport.url": ...}``) applied.
+
+        Raises ProfileError naming the flag's path when the result is invalid.
+        """
+        data = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            parts = dotted.split(".")
+            for p in parts[:-1]:
+                node = node[p]
+            node[parts[-1]] = value
+        return parse_profile(data, source="(with command-line overrides)")
+
+
+# --------------------------------------------------------------------------
+# loading and error messages
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v)) if abs(v) < 1e15 else repr(v)
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return repr(v)
+    try:
+        return json.dumps(v, default=str)
+    except (TypeError, ValueError):
+        return repr(v)
+
+
+def _fmt_loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model class found by walking ``loc`` from Profile."""
+    import typing
+
+    model: Any = Profile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        fld = model.model_fields.get(str(part))
+        if fld is None:
+            return None
+        ann = fld.annotation
+        # unwrap Optional[...] and list[...]
+        for _ in range(3):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            origin = typing.get_origin(ann)
+            if origin in (list, typing.Union) or str(origin) == "types.UnionType":
+                models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+                if models:
+                    ann = models[0]
+                    break
+                if args:
+                    ann = args[0]
+            else:
+                break
+        model = ann
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _messages(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        typ = e["type"]
+        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        # pydantic puts union member tags into loc; drop them
+        loc = tuple(x for x in loc if x not in ("str", "list[str]", "int", "float", "none"))
+        path = _fmt_loc(loc)
+        ctx = e.get("ctx") or {}
+        val = e.get("input")
+        if typ == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            allowed = sorted(parent.model_fields) if parent else []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = f"{path}: unknown key"
+            if hint:
+                msg += f" (did you mean {hint[0]!r}?)"
+            if allowed:
+                msg += f"; allowed: {', '.join(allowed)}"
+            out.append(msg)
+        elif typ == "missing":
+            out.append(f"{path}: required key is missing")
+        elif typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=",
+                  "less_than": "<"}[typ]
+            bound = next(iter(ctx.values())) if ctx else "?"
+            out.append(f"{path}: {_fmt_value(val)} is not {op} {_fmt_value(bound)}")
+        elif typ == "literal_error":
+            out.append(f"{path}: {_fmt_value(val)} is not one of {ctx.get('expected', '?')}")
+        elif typ in ("too_short", "too_long"):
+            out.append(f"{path}: {_fmt_value(val)} {e['msg'].lower()}")
+        elif typ == "value_error":
+            msg = str(ctx.get("error", e["msg"]))
+            out.append(f"{path}: {msg}")
+        else:
+            out.append(f"{path}: {_fmt_value(val)} is invalid: {e['msg']}")
+    # one line per problem, in order, without repeats
+    return list(dict.fromkeys(out))
+
+
+def parse_profile(data: Any, source: str | None = None) -> Profile:
+    """Validate an already-loaded mapping. Raises ProfileError."""
+    if not isinstance(data, Mapping):
+        raise ProfileError(
+            [f"(top level): expected a mapping of keys, got {type(data).__name__}"], source
+        )
+    try:
+        return Profile.model_validate(dict(data))
+    except ValidationError as err:
+        raise ProfileError(_messages(err), source) from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate one YAML profile. Raises ProfileError (never a traceback)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError([f"{p}: no such file"], str(p)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError([f"{p}: cannot read: {e}"], str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ProfileError([f"{where}YAML syntax: {problem}"], str(p)) from None
+    return parse_profile(data, source=str(p))
+
+
+def dump_profile(profile: Profile) -> str:
+    """The profile as YAML, every default written out; load(dump(p)) == p."""
+    return yaml.safe_dump(
+        profile.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100
+    )
+
+
+def profile_schema() -> dict[str, Any]:
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "simstream profile"
+    return schema
+
+
+def profiles_dir() -> Path:
+    """The folder of bundled profiles (the repository's ``profiles/``)."""
+    import os
+
+    env = os.environ.get("SIMSTREAM_PROFILES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "profiles"
+
+
+def bundled_profiles() -> dict[str, Path]:
+    """Bundled profile name -> path; hypotheses are named ``hypotheses/NAME``."""
+    root = profiles_dir()
+    out: dict[str, Path] = {}
+    for p in sorted(root.rglob("*.yaml")):
+        out[p.relative_to(root).with_suffix("").as_posix()] = p
+    return out
+
+
+def find_profile(name_or_path: str | Path) -> Path:
+    """A path as given if it exists, else a bundled profile by name. Raises ProfileError."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    bundled = bundled_profiles()
+    key = str(name_or_path).removesuffix(".yaml").removeprefix("profiles/")
+    if key in bundled:
+        return bundled[key]
+    hint = difflib.get_close_matches(key, list(bundled), n=1)
+    more = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise ProfileError(
+        [f"{name_or_path}: no such file or bundled profile{more}; "
+         f"bundled: {', '.join(bundled) or 'none'}"]
+    )
