@@ -1,0 +1,130 @@
+"""Child processes of a run: the consumer and the emitter, started as separate
+programs (each with its own interpreter and GIL, as on a real beamline) and
+always stopped, whatever way the run ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def is_listening(port: int) -> bool:
+    """True when some socket on this host LISTENs on ``port`` (read from /proc, so
+    nothing connects to the consumer just to find out)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 3 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def simstream_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "simstream", *args]
+
+
+class Child:
+    """One child program with its output in a log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def interrupt(self, grace_s: float = 30.0) -> int:
+        """SIGINT (the child finishes and writes its records), then SIGKILL after grace_s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            if self.wait(grace_s) is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            if self.wait(5) is None:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def tail(self, n: int = 15) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Child]]:
+    """Every child appended to the list is stopped on the way out (normal exit,
+    exception, Ctrl-C)."""
+    procs: list[Child] = []
+    try:
+        yield procs
+    finally:
+        for c in reversed(procs):
+            c.stop()
+
+
+def wait_until(pred: object, timeout_s: float, what: str, poll_s: float = 0.05,
+               alive: Child | None = None) -> None:
+    """Poll ``pred()`` until true; raise RuntimeError naming ``what`` on timeout or
+    when ``alive`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        if alive is not None and alive.returncode is not None:
+            raise RuntimeError(
+                f"{alive.name} exited ({alive.returncode}) before {what}:\n{alive.tail()}"
+            )
+        time.sleep(poll_s)
+    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def settled(path: Path, quiet_s: float) -> Iterator[bool]:
+    """A generator answering, each time it is advanced, whether ``path`` has not
+    grown for ``quiet_s`` seconds (the consumer has received everything)."""
+    last_size = -1
+    since = time.monotonic()
+    while True:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = -1
+        if size != last_size:
+            last_size, since = size, time.monotonic()
+        yield time.monotonic() - since >= quiet_s
