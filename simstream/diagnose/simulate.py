@@ -1,0 +1,371 @@
+"""A small discrete-event model of emitter -> network -> consumer that writes
+run directories in the docs/formats.md format, with a bottleneck known by
+construction. Used by the tests, the benchmark and ``simstream diagnose
+--selftest``; it never touches a socket or a clock.
+
+The model, per message i (all times in seconds; one rank):
+
+- emitter: scheduled at ``t_sched[i]`` by a repeating list of phases
+  (``rate_hz`` 0 = a stall, None = as fast as possible); it may start sending
+  only when message ``i - sndhwm - 1`` has been read by the receiver
+  (SNDHWM backpressure); sending takes ``wire_bytes / bandwidth``;
+- network: ``latency_ms`` after the last byte the message can be read;
+- receiver: reads in order; with ``parse_in="receiver"`` it hands messages to
+  ``parser_threads`` workers (at most one waiting per worker), each of which
+  parses then puts into Q1; otherwise the receiver puts the raw bytes itself;
+- Q1: FIFO of ``q1_maxsize``; a put blocks until the item ``maxsize`` places
+  ahead has been taken; put and get each cost ``put_ms`` / ``get_ms``; a get on
+  an empty Q1 wakes on the next ``poll_ms`` tick when polling;
+- inference loop: get, parse when ``parse_in="actor"``, then H2D, compute,
+  D2H on three streams with ``buffers``-way buffering (H2D of buffer b waits
+  for b's previous D2H); the loop reads results ``buffers - 1`` batches late.
+  ``gpu_async=False`` runs the three copies/kernels on the host in turn (a CPU
+  device).
+
+Stage times are drawn log-normally around their means (``jitter`` = sigma)
+from a seeded generator, so a scenario always writes the same directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["SCENARIOS", "Scenario", "SimResult", "simulate", "write_run_dir"]
+
+T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: any Unix time would do
+
+
+@dataclass
+class Scenario:
+    """One simulated experiment. Units are in the names; ``expect`` is the
+    bottleneck built into it (for tests; diagnose never sees it)."""
+
+    name: str = "scenario"
+    duration_s: float = 5.0
+    phases: list[tuple[str, float, float | None]] = field(
+        default_factory=lambda: [("steady", 1.0, 50.0)]
+    )
+    poisson: bool = False
+    bandwidth_mbps: float | None = None
+    latency_ms: float = 0.2
+    nbytes: int = 2 * 1024 * 1024
+    events: int = 8
+    sndhwm: int = 5
+    parse_in: Literal["receiver", "actor", "none"] = "receiver"
+    parse_ms: float = 1.0
+    parser_threads: int = 1
+    put_ms: float = 0.05
+    get_ms: float = 0.05
+    poll_ms: float = 0.0
+    h2d_ms: float = 2.0
+    compute_ms: float = 10.0
+    d2h_ms: float = 1.0
+    gpu_async: bool = True
+    buffers: int = 2
+    q1_maxsize: int = 8
+    sample_interval_ms: float = 10.0
+    jitter: float = 0.05
+    seq: bool = True
+    emit_log: bool = True
+    mode: Literal["socket", "random"] = "socket"
+    gen_ms: float = 0.02
+    seed: int = 0
+    max_messages: int = 200_000
+    expect: str | None = None
+
+
+@dataclass
+class SimResult:
+    """Per-message times (Unix seconds); NaN where a stage does not apply."""
+
+    scenario: Scenario
+    cols: dict[str, np.ndarray]
+    emit: dict[str, np.ndarray] | None
+    phase_names: list[str]
+
+
+def _schedule(sc: Scenario, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Scheduled send times (relative seconds) and phase index, up to duration_s.
+
+    An as-fast-as-possible phase is written as a dense schedule (0.1 ms apart):
+    backpressure, not the schedule, then sets the pace.
+    """
+    times: list[np.ndarray] = []
+    idx: list[np.ndarray] = []
+    t = 0.0
+    total = 0
+    cycle_len = sum(d for _, d, _ in sc.phases)
+    if cycle_len <= 0:
+        raise ValueError("phases need a positive total duration")
+    while t < sc.duration_s and total < sc.max_messages * 2:
+        for k, (_, dur, rate) in enumerate(sc.phases):
+            end = min(t + dur, sc.duration_s)
+            if rate is None:
+                rate = 10_000.0
+            if rate > 0 and end > t:
+                n = int(math.ceil((end - t) * rate)) + 1
+                if sc.poisson:
+                    ts = t + np.cumsum(rng.exponential(1.0 / rate, n))
+                else:
+                    ts = t + np.arange(n) / rate
+                ts = ts[ts < end]
+                times.append(ts)
+                idx.append(np.full(ts.size, k))
+                total += ts.size
+            t += dur
+            if t >= sc.duration_s:
+                break
+    if not times:
+        return np.empty(0), np.empty(0, dtype=int)
+    ts = np.concatenate(times)[: sc.max_messages]
+    return ts, np.concatenate(idx)[: ts.size]
+
+
+def _draw(rng: np.random.Generator, mean_ms: float, n: int, sigma: float) -> np.ndarray:
+    """n log-normal stage times (seconds) with the given mean."""
+    if mean_ms <= 0:
+        return np.zeros(n)
+    if sigma <= 0:
+        return np.full(n, mean_ms / 1e3)
+    return (mean_ms / 1e3) * rng.lognormal(-0.5 * sigma * sigma, sigma, n)
+
+
+def simulate(sc: Scenario) -> SimResult:
+    """Run the model. Pure: the same scenario gives the same result."""
+    rng = np.random.default_rng(sc.seed)
+    if sc.mode == "random":
+        n = min(sc.max_messages, int(sc.duration_s / max(sc.gen_ms / 1e3, 1e-6)) + 1)
+        t_sched = np.arange(n) * (sc.gen_ms / 1e3)
+        phase = np.zeros(n, dtype=int)
+    else:
+        t_sched, phase = _schedule(sc, rng)
+        n = t_sched.size
+    sig = sc.jitter
+    parse_s = _draw(rng, sc.parse_ms, n, sig)
+    put_s = _draw(rng, sc.put_ms, n, sig)
+    get_s = _draw(rng, sc.get_ms, n, sig)
+    h2d_s = _draw(rng, sc.h2d_ms, n, sig)
+    comp_s = _draw(rng, sc.compute_ms, n, sig)
+    d2h_s = _draw(rng, sc.d2h_ms, n, sig)
+    wire_bytes = sc.nbytes + 64
+    send_s = wire_bytes * 8 / (sc.bandwidth_mbps * 1e6) if sc.bandwidth_mbps else wire_bytes / 5e9
+    lat = sc.latency_ms / 1e3
+    poll = sc.poll_ms / 1e3
+    hwm = sc.sndhwm + 1
+    k = max(1, sc.parser_threads)
+    m = max(1, sc.q1_maxsize)
+    nb = max(1, sc.buffers)
+    parse_recv = sc.mode == "socket" and sc.parse_in == "receiver"
+    parse_loop = sc.mode == "socket" and sc.parse_in == "actor"
+    stop = sc.duration_s
+
+    names = ("t_sched", "send_start", "send_end", "blocked", "t_arrival", "parse_start",
+             "parse_end", "put_start", "put_end", "get_start", "get_end", "h2d_start",
+             "h2d_end", "comp_start", "comp_end", "d2h_start", "d2h_end")
+    c = {k_: [0.0] * n for k_ in names}
+    arr, pst, pen = c["t_arrival"], c["parse_start"], c["parse_end"]
+    pus, pue, ges, gee = c["put_start"], c["put_end"], c["get_start"], c["get_end"]
+    hs, he, cs, ce, ds, de = (c["h2d_start"], c["h2d_end"], c["comp_start"], c["comp_end"],
+                              c["d2h_start"], c["d2h_end"])
+    ss, se, bl = c["send_start"], c["send_end"], c["blocked"]
+    loop_free = 0.0
+    prev_send_end = 0.0
+    done = n
+    for i in range(n):
+        ts = float(t_sched[i])
+        if sc.mode == "random":
+            ready = max(ts, pue[i - 1] if i else 0.0)
+            ss[i] = se[i] = ready
+            arr[i] = ready
+        else:
+            free = max(ts, prev_send_end)
+            unblock = arr[i - hwm] if i >= hwm else 0.0
+            start = max(free, unblock)
+            if start > stop:
+                done = i
+                break
+            bl[i] = start - free
+            ss[i] = start
+            se[i] = prev_send_end = start + send_s
+            a = se[i] + lat
+            if i:
+                a = max(a, arr[i - 1])
+            if parse_recv:
+                # a worker's inbox holds one message: read i once i-k-1 started parsing
+                if i > k:
+                    a = max(a, pst[i - k - 1])
+            elif i:
+                a = max(a, pue[i - 1])  # the receiver puts the raw bytes itself
+            arr[i] = a
+        if parse_recv:
+            worker_free = pue[i - k] if i >= k else 0.0
+            pst[i] = max(arr[i], worker_free)
+            pen[i] = pst[i] + parse_s[i]
+            pus[i] = pen[i]
+        else:
+            pus[i] = arr[i]
+        slot = gee[i - m] if i >= m else 0.0
+        pe = max(pus[i], slot) + put_s[i]
+        pue[i] = max(pe, pue[i - 1]) if i else pe
+        # the inference loop
+        gs = loop_free
+        ges[i] = gs
+        if pue[i] <= gs:
+            gee[i] = gs + get_s[i]
+        else:
+            wake = pue[i]
+            if poll > 0:
+                wake = gs + math.ceil((pue[i] - gs) / poll) * poll
+            gee[i] = wake + get_s[i]
+        host = gee[i]
+        if parse_loop:
+            pst[i] = host
+            pen[i] = host + parse_s[i]
+            host = pen[i]
+        if sc.gpu_async:
+            h0 = host
+            if i:
+                h0 = max(h0, he[i - 1])
+            if i >= nb:
+                h0 = max(h0, de[i - nb])
+            hs[i] = h0
+            he[i] = h0 + h2d_s[i]
+            cs[i] = max(he[i], ce[i - 1]) if i else he[i]
+            ce[i] = cs[i] + comp_s[i]
+            ds[i] = max(ce[i], de[i - 1]) if i else ce[i]
+            de[i] = ds[i] + d2h_s[i]
+            lf = host + 5e-5
+            if i >= nb - 1:
+                lf = max(lf, de[i - nb + 1])
+            loop_free = lf
+        else:
+            hs[i] = host
+            he[i] = cs[i] = host + h2d_s[i]
+            ce[i] = ds[i] = cs[i] + comp_s[i]
+            de[i] = ds[i] + d2h_s[i]
+            loop_free = de[i]
+    cols = {k_: np.asarray(v[:done], dtype=np.float64) + T0 for k_, v in c.items()}
+    cols["blocked"] -= T0
+    cols["t_sched"] = t_sched[:done] + T0
+    if not (parse_recv or parse_loop):
+        cols["parse_start"][:] = np.nan
+        cols["parse_end"][:] = np.nan
+    cols["phase"] = phase[:done].astype(np.float64)
+    emit = None
+    if sc.mode == "socket" and sc.emit_log:
+        emit = {"t_sched": cols["t_sched"], "t_first_byte": cols["send_start"],
+                "t_last_byte": cols["send_end"], "blocked_s": cols["blocked"]}
+    return SimResult(sc, cols, emit, [p[0] for p in sc.phases])
+
+
+def _fmt(x: np.ndarray) -> list[str]:
+    return ["" if not np.isfinite(v) else f"{v:.6f}" for v in x.tolist()]
+
+
+def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
+    """Simulate (unless given a result) and write a run directory; returns it."""
+    res = sc if isinstance(sc, SimResult) else simulate(sc)
+    s = res.scenario
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = res.cols
+    n = c["t_arrival"].size
+    idx = np.arange(n)
+    rank = ["0"] * n if s.seq else [""] * n
+    seq = [str(i) for i in range(n)] if s.seq else [""] * n
+    arr = _fmt(c["t_arrival"])
+    with (out / "messages.csv").open("w") as f:
+        f.write("index,rank,seq,nbytes,t_arrival,status,reason\n")
+        f.write("".join(f"{i},{rank[i]},{seq[i]},{s.nbytes},{arr[i]},processed,\n" for i in range(n)))
+    fmt = {k_: _fmt(c[k_]) for k_ in ("parse_start", "parse_end", "put_start", "put_end",
+                                      "get_start", "get_end", "h2d_start", "h2d_end",
+                                      "comp_start", "comp_end", "d2h_start", "d2h_end")}
+    nbuf = max(1, s.buffers)
+    with (out / "batches.csv").open("w") as f:
+        f.write("index,rank,seq,events,nbytes,t_arrival,t_parse_start,t_parse_end,"
+                "t_q1_put_start,t_q1_put_end,t_q1_get_start,t_q1_get_end,buffer,"
+                "t_h2d_start,t_h2d_end,t_compute_start,t_compute_end,t_d2h_start,t_d2h_end\n")
+        f.write("".join(
+            f"{i},{rank[i]},{seq[i]},{s.events},{s.nbytes},{arr[i]},{fmt['parse_start'][i]},"
+            f"{fmt['parse_end'][i]},{fmt['put_start'][i]},{fmt['put_end'][i]},"
+            f"{fmt['get_start'][i]},{fmt['get_end'][i]},{i % nbuf},{fmt['h2d_start'][i]},"
+            f"{fmt['h2d_end'][i]},{fmt['comp_start'][i]},{fmt['comp_end'][i]},"
+            f"{fmt['d2h_start'][i]},{fmt['d2h_end'][i]}\n"
+            for i in range(n)))
+    with (out / "gpu.csv").open("w") as f:
+        f.write("stream,buffer,batch_index,t_start,t_end\n")
+        for stream, a, b in (("h2d", "h2d_start", "h2d_end"), ("compute", "comp_start", "comp_end"),
+                             ("d2h", "d2h_start", "d2h_end")):
+            f.write("".join(f"{stream},{i % nbuf},{i},{x},{y}\n"
+                            for i, x, y in zip(range(n), fmt[a], fmt[b], strict=True)))
+    # Q1 depth sampled on a fixed grid: items put and not yet taken
+    if n:
+        t_lo = float(c["t_arrival"][0])
+        t_hi = float(c["d2h_end"][-1])
+        step = s.sample_interval_ms / 1e3
+        grid = t_lo + np.arange(int((t_hi - t_lo) / step) + 1) * step
+        depth = (np.searchsorted(np.sort(c["put_end"]), grid, side="right")
+                 - np.searchsorted(np.sort(c["get_end"]), grid, side="right"))
+        depth = np.clip(depth, 0, s.q1_maxsize)
+        with (out / "q1.csv").open("w") as f:
+            f.write("t,depth,maxsize\n")
+            f.write("".join(f"{t:.6f},{d},{s.q1_maxsize}\n" for t, d in zip(grid.tolist(), depth.tolist(), strict=True)))
+    else:
+        (out / "q1.csv").write_text("t,depth,maxsize\n")
+    (out / "quarantine").mkdir(exist_ok=True)
+    summary = {
+        "received": n, "processed": n, "quarantined": 0,
+        "lost": 0 if s.seq else None, "duplicated": 0 if s.seq else None,
+        "reordered": 0 if s.seq else None,
+        "mode": s.mode, "simulated": True,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if res.emit is not None:
+        e = res.emit
+        names = res.phase_names
+        ph = c["phase"].astype(int)
+        lines = []
+        for i in range(n):
+            lines.append(json.dumps({
+                "rank": 0, "seq": i, "phase": names[ph[i]] if ph[i] < len(names) else "",
+                "t_sched": round(float(e["t_sched"][i]), 6),
+                "t_first_byte": round(float(e["t_first_byte"][i]), 6),
+                "t_last_byte": round(float(e["t_last_byte"][i]), 6),
+                "nbytes": s.nbytes, "wire_bytes": s.nbytes + 64, "events": s.events,
+                "blocked_s": round(float(e["blocked_s"][i]), 6), "faults": [],
+                "outcome": "delivered", "url": "tcp://127.0.0.1:12321",
+            }))
+        (out / "emit.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
+    (out / "scenario.json").write_text(json.dumps(asdict(s), indent=2))
+    return out
+
+
+# Clear-cut scenarios, one per verdict (and a bursty network one): the
+# selftest and the tests run these.
+SCENARIOS: dict[str, Scenario] = {
+    "network": Scenario(
+        name="network", bandwidth_mbps=80, phases=[("capped", 1.0, None)], compute_ms=20,
+        h2d_ms=2, d2h_ms=1, parse_ms=2, expect="network"),
+    "bursty-network": Scenario(
+        name="bursty-network", phases=[("burst", 1.0, 40.0), ("stall", 1.5, 0.0)],
+        compute_ms=15, parse_ms=1, duration_s=6.0, expect="network"),
+    "parse-in-loop": Scenario(
+        name="parse-in-loop", phases=[("unpaced", 1.0, None)], parse_in="actor", parse_ms=40,
+        compute_ms=3, h2d_ms=1, d2h_ms=0.5, duration_s=4.0, expect="parse"),
+    "parse-receiver": Scenario(
+        name="parse-receiver", phases=[("steady", 1.0, 100.0)], parse_in="receiver",
+        parse_ms=30, parser_threads=1, compute_ms=5, duration_s=4.0, expect="parse"),
+    "queue": Scenario(
+        name="queue", phases=[("steady", 1.0, 400.0)], nbytes=16 * 1024, events=1,
+        parse_ms=0.2, get_ms=4.0, poll_ms=10.0, put_ms=0.3, compute_ms=0.5, h2d_ms=0.1,
+        d2h_ms=0.05, q1_maxsize=64, duration_s=3.0, expect="queue"),
+    "consumer": Scenario(
+        name="consumer", phases=[("steady", 1.0, 60.0)], compute_ms=40, parse_ms=2,
+        duration_s=5.0, expect="consumer"),
+}
