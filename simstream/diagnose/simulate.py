@@ -276,7 +276,6 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     c = res.cols
     n = c["t_arrival"].size
-    idx = np.arange(n)
     rank = ["0"] * n if s.seq else [""] * n
     seq = [str(i) for i in range(n)] if s.seq else [""] * n
     arr = _fmt(c["t_arrival"])

@@ -1,0 +1,93 @@
+"""``simstream diagnose DIR``: re-diagnose a run directory from its measurements."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simstream.errors import UsageError
+
+__all__ = ["diagnose"]
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    con = Console()
+    colour = {"network": "magenta", "parse": "yellow", "queue": "cyan", "consumer": "green"}.get(
+        report["verdict"], "white")
+    ev = report["evidence"]
+    src = ("consumer-side data only (no emit log"
+           + ("" if ev.get("sequence_numbers") else ", no sequence numbers") + ")"
+           if ev.get("consumer_side_only") else "consumer records + emit log")
+    con.print(Panel.fit(
+        f"[bold {colour}]{report['verdict']}[/] (confidence {report['confidence']:.2f})\n"
+        f"[dim]from {src}[/]",
+        title="verdict"))
+    con.print(report["summary"], highlight=False)
+    con.print("[bold]key evidence[/]")
+    for line in report["key_evidence"]:
+        con.print(f"  • {line}", highlight=False)
+    if report["recommendations"]:
+        con.print("[bold]recommendations[/]")
+        for line in report["recommendations"]:
+            con.print(f"  • {line}", highlight=False)
+    con.print("[bold]files[/]")
+    for name in ("report.json", "report.md", "report.html", "trace.json"):
+        if name in report.get("files", {}):
+            con.print(f"  {report['files'][name]}", highlight=False)
+    n_plots = sum(1 for k in report.get("files", {}) if k.startswith("plots/"))
+    if n_plots:
+        con.print(f"  {Path(report['files']['report.json']).parent / 'plots'}/ ({n_plots} plots)", highlight=False)
+
+
+def _selftest(quiet: bool) -> int:
+    from simstream.diagnose.report import diagnose_run
+    from simstream.diagnose.simulate import SCENARIOS, write_run_dir
+
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="simstream-selftest-") as tmp:
+        for name, sc in SCENARIOS.items():
+            d = write_run_dir(sc, Path(tmp) / name)
+            rep = diagnose_run(d, plots=False, trace=False)
+            ok = rep["verdict"] == sc.expect
+            bad += not ok
+            click.echo(f"{'ok ' if ok else 'BAD'} {name:16s} built-in bottleneck {sc.expect:9s} "
+                       f"verdict {rep['verdict']:9s} confidence {rep['confidence']:.2f}")
+    if not quiet:
+        click.echo("selftest " + ("passed" if not bad else f"failed: {bad} wrong verdict(s)"))
+    return 1 if bad else 0
+
+
+@click.command("diagnose")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True, help="print only the verdict line")
+@click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
+@click.option("--no-plots", is_flag=True, help="skip the PNG plots (faster); the reports keep the rest")
+@click.option("--selftest", is_flag=True,
+              help="simulate one run per bottleneck and check the verdicts (no DIR needed)")
+def diagnose(run_dir: Path | None, quiet: bool, as_json: bool, no_plots: bool, selftest: bool) -> None:
+    """Name the bottleneck of a run directory (network, parse, queue or consumer)
+    from its measurements, and write report.json, report.md, report.html,
+    trace.json and plots/ into it. The profile is never read to decide.
+    Exit status 2 when DIR is not a run directory."""
+    if selftest:
+        sys.exit(_selftest(quiet))
+    if run_dir is None:
+        raise UsageError("diagnose needs a run directory (or --selftest)")
+    from simstream.diagnose.report import diagnose_run
+
+    report = diagnose_run(run_dir, plots=not no_plots)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif quiet:
+        click.echo(f"verdict: {report['verdict']} (confidence {report['confidence']:.2f})"
+                   + (" [consumer-side data only]" if report["evidence"].get("consumer_side_only") else ""))
+    else:
+        _print_report(report)

@@ -1,0 +1,369 @@
+"""report.json, report.md and a self-contained report.html (plots embedded as
+base64 PNG, no network access needed), plus the random-vs-socket comparison
+that ``simstream investigate`` asks for (``compare_report``).
+
+``diagnose_run(dir)`` is the one entry point for a run directory: load ->
+evidence -> verdict -> files. It returns the report (the dict written to
+report.json). Raises NotARunDir (exit status 2 on the command line).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simstream.diagnose.evidence import Evidence, compute_evidence, ks_statistic, pct
+from simstream.diagnose.load import RunData, load_run
+from simstream.diagnose.verdict import decide, recommendations, summary_text
+
+__all__ = ["build_report", "compare_report", "diagnose_run", "key_evidence"]
+
+VERDICT_COLOURS = {"network": "#9467bd", "parse": "#8c564b", "queue": "#7f7f7f", "consumer": "#2ca02c"}
+PLOT_TITLES = {
+    "q1_occupancy": "Q1 occupancy over time (30 % and 80 % bands)",
+    "rates": "Producer arrival rate vs consumer processing rate",
+    "gpu_timeline": "GPU timeline (H2D, compute, D2H per buffer) around the longest idle gap",
+    "stages": "Per-batch stage breakdown",
+    "idle_gaps": "GPU idle-gap distribution",
+}
+
+
+def _pc(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.0f} %"
+
+
+def _num(x: Any, unit: str = "", nd: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and not math.isfinite(x):
+        return "n/a"
+    return f"{float(x):.{nd}f}{unit}"
+
+
+def key_evidence(ev: dict[str, Any]) -> list[str]:
+    """The handful of figures shown next to the verdict."""
+    q1 = ev.get("q1") or {}
+    pb = ev.get("per_batch_ms") or {}
+    gaps = ev.get("gpu_idle_gaps") or {}
+    lines = [
+        f"Q1 occupancy: mean {_pc(q1.get('mean_occupancy'))} of {q1.get('maxsize')}; empty "
+        f"{_pc(q1.get('share_empty'))}, under 30 % {_pc(q1.get('share_under_30pct'))}, over 80 % "
+        f"{_pc(q1.get('share_over_80pct'))} of the time",
+        f"arrival rate {_num(ev.get('arrival_rate_bps'), '/s', 1)} vs consumer capacity "
+        f"{_num(ev.get('capacity_bps'), '/s', 1)} (processed {_num(ev.get('throughput_bps'), '/s', 1)})",
+        f"inference loop busy {_pc(ev.get('loop_busy_share'))} (waited on an empty Q1 the rest); "
+        f"receiver-side parser threads busy {_pc(ev.get('upstream_busy_share'))}",
+        f"GPU busy {_pc(ev.get('gpu_busy_any_stream_share'))} (compute {_pc(ev.get('gpu_busy_compute_share'))}); "
+        f"idle gaps p50 {_num(gaps.get('p50_ms'), ' ms')}, p90 {_num(gaps.get('p90_ms'), ' ms')}, "
+        f"max {_num(gaps.get('max_ms'), ' ms')} ({gaps.get('count', 0)} gaps); "
+        f"{_pc(ev.get('gpu_idle_share_waiting_on_empty_q1'))} of idle time waiting on an empty Q1",
+        f"per batch: parse {_num(pb.get('parse'), ' ms')} ({ev.get('parse_location')}), Q1 put+get "
+        f"overhead {_num(pb.get('q1_op_overhead'), ' ms')}, H2D {_num(pb.get('h2d'), ' ms')}, compute "
+        f"{_num(pb.get('compute'), ' ms')}, D2H {_num(pb.get('d2h'), ' ms')}",
+        f"arrival burstiness: inter-arrival CV {_num(ev.get('interarrival_cv'))}; "
+        f"{(ev.get('arrival_long_gaps') or {}).get('count', 0)} long gaps, longest "
+        f"{_num((ev.get('arrival_long_gaps') or {}).get('longest_s'), ' s')}",
+    ]
+    em = ev.get("emitter")
+    if em:
+        lg = em.get("long_gaps") or {}
+        line = (f"emitter: {_num(em.get('emitted_byte_rate_Bps', 0) / 1e6 if em.get('emitted_byte_rate_Bps') else None, ' MB/s')} "
+                f"emitted, achieved/emitted {_num(em.get('achieved_vs_emitted_bytes'))}, sending "
+                f"{_pc(em.get('sending_share'))}, blocked by backpressure {_pc(em.get('blocked_share'))} of its time")
+        if lg:
+            line += (f"; long arrival gaps while the emitter was silent {_pc(lg.get('share_emitter_silent'))}, "
+                     f"blocked {_pc(lg.get('share_emitter_blocked'))}, bytes in flight {_pc(lg.get('share_bytes_in_flight'))}")
+        lines.append(line)
+    else:
+        lines.append("no emit log: verdict from consumer-side data only"
+                     + ("" if ev.get("sequence_numbers") else " (no sequence numbers either)"))
+    return lines
+
+
+def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
+    """The report.json dict."""
+    f = ev.figures
+    verdict, confidence, reasons = decide(f)
+    return {
+        "verdict": verdict,
+        "confidence": confidence,
+        "summary": summary_text(f, verdict, confidence),
+        "reasons": reasons,
+        "key_evidence": key_evidence(f),
+        "recommendations": recommendations(f, verdict),
+        "evidence": f,
+        "data_sources": {**run.sources, "profile_read": False},
+        "run_dir": str(run.root),
+    }
+
+
+def _img_b64(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        out.append((prefix, d))
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+.badge{display:inline-block;padding:.2em .7em;border-radius:.4em;color:#fff;font-weight:bold}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}code,pre{background:#f6f6f6}
+.key li{margin:.2em 0}.muted{color:#777}"""
+
+
+def _html_page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_md(report: dict[str, Any], plots: dict[str, Path], path: Path) -> Path:
+    r = report
+    lines = [
+        f"# Diagnosis: **{r['verdict']}** (confidence {r['confidence']:.2f})",
+        "",
+        r["summary"],
+        "",
+        "## Key evidence",
+        "",
+        *[f"- {x}" for x in r["key_evidence"]],
+        "",
+        "## Why",
+        "",
+        *[f"- {x}" for x in r["reasons"]],
+        "",
+        "## Recommendations",
+        "",
+        *[f"- {x}" for x in r["recommendations"]],
+        "",
+    ]
+    if plots:
+        lines += ["## Plots", ""]
+        for name, p in plots.items():
+            lines += [f"### {PLOT_TITLES.get(name, name)}", "", f"![{name}]({p.relative_to(path.parent).as_posix()})", ""]
+    lines += ["## All evidence", "", "| figure | value |", "| --- | --- |"]
+    lines += [f"| {k} | {v} |" for k, v in _flatten(r["evidence"])]
+    lines += ["", "## Data sources", "", *[f"- {k}: {v}" for k, v in r["data_sources"].items()], ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_html(report: dict[str, Any], plots: dict[str, Path], path: Path) -> Path:
+    r = report
+    e = html.escape
+    colour = VERDICT_COLOURS.get(r["verdict"], "#333")
+    parts = [
+        f"<h1>Diagnosis: <span class=\"badge\" style=\"background:{colour}\">{e(r['verdict'])}</span> "
+        f"<span class=\"muted\">confidence {r['confidence']:.2f}</span></h1>",
+        f"<p>{e(r['summary'])}</p>",
+        "<h2>Key evidence</h2><ul class=\"key\">" + "".join(f"<li>{e(x)}</li>" for x in r["key_evidence"]) + "</ul>",
+        "<h2>Why</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r["reasons"]) + "</ul>",
+        "<h2>Recommendations</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r["recommendations"]) + "</ul>",
+    ]
+    for name, p in plots.items():
+        parts.append(f"<h3>{e(PLOT_TITLES.get(name, name))}</h3><img alt=\"{e(name)}\" src=\"{_img_b64(p)}\">")
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in _flatten(r["evidence"]))
+    parts.append(f"<details><summary>All evidence</summary><table><tr><th>figure</th><th>value</th></tr>{rows}</table></details>")
+    src = "".join(f"<li>{e(k)}: {e(str(v))}</li>" for k, v in r["data_sources"].items())
+    parts.append(f"<details><summary>Data sources</summary><ul>{src}</ul></details>")
+    parts.append("<p class=\"muted\">trace.json in the run directory opens in Perfetto (ui.perfetto.dev).</p>")
+    path.write_text(_html_page(f"simstream diagnosis: {r['verdict']}", "\n".join(parts)))
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def diagnose_run(run_dir: str | Path, *, plots: bool = True, trace: bool = True) -> dict[str, Any]:
+    """Diagnose a run directory and write report.json/.md/.html, trace.json and
+    plots/*.png into it. Returns the report dict. Raises NotARunDir."""
+    t_begin = time.perf_counter()
+    root = Path(run_dir)
+    run = load_run(root)
+    ev = compute_evidence(run)
+    report = build_report(run, ev)
+    plot_files: dict[str, Path] = {}
+    if plots:
+        from simstream.diagnose.plots import write_plots
+
+        plot_files = write_plots(ev, root / "plots")
+    files = {"report.json": root / "report.json", "report.md": root / "report.md",
+             "report.html": root / "report.html"}
+    if trace:
+        from simstream.diagnose.trace import write_trace
+
+        files["trace.json"] = write_trace(ev, root / "trace.json")
+    report["files"] = {k: str(v) for k, v in files.items()} | {
+        f"plots/{p.name}": str(p) for p in plot_files.values()}
+    write_md(report, plot_files, files["report.md"])
+    write_html(report, plot_files, files["report.html"])
+    report["diagnose_seconds"] = round(time.perf_counter() - t_begin, 3)
+    files["report.json"].write_text(json.dumps(report, indent=2, default=_json_default))
+    return report
+
+
+# --------------------------------------------------------------------------
+# random vs socket
+
+
+def _stage_compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    ma, mb = pct(a, 50), pct(b, 50)
+    ks = ks_statistic(a, b)
+    rel = (mb - ma) / ma if ma and mb is not None and ma > 0 else None
+    same = ks is not None and (ks <= 0.2 or (rel is not None and abs(rel) <= 0.10))
+    return {
+        "random_p50_ms": None if ma is None else round(ma * 1e3, 4),
+        "socket_p50_ms": None if mb is None else round(mb * 1e3, 4),
+        "random_p90_ms": None if pct(a, 90) is None else round(pct(a, 90) * 1e3, 4),  # type: ignore[operator]
+        "socket_p90_ms": None if pct(b, 90) is None else round(pct(b, 90) * 1e3, 4),  # type: ignore[operator]
+        "median_change": None if rel is None else round(rel, 4),
+        "ks": None if ks is None else round(ks, 4),
+        "same": bool(same),
+    }
+
+
+def _mean_ms(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.mean() * 1e3) if x.size else 0.0
+
+
+def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Random vs socket side by side: is the buffered inference stage the same in
+    both modes, and where does the socket run lose time? Writes compare.json,
+    compare.md, compare.html and plots/compare_*.png into out_dir; returns the
+    compare.json dict (keys ``answer``, ``summary``, ``same_inference_stage``,
+    ``stages``, ``where_time_goes``, ``gap``, ``random``, ``socket``).
+    Raises NotARunDir for either directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evs: dict[str, Evidence] = {}
+    verdicts: dict[str, dict[str, Any]] = {}
+    for mode, d in (("random", random_dir), ("socket", socket_dir)):
+        run = load_run(d)
+        ev = compute_evidence(run)
+        evs[mode] = ev
+        v, c, _ = decide(ev.figures)
+        f = ev.figures
+        verdicts[mode] = {
+            "run_dir": str(d), "verdict": v, "confidence": c,
+            "throughput_bps": f["throughput_bps"], "capacity_bps": f["capacity_bps"],
+            "gpu_busy_share": f["gpu_busy_any_stream_share"],
+            "q1_mean_occupancy": (f["q1"] or {}).get("mean_occupancy"),
+            "loop_busy_share": f["loop_busy_share"],
+        }
+    stages = {st: _stage_compare(evs["random"].series[st], evs["socket"].series[st])
+              for st in ("h2d", "compute", "d2h")}
+    same = all(s["same"] for s in stages.values())
+
+    def per_batch(ev: Evidence) -> dict[str, float]:
+        s = ev.series
+        cs, ce = s["compute_union"]
+        gaps = cs[1:] - ce[:-1] if cs.size > 1 else np.empty(0)
+        n = max(s["parse"].size, 1)
+        return {
+            "parse_ms": _mean_ms(s["parse"]),
+            "q1_wait_empty_ms": _mean_ms(s["get_wait"]),
+            "q1_get_op_ms": _mean_ms(s["get_over"]),
+            "q1_put_op_ms": _mean_ms(s["put_over"]),
+            "h2d_ms": _mean_ms(s["h2d"]),
+            "compute_ms": _mean_ms(s["compute"]),
+            "d2h_ms": _mean_ms(s["d2h"]),
+            "gpu_idle_per_batch_ms": float(gaps[gaps > 0].sum() * 1e3 / n) if gaps.size else 0.0,
+        }
+
+    where = {m: {k: round(v, 4) for k, v in per_batch(ev).items()} for m, ev in evs.items()}
+    labels = {
+        "parse_ms": "parsing", "q1_wait_empty_ms": "waiting on an empty Q1 (data not there yet)",
+        "q1_get_op_ms": "Q1 get overhead", "q1_put_op_ms": "Q1 put overhead",
+        "h2d_ms": "H2D", "compute_ms": "compute", "d2h_ms": "D2H",
+    }
+    deltas = {k: where["socket"][k] - where["random"][k] for k in labels}
+    gap_key = max(deltas, key=lambda k: deltas[k])
+    thr_r = verdicts["random"]["throughput_bps"] or 0.0
+    thr_s = verdicts["socket"]["throughput_bps"] or 0.0
+    gap = {
+        "stage": gap_key,
+        "description": labels[gap_key],
+        "extra_ms_per_batch": round(deltas[gap_key], 4),
+        "deltas_ms_per_batch": {k: round(v, 4) for k, v in deltas.items()},
+        "throughput_ratio_socket_vs_random": round(thr_s / thr_r, 4) if thr_r else None,
+    }
+    if same:
+        answer = ("Yes: the buffered inference stage is the same in both modes (H2D/compute/D2H "
+                  + ", ".join(f"{k} median {v['random_p50_ms']} vs {v['socket_p50_ms']} ms, KS {v['ks']}"
+                              for k, v in stages.items()) + ").")
+    else:
+        diff = [k for k, v in stages.items() if not v["same"]]
+        answer = ("No: the buffered inference stage differs between the modes in "
+                  + ", ".join(f"{k} (median {stages[k]['random_p50_ms']} vs {stages[k]['socket_p50_ms']} ms, "
+                              f"KS {stages[k]['ks']})" for k in diff) + ".")
+    summary = (
+        f"Socket mode processed {thr_s:.1f} batches/s against {thr_r:.1f}/s in random mode"
+        + (f" ({gap['throughput_ratio_socket_vs_random']:.0%})" if gap["throughput_ratio_socket_vs_random"] else "")
+        + f". The socket run loses most time in {labels[gap_key]}: {deltas[gap_key]:+.2f} ms per batch "
+        f"over random mode. Socket-mode verdict: {verdicts['socket']['verdict']} "
+        f"(confidence {verdicts['socket']['confidence']:.2f}); random mode: {verdicts['random']['verdict']}."
+    )
+    result: dict[str, Any] = {
+        "answer": answer, "summary": summary, "same_inference_stage": same, "stages": stages,
+        "where_time_goes": where, "gap": gap, "random": verdicts["random"], "socket": verdicts["socket"],
+    }
+    from simstream.diagnose.plots import write_compare_plots
+
+    plots = write_compare_plots(evs, out / "plots")
+    result["files"] = {"compare.json": str(out / "compare.json"), "compare.md": str(out / "compare.md"),
+                       "compare.html": str(out / "compare.html")} | {f"plots/{p.name}": str(p) for p in plots.values()}
+    (out / "compare.json").write_text(json.dumps(result, indent=2, default=_json_default))
+
+    md = ["# Random vs socket mode", "", f"**{answer}**", "", summary, "",
+          "## Buffered inference stage", "", "| stage | random p50 | socket p50 | random p90 | socket p90 | KS | same |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    md += [f"| {k} | {v['random_p50_ms']} | {v['socket_p50_ms']} | {v['random_p90_ms']} | {v['socket_p90_ms']} | "
+           f"{v['ks']} | {'yes' if v['same'] else 'no'} |" for k, v in stages.items()]
+    md += ["", "## Where the time goes (mean ms per batch)", "", "| | random | socket | socket - random |",
+           "| --- | --- | --- | --- |"]
+    md += [f"| {labels.get(k, k)} | {where['random'][k]} | {where['socket'][k]} | "
+           f"{where['socket'][k] - where['random'][k]:+.3f} |" for k in where["random"]]
+    md += ["", "## Runs", "", "| | random | socket |", "| --- | --- | --- |"]
+    md += [f"| {k} | {verdicts['random'][k]} | {verdicts['socket'][k]} |" for k in verdicts["random"]]
+    md += ["", "## Plots", ""] + [f"![{n}]({p.relative_to(out).as_posix()})" for n, p in plots.items()] + [""]
+    (out / "compare.md").write_text("\n".join(md))
+
+    e = html.escape
+    trs = "".join(
+        f"<tr><td>{e(k)}</td><td>{v['random_p50_ms']}</td><td>{v['socket_p50_ms']}</td><td>{v['random_p90_ms']}</td>"
+        f"<td>{v['socket_p90_ms']}</td><td>{v['ks']}</td><td>{'yes' if v['same'] else 'no'}</td></tr>"
+        for k, v in stages.items())
+    wrows = "".join(
+        f"<tr><td>{e(labels.get(k, k))}</td><td>{where['random'][k]}</td><td>{where['socket'][k]}</td>"
+        f"<td>{where['socket'][k] - where['random'][k]:+.3f}</td></tr>" for k in where["random"])
+    body = (f"<h1>Random vs socket mode</h1><p><b>{e(answer)}</b></p><p>{e(summary)}</p>"
+            "<h2>Buffered inference stage</h2><table><tr><th>stage</th><th>random p50 ms</th><th>socket p50 ms</th>"
+            f"<th>random p90 ms</th><th>socket p90 ms</th><th>KS</th><th>same</th></tr>{trs}</table>"
+            "<h2>Where the time goes (mean ms per batch)</h2><table><tr><th></th><th>random</th><th>socket</th>"
+            f"<th>socket - random</th></tr>{wrows}</table>"
+            + "".join(f"<h3>{e(n)}</h3><img alt=\"{e(n)}\" src=\"{_img_b64(p)}\">" for n, p in plots.items()))
+    (out / "compare.html").write_text(_html_page("simstream: random vs socket", body))
+    return result
