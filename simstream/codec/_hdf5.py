@@ -1,0 +1,442 @@
+"""HDF5 messages: what LCLStreamer's HDF5BinarySerializer sends, made fast.
+
+One complete HDF5 file per message; one dataset per field at its path, shape
+(B, ...event shape), dtype preserved, chunks (1, ...event shape), the file made
+by h5py with its defaults, as the serializer does.
+
+Encode, uncompressed: for a fixed (paths, event shapes, dtypes, B) the file layout
+never changes, so a template is built once with h5py (chunks allocated at creation,
+never filled), each chunk's byte offset is read back (``get_chunk_info``), and an
+encode is the template's metadata bytes plus the arrays copied to their offsets:
+one pass over the data. A partial last batch is another B, hence another template.
+
+Encode, compressed: h5py with the filter, per message (chunk sizes vary). Datasets
+of one value per event (shape (B,)) stay unfiltered: a filter on a 1..8-byte chunk
+only adds its own header, and unfiltered they sit at fixed offsets, which lets a
+pool of pre-encoded messages get new sequence numbers and timestamps in place
+(see ``Rewriter``).
+
+Decode: h5py parses only the metadata (through a file object that copies nothing
+but what it is asked for) to learn each dataset's chunk offsets, filters, shape
+and dtype. Unfiltered per-event chunks are then read straight from the buffer:
+a zero-copy view when they lie back to back in order, else one copy. When the
+caller passes ``alloc``, data land in its arrays with exactly one copy. Filtered
+data go through h5py/hdf5plugin. A message whose every byte outside its data
+chunks equals an earlier message's is laid out identically, so its parsed layout
+is reused without calling h5py at all.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from simstream.codec._buffers import BufferFile, finish, new_bytes
+from simstream.codec._errors import CodecError
+
+MAGIC = b"\x89HDF\r\n\x1a\n"
+MAX_DECODED_BYTES = 16 << 30  # a message declaring more than this is refused
+_TEMPLATE_CACHE_SIZE = 16
+_LAYOUT_CACHE_SIZE = 8
+_ALIGN = 4096
+_ALIGN_THRESHOLD = 1 << 16
+
+
+def filter_options(compression: str, level: int) -> dict[str, Any]:
+    """h5py ``create_dataset`` keywords for a compression name (LCLStreamer's set).
+
+    Raises ValueError for an unknown name or a level out of range.
+    """
+    if compression == "none":
+        return {}
+    if compression in ("gzip", "gzip_with_shuffle"):
+        if not 0 <= level <= 9:
+            raise ValueError(f"compression_level {level} is not in 0..9 for gzip")
+        return {
+            "compression": "gzip",
+            "compression_opts": level,
+            "shuffle": compression == "gzip_with_shuffle",
+        }
+    if compression in ("bitshuffle_lz4", "bitshuffle_zstd"):
+        import hdf5plugin
+
+        return {"compression": hdf5plugin.Bitshuffle(cname=compression.split("_")[1], clevel=level)}
+    raise ValueError(
+        f"compression {compression!r} is not one of none, gzip, gzip_with_shuffle, "
+        f"bitshuffle_lz4, bitshuffle_zstd"
+    )
+
+
+def _rel(path: str) -> str:
+    return path.strip("/")
+
+
+# ----------------------------------------------------------------------------
+# layout of an encoded message
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where one dataset's data lie in a message.
+
+    ``chunks`` holds (byte offset, nbytes) of each event's chunk, in event order,
+    when the dataset is unfiltered and chunked one event per chunk (or contiguous:
+    then one range); None when the data can only be read through h5py.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[tuple[int, int], ...] | None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def back_to_back(self) -> bool:
+        """Chunks lie in order with no gap: the whole dataset is one byte range."""
+        if not self.chunks:
+            return False
+        start = self.chunks[0][0]
+        pos = start
+        for off, n in self.chunks:
+            if off != pos:
+                return False
+            pos += n
+        return pos - start == self.nbytes
+
+
+def _dataset_layout(dset: h5py.Dataset, buf_len: int) -> DatasetLayout:
+    shape = tuple(int(d) for d in dset.shape)
+    dtype = dset.dtype
+    layout = DatasetLayout(dset.name.strip("/"), shape, dtype, None)
+    if dtype.kind not in "biufc" or dtype.hasobject:
+        return layout  # strings and the like (e.g. a source identifier): h5py reads them
+    nbytes = layout.nbytes
+    if nbytes > MAX_DECODED_BYTES:
+        raise CodecError(
+            f"dataset /{layout.path} declares {nbytes} bytes, more than the "
+            f"{MAX_DECODED_BYTES}-byte guard"
+        )
+    dcpl = dset.id.get_create_plist()
+    kind = dcpl.get_layout()
+    if kind == h5py.h5d.CONTIGUOUS and not dset.external:
+        off = dset.id.get_offset()
+        if off is None or nbytes == 0:
+            return layout
+        return _checked(layout, ((int(off), nbytes),), buf_len)
+    if kind != h5py.h5d.CHUNKED or dcpl.get_nfilters() != 0 or len(shape) == 0:
+        return layout
+    if dset.chunks != (1, *shape[1:]):
+        return layout
+    per_event = nbytes // shape[0] if shape[0] else 0
+    if shape[0] == 0 or per_event == 0:
+        return layout
+    if dset.id.get_num_chunks() != shape[0]:
+        return layout  # some events never written: h5py supplies the fill value
+    found: dict[int, tuple[int, int]] = {}
+
+    def visit(info: Any) -> None:
+        found[int(info.chunk_offset[0])] = (int(info.byte_offset), int(info.size))
+
+    dset.id.chunk_iter(visit)
+    if sorted(found) != list(range(shape[0])):
+        return layout
+    chunks = tuple(found[i] for i in range(shape[0]))
+    for i, (_off, size) in enumerate(chunks):
+        if size != per_event:
+            raise CodecError(
+                f"dataset /{layout.path}: chunk {i} holds {size} bytes, an event needs {per_event}"
+            )
+    return _checked(layout, chunks, buf_len)
+
+
+def _checked(layout: DatasetLayout, chunks: tuple[tuple[int, int], ...], buf_len: int) -> DatasetLayout:
+    for off, n in chunks:
+        if off < 0 or off + n > buf_len:
+            raise CodecError(
+                f"truncated: dataset /{layout.path} has data at bytes {off}..{off + n} "
+                f"of a {buf_len}-byte message"
+            )
+    return DatasetLayout(layout.path, layout.shape, layout.dtype, chunks)
+
+
+def _open(raw: np.ndarray) -> h5py.File:
+    try:
+        return h5py.File(BufferFile(raw), "r")
+    except Exception as e:  # h5py reports corruption as OSError, KeyError, RuntimeError...
+        raise CodecError(f"not a readable HDF5 file: {_short(e)}") from None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
+
+
+def read_layouts(fh: h5py.File, buf_len: int) -> dict[str, DatasetLayout]:
+    """Every dataset's layout, by path relative to the root. Raises CodecError."""
+    names: list[str] = []
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            names.append(name)
+
+    try:
+        fh.visititems(visit)
+        return {n: _dataset_layout(fh[n], buf_len) for n in names}
+    except CodecError:
+        raise
+    except Exception as e:
+        raise CodecError(f"corrupt HDF5 metadata: {_short(e)}") from None
+
+
+def _gaps(ranges: Sequence[tuple[int, int]], total: int) -> list[tuple[int, int]]:
+    """(start, end) of the bytes in [0, total) not covered by ``ranges`` (offset, n)."""
+    out = []
+    pos = 0
+    for off, n in sorted(ranges):
+        if off > pos:
+            out.append((pos, off))
+        pos = max(pos, off + n)
+    if pos < total:
+        out.append((pos, total))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# encode
+
+
+@dataclass
+class _Template:
+    image: np.ndarray  # uint8, the whole file with zeroed data
+    meta: list[tuple[int, int]]  # byte ranges that are not data
+    layouts: list[DatasetLayout]  # in the order of the spec
+
+
+_templates: OrderedDict[tuple[Any, ...], _Template] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _build_template(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> _Template:
+    with io.BytesIO() as b:
+        # Large chunks start on a page boundary: the copy into a fresh message then
+        # runs ~1.5x faster than at an arbitrary offset (measured; see BENCHMARKS.md).
+        # Only padding changes; any HDF5 reader reads the file the same way.
+        with h5py.File(
+            b, "w", alignment_threshold=_ALIGN_THRESHOLD, alignment_interval=_ALIGN
+        ) as fh:
+            for path, shape, dtype in spec:
+                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+                # every chunk gets its address now, so offsets are final; no fill
+                # pass, the encoder writes each data byte once
+                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+                d = fh.create_dataset(
+                    path, shape=shape, dtype=np.dtype(dtype), chunks=(1, *shape[1:]), dcpl=dcpl
+                )
+                d[...] = 0  # the file image then holds every allocated byte
+        image = np.frombuffer(b.getvalue(), dtype=np.uint8)
+    with _open(image) as fh:
+        layouts = read_layouts(fh, len(image))
+    ordered = [layouts[_rel(p)] for p, _s, _d in spec]
+    ranges: list[tuple[int, int]] = []
+    for lay in ordered:
+        if lay.chunks is None:
+            raise RuntimeError(f"template dataset /{lay.path} has no fixed chunk offsets")
+        ranges.extend(lay.chunks)
+    return _Template(image, _gaps(ranges, len(image)), ordered)
+
+
+def template(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> _Template:
+    """The cached template for (path, shape, dtype.str) of each dataset."""
+    with _lock:
+        t = _templates.get(spec)
+        if t is not None:
+            _templates.move_to_end(spec)
+            return t
+    t = _build_template(spec)
+    with _lock:
+        _templates[spec] = t
+        while len(_templates) > _TEMPLATE_CACHE_SIZE:
+            _templates.popitem(last=False)
+    return t
+
+
+def _write_dataset(out: np.ndarray, lay: DatasetLayout, arr: np.ndarray) -> None:
+    src = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    assert lay.chunks is not None
+    if lay.back_to_back:
+        off = lay.chunks[0][0]
+        out[off : off + src.size] = src
+        return
+    pos = 0
+    for off, n in lay.chunks:
+        out[off : off + n] = src[pos : pos + n]
+        pos += n
+
+
+def encode(
+    items: Sequence[tuple[str, np.ndarray]], compression: str, level: int
+) -> bytes:
+    """One HDF5 message from (dataset path, array) pairs of one batch."""
+    opts = filter_options(compression, level)
+    if not opts:
+        spec = tuple((p, tuple(a.shape), a.dtype.str) for p, a in items)
+        t = template(spec)
+        buf, out = new_bytes(len(t.image))
+        for start, end in t.meta:
+            out[start:end] = t.image[start:end]
+        for lay, (_p, a) in zip(t.layouts, items, strict=True):
+            _write_dataset(out, lay, a)
+        return finish(buf)
+    with io.BytesIO() as b:
+        with h5py.File(b, "w") as fh:
+            for path, a in items:
+                fh.create_dataset(
+                    path,
+                    shape=a.shape,
+                    dtype=a.dtype,
+                    chunks=(1, *a.shape[1:]),
+                    data=a,
+                    **(opts if a.ndim > 1 else {}),
+                )
+        return b.getvalue()
+
+
+# ----------------------------------------------------------------------------
+# decode
+
+
+@dataclass
+class _Seen:
+    layouts: dict[str, DatasetLayout]
+    meta: list[tuple[int, int, bytes]]  # (start, end, bytes) outside data chunks
+
+
+_seen: OrderedDict[int, list[_Seen]] = OrderedDict()
+
+
+def _remember(raw: np.ndarray, layouts: dict[str, DatasetLayout]) -> None:
+    ranges = [c for lay in layouts.values() for c in (lay.chunks or ())]
+    meta = [(s, e, raw[s:e].tobytes()) for s, e in _gaps(ranges, len(raw))]
+    if sum(e - s for s, e, _b in meta) > (1 << 20):
+        return  # metadata this large is not worth comparing on every message
+    with _lock:
+        entries = _seen.setdefault(len(raw), [])
+        entries.insert(0, _Seen(layouts, meta))
+        del entries[2:]
+        _seen.move_to_end(len(raw))
+        while len(_seen) > _LAYOUT_CACHE_SIZE:
+            _seen.popitem(last=False)
+
+
+def _recall(raw: np.ndarray) -> dict[str, DatasetLayout] | None:
+    with _lock:
+        entries = list(_seen.get(len(raw), ()))
+    for entry in entries:
+        if all(raw[s:e].tobytes() == b for s, e, b in entry.meta):
+            return entry.layouts
+    return None
+
+
+Alloc = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+
+
+def _target(alloc: Alloc, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    out = alloc(shape, dtype)
+    if (
+        not isinstance(out, np.ndarray)
+        or tuple(out.shape) != shape
+        or out.dtype != dtype
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise ValueError(
+            f"alloc({shape}, {dtype}) must return a writable C-contiguous array of that "
+            f"shape and dtype, got {getattr(out, 'shape', type(out).__name__)} "
+            f"{getattr(out, 'dtype', '')}"
+        )
+    return out
+
+
+def _from_chunks(raw: np.ndarray, lay: DatasetLayout, alloc: Alloc | None) -> np.ndarray:
+    assert lay.chunks is not None
+    if lay.back_to_back and alloc is None:
+        off = lay.chunks[0][0]
+        return raw[off : off + lay.nbytes].view(lay.dtype).reshape(lay.shape)
+    out = _target(alloc, lay.shape, lay.dtype) if alloc else np.empty(lay.shape, lay.dtype)
+    flat = out.reshape(-1).view(np.uint8)
+    pos = 0
+    for off, n in lay.chunks:
+        flat[pos : pos + n] = raw[off : off + n]
+        pos += n
+    return out
+
+
+def decode(
+    raw: np.ndarray, wanted: Mapping[str, str] | None, alloc: Alloc | None
+) -> dict[str, np.ndarray]:
+    """Decode an HDF5 message held in ``raw`` (uint8). ``wanted``: key -> dataset path."""
+    layouts = _recall(raw)
+    fh = None
+    try:
+        if layouts is None:
+            fh = _open(raw)
+            layouts = read_layouts(fh, len(raw))
+            if all(lay.chunks is not None for lay in layouts.values()):
+                _remember(raw, layouts)
+        if wanted is None:
+            wanted = {p: p for p in layouts}
+        out: dict[str, np.ndarray] = {}
+        for key, path in wanted.items():
+            lay = layouts.get(_rel(path))
+            if lay is None:
+                have = ", ".join("/" + p for p in layouts) or "none"
+                raise CodecError(f"missing field {key!r}: no dataset at /{_rel(path)} (has: {have})")
+            if lay.chunks is not None:
+                out[key] = _from_chunks(raw, lay, alloc)
+                continue
+            if fh is None:
+                fh = _open(raw)
+            out[key] = _read_h5py(fh, lay, alloc)
+        _check_batch(out)
+        return out
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _read_h5py(fh: h5py.File, lay: DatasetLayout, alloc: Alloc | None) -> np.ndarray:
+    dset = fh[lay.path]
+    if lay.dtype.kind not in "biufc" or lay.dtype.hasobject:
+        try:
+            return np.asarray(dset[()])
+        except Exception as e:
+            raise CodecError(f"dataset /{lay.path} cannot be read: {_short(e)}") from None
+    out = _target(alloc, lay.shape, lay.dtype) if alloc else np.empty(lay.shape, lay.dtype)
+    try:
+        if out.size:
+            dset.read_direct(out)
+    except Exception as e:
+        raise CodecError(f"dataset /{lay.path} cannot be read: {_short(e)}") from None
+    return out
+
+
+def _check_batch(out: Mapping[str, np.ndarray]) -> None:
+    depths = {}
+    for key, a in out.items():
+        if a.ndim == 0:
+            raise CodecError(f"field {key!r} is a scalar, not a batch (B, ...)")
+        depths[key] = a.shape[0]
+    if len(set(depths.values())) > 1:
+        detail = ", ".join(f"{k}: {v}" for k, v in depths.items())
+        raise CodecError(f"shape mismatch: fields disagree on the batch size ({detail})")
