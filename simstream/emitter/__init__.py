@@ -1,0 +1,14 @@
+"""``simstream emit``: the fake LCLStreamer.
+
+Layout: ``engine`` (trio tasks per rank: scheduler -> SNDHWM channel -> writer),
+``log`` (the emit log, docs/formats.md), ``progress`` (live display and
+summary), ``cli`` (the click command), ``receiver`` (a small pyzmq PULL
+receiver for the loopback demo). The maths it runs on lives in
+``simstream.timing`` and ``simstream.schedule``; the faults in
+``simstream.faults``.
+"""
+
+from simstream.emitter.engine import EmitResult, RankStats, run_emitter
+from simstream.emitter.log import EmitLog, read_log
+
+__all__ = ["EmitLog", "EmitResult", "RankStats", "read_log", "run_emitter"]

@@ -1,0 +1,425 @@
+"""The emitter engine: trio tasks around the pure schedule, one pair per rank.
+
+Per rank, a *scheduler* task walks :class:`simstream.schedule.Schedule`: it
+builds each message ahead of time, sleeps until its planned time, applies its
+faults and puts it into a memory channel of capacity ``transport.sndhwm``
+(LCLStreamer's SNDHWM: at most that many messages queued for a peer that is
+not reading; then the producer waits, and the wait is recorded as
+``blocked_s``). A *writer* task takes from the channel and sends through the
+transport, paced by the token bucket (per rank, or one shared by all ranks).
+
+Nothing is forgotten: every attempt ends in one record (``delivered``,
+``cut`` or ``lost``), including messages in flight or still queued when the
+run is stopped (Ctrl-C, a drain timeout) or when the peer disconnects.
+
+Times: trio's clock drives sleeping (virtual in tests, with MockClock);
+records carry ``wall_clock()`` Unix seconds (``simstream.clock.now``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from simstream import clock
+from simstream.faults import Attempt
+from simstream.profile import Profile
+from simstream.schedule import PlannedSend, Schedule
+from simstream.timing import TokenBucket, chunk_and_burst, mbps_to_bytes_per_s
+
+__all__ = [
+    "EmitResult",
+    "RankStats",
+    "SenderFactory",
+    "default_message_factory",
+    "default_sender_factory",
+    "run_emitter",
+]
+
+#: chunk size handed to the transport when no cap applies (bytes)
+UNCAPPED_CHUNK_BYTES = 1 << 20
+
+Record = dict[str, Any]
+Gate = Callable[[int], Awaitable[None]]
+
+
+class SenderFactory(Protocol):
+    """Opens one connection: ``async with factory(kind, role, url, ...) as sender``."""
+
+    def __call__(self, kind: str, role: str, url: str, *, connect_timeout_s: float,
+                 backoff_ms: tuple[float, float],
+                 on_event: Callable[..., None] | None) -> Any: ...
+
+
+def default_sender_factory(kind: str, role: str, url: str, *, connect_timeout_s: float,
+                           backoff_ms: tuple[float, float],
+                           on_event: Callable[..., None] | None) -> Any:
+    """The real transport (``simstream.transport.open_sender``), imported when used."""
+    from simstream.transport import open_sender
+
+    return open_sender(kind, role, url, connect_timeout_s=connect_timeout_s,
+                       backoff_ms=backoff_ms, on_event=on_event)
+
+
+def default_message_factory(profile: Profile, rank: int) -> Any:
+    """The real payloads (``simstream.payload.MessageFactory``), imported when used."""
+    from simstream.payload import MessageFactory
+
+    return MessageFactory(profile.source, rank=rank, seed=profile.seed)
+
+
+@contextlib.asynccontextmanager
+async def _open(factory_result: Any) -> AsyncIterator[Any]:
+    """Accept either an async context manager or a coroutine returning a sender."""
+    if hasattr(factory_result, "__aenter__"):
+        async with factory_result as sender:
+            yield sender
+        return
+    sender = await factory_result
+    try:
+        yield sender
+    finally:
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await sender.close()
+
+
+@dataclass
+class RankStats:
+    """Running totals of one rank (what the progress display and summary show)."""
+
+    rank: int
+    url: str
+    delivered: int = 0
+    cut: int = 0
+    lost: int = 0
+    nbytes: int = 0
+    wire_bytes: int = 0
+    blocked_s: float = 0.0
+    phase: str = ""
+    queued: int = 0
+    planned_end: str | None = None
+
+    @property
+    def attempts(self) -> int:
+        return self.delivered + self.cut + self.lost
+
+
+@dataclass
+class EmitResult:
+    ranks: list[RankStats]
+    t_start: float  # wall clock, Unix seconds
+    t_end: float
+    interrupted: bool = False
+    records: int = 0
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(0.0, self.t_end - self.t_start)
+
+    def total(self, attr: str) -> float:
+        return sum(getattr(r, attr) for r in self.ranks)
+
+
+@dataclass
+class _Item:
+    planned: PlannedSend
+    attempt: Attempt
+    blocked_s: float
+    events: int
+
+
+@dataclass
+class _Run:
+    """Shared state of one run."""
+
+    profile: Profile
+    t0: float  # trio time of the schedule's zero
+    unix0: float  # wall clock at t0
+    wall_clock: Callable[[], float]
+    emit: Callable[[Record], None]
+    stats: list[RankStats]
+    buckets: dict[int, TokenBucket] = field(default_factory=dict)
+    notes: list[tuple[int, str]] = field(default_factory=list)
+
+    def bucket(self, rank: int, rate: float, burst: int) -> TokenBucket:
+        key = -1 if self.profile.network.bandwidth_scope == "aggregate" else rank
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = TokenBucket(rate, burst, t0=trio.current_time())
+        else:
+            b.set_rate(trio.current_time(), rate)
+            if burst > b.burst:
+                b.burst = float(burst)
+        return b
+
+
+def _record(run: _Run, item: _Item, url: str, *, outcome: str, t_first: float | None = None,
+            t_last: float | None = None, wire_bytes: int = 0, socket_wait_s: float = 0.0,
+            ) -> Record:
+    p = item.planned
+    return {
+        "rank": p.rank,
+        "seq": p.seq,
+        "phase": p.phase,
+        "t_sched": run.unix0 + p.t_sched,
+        "t_first_byte": t_first,
+        "t_last_byte": t_last,
+        "nbytes": item.attempt.nbytes,
+        "wire_bytes": int(wire_bytes),
+        "events": item.events,
+        "blocked_s": round(item.blocked_s + (socket_wait_s or 0.0), 9),
+        "faults": p.fault_names,
+        "outcome": outcome,
+        "url": url,
+    }
+
+
+def _make_gate(run: _Run, rank: int, mbps: float | None) -> tuple[Gate | None, int]:
+    """The token-bucket gate for one message (None when uncapped) and its chunk size."""
+    if mbps is None:
+        return None, UNCAPPED_CHUNK_BYTES
+    rate = mbps_to_bytes_per_s(mbps)
+    chunk = chunk_and_burst(rate)
+
+    async def gate(nbytes: int) -> None:
+        bucket = run.bucket(rank, rate, chunk)
+        now = trio.current_time()
+        t = now
+        left = nbytes
+        # a piece larger than the burst (framing + chunk) is booked in burst-sized parts
+        while left > 0:
+            part = min(left, bucket.burst)
+            t = bucket.reserve(now, part)
+            left -= part
+        if t > now:
+            await trio.sleep_until(t)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    return gate, chunk
+
+
+async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
+                     send_ch: trio.MemorySendChannel[_Item], *, in_thread: bool,
+                     log_lost: Callable[[_Item], None]) -> None:
+    stats = run.stats[rank]
+    sched = Schedule(run.profile, rank)
+    stop_s = run.profile.stop.duration_s
+    message: Any = None
+    async with send_ch:
+        while True:
+            planned = sched.next(trio.current_time() - run.t0)
+            if planned is None:
+                break
+            # build the message before its time comes, so encoding is not on the clock
+            if message is None or message.seq != planned.seq:
+                if in_thread:
+                    message = await trio.to_thread.run_sync(make_message, planned.seq)
+                else:
+                    message = make_message(planned.seq)
+            await trio.sleep_until(run.t0 + planned.t_sched)
+            attempt = Attempt(message.payload)
+            for f in planned.faults:
+                attempt = f.apply(attempt)
+            item = _Item(planned, attempt, 0.0, int(message.events))
+            stats.phase = planned.phase
+            t_put = trio.current_time()
+            # a producer blocked on a peer that does not read gives up at the stop time
+            give_up = math.inf if stop_s is None else max(run.t0 + stop_s, t_put)
+            queued = False
+            try:
+                with trio.move_on_at(give_up):
+                    await send_ch.send(item)
+                    queued = True
+            finally:
+                item.blocked_s = trio.current_time() - t_put
+                if not queued:
+                    log_lost(item)
+            if not queued:
+                stats.planned_end = "blocked at stop"
+                return
+            stats.queued = send_ch.statistics().current_buffer_used
+        stats.planned_end = sched.end_reason
+        if sched.end_reason in ("duration", "silent") and stop_s is not None:
+            # the run lasts its whole duration, silent tail included
+            await trio.sleep_until(run.t0 + stop_s)
+
+
+async def _writer(run: _Run, rank: int, url: str, sender: Any,
+                  recv_ch: trio.MemoryReceiveChannel[_Item]) -> None:
+    stats = run.stats[rank]
+    t_idle = trio.current_time()  # when the previous attempt finished (trio time)
+    current: _Item | None = None
+    async with recv_ch:
+        try:
+            async for item in recv_ch:
+                current = item
+                await _send_one(run, rank, url, sender, item, stats, t_idle)
+                current = None
+                t_idle = trio.current_time()
+        finally:
+            # stopped (Ctrl-C, drain timeout): what was in flight or queued is lost, and said so
+            if current is not None:
+                run.emit(_record(run, current, url, outcome="lost"))
+                stats.lost += 1
+            while True:
+                try:
+                    left = recv_ch.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                run.emit(_record(run, left, url, outcome="lost"))
+                stats.lost += 1
+            stats.queued = 0
+
+
+async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
+                    stats: RankStats, t_idle: float) -> None:
+    """One attempt: wait for its time (and any stall), send, record, then act on faults."""
+    att = item.attempt
+    start = run.t0 + item.planned.t_sched
+    if att.silence_s:
+        start = max(start, t_idle + att.silence_s)
+    if start > trio.current_time():
+        await trio.sleep_until(start)
+    gate, chunk = _make_gate(run, rank, item.planned.bandwidth_mbps)
+    cut = att.cut_after_bytes()
+    try:
+        report = await sender.send_message(
+            att.payload, gate=gate, chunk_bytes=chunk, cut_after_bytes=cut)
+    except trio.Cancelled:
+        raise
+    except Exception as e:  # a disconnect: this message is lost, the transport reconnects
+        run.emit(_record(run, item, url, outcome="lost"))
+        stats.lost += 1
+        _note_error(run, rank, e)
+        return
+    outcome = str(getattr(report, "outcome", "delivered"))
+    if outcome not in ("delivered", "cut", "lost"):
+        outcome = "lost"
+    if cut is not None and outcome == "delivered":
+        # the transport did not cut: still a faulted attempt, not a clean delivery
+        outcome = "cut"
+    # t_last_byte only for a completed message (docs/formats.md)
+    rec = _record(run, item, url, outcome=outcome, t_first=report.t_first_byte,
+                  t_last=report.t_last_byte if outcome == "delivered" else None,
+                  wire_bytes=report.wire_bytes, socket_wait_s=report.socket_wait_s)
+    run.emit(rec)
+    stats.nbytes += att.nbytes if outcome == "delivered" else 0
+    stats.wire_bytes += int(report.wire_bytes or 0)
+    stats.blocked_s += rec["blocked_s"]
+    setattr(stats, outcome, getattr(stats, outcome) + 1)
+    if outcome == "cut":
+        await sender.reset()
+    if att.close_s is not None:
+        await sender.close(delay_s=att.close_s)
+        await sender.reconnect()
+
+
+def _note_error(run: _Run, rank: int, err: BaseException) -> None:
+    if len(run.notes) < 100:  # bounded: a flapping peer must not grow memory
+        run.notes.append((rank, repr(err)))
+
+
+async def run_emitter(
+    profile: Profile,
+    *,
+    sender_factory: SenderFactory | Callable[..., Any] = default_sender_factory,
+    message_factory: Callable[[Profile, int], Any] = default_message_factory,
+    on_record: Callable[[Record], None] | None = None,
+    on_event: Callable[..., None] | None = None,
+    wall_clock: Callable[[], float] = clock.now,
+    drain_timeout_s: float | None = 10.0,
+    messages_in_thread: bool = True,
+    stats_out: list[RankStats] | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> EmitResult:
+    """Run the profile's emitter to its stop condition; return the per-rank totals.
+
+    ``sender_factory(kind, role, url, connect_timeout_s=, backoff_ms=, on_event=)``
+    opens one connection per rank (an async context manager or a coroutine).
+    ``message_factory(profile, rank)`` returns an object with ``.message(seq)``
+    giving ``.seq``, ``.events``, ``.payload``. ``on_record`` receives every
+    emit-log record as the attempt ends. ``drain_timeout_s``: after the
+    schedule ends, how long queued messages may take to go before they are
+    logged as lost (None: wait for ever). ``stats_out``: a list filled with the
+    live :class:`RankStats` (for a progress display).
+
+    Raises what opening a connection raises (the transport's ConnectTimeout,
+    AddressInUse); cancellation (Ctrl-C) ends the run with every attempt
+    recorded, then propagates.
+    """
+    tp = profile.transport
+    urls = tp.all_urls
+    stats = [RankStats(rank=r, url=urls[r % len(urls)]) for r in range(tp.ranks)]
+    if stats_out is not None:
+        stats_out[:] = stats
+    records = 0
+
+    def emit(rec: Record) -> None:
+        nonlocal records
+        records += 1
+        if on_record is not None:
+            on_record(rec)
+
+    async with contextlib.AsyncExitStack() as stack:
+        senders = []
+        for st in stats:
+            cm = sender_factory(tp.kind, tp.role, st.url,
+                                connect_timeout_s=tp.connect_timeout_s,
+                                backoff_ms=(float(tp.reconnect_backoff_ms[0]),
+                                            float(tp.reconnect_backoff_ms[1])),
+                                on_event=on_event)
+            senders.append(await stack.enter_async_context(_open(cm)))
+        run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats)
+        task_status.started(run.unix0)
+        result = EmitResult(stats, run.unix0, run.unix0)
+        try:
+            async with trio.open_nursery() as nursery:
+                for st, sender in zip(stats, senders, strict=True):
+                    nursery.start_soon(_rank_pair, run, st.rank, st.url, sender,
+                                       message_factory, messages_in_thread, drain_timeout_s)
+        except trio.Cancelled:
+            result.interrupted = True
+            raise
+        finally:
+            result.t_end = wall_clock()
+            result.records = records
+    return result
+
+
+async def _rank_pair(run: _Run, rank: int, url: str, sender: Any,
+                     message_factory: Callable[[Profile, int], Any], in_thread: bool,
+                     drain_timeout_s: float | None) -> None:
+    factory = message_factory(run.profile, rank)
+    send_ch, recv_ch = trio.open_memory_channel[_Item](run.profile.transport.sndhwm)
+
+    def log_lost(item: _Item) -> None:
+        run.emit(_record(run, item, url, outcome="lost"))
+        run.stats[rank].lost += 1
+
+    async with trio.open_nursery() as nursery:
+        writer_scope = trio.CancelScope()
+
+        async def writer() -> None:
+            with writer_scope:
+                await _writer(run, rank, url, sender, recv_ch)
+
+        nursery.start_soon(writer)
+        await _scheduler(run, rank, factory.message, send_ch, in_thread=in_thread,
+                         log_lost=log_lost)
+        # the schedule is over: queued messages still go, within the drain timeout
+        if drain_timeout_s is not None:
+            writer_scope.deadline = trio.current_time() + drain_timeout_s
+
+
+def expected_messages(profile: Profile) -> float:
+    """Messages per rank the stop conditions allow (inf when endless), for progress bars."""
+    from simstream.schedule import messages_per_rank
+
+    n, _ = messages_per_rank(profile)
+    return math.inf if n is None else float(n)
