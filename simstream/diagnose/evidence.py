@@ -289,10 +289,20 @@ def compute_evidence(run: RunData) -> Evidence:
     f["upstream_busy_share"] = _r(u_up)
 
     # --- GPU timeline
-    cs, ce = _clip(*interval_union(B["t_compute_start"], B["t_compute_end"]), t_start, t_end)
+    g = run.gpu
+    if g is not None and g.get("t_start", np.empty(0)).size and "stream" in g:
+        # gpu.csv is the GPU's own record (it may hold intervals no batch row has)
+        is_c = g["stream"] == 1
+        c_s, c_e = g["t_start"][is_c] - t0, g["t_end"][is_c] - t0
+        all_s, all_e = g["t_start"] - t0, g["t_end"] - t0
+        f["gpu_source"] = "gpu.csv"
+    else:
+        c_s, c_e = B["t_compute_start"], B["t_compute_end"]
+        all_s = np.concatenate([B["t_h2d_start"], B["t_compute_start"], B["t_d2h_start"]])
+        all_e = np.concatenate([B["t_h2d_end"], B["t_compute_end"], B["t_d2h_end"]])
+        f["gpu_source"] = "batches.csv"
+    cs, ce = _clip(*interval_union(c_s, c_e), t_start, t_end)
     busy_c = _measure(cs, ce)
-    all_s = np.concatenate([B["t_h2d_start"], B["t_compute_start"], B["t_d2h_start"]])
-    all_e = np.concatenate([B["t_h2d_end"], B["t_compute_end"], B["t_d2h_end"]])
     as_, ae = _clip(*interval_union(all_s, all_e), t_start, t_end)
     f["gpu_busy_compute_share"] = _r(busy_c / span)
     f["gpu_busy_any_stream_share"] = _r(_measure(as_, ae) / span)

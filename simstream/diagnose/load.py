@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +36,6 @@ BATCH_COLUMNS = (
 )
 STREAMS = ("h2d", "compute", "d2h")
 
-# An empty cell: between two commas, or at either end of a line.
-_EMPTY_CELL = re.compile(r"(?<=,)(?=,|\r?$)|^(?=,)", re.M)
 
 
 class NotARunDir(UsageError):
@@ -70,26 +67,39 @@ class RunData:
         return seq is not None and bool(np.isfinite(seq).any())
 
 
+def _fill_empty(body: str) -> str:
+    """Write NaN into empty cells (plain str.replace: far faster than a regex)."""
+    body = body.replace(",,", ",nan,").replace(",,", ",nan,")
+    body = body.replace(",\n", ",nan\n").replace("\n,", "\nnan,")
+    if body.endswith(","):
+        body += "nan"
+    if body.startswith(","):
+        body = "nan" + body
+    return body
+
+
 def read_numeric_csv(path: Path, rename: dict[str, dict[str, float]] | None = None) -> dict[str, np.ndarray]:
     """A CSV of numbers with a header -> {column: float64 array}; empty cells -> NaN.
 
     ``rename`` maps a column to {text: number} for the few text columns (e.g.
     gpu.csv's ``stream``). Raises ValueError on a malformed file.
     """
-    text = path.read_text()
+    text = path.read_text().replace("\r", "")
     head, _, body = text.partition("\n")
     names = [h.strip() for h in head.strip().split(",")]
-    body = body.strip()
-    if not body:
+    body = body.strip("\n")
+    if not body.strip():
         return {n: np.empty(0) for n in names}
     for col, mapping in (rename or {}).items():
         if col not in names:
             continue
         if names.index(col) != 0:
             raise ValueError(f"{path.name}: text column {col!r} must come first")
+        body = "\n" + body
         for word, code in mapping.items():
-            body = re.sub(rf"^{re.escape(word)},", f"{code},", body, flags=re.M)
-    body = _EMPTY_CELL.sub("nan", body)
+            body = body.replace(f"\n{word},", f"\n{code},")
+        body = body[1:]
+    body = _fill_empty(body)
     arr = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.float64, ndmin=2)
     if arr.shape[1] != len(names):
         raise ValueError(f"{path.name}: {arr.shape[1]} columns but the header names {len(names)}")
@@ -127,7 +137,8 @@ def _read_emit(path: Path) -> dict[str, Any]:
                 continue
 
     def num(key: str) -> np.ndarray:
-        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in recs], dtype=np.float64)
+        # None (JSON null) becomes NaN in a float array
+        return np.array([r.get(key) for r in recs], dtype=np.float64)
 
     return {
         "rank": num("rank"),

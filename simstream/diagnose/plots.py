@@ -106,8 +106,13 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
     rows: list[tuple[str, str, str, str | None]] = [
         ("receiver: arrival", "t_arrival", "t_arrival", None),
         ("parse", "t_parse_start", "t_parse_end", STAGE_COLOURS["parse"]),
-        ("Q1 get (wait+op)", "t_q1_get_start", "t_q1_get_end", STAGE_COLOURS["queue"]),
+        ("Q1 put", "t_q1_put_start", "t_q1_put_end", "#bbbbbb"),
+        ("Q1 get: empty wait", "t_q1_get_start", "_wait_end", "#f2b8b8"),
+        ("Q1 get: op", "_op_start", "t_q1_get_end", STAGE_COLOURS["queue"]),
     ]
+    b = dict(b)
+    b["_wait_end"] = b["t_q1_get_start"] + np.nan_to_num(s["get_wait"], nan=0.0)
+    b["_op_start"] = b["_wait_end"]
     fig, ax = plt.subplots(figsize=(10, 1.0 + 0.38 * (len(rows) + 3 * len(bufs))))
     labels: list[str] = []
     y = 0

@@ -149,15 +149,17 @@ def write_trace(ev: Evidence, path: Path) -> Path:
             okm = np.isfinite(tf) & np.isfinite(tl)
             ph = em["phase"][m][okm].tolist()
             oc = em["outcome"][m][okm].tolist()
-            wb = em["wire_bytes"][m][okm].tolist()
-            bl = em["blocked_s"][m][okm].tolist()
-            sq = em["seq"][m][okm].tolist()
+            wb = np.nan_to_num(em["wire_bytes"][m][okm], nan=-1).astype(np.int64).tolist()
+            bl = np.nan_to_num(em["blocked_s"][m][okm], nan=0.0).tolist()
+            sq = np.nan_to_num(em["seq"][m][okm], nan=-1).astype(np.int64).tolist()
+            quoted: dict[str, str] = {}  # phase/outcome names are user text: escape each once
             for t1, t2, p, o, w, bs, q in zip(tf[okm].tolist(), tl[okm].tolist(), ph, oc, wb, bl, sq, strict=True):
-                args = json.dumps({"seq": None if q != q else int(q), "wire_bytes": None if w != w else int(w),
-                                   "blocked_s": None if bs != bs else bs, "phase": p, "outcome": o})
+                qp = quoted.get(p) or quoted.setdefault(p, json.dumps(p))
+                qo = quoted.get(o) or quoted.setdefault(o, json.dumps(o))
                 ev_lines.append(
                     f'{{"ph":"X","name":"send","pid":{PID_EMITTER},"tid":{r},"ts":{t1 * 1e6:.3f},'
-                    f'"dur":{max(t2 - t1, 0.0) * 1e6:.3f},"args":{args}}}')
+                    f'"dur":{max(t2 - t1, 0.0) * 1e6:.3f},"args":{{"seq":{q},"wire_bytes":{w},'
+                    f'"blocked_s":{bs:.6f},"phase":{qp},"outcome":{qo}}}}}')
 
     other = json.dumps({"t0_unix_s": ev.t0, "verdict_source": "simstream diagnose"})
     with path.open("w") as f:
