@@ -323,7 +323,7 @@ def compute_evidence(run: RunData) -> Evidence:
 
     # --- rates and capacity
     arr_span = float(arrivals[-1] - arrivals[0]) if received > 1 else 0.0
-    f["arrival_rate_bps"] = _r(received / arr_span if arr_span > 0 else None)
+    f["arrival_rate_bps"] = _r((received - 1) / arr_span if arr_span > 0 else None)
     f["throughput_bps"] = _r(n / span if n else 0.0)
     ia = np.diff(arrivals)
     ia_mean = float(ia.mean()) if ia.size else 0.0
