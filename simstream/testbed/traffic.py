@@ -48,7 +48,7 @@ def recv(bind: str, duration_s: float) -> dict[str, object]:
     while time.monotonic() < deadline:
         try:
             data = conn.recv(1 << 20)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if not data:
             break
@@ -92,7 +92,7 @@ def send(to: str, duration_s: float, rate_mbps: float | None = None) -> dict[str
                 continue
         try:
             total += s.send(payload)
-        except socket.timeout:
+        except TimeoutError:
             continue
     s.close()
     t_end = clock.now()

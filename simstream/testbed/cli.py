@@ -1,0 +1,290 @@
+"""``simstream testbed``: up, exec, status, down.
+
+``up`` in the foreground follows the profile's timeline (one ``tc qdisc
+change`` per phase boundary, each with its measured time-to-effect) until
+``--duration`` runs out, the command after ``--`` exits, Ctrl-C or SIGTERM; then
+it removes everything it made. ``up --detach`` leaves the testbed up for
+``exec`` and ``down``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import click
+
+from simstream import clock
+from simstream.errors import UsageError
+from simstream.profile import find_profile, load_profile
+from simstream.testbed import tc
+from simstream.testbed.detect import probe, run_cmd
+from simstream.testbed.netns import (
+    CONSUMER_ADDR,
+    PRODUCER_ADDR,
+    PRODUCER_IFACE,
+    SIDES,
+    NotPrivileged,
+    PhaseShaping,
+    Testbed,
+    TestbedError,
+    cleanup_all,
+    leftovers,
+    namespace_names,
+    validate_name,
+)
+
+# An open-ended foreground run still ends: a day at most.
+MAX_FOREGROUND_S = 86_400.0
+# How often the foreground loop wakes to check the clock and the child.
+TICK_S = 0.05
+
+
+def phase_boundaries(phases: list[PhaseShaping], repeat: bool,
+                     horizon_s: float) -> Iterator[tuple[float, int]]:
+    """(seconds from start, phase index) of each phase start before ``horizon_s``.
+
+    The first is (0.0, 0). A phase without duration_s lasts to the horizon.
+    Bounded: at most one boundary per phase per cycle, cycles until the horizon.
+    """
+    t = 0.0
+    cycle_s = sum(p.duration_s or 0.0 for p in phases)
+    if any(p.duration_s is None for p in phases) or cycle_s <= 0:
+        repeat = False
+    max_cycles = int(horizon_s / cycle_s) + 1 if repeat else 1
+    for _ in range(max_cycles):
+        for i, p in enumerate(phases):
+            if t >= horizon_s:
+                return
+            yield t, i
+            if p.duration_s is None:
+                return
+            t += p.duration_s
+        if not repeat:
+            return
+
+
+def _load(profile_path: str | None):  # type: ignore[no-untyped-def]
+    return load_profile(find_profile(profile_path)) if profile_path else None
+
+
+@click.group("testbed")
+def testbed() -> None:
+    """Producer and consumer network namespaces joined by a shaped veth pair."""
+
+
+@testbed.command("up")
+@click.option("--name", default="default", show_default=True, help="testbed name")
+@click.option("--profile", "profile_path", default=None, help="profile file or bundled name")
+@click.option("--duration", type=float, default=None,
+              help="seconds to stay up in the foreground (default: the profile's "
+                   "stop.duration_s, or until the command after -- exits)")
+@click.option("--detach", is_flag=True, help="apply the first phase and leave it up")
+@click.option("--i-know-iface", "iface", default=None, metavar="IF",
+              help="shape this existing interface instead of making namespaces "
+                   "(e.g. a container's eth0); nothing else is touched")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+def up(name: str, profile_path: str | None, duration: float | None, detach: bool,
+       iface: str | None, cmd: tuple[str, ...]) -> None:
+    """Bring a testbed up and apply the profile's network section on the producer's egress.
+
+    After `--`, CMD runs under the shaping (inside the producer namespace, or
+    as is with --i-know-iface) and the testbed goes down when it exits.
+    """
+    try:
+        validate_name(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration {duration} is not > 0")
+    if detach and cmd:
+        raise UsageError("--detach and a command after -- exclude each other")
+    profile = _load(profile_path)
+    try:
+        if detach:
+            tb = Testbed(name, profile, i_know_iface=iface).create()
+            _print_up(tb)
+            click.echo(f"left up; run commands with: simstream testbed exec --name {name} "
+                       f"producer|consumer -- CMD; remove with: simstream testbed down "
+                       + (f"--i-know-iface {iface}" if iface else name))
+            return
+        with Testbed.up(name, profile, i_know_iface=iface) as live:
+            _print_up(live)
+            horizon = duration or (profile.stop.duration_s if profile else None)
+            rc = _foreground(live, profile.timeline.repeat if profile else False,
+                             horizon, list(cmd))
+        click.echo("testbed down: namespaces, veth and qdiscs removed"
+                   if iface is None else f"testbed down: root qdisc removed from {iface}")
+        if rc:
+            sys.exit(rc)
+    except NotPrivileged as e:
+        raise UsageError(str(e)) from None
+    except TestbedError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
+def _print_up(tb: Testbed) -> None:
+    if tb.producer_ns:
+        click.echo(f"testbed {tb.name}: producer {tb.producer_addr} ({tb.producer_ns}, "
+                   f"{tb.producer_iface}) <-> consumer {tb.consumer_addr} "
+                   f"({tb.consumer_ns}, {tb.consumer_iface})")
+    else:
+        click.echo(f"testbed {tb.name}: shaping {tb.producer_iface} (named by the user)")
+    assert tb.plan is not None
+    click.echo(f"layout: {tb.plan.layout}")
+    for line in tb.applied:
+        click.echo(f"applied: {line}")
+    for line in tb.not_applied:
+        click.echo(f"NOT applied: {line}")
+    click.echo("up", nl=True)
+
+
+def _foreground(tb: Testbed, repeat: bool, horizon_s: float | None, cmd: list[str]) -> int:
+    """Follow the timeline until the horizon or the child's exit; returns the child's rc."""
+    child = None
+    if cmd:
+        argv = tb.argv_in("producer", cmd) if tb.producer_ns else cmd
+        child = subprocess.Popen(argv)
+    limit = min(horizon_s or MAX_FOREGROUND_S, MAX_FOREGROUND_S)
+    t0 = time.monotonic()
+    rc = 0
+    try:
+        for start, idx in phase_boundaries(tb.phases, repeat, limit):
+            if not _wait_until(t0 + start, child):
+                break
+            if start > 0:
+                ph = tb.phases[idx]
+                dt = tb.set_phase(ph.shaping)
+                desc = "; ".join(tc.describe(ph.shaping, tb.plan.layout if tb.plan else "none"))
+                click.echo(f"phase {ph.name} at {start:.3f} s: {desc or 'no change'} "
+                           f"(took effect in {dt * 1e3:.1f} ms)")
+        _wait_until(t0 + limit, child)
+    finally:
+        if child is not None:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(timeout=5)
+            rc = child.returncode or 0
+    return rc
+
+
+def _wait_until(deadline: float, child: subprocess.Popen[bytes] | None) -> bool:
+    """Sleep in ticks until ``deadline`` (monotonic); False if the child exited first."""
+    while True:
+        if child is not None and child.poll() is not None:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        time.sleep(min(TICK_S, left))
+
+
+@testbed.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("--name", default="default", show_default=True)
+@click.argument("side", type=click.Choice(SIDES))
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(name: str, side: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD inside the producer's or consumer's namespace (after --)."""
+    prod, cons = namespace_names(validate_name(name))
+    ns = prod if side == "producer" else cons
+    if ns not in leftovers(name).namespaces:
+        raise UsageError(f"no testbed {name!r} is up (simstream testbed up --name {name} --detach)")
+    os.execvp("ip", ["ip", "netns", "exec", ns, *cmd])
+
+
+@testbed.command("status")
+def status() -> None:
+    """Testbeds that are up (found by their namespace prefix) and their qdiscs."""
+    found = leftovers()
+    prods = [ns for ns in found.namespaces if ns.endswith("-prod")]
+    others = [ns for ns in found.namespaces if not ns.endswith(("-prod", "-cons"))]
+    if not (prods or others or found.links):
+        click.echo("no testbed is up")
+        return
+    for ns in prods:
+        name = ns.removeprefix("ssb-").removesuffix("-prod")
+        click.echo(f"testbed {name}: producer {PRODUCER_ADDR} ({ns}) -> consumer "
+                   f"{CONSUMER_ADDR} (ssb-{name}-cons)")
+        cp = run_cmd(["ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev",
+                      PRODUCER_IFACE])
+        for line in cp.stdout.splitlines():
+            click.echo(f"  {line.strip()}")
+    for ns in others:
+        click.echo(f"leftover namespace {ns} (simstream testbed down --all)")
+    for ln in found.links:
+        click.echo(f"leftover link {ln} (simstream testbed down --all)")
+
+
+@testbed.command("down")
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="every testbed and leftover (ssb- prefix)")
+@click.option("--i-know-iface", "iface", default=None, metavar="IF",
+              help="remove the root qdisc that `up --i-know-iface IF --detach` put on IF")
+def down(name: str | None, all_: bool, iface: str | None) -> None:
+    """Remove a testbed (NAME), every leftover (--all), or shaping on a named interface."""
+    if sum(x is not None and x is not False for x in (name, all_ or None, iface)) != 1:
+        raise UsageError("give exactly one of NAME, --all or --i-know-iface IF")
+    offer = probe()
+    if not offer.privileged:
+        raise UsageError("testbed down needs root or CAP_NET_ADMIN")
+    if iface is not None:
+        cp = run_cmd(tc.teardown_commands(iface)[0])
+        click.echo(f"root qdisc removed from {iface}" if cp.returncode == 0
+                   else f"{iface}: {cp.stderr.strip()}")
+        return
+    if name is not None:
+        validate_name(name)
+    t0 = clock.now()
+    found, errors = cleanup_all(None if all_ else name)
+    for ns in found.namespaces:
+        click.echo(f"removed namespace {ns}")
+    for ln in found.links:
+        click.echo(f"removed link {ln}")
+    if not found:
+        click.echo("nothing to remove" if all_ else f"no testbed {name!r} is up")
+    for e in errors:
+        click.echo(f"error: {e}", err=True)
+    if errors:
+        sys.exit(1)
+    click.echo(f"done in {clock.now() - t0:.2f} s")
+
+
+@click.group("simstream")
+def _standalone() -> None:
+    """The testbed's commands, until the top-level CLI maps them."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m simstream.testbed.cli testbed|doctor|capture|verify ...``; user errors exit 2."""
+    from simstream.profile import ProfileError
+    from simstream.testbed.capture import capture
+    from simstream.testbed.doctor import doctor
+    from simstream.testbed.verify import verify
+
+    for c in (testbed, doctor, capture, verify):
+        _standalone.add_command(c)
+    try:
+        _standalone.main(args=argv, prog_name="simstream", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (ProfileError, UsageError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()
