@@ -1,0 +1,166 @@
+"""``simstream consume``: the measured consumer on the command line.
+
+Settings come from the profile's ``consumer:`` section (every key has a default),
+overridden by flags. Progress goes to stderr: a live rich panel on a terminal,
+plain lines otherwise (one every ``log_every_batches`` batches); the final
+summary goes to stdout. SIGINT ends receiving; what was received is still
+processed and recorded (a second SIGINT aborts).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simstream.errors import UsageError
+from simstream.profile import _check_url, find_profile, load_profile
+
+from .config import consumer_config
+
+__all__ = ["consume"]
+
+
+def _check_flag_url(flag: str, url: str | None) -> None:
+    if url is None:
+        return
+    try:
+        _check_url(url)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
+
+
+def _fmt(v: Any, spec: str = ".1f", unit: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{unit}"
+
+
+def summary_lines(s: dict[str, Any], out: Path) -> list[str]:
+    """The final summary as a few lines of text."""
+    tp = s.get("throughput") or {}
+    q1 = s.get("q1") or {}
+    busy = s.get("gpu_busy_fraction")
+    occ = q1.get("mean_occupancy")
+    return [
+        f"run directory: {out}",
+        f"received {s['received']}  processed {s['processed']}  quarantined {s['quarantined']}  "
+        f"lost {s['lost']}  duplicated {s['duplicated']}  reordered {s['reordered']}",
+        f"batches {s['batches']}  samples {s['samples']}  {_fmt(tp.get('batches_per_s'))} batches/s  "
+        f"{_fmt(tp.get('samples_per_s'))} samples/s  {_fmt(tp.get('mb_per_s'))} MB/s",
+        f"device {s.get('device')}  GPU busy {_fmt(None if busy is None else busy * 100, '.0f', '%')}  "
+        f"Q1 mean occupancy {_fmt(None if occ is None else occ * 100, '.0f', '%')}  "
+        f"backpressure events {s.get('backpressure_events')}  ended by {s.get('end_reason')}",
+    ]
+
+
+class _Progress:
+    """Live panel on a terminal; plain lines come from the consumer's log otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = None
+        if live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.console = Console(stderr=True)
+            self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> _Progress:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def update(self, snap: dict[str, Any]) -> None:
+        if self.live is None or snap.get("final"):
+            return
+        from rich.table import Table
+
+        t = Table.grid(padding=(0, 2))
+        busy = snap.get("gpu_busy")
+        t.add_row(
+            f"batches {snap['batches']}",
+            f"samples/s {_fmt(snap.get('samples_per_s'))}",
+            f"Q1 {snap['q1_depth']}/{snap['q1_maxsize']}",
+            f"GPU busy {_fmt(None if busy is None else busy * 100, '.0f', '%')}",
+            f"quarantined {snap['quarantined']}",
+        )
+        self.live.update(t)
+
+
+@click.command("consume")
+@click.option("--profile", "profile_path", default=None,
+              help="profile file or bundled name (its consumer: section)")
+@click.option("--bind", default=None, help="address to bind, tcp://HOST:PORT (default tcp://127.0.0.1:12321)")
+@click.option("--connect", default=None, help="address of a server-role emitter to connect to")
+@click.option("--transport", type=click.Choice(["zmq", "nng", "tcp"]), default=None)
+@click.option("--mode", type=click.Choice(["socket", "random"]), default=None)
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
+@click.option("--buffers", type=click.IntRange(1, 16), default=None, help="N-way buffering")
+@click.option("--parse-in", "parse_in", type=click.Choice(["receiver", "actor"]), default=None)
+@click.option("--parser-threads", type=click.IntRange(1, 64), default=None)
+@click.option("--queue-backend", type=click.Choice(["local", "process"]), default=None)
+@click.option("--count", type=click.IntRange(min=1), default=None, help="stop after N messages")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="stop after S seconds")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="end of stream after S seconds of silence")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="run directory (default runs/consume-<timestamp>)")
+def consume(profile_path: str | None, bind: str | None, connect: str | None,
+            transport: str | None, mode: str | None, device: str | None, buffers: int | None,
+            parse_in: str | None, parser_threads: int | None, queue_backend: str | None,
+            count: int | None, duration: float | None, idle_timeout: float | None,
+            out_dir: Path | None) -> None:
+    """Receive -> parse -> Q1 -> N-way buffered inference, every stage measured."""
+    if bind is not None and connect is not None:
+        raise UsageError("--bind and --connect are exclusive: give one")
+    _check_flag_url("--bind", bind)
+    _check_flag_url("--connect", connect)
+    profile = load_profile(find_profile(profile_path)) if profile_path else None
+    cfg = consumer_config(profile, {
+        "bind": bind, "connect": connect, "transport": transport, "mode": mode, "device": device,
+        "buffers": buffers, "parse_in": parse_in, "parser_threads": parser_threads,
+        "queue.backend": queue_backend, "count": count, "duration_s": duration,
+        "idle_timeout_s": idle_timeout,
+    })
+    out = out_dir or Path("runs") / f"consume-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and (out / "summary.json").exists() and not (out / "profile.yaml").exists():
+        click.echo(f"note: {out} holds an earlier consumer run; its files are replaced", err=True)
+
+    live = sys.stderr.isatty()
+    logging.basicConfig(level=logging.WARNING if live else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    stop = threading.Event()
+    ready = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            stop.set()
+            click.echo("interrupted: finishing what was received", err=True)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    from .consumer import run_consumer
+
+    where = f"{cfg.role} {cfg.transport} {cfg.url}" if cfg.mode == "socket" else "random mode"
+    click.echo(f"consumer: {where}, parse in {cfg.parse_in}, Q1 {cfg.queue.backend} "
+               f"({cfg.queue.maxsize} batches), {cfg.buffers} buffers, model {cfg.model.get('kind')}, "
+               f"out {out}", err=True)
+    try:
+        with _Progress(live) as progress:
+            summary = run_consumer(cfg, out, ready=ready, stop=stop, on_progress=progress.update)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    for line in summary_lines(summary, out):
+        click.echo(line)

@@ -1,0 +1,359 @@
+"""Q1: the bounded queue between parse and inference, counted in batches, measured.
+
+Two backends with one interface (``put``, ``get``, ``depth``, ``close``):
+
+- ``LocalQ1``: in-process (a deque and a condition). ``put`` blocks while full;
+  each put that had to wait is one backpressure event.
+- ``ProcessQ1``: the queue lives in another process, split into ``shards``, as
+  production's Ray shard actors: every put and get is an inter-process call that
+  pickles its batch. ``put`` tries the shards round robin, one call each; when
+  every shard answered "full" it counts a backpressure event and backs off (1 ms
+  doubling to 10 ms). ``get`` sweeps the shards, one call each, and sleeps
+  ``poll_interval_ms`` between empty sweeps. So the per-operation cost of the
+  production queue can be reproduced on one machine. Order is FIFO per shard
+  only, as in production.
+
+Neither backend outlives its run: the local queue is an object of the run, the
+queue process is started by the run and killed at ``close`` (production's named
+detached actors can carry stale items into the next run; this cannot).
+
+``Q1Sampler`` samples the depth every ``sample_interval_ms`` on its own thread.
+Times are ``simstream.clock.now()`` Unix seconds; latencies in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from simstream.clock import now
+
+__all__ = ["LocalQ1", "ProcessQ1", "Q1Closed", "Q1Sampler", "Q1Stats", "make_q1"]
+
+
+class Q1Closed(Exception):
+    """The queue was closed while a put was waiting."""
+
+
+@dataclass
+class Q1Stats:
+    """Counters of one queue, over the run. Seconds."""
+
+    puts: int = 0
+    gets: int = 0
+    backpressure_events: int = 0
+    blocked_s: float = 0.0  # producer time spent waiting for room
+    put_s: float = 0.0  # total put latency (blocked time and IPC included)
+    get_s: float = 0.0  # total latency of gets that returned an item
+    ipc_calls: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "puts": self.puts, "gets": self.gets,
+            "backpressure_events": self.backpressure_events, "blocked_s": self.blocked_s,
+            "put_mean_ms": self.put_s / self.puts * 1000 if self.puts else None,
+            "get_mean_ms": self.get_s / self.gets * 1000 if self.gets else None,
+            "ipc_calls": self.ipc_calls,
+        }
+
+
+class LocalQ1:
+    """In-process bounded FIFO of ``maxsize`` items."""
+
+    backend = "local"
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize {maxsize} is not >= 1")
+        self.maxsize = maxsize
+        self.stats = Q1Stats()
+        self._items: deque[Any] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any, timeout_s: float | None = None) -> float:
+        """Append ``item``, waiting for room; returns the time it was enqueued.
+
+        Raises Q1Closed if the queue closes first, TimeoutError after ``timeout_s``."""
+        t0 = now()
+        with self._cv:
+            if len(self._items) >= self.maxsize:
+                self.stats.backpressure_events += 1
+                deadline = None if timeout_s is None else t0 + timeout_s
+                while len(self._items) >= self.maxsize and not self._closed:
+                    left = None if deadline is None else deadline - now()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("Q1 full")
+                    self._cv.wait(timeout=0.1 if left is None else min(left, 0.1))
+                self.stats.blocked_s += now() - t0
+            if self._closed:
+                raise Q1Closed("Q1 closed")
+            self._items.append(item)
+            t = now()
+            self.stats.puts += 1
+            self.stats.put_s += t - t0
+            self._cv.notify_all()
+            return t
+
+    def get(self, timeout_s: float) -> Any | None:
+        """The oldest item, or None after ``timeout_s`` seconds (or when closed and empty)."""
+        t0 = now()
+        deadline = t0 + timeout_s
+        with self._cv:
+            while not self._items:
+                left = deadline - now()
+                if left <= 0 or self._closed:
+                    return None
+                self._cv.wait(timeout=left)
+            item = self._items.popleft()
+            self.stats.gets += 1
+            self.stats.get_s += now() - t0
+            self._cv.notify_all()
+            return item
+
+    def depth(self) -> int:
+        return len(self._items)
+
+    def close(self) -> None:
+        """Drop what is left and wake every waiter; idempotent."""
+        with self._cv:
+            self._closed = True
+            self._items.clear()
+            self._cv.notify_all()
+
+
+# --------------------------------------------------------------------------
+# the process backend
+
+
+def _serve(conns: list[Any], shards: int, capacity: int) -> None:
+    """The queue process: answers ("put", shard, blob) -> bool, ("get", shard) -> blob |
+    None, ("depth",) -> int, ("close",) -> exit. Runs until a close or every peer is gone."""
+    from multiprocessing.connection import wait
+
+    queues: list[deque[bytes]] = [deque() for _ in range(shards)]
+    live = list(conns)
+    while live:
+        for c in wait(live):
+            try:
+                msg = c.recv()
+            except (EOFError, OSError):
+                live.remove(c)
+                continue
+            op = msg[0]
+            if op == "put":
+                q = queues[msg[1]]
+                if len(q) < capacity:
+                    q.append(msg[2])
+                    c.send(True)
+                else:
+                    c.send(False)
+            elif op == "get":
+                q = queues[msg[1]]
+                c.send(q.popleft() if q else None)
+            elif op == "depth":
+                c.send(sum(len(q) for q in queues))
+            elif op == "close":
+                c.send(True)
+                return
+
+
+def _serve_fds(fds: list[int], shards: int, capacity: int) -> None:
+    """Entry point of the queue process: serve on the inherited socketpair fds."""
+    _serve([Connection(fd) for fd in fds], shards, capacity)
+
+
+def _import_path() -> str:
+    """PYTHONPATH for the queue process: where ``pipeline`` and ``simstream`` live."""
+    root = str(Path(__file__).resolve().parent.parent)
+    rest = os.environ.get("PYTHONPATH")
+    return root + (os.pathsep + rest if rest else "")
+
+
+class ProcessQ1:
+    """Sharded queue in a separate process (module docstring).
+
+    ``maxsize`` is the total; each shard holds ``ceil(maxsize / shards)``. One
+    connection per role (producer, consumer, sampler), each used by one thread.
+    Raises Q1Closed from ``put`` once closed.
+    """
+
+    backend = "process"
+    BACKOFF_S = (0.001, 0.010)
+
+    def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0) -> None:
+        if maxsize < 1 or shards < 1:
+            raise ValueError("maxsize and shards must be >= 1")
+        self.shards = min(shards, maxsize)
+        self.capacity = -(-maxsize // self.shards)
+        self.maxsize = self.capacity * self.shards
+        self.poll_interval_s = poll_interval_ms / 1000.0
+        self.stats = Q1Stats()
+        # A plain child interpreter, not multiprocessing's spawn: spawn re-imports the
+        # caller's __main__ (an unguarded script would run twice) and fork copies a
+        # process full of threads. The pipes are socketpairs handed down as fds.
+        pairs = [socket.socketpair() for _ in range(3)]
+        child_fds = [p[1].fileno() for p in pairs]
+        code = (
+            "import sys; from pipeline.q1 import _serve_fds; "
+            f"_serve_fds({child_fds!r}, {self.shards}, {self.capacity})"
+        )
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=child_fds, stdin=subprocess.DEVNULL,
+            cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": _import_path()},
+        )
+        for p in pairs:
+            p[1].close()
+        self._prod, self._cons, self._samp = (Connection(p[0].detach()) for p in pairs)
+        self._locks = [threading.Lock() for _ in range(3)]
+        self._put_rr = 0
+        self._get_rr = 0
+        self._closed = False
+
+    def _call(self, which: int, msg: tuple[Any, ...]) -> Any:
+        conn = (self._prod, self._cons, self._samp)[which]
+        with self._locks[which]:
+            conn.send(msg)
+            return conn.recv()
+
+    def put(self, item: Any, timeout_s: float | None = None) -> float:
+        """Pickle ``item`` and place it on a shard; returns the time it was accepted.
+
+        Raises Q1Closed when closed, TimeoutError after ``timeout_s``."""
+        t0 = now()
+        blob = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        backoff = self.BACKOFF_S[0]
+        blocked = False
+        while True:
+            for _ in range(self.shards):
+                if self._closed:
+                    raise Q1Closed("Q1 closed")
+                shard = self._put_rr
+                self._put_rr = (self._put_rr + 1) % self.shards
+                try:
+                    ok = self._call(0, ("put", shard, blob))
+                except (EOFError, OSError, BrokenPipeError):
+                    raise Q1Closed("Q1 process gone") from None
+                self.stats.ipc_calls += 1
+                if ok:
+                    t = now()
+                    self.stats.puts += 1
+                    self.stats.put_s += t - t0
+                    return t
+            # every shard full: production's producer backs off and counts it
+            self.stats.backpressure_events += 1
+            if not blocked:
+                blocked = True
+            if timeout_s is not None and now() - t0 >= timeout_s:
+                raise TimeoutError("Q1 full")
+            t_sleep = now()
+            time.sleep(backoff)
+            self.stats.blocked_s += now() - t_sleep
+            backoff = min(backoff * 2, self.BACKOFF_S[1])
+
+    def get(self, timeout_s: float) -> Any | None:
+        """An item from the first non-empty shard of a sweep, or None after ``timeout_s``."""
+        t0 = now()
+        deadline = t0 + timeout_s
+        while not self._closed:
+            for _ in range(self.shards):
+                shard = self._get_rr
+                self._get_rr = (self._get_rr + 1) % self.shards
+                try:
+                    blob = self._call(1, ("get", shard))
+                except (EOFError, OSError):
+                    return None
+                self.stats.ipc_calls += 1
+                if blob is not None:
+                    item = pickle.loads(blob)
+                    self.stats.gets += 1
+                    self.stats.get_s += now() - t0
+                    return item
+            left = deadline - now()
+            if left <= 0:
+                return None
+            time.sleep(min(self.poll_interval_s, left))
+        return None
+
+    def depth(self) -> int:
+        if self._closed:
+            return 0
+        try:
+            return int(self._call(2, ("depth",)))
+        except (EOFError, OSError):
+            return 0
+
+    def close(self) -> None:
+        """Stop the queue process (its items die with it); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception), self._locks[2]:
+            self._samp.send(("close",))
+            self._samp.poll(2.0)
+        try:
+            self._proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=2.0)
+        for c in (self._prod, self._cons, self._samp):
+            with contextlib.suppress(Exception):
+                c.close()
+
+
+def make_q1(backend: str, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0) -> Any:
+    """The Q1 backend named by ``backend`` (local | process)."""
+    if backend == "local":
+        return LocalQ1(maxsize)
+    if backend == "process":
+        return ProcessQ1(maxsize, shards, poll_interval_ms)
+    raise ValueError(f"queue.backend: {backend!r} is not one of local, process")
+
+
+class Q1Sampler:
+    """Calls ``on_sample(t, depth, maxsize)`` every ``interval_s`` until ``stop()``."""
+
+    def __init__(self, q1: Any, interval_s: float, on_sample: Callable[[float, int, int], None],
+                 clock: Callable[[], float] = now) -> None:
+        self.q1 = q1
+        self.interval_s = interval_s
+        self.on_sample = on_sample
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="q1-sampler", daemon=True)
+
+    def start(self) -> Q1Sampler:
+        self._thread.start()
+        return self
+
+    def sample_once(self) -> None:
+        self.on_sample(self.clock(), self.q1.depth(), self.q1.maxsize)
+
+    def _run(self) -> None:
+        # fixed-rate schedule: a slow sample does not shift the ones after it
+        next_t = self.clock()
+        while not self._stop.is_set():
+            self.sample_once()
+            next_t += self.interval_s
+            delay = next_t - self.clock()
+            if delay < 0:
+                next_t = self.clock()
+                delay = 0
+            self._stop.wait(delay)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)

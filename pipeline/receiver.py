@@ -1,0 +1,364 @@
+"""The receiver: messages off the wire, each stamped with its arrival time and size.
+
+Three transports, one shape (``recv(timeout_s) -> RawMessage | None``, ``close()``):
+
+- ``zmq``: a pyzmq PULL socket, the library production's consumer uses. It binds
+  by default (LCLStreamer connects, ``role: client``) or connects to a
+  server-role emitter. ZeroMQ hands over whole messages only, so an oversize one
+  is refused after it is in memory (never decoded).
+- ``tcp``: 8-byte big-endian length, then the payload, per message.
+- ``nng``: the SP-over-TCP protocol pynng's Push0 speaks: an 8-byte header each
+  way (``\\0SP\\0``, protocol id, 0), then the same length-prefixed messages.
+
+For ``tcp`` and ``nng`` the declared length is checked before the body is read:
+an oversize body is read and dropped in chunks (the stream stays in step) and
+only its head is kept for quarantine. Several connections (one per rank) are
+served by one selector loop.
+
+``recv`` waits at most ``timeout_s`` so the caller's loop can notice a stop.
+Raises UsageError when the address cannot be bound (in use, not local) or is bad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+
+from simstream.clock import now
+from simstream.errors import UsageError
+from simstream.profile import split_url
+
+__all__ = ["RawMessage", "Receiver", "ReceiverStats", "open_receiver"]
+
+log = logging.getLogger("pipeline.receiver")
+
+NNG_PUSH0 = 0x50
+NNG_PULL0 = 0x51
+NNG_HEADER = b"\x00SP\x00"
+HEAD_KEEP = 1 << 20  # bytes of an oversize message kept for quarantine
+_CHUNK = 1 << 20
+
+
+@dataclass
+class RawMessage:
+    """One message as received. ``payload`` is None-free except for an oversize
+    stream message, where it holds only the head (``oversize`` True)."""
+
+    payload: bytes | bytearray | memoryview
+    nbytes: int
+    t_arrival: float
+    peer: str = ""
+    oversize: bool = False
+
+
+@dataclass
+class ReceiverStats:
+    messages: int = 0
+    bytes: int = 0
+    oversize: int = 0
+    connections: int = 0
+    cut: int = 0  # connections that closed part-way through a message
+    protocol_errors: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "messages": self.messages, "bytes": self.bytes, "oversize": self.oversize,
+            "connections": self.connections, "cut": self.cut,
+            "protocol_errors": self.protocol_errors, "errors": self.errors[-10:],
+        }
+
+
+class Receiver:
+    """Base: ``recv`` and ``close``; ``url`` is the address bound or connected to."""
+
+    url: str
+    stats: ReceiverStats
+
+    def recv(self, timeout_s: float) -> RawMessage | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _bind_error(url: str, exc: OSError | Exception) -> UsageError:
+    code = getattr(exc, "errno", None)
+    if code == errno.EADDRINUSE:
+        return UsageError(f"cannot bind {url}: address in use")
+    if code == errno.EADDRNOTAVAIL:
+        return UsageError(f"cannot bind {url}: address not available on this host")
+    if code in (errno.EACCES, errno.EPERM):
+        return UsageError(f"cannot bind {url}: permission denied")
+    return UsageError(f"cannot bind {url}: {exc}")
+
+
+# --------------------------------------------------------------------------
+# ZeroMQ
+
+
+class ZmqReceiver(Receiver):
+    """pyzmq PULL. ``role``: bind | connect."""
+
+    def __init__(self, url: str, role: str, max_message_bytes: int) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self.url = url
+        self.max_message_bytes = max_message_bytes
+        self.stats = ReceiverStats()
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PULL)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        host, _ = split_url(url)
+        if ":" in host:
+            self._sock.setsockopt(zmq.IPV6, 1)
+        try:
+            if role == "bind":
+                self._sock.bind(url)
+            else:
+                self._sock.connect(url)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise _bind_error(url, exc) from None
+
+    def recv(self, timeout_s: float) -> RawMessage | None:
+        zmq = self._zmq
+        if not self._sock.poll(int(max(timeout_s, 0) * 1000), zmq.POLLIN):
+            return None
+        frames = self._sock.recv_multipart(copy=False)
+        t = now()
+        if len(frames) == 1:
+            payload: bytes | memoryview = frames[0].buffer
+        else:
+            payload = b"".join(f.bytes for f in frames)
+        n = len(payload)
+        self.stats.messages += 1
+        self.stats.bytes += n
+        if n > self.max_message_bytes:
+            self.stats.oversize += 1
+            return RawMessage(memoryview(payload)[:HEAD_KEEP], n, t, oversize=True)
+        return RawMessage(payload, n, t)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sock.close(linger=0)
+        with contextlib.suppress(Exception):
+            self._ctx.term()
+
+
+# --------------------------------------------------------------------------
+# plain TCP and nng: length-prefixed streams
+
+
+class _Conn:
+    """One peer connection's incremental framing state."""
+
+    def __init__(self, sock: socket.socket, peer: str, nng: bool) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.need_header = nng  # the peer's SP header still to read
+        self.hdr = bytearray()
+        self.body: bytearray | None = None
+        self.filled = 0
+        self.length = 0
+        self.drop = 0  # oversize bytes still to discard
+        self.head = bytearray()  # oversize head kept for quarantine
+        self.first_byte = 0.0
+
+    @property
+    def mid_message(self) -> bool:
+        return self.body is not None or self.drop > 0 or (len(self.hdr) > 0 and not self.need_header)
+
+
+class StreamReceiver(Receiver):
+    """Length-prefixed messages over TCP (``kind`` tcp), or nng SP Pull0 (``kind`` nng)."""
+
+    def __init__(self, kind: str, url: str, role: str, max_message_bytes: int,
+                 connect_timeout_s: float = 30.0) -> None:
+        self.kind = kind
+        self.url = url
+        self.role = role
+        self.max_message_bytes = max_message_bytes
+        self.stats = ReceiverStats()
+        self._sel = selectors.DefaultSelector()
+        self._ready: deque[RawMessage] = deque()
+        self._listener: socket.socket | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._host, self._port = split_url(url)
+        self._connect_deadline = now() + connect_timeout_s
+        self._next_connect = 0.0
+        if role == "bind":
+            host = "" if self._host in ("*", "0.0.0.0") else self._host
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            try:
+                self._listener = socket.create_server((host, self._port), family=family, backlog=64)
+            except OSError as exc:
+                raise _bind_error(url, exc) from None
+            self._listener.setblocking(False)
+            self._sel.register(self._listener, selectors.EVENT_READ, None)
+
+    def _try_connect(self) -> None:
+        t = now()
+        if self._conns or t < self._next_connect:
+            return
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=1.0)
+        except OSError as exc:
+            if t > self._connect_deadline and not self.stats.connections:
+                raise UsageError(f"cannot connect to {self.url}: {exc}") from None
+            self._next_connect = t + 0.1
+            return
+        self._add(sock, f"{self._host}:{self._port}")
+
+    def _add(self, sock: socket.socket, peer: str) -> None:
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Conn(sock, peer, self.kind == "nng")
+        if self.kind == "nng":
+            with contextlib.suppress(OSError):
+                sock.sendall(NNG_HEADER + struct.pack(">HH", NNG_PULL0, 0))
+        self._conns[sock.fileno()] = conn
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+        self.stats.connections += 1
+
+    def _drop(self, conn: _Conn, why: str | None = None) -> None:
+        if conn.mid_message:
+            self.stats.cut += 1
+        if why:
+            self.stats.protocol_errors += 1
+            self.stats.errors.append(f"{conn.peer}: {why}")
+            log.warning("dropping connection %s: %s", conn.peer, why)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.sock)
+        self._conns.pop(conn.sock.fileno(), None)
+        conn.sock.close()
+
+    def recv(self, timeout_s: float) -> RawMessage | None:
+        if self._ready:
+            return self._ready.popleft()
+        if self.role == "connect":
+            self._try_connect()
+        deadline = now() + max(timeout_s, 0.0)
+        while True:
+            remaining = deadline - now()
+            for key, _ in self._sel.select(timeout=max(remaining, 0.0) if self._sel.get_map() else 0):
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.data)
+            if self._ready:
+                return self._ready.popleft()
+            if not self._sel.get_map() and remaining > 0:
+                # connect role between attempts: nothing to wait on but the clock
+                import time
+
+                time.sleep(min(remaining, 0.05))
+            if now() >= deadline:
+                return None
+            if self.role == "connect":
+                self._try_connect()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, addr = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self._add(sock, f"{addr[0]}:{addr[1]}")
+
+    def _read(self, conn: _Conn) -> None:
+        # bounded per call so one busy peer cannot starve the others or the stop check
+        for _ in range(64):
+            try:
+                if conn.body is not None:
+                    view = memoryview(conn.body)[conn.filled:]
+                    n = conn.sock.recv_into(view)
+                    if n == 0:
+                        return self._drop(conn)
+                    conn.filled += n
+                    if conn.filled == conn.length:
+                        self._complete(conn)
+                    continue
+                if conn.drop > 0:
+                    chunk = conn.sock.recv(min(conn.drop, _CHUNK))
+                    if not chunk:
+                        return self._drop(conn)
+                    if len(conn.head) < HEAD_KEEP:
+                        conn.head += chunk[: HEAD_KEEP - len(conn.head)]
+                    conn.drop -= len(chunk)
+                    if conn.drop == 0:
+                        self._complete_oversize(conn)
+                    continue
+                chunk = conn.sock.recv(8 - len(conn.hdr))
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError as exc:
+                return self._drop(conn, f"read failed: {exc}") if conn.mid_message else self._drop(conn)
+            if not chunk:
+                return self._drop(conn)
+            if not conn.hdr:
+                conn.first_byte = now()
+            conn.hdr += chunk
+            if len(conn.hdr) < 8:
+                continue
+            hdr = bytes(conn.hdr)
+            conn.hdr.clear()
+            if conn.need_header:
+                if hdr[:4] != NNG_HEADER or struct.unpack(">H", hdr[4:6])[0] != NNG_PUSH0:
+                    return self._drop(conn, f"not an nng Push0 peer (header {hdr!r})")
+                conn.need_header = False
+                continue
+            (length,) = struct.unpack(">Q", hdr)
+            conn.length = length
+            if length > self.max_message_bytes:
+                conn.drop = length
+                conn.head = bytearray()
+                if length == 0:
+                    self._complete_oversize(conn)
+                continue
+            conn.body = bytearray(length)
+            conn.filled = 0
+            if length == 0:
+                self._complete(conn)
+        return None
+
+    def _complete(self, conn: _Conn) -> None:
+        assert conn.body is not None
+        body, conn.body = conn.body, None
+        self.stats.messages += 1
+        self.stats.bytes += len(body)
+        self._ready.append(RawMessage(body, len(body), now(), conn.peer))
+
+    def _complete_oversize(self, conn: _Conn) -> None:
+        self.stats.messages += 1
+        self.stats.oversize += 1
+        self.stats.bytes += conn.length
+        self._ready.append(RawMessage(bytes(conn.head), conn.length, now(), conn.peer, oversize=True))
+        conn.head = bytearray()
+
+    def close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        if self._listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+        self._sel.close()
+
+
+def open_receiver(transport: str, url: str, role: str, max_message_bytes: int) -> Receiver:
+    """A bound (``role`` bind) or connecting receiver. Raises UsageError (in use, bad address)."""
+    if transport == "zmq":
+        return ZmqReceiver(url, role, max_message_bytes)
+    if transport in ("tcp", "nng"):
+        return StreamReceiver(transport, url, role, max_message_bytes)
+    raise UsageError(f"transport: {transport!r} is not one of zmq, nng, tcp")
