@@ -146,6 +146,9 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
         sock.close()
         raise
     writer = PcapWriter(str(out), linktype=DLT_EN10MB, nano=True, sync=False)
+    # the global header now: raw bytes go through write_packet(), which skips it,
+    # and an empty capture is still a valid pcap
+    writer.write_header(None)
     written = 0
     done = stop or threading.Event()
 

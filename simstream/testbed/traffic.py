@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 import time
 
@@ -69,35 +70,63 @@ def recv(bind: str, duration_s: float) -> dict[str, object]:
             "bins_s": BIN_S, "bins": bins}
 
 
-def send(to: str, duration_s: float, rate_mbps: float | None = None) -> dict[str, object]:
-    """Connect to ``to`` and write for ``duration_s`` (paced to ``rate_mbps`` if given)."""
+def send(to: str, duration_s: float, rate_mbps: float | None = None,
+         message_bytes: int | None = None, log: str | None = None) -> dict[str, object]:
+    """Connect to ``to`` and write for ``duration_s`` (paced to ``rate_mbps`` if given).
+
+    With ``message_bytes``, writes messages in the ``tcp`` transport's framing
+    (8-byte big-endian length, then the payload), each whole, and with ``log``
+    writes one emit-log line per message (docs/formats.md).
+    """
     s = socket.create_connection(_addr(to), timeout=ACCEPT_TIMEOUT_S)
-    payload = b"\x5a" * CHUNK
+    size = message_bytes or CHUNK
+    payload = (struct.pack(">Q", size) if message_bytes else b"") + b"\x5a" * size
     total = 0
+    seq = 0
     t0 = time.monotonic()
     deadline = t0 + duration_s
     t_start = clock.now()
     rate_Bps = rate_mbps * 1e6 / 8 if rate_mbps else None
-    s.settimeout(0.5)
-    while True:
-        now = time.monotonic()
-        if now >= deadline:
-            break
-        if rate_Bps is not None:
-            # token bucket, no burst allowance: the next chunk leaves when the
-            # bytes already sent have been "paid for" at the rate
-            due = t0 + total / rate_Bps
-            if due > now:
-                time.sleep(min(due - now, deadline - now))
-                continue
-        try:
-            total += s.send(payload)
-        except TimeoutError:
-            continue
-    s.close()
+    logf = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if rate_Bps is not None:
+                # token bucket, no burst allowance: the next write leaves when the
+                # bytes already sent have been paid for at the rate
+                due = t0 + total / rate_Bps
+                if due > now:
+                    time.sleep(min(due - now, deadline - now))
+                    continue
+            t_sched = clock.now()
+            if message_bytes:
+                s.settimeout(max(1.0, deadline - now + 5.0))
+                s.sendall(payload)
+                n = len(payload)
+            else:
+                s.settimeout(0.5)
+                try:
+                    n = s.send(payload)
+                except TimeoutError:
+                    continue
+            t_done = clock.now()
+            total += n
+            if logf is not None:
+                logf.write(json.dumps({
+                    "rank": 0, "seq": seq, "phase": "steady", "t_sched": t_sched,
+                    "t_first_byte": t_sched, "t_last_byte": t_done, "nbytes": size,
+                    "wire_bytes": n, "events": 1, "blocked_s": 0.0, "faults": [],
+                    "outcome": "delivered", "url": f"tcp://{to}"}) + "\n")
+            seq += 1
+    finally:
+        s.close()
+        if logf is not None:
+            logf.close()
     t_end = clock.now()
-    return {"bytes": total, "t_start": t_start, "t_end": t_end,
-            "rate_mbps": total * 8 / (t_end - t_start) / 1e6}
+    return {"bytes": total, "messages": seq if message_bytes else None, "t_start": t_start,
+            "t_end": t_end, "rate_mbps": total * 8 / (t_end - t_start) / 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--to", required=True)
     s.add_argument("--duration", type=float, required=True)
     s.add_argument("--rate-mbps", type=float, default=None)
+    s.add_argument("--message-bytes", type=int, default=None)
+    s.add_argument("--log", default=None)
     a = ap.parse_args(argv)
-    out = recv(a.bind, a.duration) if a.cmd == "recv" else send(a.to, a.duration, a.rate_mbps)
+    out = (recv(a.bind, a.duration) if a.cmd == "recv"
+           else send(a.to, a.duration, a.rate_mbps, a.message_bytes, a.log))
     print(json.dumps(out), flush=True)
     return 0
 

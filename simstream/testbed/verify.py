@@ -586,7 +586,8 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
                 checks.append(Check("latency", "emit -> wire", f"median {med:.2f} ms, "
                                     f"p95 {p95:.2f} ms",
                                     f"profile latency {profile.network.latency_ms:g} ms", "INFO",
-                                    "first byte handed to the kernel -> first byte at the capture"))
+                                    "first byte handed to the kernel -> first byte at the capture "
+                                    "(time queued in the socket buffer behind the shaper included)"))
         else:
             checks.append(Check("messages", "all", desc, "(no emit log)", "INFO"))
     return Report(checks, facts)
