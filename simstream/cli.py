@@ -29,6 +29,10 @@ _LAZY = {
     "investigate": "simstream.runner.cli:investigate",
     "diagnose": "simstream.diagnose.cli:diagnose",
     "codec": "simstream.codec_cli:codec",
+    "testbed": "simstream.testbed.cli:testbed",
+    "doctor": "simstream.testbed.doctor:doctor",
+    "capture": "simstream.testbed.capture:capture",
+    "verify": "simstream.testbed.verify:verify",
 }
 
 
