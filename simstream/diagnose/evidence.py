@@ -360,6 +360,10 @@ def compute_evidence(run: RunData) -> Evidence:
         cycle = model_cycle
         cap_src = "stage times: max(host part, busiest stream)" if gpu_async else "stage times: sum (serial)"
     cap = 1.0 / cycle if cycle > 0 else None
+    # what the loop could do if parsing left it
+    host_np = med["get_overhead"] or 0.0
+    cycle_np = max(host_np, gpu_cycle) if gpu_async else host_np + gpu_cycle
+    f["capacity_without_loop_parse_bps"] = _r(1.0 / cycle_np if cycle_np > 0 else None)
     f["gpu_streams_overlap"] = gpu_async
     f["capacity_bps"] = _r(cap)
     f["capacity_source"] = cap_src
@@ -427,6 +431,8 @@ def _emit_evidence(run: RunData, t0: float, arrivals: np.ndarray,
         wb = e["wire_bytes"][sent]
         out["emitted_byte_rate_Bps"] = _r(float(np.nansum(wb)) / esp, 1)
         out["emitted_rate_bps"] = _r(float(sent.sum()) / esp)
+        sch = np.sort(ts[np.isfinite(ts)])
+        out["offered_rate_bps"] = _r((sch.size - 1) / float(sch[-1] - sch[0])) if sch.size > 1 and sch[-1] > sch[0] else None
         ach = f.get("achieved_byte_rate_Bps")
         out["achieved_vs_emitted_bytes"] = _r(ach / out["emitted_byte_rate_Bps"]) if ach and out["emitted_byte_rate_Bps"] else None
         sd = (tl - tf)[sent]

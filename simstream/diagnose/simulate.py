@@ -176,6 +176,7 @@ def simulate(sc: Scenario) -> SimResult:
     ss, se, bl = c["send_start"], c["send_end"], c["blocked"]
     loop_free = 0.0
     prev_send_end = 0.0
+    asap = [rate is None for _, _, rate in sc.phases] + [False]
     done = n
     for i in range(n):
         ts = float(t_sched[i])
@@ -185,6 +186,9 @@ def simulate(sc: Scenario) -> SimResult:
             arr[i] = ready
         else:
             free = max(ts, prev_send_end)
+            if asap[phase[i]]:
+                # as fast as possible: the emitter schedules a message when it is free to send it
+                c["t_sched"][i] = ts = free
             unblock = arr[i - hwm] if i >= hwm else 0.0
             start = max(free, unblock)
             if start > stop:
@@ -252,7 +256,8 @@ def simulate(sc: Scenario) -> SimResult:
             loop_free = de[i]
     cols = {k_: np.asarray(v[:done], dtype=np.float64) + T0 for k_, v in c.items()}
     cols["blocked"] -= T0
-    cols["t_sched"] = t_sched[:done] + T0
+    cols["t_sched"] = np.where(np.asarray(c["t_sched"][:done]) > 0, np.asarray(c["t_sched"][:done]),
+                               t_sched[:done]) + T0
     if not (parse_recv or parse_loop):
         cols["parse_start"][:] = np.nan
         cols["parse_end"][:] = np.nan

@@ -178,7 +178,9 @@ def recommendations(ev: dict[str, Any], verdict: str) -> list[str]:
                 f"The emitter was sending {_g(em, 'sending_share'):.0%} of the time at "
                 f"{_g(em, 'send_rate_while_sending_Bps') * 8 / 1e6:.0f} Mbit/s: the link is saturated "
                 "(a bandwidth cap).")
-    if longest > 0 and cap:
+    stalls_matter = verdict == "network" or (
+        verdict == "consumer" and _g(ev, "gpu_idle_share_waiting_on_empty_q1") > 0.3)
+    if longest > 0 and cap and stalls_matter and _g(ev, "arrival_long_gaps", "count") > 0:
         need = int(math.ceil(longest * cap))
         cur = f" (Q1 maxsize is {maxsize})" if maxsize else ""
         if arr and arr < 0.95 * cap and verdict == "network":
@@ -190,15 +192,19 @@ def recommendations(ev: dict[str, Any], verdict: str) -> list[str]:
             out.append(
                 f"A Q1 of {need} batches{cur} would ride out the longest observed arrival stall "
                 f"({longest:.2f} s at the consumption rate of {cap:.1f} batches/s).")
-    if parse_ms > 0:
-        inter = 1000.0 / arr if arr else None
-        basis = min(x for x in (inter, 1000.0 / cap if cap else None) if x) if (inter or cap) else None
-        if basis:
-            threads = max(1, int(math.ceil(parse_ms / basis)))
-            out.append(
-                f"Parsing takes {parse_ms:.2f} ms per batch; keeping up with one batch every "
-                f"{basis:.2f} ms needs {threads} parser thread(s)"
-                + (f" (observed {ev.get('parser_threads_observed')})." if loc == "receiver" else "."))
+    cap_np = ev.get("capacity_without_loop_parse_bps") if loc == "inference_loop" else cap
+    if parse_ms > 0 and cap_np:
+        em = ev.get("emitter") or {}
+        # an emitter that was never held back sends on its own schedule: that rate is real demand
+        offered = _g(em, "offered_rate_bps") if em and _g(em, "blocked_share") < 0.05 else 0.0
+        target = min(offered, cap_np) if offered else cap_np
+        basis = ("the producer's offered rate" if offered and offered < cap_np
+                 else "what the rest of the inference stage can take")
+        threads = max(1, int(math.ceil(parse_ms / 1e3 * target)))
+        out.append(
+            f"Parsing takes {parse_ms:.2f} ms per batch; feeding {target:.1f} batches/s ({basis}) needs "
+            f"{threads} parser thread(s)"
+            + (f" (observed {ev.get('parser_threads_observed')})." if loc == "receiver" else "."))
     if loc == "inference_loop" and parse_ms > 0:
         share = _g(ev, "parse_share_of_loop")
         if verdict == "parse" or share > 0.2:
