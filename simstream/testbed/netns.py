@@ -167,6 +167,8 @@ class Testbed:
     followed by ``down()``.
     """
 
+    __test__ = False  # not a pytest class
+
     def __init__(self, name: str, profile: Profile | None = None, *,
                  i_know_iface: str | None = None, offer: KernelOffer | None = None) -> None:
         self.name = validate_name(name)
