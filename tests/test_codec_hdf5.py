@@ -1,0 +1,144 @@
+"""The HDF5 fast paths against stock h5py: same bytes in, same arrays out."""
+
+from __future__ import annotations
+
+import io
+
+import h5py
+import hdf5plugin
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simstream import codec
+from simstream.codec import _hdf5
+from tests.strategies import batches, compressions, field_maps
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def lclstreamer_serialize(arrays: dict[str, np.ndarray], paths: dict[str, str], compression: str, level: int = 3) -> bytes:
+    """What LCLStreamer's HDF5BinarySerializer does: h5py into BytesIO, chunks (1, ...)."""
+    opts = _hdf5.filter_options(compression, level)
+    with io.BytesIO() as b:
+        with h5py.File(b, "w") as fh:
+            for name, a in arrays.items():
+                fh.create_dataset(paths[name], shape=a.shape, dtype=a.dtype, chunks=(1, *a.shape[1:]), data=a, **opts)
+        return b.getvalue()
+
+
+def h5py_read(buf: bytes) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(io.BytesIO(buf), "r") as fh:
+        fh.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], dict[str, str], str]:
+    batch = draw(batches())
+    return batch, draw(field_maps(list(batch))), draw(compressions())
+
+
+@given(cases())
+def test_h5py_reads_what_we_encode(case: tuple[dict[str, np.ndarray], dict[str, str], str]) -> None:
+    batch, paths, comp = case
+    buf = codec.encode(batch, fields=paths, compression=comp)
+    stock = h5py_read(buf)
+    assert set(stock) == {p.strip("/") for p in paths.values()}
+    with h5py.File(io.BytesIO(buf), "r") as fh:
+        for name, a in batch.items():
+            d = fh[paths[name]]
+            assert same(a, d[()])
+            assert d.chunks == (1, *a.shape[1:])
+            filtered = comp != "none" and a.ndim > 1
+            assert (d.id.get_create_plist().get_nfilters() > 0) == filtered
+
+
+@given(cases(), st.booleans())
+def test_fast_decode_equals_stock_h5py(case: tuple[dict[str, np.ndarray], dict[str, str], str], ours: bool) -> None:
+    """Files from the real serializer's method and from our encoder decode as h5py reads them."""
+    batch, paths, comp = case
+    if ours:
+        buf = codec.encode(batch, fields=paths, compression=comp)
+    else:
+        buf = lclstreamer_serialize(batch, paths, comp)
+    stock = h5py_read(buf)
+    fast = codec.decode(buf)
+    assert set(fast) == set(stock)
+    for key, a in stock.items():
+        assert same(a, fast[key]), key
+
+
+def test_the_template_chunks_are_found_where_h5py_puts_them() -> None:
+    a = np.arange(4 * 3 * 5, dtype=np.int16).reshape(4, 3, 5)
+    buf = codec.encode({"d": a, "t": np.arange(4.0)}, fields={"d": "/data/data", "t": "/data/t"})
+    with h5py.File(io.BytesIO(buf), "r") as fh:
+        d = fh["data/data"]
+        for i in range(4):
+            info = d.id.get_chunk_info(i)
+            assert info.filter_mask == 0
+            raw = np.frombuffer(buf, np.uint8)[info.byte_offset : info.byte_offset + info.size]
+            assert raw.tobytes() == a[i].tobytes()
+
+
+def test_layout_cache_is_not_fooled_by_equal_lengths() -> None:
+    """Two messages of one length but different layouts each decode correctly."""
+    a = {"x": np.arange(8, dtype=np.int64).reshape(2, 4), "y": np.zeros(2, np.float64)}
+    b = {"x": np.arange(8, dtype=np.float64).reshape(2, 4), "y": np.ones(2, np.int64)}
+    ba, bb = codec.encode(a), codec.encode(b)
+    assert len(ba) == len(bb)
+    for _ in range(2):
+        for src, buf in ((a, ba), (b, bb)):
+            out = codec.decode(buf)
+            assert all(same(src[k], out[k]) for k in src)
+
+
+def test_layout_cache_serves_new_data_in_the_same_layout() -> None:
+    rng = np.random.default_rng(1)
+    shapes = {"d": (2, 16), "s": (2,)}
+    first = codec.encode({k: np.zeros(s) for k, s in shapes.items()})
+    codec.decode(first)  # parsed by h5py once, remembered
+    for _ in range(3):
+        batch = {k: rng.random(s) for k, s in shapes.items()}
+        buf = codec.encode(batch)
+        assert _hdf5._recall(np.frombuffer(buf, np.uint8)) is not None  # no h5py needed
+        out = codec.decode(buf)
+        assert all(same(batch[k], out[k]) for k in batch)
+
+
+def test_incrementally_allocated_and_contiguous_files_decode() -> None:
+    """Layouts other than ours (contiguous, chunks other than per event) go through h5py."""
+    b = io.BytesIO()
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    with h5py.File(b, "w") as fh:
+        fh.create_dataset("contig", data=x)
+        fh.create_dataset("twochunks", data=x, chunks=(2, 3))
+        fh.create_dataset("sparse", shape=(4, 6), dtype=np.float32, chunks=(1, 6))
+        fh["sparse"][1] = 5.0
+    out = codec.decode(b.getvalue())
+    assert same(out["contig"], x) and same(out["twochunks"], x)
+    expected = np.zeros((4, 6), np.float32)
+    expected[1] = 5
+    assert same(out["sparse"], expected)
+
+
+@pytest.mark.parametrize("compression", ["bitshuffle_lz4", "bitshuffle_zstd"])
+def test_bitshuffle_is_the_hdf5plugin_filter(compression: str) -> None:
+    a = np.random.default_rng(2).random((2, 1, 16, 16)).astype(np.float32)
+    buf = codec.encode({"d": a}, compression=compression, compression_level=5)
+    with h5py.File(io.BytesIO(buf), "r") as fh:
+        dcpl = fh["d"].id.get_create_plist()
+        assert dcpl.get_filter(0)[0] == hdf5plugin.BSHUF_ID
+        assert same(a, fh["d"][()])
+
+
+@given(st.integers(1, 6))
+@settings(max_examples=6)
+def test_encode_uses_one_template_per_batch_size(b: int) -> None:
+    a = np.ones((b, 2, 3), np.uint16) * b
+    buf = codec.encode({"d": a})
+    assert same(h5py_read(buf)["d"], a)
