@@ -366,7 +366,8 @@ class _Replay:
 
     def _open(self, p: Path, where: str) -> tuple[int, Any]:
         try:
-            head = p.open("rb").read(8)
+            with p.open("rb") as fh:
+                head = fh.read(8)
         except OSError as e:
             raise ProfileError([f"{where}: {p}: cannot read: {e.strerror or e}"]) from None
         key = self.key.strip("/")
@@ -379,6 +380,7 @@ class _Replay:
             if not isinstance(obj, h5py.Dataset):
                 have: list[str] = []
                 f.visititems(lambda n, o: have.append("/" + n) if isinstance(o, h5py.Dataset) else None)
+                f.close()
                 raise ProfileError(
                     [f"{where}: {p} has no dataset /{key} (fields.detector_data); "
                      f"datasets: {', '.join(have) or 'none'}"]
