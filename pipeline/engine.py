@@ -51,7 +51,7 @@ from simstream.clock import now
 from simstream.errors import UsageError
 
 from .device import Anchor, GpuClock, resolve_device
-from .pinned import PinnedPool, is_pinned
+from .pinned import PinnedPool, copy_into, is_pinned
 
 
 @dataclass
@@ -406,7 +406,7 @@ class _ThreadExecutor:
                 if data.flags.c_contiguous and data.flags.writeable:
                     slot.raw.copy_(torch.from_numpy(data))
                 else:
-                    np.copyto(slot.raw.numpy(), data, casting="no")
+                    copy_into(slot.raw.numpy(), data)
                 job.times["h2d_end"] = now()
         except BaseException as exc:
             self._fail("h2d", job, exc)
@@ -556,7 +556,7 @@ class _CudaExecutor:
             if slot.staging is not None:
                 slot.staging[1]()
             slot.staging = self.engine.pool.acquire(tuple(data.shape), data.dtype)
-        np.copyto(slot.staging[0], data, casting="no")
+        copy_into(slot.staging[0], data)
         return torch.from_numpy(slot.staging[0])
 
     def _poll_releases(self) -> None:

@@ -14,8 +14,10 @@ a final partial batch reuses a full batch's buffer. Thread-safe.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -147,3 +149,43 @@ def is_pinned(array: np.ndarray) -> bool:
     if not (array.flags.c_contiguous and array.flags.writeable):
         return False
     return bool(torch.from_numpy(array.reshape(-1).view(np.uint8)).is_pinned())
+
+
+_copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray, *, min_chunk_bytes: int = 4 << 20, max_threads: int = 8) -> None:
+    """``dst[...] = src`` (same shape and dtype) split over up to ``max_threads`` threads.
+
+    One thread copies ordinary memory at 5-10 GB/s, far below a PCIe/NVLink H2D
+    (~50 GB/s on an H200 host); numpy releases the GIL while it copies, so chunks
+    copied in parallel add up. Small copies stay on the calling thread.
+    Raises ValueError when shape or dtype differ.
+    """
+    if dst.shape != src.shape or dst.dtype != src.dtype:
+        raise ValueError(f"copy_into: {src.shape} {src.dtype} into {dst.shape} {dst.dtype}")
+    threads = min(max_threads, os.cpu_count() or 1, dst.nbytes // max(min_chunk_bytes, 1))
+    if dst.flags.c_contiguous and src.flags.c_contiguous:
+        dst_parts, src_parts = dst.reshape(-1), src.reshape(-1)
+    elif dst.ndim and dst.shape[0] > 1:
+        dst_parts, src_parts = dst, src
+        threads = min(threads, dst.shape[0])
+    else:
+        threads = 1
+    if threads <= 1:
+        np.copyto(dst, src, casting="no")
+        return
+    global _copy_pool
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(max_workers=min(max_threads, os.cpu_count() or 1), thread_name_prefix="copy")
+        pool = _copy_pool
+    bounds = np.linspace(0, len(dst_parts), threads + 1).astype(np.int64)
+    futures = [
+        pool.submit(np.copyto, dst_parts[a:b], src_parts[a:b], casting="no")
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        if b > a
+    ]
+    for future in futures:
+        future.result()

@@ -21,6 +21,7 @@ from pipeline.engine import (
     union_seconds,
 )
 from pipeline.models import build_model
+from pipeline.pinned import copy_into
 from simstream.clock import now
 from simstream.errors import UsageError
 
@@ -254,3 +255,31 @@ def test_synthetic_compute_time_on_cpu(compute_ms, per_event, events):
     took = sorted((f.t_compute_end - f.t_compute_start) * 1e3 for f in done)
     assert took[0] >= target
     assert took[len(took) // 2] <= target + 5.0
+
+
+@given(
+    events=st.integers(min_value=1, max_value=6),
+    width=st.integers(min_value=1, max_value=50),
+    step=st.integers(min_value=1, max_value=3),
+    threads=st.integers(min_value=1, max_value=4),
+)
+def test_copy_into_matches_numpy_for_any_layout(events, width, step, threads):
+    src = np.arange(events * width * 3, dtype=np.float64).reshape(events, 3, width)[:, :, ::step]
+    dst = np.empty(src.shape, dtype=src.dtype)
+    copy_into(dst, src, min_chunk_bytes=8, max_threads=threads)
+    np.testing.assert_array_equal(dst, src)
+    with pytest.raises(ValueError, match="copy_into"):
+        copy_into(dst.astype(np.float32), src)
+
+
+def test_read_only_and_strided_batches_are_accepted():
+    base = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8)
+    read_only = base.copy()
+    read_only.flags.writeable = False
+    strided = base[:, :, ::2]
+    with Engine(build_model({"kind": "noop"}), device="cpu", buffers=2) as engine:
+        done = engine.submit(WorkItem(index=0, data=read_only))
+        done += engine.submit(WorkItem(index=1, data=strided))
+        done += engine.flush()
+    np.testing.assert_allclose(done[0].output, _expected_noop(base))
+    np.testing.assert_allclose(done[1].output, _expected_noop(strided))
