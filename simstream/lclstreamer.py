@@ -283,7 +283,7 @@ def _serializer(
         raise r.fail(f"{path}.compression", f"{comp!r} is not one of {allowed}")
     level = r.integer(node, "compression_level", path, minimum=0) if "compression_level" in node else 3
     raw_fields = r.mapping(node.get("fields"), f"{path}.fields")
-    fields: dict[str, str] = {}
+    fields = {}
     for name, target in raw_fields.items():
         if not isinstance(target, str) or not target:
             raise r.fail(f"{path}.fields.{name}", f"{target!r} is not a dataset path")

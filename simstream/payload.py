@@ -170,7 +170,7 @@ class MessageFactory:
 
     def _per_message_values(self, seq: int, n: int) -> dict[str, np.ndarray]:
         events = seq * self.batch_size + np.arange(n, dtype=np.int64)
-        values = {
+        values: dict[str, np.ndarray] = {
             "timestamp": EPOCH_S + events / EVENT_RATE_HZ,
             "simstream_sequence": np.full(n, seq, dtype=np.int64),
             "simstream_rank": np.full(n, self.rank, dtype=np.int32),
@@ -180,7 +180,7 @@ class MessageFactory:
 
     def _fresh(self, seq: int, n: int) -> dict[str, np.ndarray]:
         events = seq * self.batch_size + np.arange(n, dtype=np.int64)
-        out: dict[str, np.ndarray] = {"detector_data": self._content(events)}
+        out: dict[str, np.ndarray] = {"detector_data": np.asarray(self._content(events))}
         if "photon_wavelength" in self.fields:
             out["photon_wavelength"] = np.array(
                 [WAVELENGTH_A + 0.002 * _rng(self.seed, self.rank, int(e), 3).standard_normal()

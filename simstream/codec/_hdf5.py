@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -67,7 +67,8 @@ def filter_options(compression: str, level: int) -> dict[str, Any]:
     if compression in ("bitshuffle_lz4", "bitshuffle_zstd"):
         import hdf5plugin
 
-        return {"compression": hdf5plugin.Bitshuffle(cname=compression.split("_")[1], clevel=level)}
+        cname: Literal["lz4", "zstd"] = "lz4" if compression == "bitshuffle_lz4" else "zstd"
+        return {"compression": hdf5plugin.Bitshuffle(cname=cname, clevel=level)}
     raise ValueError(
         f"compression {compression!r} is not one of none, gzip, gzip_with_shuffle, "
         f"bitshuffle_lz4, bitshuffle_zstd"

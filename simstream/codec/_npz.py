@@ -20,6 +20,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def _short(e: BaseException) -> str:
     return text[:200]
 
 
-def _header(f: io.RawIOBase | io.BufferedIOBase, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+def _header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
@@ -116,7 +117,7 @@ def members(zf: zipfile.ZipFile, raw: np.ndarray) -> dict[str, Member]:
             )
         if info.compress_type == zipfile.ZIP_STORED:
             f = BufferFile(raw[start : start + info.compress_size])
-            shape, fortran, dtype = _header(f, key)
+            shape, fortran, dtype = _header(f, key)  # type: ignore[arg-type]
             data_offset: int | None = start + f.tell()
         else:
             try:
@@ -145,7 +146,7 @@ def _target(alloc: Alloc | None, shape: tuple[int, ...], dtype: np.dtype) -> np.
 def _read(zf: zipfile.ZipFile, raw: np.ndarray, m: Member, alloc: Alloc | None) -> np.ndarray:
     if m.data_offset is not None:
         entry = raw[m.entry_offset : m.entry_offset + m.info.compress_size]
-        if zlib.crc32(entry) != m.info.CRC:
+        if zlib.crc32(entry.data) != m.info.CRC:
             raise CodecError(f"corrupt: CRC mismatch in member {m.key!r}")
         flat = raw[m.data_offset : m.data_offset + m.nbytes].view(m.dtype)
         view = flat.reshape(m.shape[::-1]).T if m.fortran else flat.reshape(m.shape)

@@ -112,7 +112,7 @@ class Rewriter:
                 pos += n
             if slot.crc_entry is not None:
                 start, n = slot.crc_entry
-                crc = struct.pack("<I", zlib.crc32(out[start : start + n]))
+                crc = struct.pack("<I", zlib.crc32(out[start : start + n].data))
                 for at in slot.crc_at:
                     out[at : at + 4] = np.frombuffer(crc, np.uint8)
         del out
