@@ -41,10 +41,11 @@ def _print_report(report: dict[str, Any]) -> None:
     con.print("[bold]files[/]")
     for name in ("report.json", "report.md", "report.html", "trace.json"):
         if name in report.get("files", {}):
-            con.print(f"  {report['files'][name]}", highlight=False)
+            con.print(f"  {report['files'][name]}", highlight=False, soft_wrap=True)
     n_plots = sum(1 for k in report.get("files", {}) if k.startswith("plots/"))
     if n_plots:
-        con.print(f"  {Path(report['files']['report.json']).parent / 'plots'}/ ({n_plots} plots)", highlight=False)
+        con.print(f"  {Path(report['files']['report.json']).parent / 'plots'}/ ({n_plots} plots)",
+                  highlight=False, soft_wrap=True)
 
 
 def _selftest(quiet: bool) -> int:

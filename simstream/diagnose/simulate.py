@@ -182,6 +182,9 @@ def simulate(sc: Scenario) -> SimResult:
         ts = float(t_sched[i])
         if sc.mode == "random":
             ready = max(ts, pue[i - 1] if i else 0.0)
+            if ready > stop:
+                done = i
+                break
             ss[i] = se[i] = ready
             arr[i] = ready
         else:
