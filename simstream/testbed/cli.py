@@ -113,7 +113,9 @@ def up(name: str, profile_path: str | None, duration: float | None, detach: bool
             return
         with Testbed.up(name, profile, i_know_iface=iface) as live:
             _print_up(live)
-            horizon = duration or (profile.stop.duration_s if profile else None)
+            # with a command, its exit ends the run (the emitter drains past
+            # stop.duration_s); without one, the profile's duration does
+            horizon = duration or (None if cmd or profile is None else profile.stop.duration_s)
             rc = _foreground(live, profile.timeline.repeat if profile else False,
                              horizon, list(cmd))
         click.echo("testbed down: namespaces, veth and qdiscs removed"
