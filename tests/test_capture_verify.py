@@ -343,3 +343,17 @@ def test_real_capture_of_a_tbf_link_verifies(tmp_path: Path) -> None:
     tight.write_text(prof_path.read_text().replace("bandwidth_mbps: 20", "bandwidth_mbps: 10"))
     r2 = CliRunner().invoke(ver.verify, [str(pcap), "--profile", str(tight)])
     assert r2.exit_code == 1 and "above the cap" in r2.output
+
+
+def test_truncated_capture_still_gives_the_rate(tmp_path: Path) -> None:
+    pkts = _stream_packets(_zmtp_stream([30_000] * 40), 8.0, 20.0)
+    pcap = tmp_path / "snap.pcap"
+    _write_pcap(pcap, [(t, f[:96]) for t, f in pkts])
+    rep = ver.verify_capture(pcap, _profile(8.0))
+    by = {c.name: c for c in rep.checks}
+    assert by["capture"].measured == "packets truncated (snaplen)"
+    assert by["rate"].status == "PASS" and by["rate"].measured in ("8.00 Mbit/s", "7.99 Mbit/s")
+    assert "messages" not in by
+    r = CliRunner().invoke(cap_mod.capture, ["--iface", "lo", "--port", "1", "--out",
+                                             str(tmp_path / "x.pcap"), "--snaplen", "40"])
+    assert isinstance(r.exception, UsageError) and "--snaplen 40 is below 96" in str(r.exception)

@@ -123,8 +123,11 @@ class CaptureResult:
 
 
 def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: int,
-                    stop: threading.Event | None = None) -> CaptureResult:
+                    stop: threading.Event | None = None, snaplen: int = 0) -> CaptureResult:
     """Sniff ``tcp port`` on ``iface`` into ``out`` until duration, count or ``stop``.
+
+    ``snaplen`` > 0 keeps only the first bytes of each packet (headers: enough for
+    rates, not for message framing), so a fast link fits on disk.
 
     Raises OSError (no such interface, no privileges).
     """
@@ -158,7 +161,8 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
         if written < count and tcp_port_matches(data, port):
             ts = float(pkt.time)  # type: ignore[attr-defined]
             sec = int(ts)
-            writer.write_packet(data, sec=sec, usec=min(round((ts - sec) * 1e9), 999_999_999),
+            kept = data[:snaplen] if snaplen else data
+            writer.write_packet(kept, sec=sec, usec=min(round((ts - sec) * 1e9), 999_999_999),
                                 wirelen=len(data))
             written += 1
             if written >= count:
@@ -182,12 +186,15 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
 
 
 def capture_argv(iface: str, port: int, out: Path | str, duration_s: float,
-                 count: int | None = None, netns: str | None = None) -> list[str]:
+                 count: int | None = None, netns: str | None = None,
+                 snaplen: int = 0) -> list[str]:
     """argv of a capture run in a child process (inside ``netns`` if given)."""
     argv = [sys.executable, "-m", "simstream.testbed.capture", "--iface", iface,
             "--port", str(port), "--out", str(out), "--duration", str(duration_s)]
     if count is not None:
         argv += ["--count", str(count)]
+    if snaplen:
+        argv += ["--snaplen", str(snaplen)]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     return argv
@@ -202,8 +209,10 @@ def capture_argv(iface: str, port: int, out: Path | str, duration_s: float,
               help="seconds to capture")
 @click.option("--count", type=int, default=1_000_000, show_default=True,
               help="stop after this many packets")
+@click.option("--snaplen", type=int, default=0, show_default=True,
+              help="keep only the first N bytes of each packet (0 = whole packets)")
 @click.option("--netns", default=None, help="network namespace the interface is in")
-def capture(iface: str, port: int, out: Path, duration: float, count: int,
+def capture(iface: str, port: int, out: Path, duration: float, count: int, snaplen: int,
             netns: str | None) -> None:
     """Write the TCP packets of PORT on IFACE to a pcap file."""
     if not 0 < port < 65536:
@@ -212,10 +221,12 @@ def capture(iface: str, port: int, out: Path, duration: float, count: int,
         raise UsageError(f"--duration {duration} is not in (0, {MAX_DURATION_S:g}]")
     if not 0 < count <= MAX_COUNT:
         raise UsageError(f"--count {count} is not in 1..{MAX_COUNT}")
+    if snaplen and snaplen < 96:
+        raise UsageError(f"--snaplen {snaplen} is below 96 bytes: TCP headers would be cut")
     if not out.parent.exists():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     if netns:
-        _capture_in_netns(iface, port, out, duration, count, netns)
+        _capture_in_netns(iface, port, out, duration, count, netns, snaplen)
         return
     stop = threading.Event()
 
@@ -224,7 +235,7 @@ def capture(iface: str, port: int, out: Path, duration: float, count: int,
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        res = capture_to_file(iface, port, out, duration, count, stop)
+        res = capture_to_file(iface, port, out, duration, count, stop, snaplen)
     except OSError as e:
         raise UsageError(f"cannot capture on {iface!r}: {e}") from None
     finally:
@@ -234,8 +245,8 @@ def capture(iface: str, port: int, out: Path, duration: float, count: int,
 
 
 def _capture_in_netns(iface: str, port: int, out: Path, duration: float, count: int,
-                      netns: str) -> None:
-    argv = capture_argv(iface, port, out.resolve(), duration, count, netns)
+                      netns: str, snaplen: int) -> None:
+    argv = capture_argv(iface, port, out.resolve(), duration, count, netns, snaplen)
     child = subprocess.Popen(argv)
 
     def forward(signum: int, frame: FrameType | None) -> None:

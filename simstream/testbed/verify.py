@@ -105,6 +105,11 @@ class _Seg:
     flags: int
     hdr_len: int  # Ethernet + IP + TCP header bytes of this packet
     win: int
+    plen: int = 0  # payload length on the wire (more than len(payload) when truncated)
+
+    @property
+    def truncated(self) -> bool:
+        return self.plen > len(self.payload)
 
 
 @dataclass
@@ -120,7 +125,11 @@ class Flow:
 
     @property
     def payload_bytes(self) -> int:
-        return sum(len(s.payload) for s in self.segs)
+        return sum(s.plen for s in self.segs)
+
+    @property
+    def truncated(self) -> bool:
+        return any(s.truncated for s in self.segs)
 
 
 def _ip(b: bytes) -> str:
@@ -140,14 +149,16 @@ def _parse_tcp(frame: bytes) -> tuple[str, int, str, int, _Seg, bytes] | None:
         total = struct.unpack_from("!H", frame, 16)[0]
         src, dst = frame[26:30], frame[30:34]
         off = ETH_HDR + ihl
-        end = min(len(frame), ETH_HDR + total) if total else len(frame)
+        # the IP length says how much payload there was even when the capture
+        # kept only the first bytes of the packet (--snaplen)
+        wire_end = ETH_HDR + total if total else len(frame)
     elif etype == 0x86DD:
         if frame[20] != 6:
             return None
         plen = struct.unpack_from("!H", frame, 18)[0]
         src, dst = frame[22:38], frame[38:54]
         off = ETH_HDR + 40
-        end = min(len(frame), off + plen)
+        wire_end = off + plen
     else:
         return None
     if len(frame) < off + 20:
@@ -156,7 +167,9 @@ def _parse_tcp(frame: bytes) -> tuple[str, int, str, int, _Seg, bytes] | None:
     thl = (doff_flags >> 12) * 4
     flags = doff_flags & 0x1FF
     options = frame[off + 20: off + thl]
-    seg = _Seg(0.0, seq, frame[off + thl: end], flags, off + thl, win)
+    end = min(len(frame), wire_end)
+    seg = _Seg(0.0, seq, frame[off + thl: end], flags, off + thl, win,
+               max(0, wire_end - off - thl))
     return _ip(src), sport, _ip(dst), dport, seg, options
 
 
@@ -201,7 +214,7 @@ def tcp_flows(path: Path, port: int) -> list[Flow]:
             fl.mss = _mss_option(options) or fl.mss
         if seg.flags & 0x01 and fl.fin_ts is None:
             fl.fin_ts = ts
-        if seg.payload:
+        if seg.plen:
             fl.segs.append(seg)
     return found
 
@@ -394,8 +407,8 @@ class Report:
 
 def _wire_bytes(seg: _Seg, mss: int) -> int:
     """Bytes the shaper counts for a captured packet (a GSO packet as its segments)."""
-    n = max(1, math.ceil(len(seg.payload) / mss))
-    return len(seg.payload) + n * seg.hdr_len
+    n = max(1, math.ceil(seg.plen / mss))
+    return seg.plen + n * seg.hdr_len
 
 
 def load_emit_log(path: Path) -> list[dict[str, Any]]:
@@ -474,13 +487,18 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     for w in wire:
         cum.append(cum[-1] + w)
     facts.update(t_first=t_first_pkt, t_last=t_last_pkt, wire_bytes=cum[-1],
-                 payload_bytes=sum(len(s.payload) for s, _ in segs))
+                 payload_bytes=sum(s.plen for s, _ in segs))
 
     def bytes_between(a: float, b: float) -> int:
         return cum[bisect.bisect_left(times, b)] - cum[bisect.bisect_left(times, a)]
 
     # messages
     streams = [reassemble(f) for f in data_flows]
+    truncated = any(f.truncated for f in data_flows)
+    if truncated:
+        checks.append(Check("capture", "all", "packets truncated (snaplen)", "whole packets",
+                            "INFO", "rates only: message framing not walked"))
+        kind = "none"
     walks = [walk_messages(s, kind) for s in streams] if kind != "none" else []
     messages = sorted((m for w in walks for m in w.messages), key=lambda m: m.t_first)
     missing = sum(s.missing_bytes for s in streams)
