@@ -23,7 +23,7 @@ import numpy as np
 
 _PAGE = 4096
 _MADV_HUGEPAGE = 14
-_SMALL = 1 << 20  # below this, huge pages do not pay; an ordinary bytearray is fine
+_SMALL = 1 << 12  # below this the extra copy of the plain path costs nothing
 
 
 def _madvise_fn() -> Callable[[int, int], None]:
@@ -75,7 +75,7 @@ def new_bytes(n: int) -> tuple[bytes | bytearray, np.ndarray]:
 
     Write the whole message through the view, then drop the view and hand out the
     buffer. The buffer is ``bytes`` (immutable once returned) on CPython; elsewhere,
-    and for small messages, a ``bytearray``.
+    and for messages under 4 KiB, a ``bytearray``.
     """
     if n >= _SMALL and _IN_PLACE:
         return _fill_in_place(n)

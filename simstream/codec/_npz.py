@@ -15,6 +15,7 @@ member's CRC, as zipfile does) and inflates deflated ones.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zipfile
 import zlib
@@ -66,7 +67,7 @@ class Member:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def _open(raw: np.ndarray) -> zipfile.ZipFile:
