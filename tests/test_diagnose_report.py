@@ -162,3 +162,23 @@ def test_compare_detects_a_different_inference_stage(tmp_path: Path) -> None:
     assert cmp["stages"]["compute"]["ks"] > 0.9
     assert cmp["stages"]["h2d"]["same"] is True
     assert cmp["gap"]["stage"] == "compute_ms"
+
+
+def test_empty_run_reports_without_warnings(tmp_path: Path) -> None:
+    """A run where nothing arrived (headers only) still gets a report, a trace and plots."""
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps({"received": 0, "processed": 0, "quarantined": 0,
+                                                "lost": None, "duplicated": None, "reordered": None}))
+    (d / "batches.csv").write_text(
+        "index,rank,seq,events,nbytes,t_arrival,t_parse_start,t_parse_end,t_q1_put_start,"
+        "t_q1_put_end,t_q1_get_start,t_q1_get_end,buffer,t_h2d_start,t_h2d_end,t_compute_start,"
+        "t_compute_end,t_d2h_start,t_d2h_end\n")
+    (d / "messages.csv").write_text("index,rank,seq,nbytes,t_arrival,status,reason\n")
+    (d / "gpu.csv").write_text("stream,buffer,batch_index,t_start,t_end\n")
+    (d / "q1.csv").write_text("t,depth,maxsize\n1795911841.8688304,0,8\n1795911841.9689345,0,8\n")
+    rep = diagnose_run(d)
+    assert rep["verdict"] == "network" and rep["confidence"] <= 0.3
+    assert rep["recommendations"][0].startswith("Nothing arrived")
+    assert json.loads((d / "trace.json").read_text())["traceEvents"]
+    assert len(list((d / "plots").glob("*.png"))) == 5

@@ -385,6 +385,9 @@ def compute_evidence(run: RunData) -> Evidence:
         "d2h": _ms(med["d2h"]),
         "gpu_cycle": _ms(gpu_cycle),
         "loop_host": _ms(host),
+        # the part of the measured loop cycle that is neither parse nor Q1 get:
+        # submitting to the inference stage (staging copies, waiting for a buffer)
+        "loop_inference": _ms(max(cycle - host, 0.0)) if cap_src.startswith("measured") else None,
     }
     c_ms = med["compute"] or 0.0
     f["parse_vs_compute"] = _r((med["parse"] or 0.0) / c_ms) if c_ms > 0 and med["parse"] is not None else None

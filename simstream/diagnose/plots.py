@@ -24,6 +24,12 @@ DPI = 90
 MAX_SHADED = 300
 
 
+def _legend(ax: Any, **kw: Any) -> None:
+    """A legend only when something is labelled (an empty run has nothing)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -48,7 +54,7 @@ def q1_occupancy(ev: Evidence, path: Path) -> Path:
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel(f"Q1 occupancy (% of {m})")
     ax.set_title("Q1 occupancy (purple: long arrival gaps)")
-    ax.legend(loc="upper right", fontsize=7, ncol=3)
+    _legend(ax, loc="upper right", fontsize=7, ncol=3)
     return _save(fig, path)
 
 
@@ -72,7 +78,7 @@ def rates(ev: Evidence, path: Path) -> Path:
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("batches per second")
     ax.set_title(f"Producer arrival rate vs consumer processing rate ({width:.2g} s bins)")
-    ax.legend(loc="upper right", fontsize=7)
+    _legend(ax, loc="upper right", fontsize=7)
     return _save(fig, path)
 
 
@@ -140,9 +146,11 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
     if "longest_gap" in s:
         g0, g1 = s["longest_gap"]
         ax.axvspan(g0, g1, color="#d62728", alpha=0.1, lw=0, label=f"longest idle gap {1e3 * (g1 - g0):.1f} ms")
-        ax.legend(loc="upper right", fontsize=7)
+        _legend(ax, loc="upper right", fontsize=7)
     ax.set_yticks(np.arange(len(labels)) + 0.4)
     ax.set_yticklabels(labels, fontsize=7)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
     ax.set_xlim(lo, hi)
     ax.invert_yaxis()
     ax.set_xlabel("time since start (s)")
@@ -172,7 +180,7 @@ def stage_breakdown(ev: Evidence, path: Path) -> Path:
     ax.set_xlabel("batch (processing order)")
     ax.set_ylabel("ms per batch (binned mean)")
     ax.set_title("Per-batch stage breakdown (queue = put start to get end)")
-    ax.legend(loc="upper right", fontsize=7, ncol=5)
+    _legend(ax, loc="upper right", fontsize=7, ncol=5)
     service = {
         "parse": s["parse"], "Q1 put op": s["put_over"], "Q1 get op": s["get_over"],
         "h2d": s["h2d"], "compute": s["compute"], "d2h": s["d2h"],
@@ -230,7 +238,7 @@ def write_compare_plots(evs: dict[str, Evidence], out_dir: Path) -> dict[str, Pa
         ax.set_title(f"{stage} time per batch")
         ax.set_xlabel("ms")
         ax.set_ylabel("ECDF")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     p1 = _save(fig, out_dir / "compare_stages_ecdf.png")
 
     fig, ax = plt.subplots(figsize=(9, 3.4))
@@ -248,6 +256,6 @@ def write_compare_plots(evs: dict[str, Evidence], out_dir: Path) -> dict[str, Pa
     ax.set_xticklabels(names, fontsize=8)
     ax.set_ylabel("mean ms per batch")
     ax.set_title("Where the time goes per batch: random vs socket")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     p2 = _save(fig, out_dir / "compare_where_time_goes.png")
     return {"stages_ecdf": p1, "where_time_goes": p2}

@@ -14,6 +14,9 @@ Decision, in order (figures from ``evidence.compute_evidence``):
    parse inside the loop (``per_batch_ms.parse_in_loop``) vs Q1 get overhead
    (get time minus waiting for the put) vs the GPU cycle (busiest of
    H2D/compute/D2H when the streams overlap, their sum when they run in turn).
+   When the loop's cycle was measured while fed, what it spent beyond parse and
+   get (submitting to the inference stage: staging copies, waiting for a free
+   buffer) counts for the inference stage too.
    The largest names the verdict: ``parse``, ``queue`` or ``consumer``.
    ``consumer`` is the healthy case: no starvation, Q1 stays full.
 2. Otherwise the loop starves (it waited on an empty Q1 for >= 15 % of the
@@ -95,7 +98,7 @@ def decide(ev: dict[str, Any]) -> tuple[str, float, list[str]]:
         costs = {
             "parse": _g(pb, "parse_in_loop"),
             "queue": _g(pb, "q1_get_overhead"),
-            "consumer": _g(pb, "gpu_cycle"),
+            "consumer": max(_g(pb, "gpu_cycle"), _g(pb, "loop_inference")),
         }
         ranked = sorted(costs.items(), key=lambda kv: kv[1], reverse=True)
         verdict = ranked[0][0]
@@ -160,6 +163,12 @@ def recommendations(ev: dict[str, Any], verdict: str) -> list[str]:
     parse_ms = _g(pb, "parse")
     compute_ms = _g(pb, "compute")
     loc = ev.get("parse_location")
+    if not ev.get("batches_processed"):
+        if ev.get("messages_received"):
+            return ["Every received message was quarantined: see quarantine/*.json for the reasons "
+                    "(format mismatch, e.g. HDF5 sent to an npz-only parser, or a partial batch)."]
+        return ["Nothing arrived: check that the producer ran and reached the consumer's address "
+                "(role client/server, port), then run again."]
 
     if verdict == "network":
         em = ev.get("emitter") or {}
