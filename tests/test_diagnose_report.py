@@ -139,7 +139,8 @@ def test_compare_same_inference_stage_gap_before_it(tmp_path: Path) -> None:
     cmp = compare_report(r, s, tmp_path)
     assert cmp["same_inference_stage"] is True
     assert cmp["answer"].startswith("Yes")
-    assert cmp["gap"]["stage"] == "q1_wait_empty_ms"
+    assert cmp["gap"]["stage"] == "q1_wait_empty_ms" and cmp["gap"]["found"] is True
+    assert "waiting on an empty Q1" in cmp["summary"]
     assert cmp["gap"]["throughput_ratio_socket_vs_random"] < 0.5
     assert cmp["random"]["verdict"] == "consumer" and cmp["socket"]["verdict"] == "network"
     for st in ("h2d", "compute", "d2h"):
@@ -162,6 +163,13 @@ def test_compare_detects_a_different_inference_stage(tmp_path: Path) -> None:
     assert cmp["stages"]["compute"]["ks"] > 0.9
     assert cmp["stages"]["h2d"]["same"] is True
     assert cmp["gap"]["stage"] == "compute_ms"
+
+
+def test_compare_run_with_itself_finds_no_gap(tmp_path: Path) -> None:
+    d = write_run_dir(SCENARIOS["consumer"], tmp_path / "run")
+    cmp = compare_report(d, d, tmp_path / "cmp")
+    assert cmp["same_inference_stage"] is True and cmp["gap"]["found"] is False
+    assert "No stage costs the socket run measurably more" in cmp["summary"]
 
 
 def test_empty_run_reports_without_warnings(tmp_path: Path) -> None:
