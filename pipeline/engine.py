@@ -493,6 +493,11 @@ class _CudaExecutor:
         return err
 
     def submit(self, item: WorkItem) -> list[Finished]:
+        # every allocation and record below on this engine's device, whatever is current
+        with torch.cuda.device(self.device):
+            return self._submit(item)
+
+    def _submit(self, item: WorkItem) -> list[Finished]:
         self._check()
         job = _Job(self._seq, item, self._seq % self.n)
         self._seq += 1
@@ -593,7 +598,8 @@ class _CudaExecutor:
 
     def flush(self) -> list[Finished]:
         self._check()
-        return self._collect(keep=0)
+        with torch.cuda.device(self.device):
+            return self._collect(keep=0)
 
     def close(self) -> None:
         if self._closed:

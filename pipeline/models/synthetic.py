@@ -18,7 +18,7 @@ How the time is spent, and why:
   threads keep running. A busy loop would hold the GIL and serialise the stages;
   a numpy workload would compete for the 2 cores with the stages it should
   overlap with. Sleep overshoots by the scheduler's wake-up latency
-  (~0.1 ms idle, a few ms on a loaded machine), never undershoots.
+  (~0.1 ms idle, up to several ms on a loaded machine), never undershoots.
 """
 
 from __future__ import annotations
