@@ -41,7 +41,7 @@ from simstream.clock import now
 from .config import ConsumerConfig
 from .parse import ParsedBatch, ParseError, Parser
 from .q1 import Q1Closed, Q1Sampler, make_q1
-from .receiver import RawMessage, open_receiver
+from .receiver import RawMessage, check_bindable, open_receiver
 from .records import BatchTimes, RunRecords
 
 __all__ = ["Q1Item", "run_consumer"]
@@ -404,12 +404,18 @@ def run_consumer(
     cfg = config
     stop = stop or threading.Event()
     own_engine = engine is None
-    engine = engine if engine is not None else _build_engine(cfg)
     records: RunRecords | None = None
     q1 = None
     rx = None
     sampler = None
     try:
+        # "address in use" is the commonest mistake: find it before the slow model
+        # build, but listen only once the engine is warm, so a producer started when
+        # the port listens is not held back by the warm-up (it would show as blocking)
+        if cfg.mode == "socket" and cfg.role == "bind":
+            check_bindable(cfg.url)
+        if engine is None:
+            engine = _build_engine(cfg)
         if warmup and hasattr(engine, "warmup"):
             rc = cfg.random
             engine.warmup((rc.batch_size, *rc.shape), np.dtype(rc.dtype), batches=cfg.buffers)
@@ -489,6 +495,6 @@ def run_consumer(
         if records is not None:
             with contextlib.suppress(Exception):
                 records.close({"end_reason": "error"})
-        if own_engine:
+        if own_engine and engine is not None:
             with contextlib.suppress(Exception):
                 engine.close()

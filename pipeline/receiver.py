@@ -34,7 +34,7 @@ from simstream.clock import now
 from simstream.errors import UsageError
 from simstream.profile import split_url
 
-__all__ = ["RawMessage", "Receiver", "ReceiverStats", "open_receiver"]
+__all__ = ["RawMessage", "Receiver", "ReceiverStats", "check_bindable", "open_receiver"]
 
 log = logging.getLogger("pipeline.receiver")
 
@@ -353,6 +353,20 @@ class StreamReceiver(Receiver):
             self._listener.close()
             self._listener = None
         self._sel.close()
+
+
+def check_bindable(url: str) -> None:
+    """Raise UsageError now if ``url`` cannot be bound (in use, not local), without
+    keeping it: a probe bind with SO_REUSEADDR, as libzmq and our listener use."""
+    host, port = split_url(url)
+    host = "" if host in ("*", "0.0.0.0") else host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise _bind_error(url, exc) from None
 
 
 def open_receiver(transport: str, url: str, role: str, max_message_bytes: int) -> Receiver:

@@ -228,3 +228,15 @@ class TestNng:
             assert rx.stats.protocol_errors == 1 and rx.stats.messages == 0
         finally:
             rx.close()
+
+
+def test_check_bindable_finds_a_port_in_use_without_keeping_it() -> None:
+    from pipeline.receiver import check_bindable
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        with pytest.raises(UsageError, match="address in use"):
+            check_bindable(f"tcp://127.0.0.1:{port}")
+    free = free_port()
+    check_bindable(f"tcp://127.0.0.1:{free}")
+    check_bindable(f"tcp://127.0.0.1:{free}")  # the probe released it

@@ -1,0 +1,167 @@
+"""``simstream consume``: bad input exits 2 with one line; a real run over loopback
+writes a complete run directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COLUMNS
+from simstream.cli import main
+from simstream.profile import parse_profile
+from simstream.runner.procs import free_port, is_listening
+
+PROFILE = """\
+name: tiny
+source:
+  batch_size: 4
+  shape: [1, 32, 32]
+  dtype: float32
+  content: random
+  format: {fmt}
+  fields: {fields}
+  total_events: 38
+transport: {{kind: zmq, url: "tcp://127.0.0.1:12321"}}
+consumer:
+  model: {{kind: noop}}
+  device: cpu
+  queue: {{maxsize: 4, sample_interval_ms: 20}}
+"""
+H5 = "{detector_data: /data/data, timestamp: /data/timestamp}"
+NPZ = "{detector_data: detector_data, timestamp: timestamp}"
+
+
+def exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return int(exc.value.code or 0)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "Traceback" not in err
+    return err
+
+
+def test_bind_and_connect_together(capsys) -> None:
+    assert exit_code(["consume", "--bind", "tcp://127.0.0.1:1", "--connect", "tcp://127.0.0.1:2"]) == 2
+    assert "--bind and --connect are exclusive" in one_line_error(capsys)
+    assert len(capsys.readouterr().err.splitlines()) <= 1
+
+
+def test_bad_url(capsys) -> None:
+    assert exit_code(["consume", "--bind", "http://x"]) == 2
+    err = one_line_error(capsys)
+    assert "--bind" in err and "tcp://HOST:PORT" in err and "\n" not in err
+
+
+def test_bad_consumer_section_names_the_path(tmp_path: Path, capsys) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: bad\nconsumer: {queue: {maxsize: -1}}\n")
+    assert exit_code(["consume", "--profile", str(p), "--out", str(tmp_path / "o")]) == 2
+    assert "consumer.queue.maxsize: -1 is not >= 1" in capsys.readouterr().err
+
+
+def test_a_flag_out_of_range_is_refused_by_click(capsys) -> None:
+    assert exit_code(["consume", "--buffers", "0"]) == 2
+
+
+@pytest.mark.integration
+def test_address_in_use(tmp_path: Path, capsys) -> None:
+    import zmq
+
+    port = free_port()
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PULL)
+    s.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        code = exit_code(["consume", "--bind", f"tcp://127.0.0.1:{port}", "--device", "cpu",
+                          "--out", str(tmp_path / "o")])
+    finally:
+        s.close(linger=0)
+        ctx.term()
+    assert code == 2
+    assert "address in use" in capsys.readouterr().err
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt", ["hdf5", "npz"])
+def test_consume_over_zmq_writes_the_run_directory(tmp_path: Path, fmt: str) -> None:
+    import zmq
+
+    from simstream.payload import MessageFactory
+
+    text = PROFILE.format(fmt=fmt, fields=H5 if fmt == "hdf5" else NPZ)
+    prof_path = tmp_path / "tiny.yaml"
+    prof_path.write_text(text)
+    profile = parse_profile(__import__("yaml").safe_load(text))
+    port = free_port()
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simstream", "consume", "--profile", str(prof_path),
+         "--bind", f"tcp://127.0.0.1:{port}", "--idle-timeout", "1", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not is_listening(port):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "consumer never listened"
+            time.sleep(0.05)
+        factory = MessageFactory(profile.source, rank=0)
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 5000)
+        push.connect(f"tcp://127.0.0.1:{port}")
+        n = factory.total_messages
+        assert n == 10
+        for seq in range(n):
+            if seq == 4:
+                continue  # lost on purpose
+            push.send(bytes(factory.message(seq).payload))
+        push.send(b"corrupt message")
+        push.close()
+        ctx.term()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["received"], s["processed"], s["quarantined"]) == (10, 9, 1)
+    assert s["received"] == s["processed"] + s["quarantined"]
+    assert (s["lost"], s["duplicated"], s["reordered"]) == (1, 0, 0)
+    assert s["samples"] == 8 * 4 + 2  # the last batch is partial
+    assert s["end_reason"] == "idle"
+    for name, cols in (("messages", MESSAGE_COLUMNS), ("batches", BATCH_COLUMNS),
+                       ("q1", Q1_COLUMNS), ("gpu", GPU_COLUMNS)):
+        with (out / f"{name}.csv").open() as f:
+            assert next(csv.reader(f)) == list(cols)
+    assert len(list((out / "quarantine").glob("*.bin"))) == 1
+    assert "received 10  processed 9  quarantined 1" in stdout
+
+
+@pytest.mark.integration
+def test_random_mode_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "rnd"
+    r = subprocess.run(
+        [sys.executable, "-m", "simstream", "consume", "--mode", "random", "--count", "6",
+         "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, env=_env(), timeout=120,
+        input="",
+    )
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["mode"] == "random" and s["processed"] == 6 and s["lost"] is None
