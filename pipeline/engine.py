@@ -541,6 +541,9 @@ class _CudaExecutor:
         except BaseException as exc:
             err = self._fail(stage, job, exc)
             try:
+                # an H2D may already be reading the host memory: let it finish first
+                with contextlib.suppress(Exception):
+                    self.h2d.synchronize()
                 _release(job)
             finally:
                 raise err from exc
