@@ -74,7 +74,7 @@ def test_netem_rejects(kwargs: dict[str, object], message: str) -> None:
 
 
 def test_tbf_args() -> None:
-    assert tc.tbf_args(8) == ["tbf", "rate", "8mbit", "burst", "32768", "latency", "50ms"]
+    assert tc.tbf_args(8) == ["tbf", "rate", "8mbit", "burst", "73728", "latency", "50ms"]
     # 4 ms of traffic at 1 Gbit/s = 500 kB
     assert tc.tbf_args(1000)[4] == "500000"
     assert tc.tbf_args(50, burst_bytes=1600, latency_ms=10) == [
@@ -132,7 +132,7 @@ def test_without_netem_rate_still_applies_and_the_rest_is_named() -> None:
     p = tc.plan("ssb-prod", [s], NO_NETEM)
     assert p.layout == "tbf"
     assert p.commands == [["tc", "qdisc", "replace", "dev", "ssb-prod", "root", "handle", "1:",
-                           "tbf", "rate", "50mbit", "burst", "32768", "latency", "50ms"]]
+                           "tbf", "rate", "50mbit", "burst", "73728", "latency", "50ms"]]
     assert p.applied == ["rate cap 50 Mbit/s (tbf)"]
     assert p.not_applied == ["netem qdisc not available in this kernel: load sch_netem; "
                              "jitter and latency and loss not applied"]

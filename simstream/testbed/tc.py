@@ -238,15 +238,24 @@ def netem_args(n: Netem) -> list[str]:
     return args
 
 
-def default_burst_bytes(rate_mbps: float) -> int:
-    """Token bucket depth: 4 ms of traffic (one tick at HZ=250), at least 32 KiB.
+# The bucket must hold the largest packet that can reach the qdisc: a 64 KiB
+# GSO packet, which tbf and htb count with the headers of every segment it
+# becomes (about 68.5 KiB). tbf never dequeues a packet larger than its bucket:
+# a phase change that shrinks the bucket below a packet already queued stalls
+# the link for good (seen on 6.x kernels going from 200 to 50 Mbit/s with a
+# 100 kB -> 32 kB bucket). 72 KiB keeps every bucket above that.
+MIN_BURST_BYTES = 72 * 1024
 
-    Too small and the bucket cannot refill between timer ticks, so the achieved
-    rate falls below the cap; too large and the start of a transfer runs at
-    line rate. 32 KiB also holds a few GSO segments whole.
+
+def default_burst_bytes(rate_mbps: float) -> int:
+    """Token bucket depth: 4 ms of traffic (one tick at HZ=250), at least MIN_BURST_BYTES.
+
+    Too small and the bucket cannot refill between timer ticks (the achieved
+    rate falls below the cap) or cannot hold a GSO packet (see above); too large
+    and the start of a transfer runs at line rate.
     """
     per_tick = int(rate_mbps * 1e6 / 8 * 0.004)
-    return max(32 * 1024, per_tick)
+    return max(MIN_BURST_BYTES, per_tick)
 
 
 def tbf_args(rate_mbps: float, *, burst_bytes: int | None = None, latency_ms: float = 50.0) -> list[str]:

@@ -23,7 +23,7 @@ import time
 from simstream import clock
 
 CHUNK = 64 * 1024
-BIN_S = 0.05
+BIN_S = 0.01
 ACCEPT_TIMEOUT_S = 10.0
 
 
