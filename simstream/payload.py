@@ -147,14 +147,14 @@ class MessageFactory:
         self._scalars = _scalars(source)
         self._content = _content(source, seed, rank, self.fields)
         self._per_message = [n for n in _PER_MESSAGE if n in self.fields]
-        self._pool: list[tuple[bytes, codec.Rewriter]] = []
+        self._pool: list[codec.Rewriter] = []
         if source.pool:
             full = source.pool
             if self.total_messages is not None:
                 full = min(full, source.total_events // source.batch_size)  # type: ignore[operator]
             for k in range(full):
                 payload = self._encode(self._fresh(k, self.batch_size))
-                self._pool.append((payload, codec.Rewriter(payload, self._per_message, fields=self.fields)))
+                self._pool.append(codec.Rewriter(payload, self._per_message, fields=self.fields))
 
     # -- sizes
 
@@ -195,7 +195,7 @@ class MessageFactory:
         out.update(self._per_message_values(seq, n))
         return {k: out[k] for k in self.fields if k in out}
 
-    def _pooled(self, seq: int, n: int) -> tuple[bytes, codec.Rewriter] | None:
+    def _pooled(self, seq: int, n: int) -> codec.Rewriter | None:
         if self._pool and n == self.batch_size:
             return self._pool[seq % len(self._pool)]
         return None
@@ -206,7 +206,7 @@ class MessageFactory:
         pooled = self._pooled(seq, n)
         if pooled is None:
             return self._fresh(seq, n)
-        arrays = codec.decode(pooled[0], fields=self.fields)
+        arrays = codec.decode(pooled.message, fields=self.fields)
         arrays.update(self._per_message_values(seq, n))
         return arrays
 
@@ -229,7 +229,7 @@ class MessageFactory:
         if pooled is None:
             payload = self._encode(self._fresh(seq, n))
         else:
-            payload = pooled[1](self._per_message_values(seq, n))
+            payload = pooled(self._per_message_values(seq, n))
         return Message(seq=seq, events=n, payload=payload)
 
 

@@ -225,8 +225,8 @@ def _gaps(ranges: Sequence[tuple[int, int]], total: int) -> list[tuple[int, int]
 
 @dataclass
 class _Template:
-    image: np.ndarray  # uint8, the whole file with zeroed data
-    meta: list[tuple[int, int]]  # byte ranges that are not data
+    nbytes: int  # length of the file
+    meta: list[tuple[int, np.ndarray]]  # (offset, bytes) of everything that is not data
     layouts: list[DatasetLayout]  # in the order of the spec
 
 
@@ -261,7 +261,9 @@ def _build_template(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> _Temp
         if lay.chunks is None:
             raise RuntimeError(f"template dataset /{lay.path} has no fixed chunk offsets")
         ranges.extend(lay.chunks)
-    return _Template(image, _gaps(ranges, len(image)), ordered)
+    # keep only the metadata (a few KB): the data areas are all overwritten
+    meta = [(s, image[s:e].copy()) for s, e in _gaps(ranges, len(image))]
+    return _Template(len(image), meta, ordered)
 
 
 def template(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> _Template:
@@ -300,9 +302,9 @@ def encode(
     if not opts:
         spec = tuple((p, tuple(a.shape), a.dtype.str) for p, a in items)
         t = template(spec)
-        buf, out = new_bytes(len(t.image))
-        for start, end in t.meta:
-            out[start:end] = t.image[start:end]
+        buf, out = new_bytes(t.nbytes)
+        for start, seg in t.meta:
+            out[start : start + seg.size] = seg
         for lay, (_p, a) in zip(t.layouts, items, strict=True):
             _write_dataset(out, lay, a)
         return finish(buf)

@@ -40,6 +40,7 @@ class Rewriter:
     as for ``encode``). Each must be stored unfiltered (HDF5) or stored (npz):
     ``encode`` keeps arrays of one value per event that way.
 
+    ``rewriter.message`` is the original (bytes).
     ``rewriter({name: values})`` returns a new ``bytes`` message: the original with
     those fields' values replaced (cast to the field's dtype, broadcast to its
     shape). The original is never modified.
@@ -55,7 +56,9 @@ class Rewriter:
         *,
         fields: Mapping[str, str] | None = None,
     ) -> None:
-        self._raw = np.array(as_uint8(message), copy=True)
+        # an immutable message is kept as is; anything mutable is copied once
+        self.message: bytes = message if isinstance(message, bytes) else bytes(message)
+        self._raw = as_uint8(self.message)
         self._slots: dict[str, _Slot] = {}
         paths = {n: (fields or {}).get(n, n) for n in names}
         head = self._raw[:8].tobytes()
