@@ -59,6 +59,9 @@ class RandomConfig(_Model):
     batch_size: int = Field(8, ge=1)
     shape: list[int] = Field(default_factory=lambda: [1, 512, 512], min_length=1, max_length=4)
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    fresh: bool = Field(
+        False, description="draw every batch with torch.randn (else copy one of a few drawn once)"
+    )
 
     @field_validator("shape")
     @classmethod

@@ -246,7 +246,7 @@ def _random_producer(run: _Run) -> None:
 
     cfg = run.cfg
     rc = cfg.random
-    src = RandomSource(rc.batch_size, rc.shape, rc.dtype, run.engine.host_array)
+    src = RandomSource(rc.batch_size, rc.shape, rc.dtype, run.engine.host_array, fresh=rc.fresh)
     t0 = now()
     n = 0
     while not run.stop.is_set():

@@ -165,3 +165,32 @@ def test_random_mode_from_the_command_line(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["mode"] == "random" and s["processed"] == 6 and s["lost"] is None
+
+
+@pytest.mark.integration
+def test_sigint_finishes_and_writes_the_summary(tmp_path: Path) -> None:
+    import signal
+
+    port = free_port()
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simstream", "consume", "--bind", f"tcp://127.0.0.1:{port}",
+         "--device", "cpu", "--idle-timeout", "3600", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not is_listening(port):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["end_reason"] == "stopped" and s["received"] == 0
+    assert s["lost"] is None

@@ -294,3 +294,25 @@ def test_idle_timeout_ends_the_stream(tmp_path: Path) -> None:
     t.join(30)
     assert not t.is_alive()
     assert out["end_reason"] == "idle" and out["processed"] == 3 and out["lost"] == 0
+
+
+def test_random_source_batches() -> None:
+    from pipeline.random_source import RandomSource
+
+    given = []
+
+    def alloc(shape, dtype):
+        a = np.empty(shape, dtype)
+        given.append(a)
+        return a, lambda: None
+
+    src = RandomSource(3, [1, 4, 4], "float32", alloc, fresh=True)
+    a, _, t0, t1 = src.next()
+    assert a.shape == (3, 1, 4, 4) and a.dtype == np.float32 and a is given[-1]
+    assert t0 <= t1 and np.unique(a).size > 1
+    pooled = RandomSource(2, [4, 4], "uint16", alloc, pool=2)
+    b1, b2, b3 = (pooled.next()[0] for _ in range(3))
+    assert b1.dtype == np.uint16 and b1.shape == (2, 4, 4)
+    np.testing.assert_array_equal(b1, b3)  # a pool of two, cycled
+    assert b1 is not b3  # but each batch is its own host memory
+    assert pooled.nbytes == 2 * 4 * 4 * 2
