@@ -14,7 +14,6 @@ directory lacks ``summary.json`` or ``batches.csv``, naming what is missing.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from dataclasses import dataclass, field
@@ -107,20 +106,19 @@ def read_numeric_csv(path: Path, rename: dict[str, dict[str, float]] | None = No
 
 
 def _read_messages(path: Path) -> dict[str, np.ndarray]:
-    """messages.csv: numeric columns as float64, ``status``/``reason`` as str arrays."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return {}
-    names = [h.strip() for h in rows[0]]
-    cols = list(zip(*rows[1:], strict=False)) if len(rows) > 1 else [() for _ in names]
-    out: dict[str, np.ndarray] = {}
-    for name, col in zip(names, cols, strict=False):
-        if name in ("status", "reason"):
-            out[name] = np.asarray(col, dtype=str)
-        else:
-            out[name] = np.array([float(x) if x else np.nan for x in col], dtype=np.float64)
-    return out
+    """messages.csv: the numeric columns (index, rank, seq, nbytes, t_arrival) as
+    float64; ``status`` and ``reason`` are text the diagnosis does not need (the
+    summary counts them), so they are skipped, quoted commas and all."""
+    text = path.read_text().replace("\r", "")
+    head, _, body = text.partition("\n")
+    names = [h.strip() for h in head.strip().split(",")]
+    cols = [i for i, n in enumerate(names) if n not in ("status", "reason")]
+    body = body.strip("\n")
+    if not body.strip():
+        return {names[i]: np.empty(0) for i in cols}
+    arr = np.loadtxt(io.StringIO(_fill_empty(body)), delimiter=",", usecols=cols, quotechar='"',
+                     dtype=np.float64, ndmin=2)
+    return {names[i]: np.ascontiguousarray(arr[:, k]) for k, i in enumerate(cols)}
 
 
 def _read_emit(path: Path) -> dict[str, Any]:

@@ -21,7 +21,6 @@ STAGE_COLOURS = {
     "parse": "#8c564b", "queue": "#7f7f7f", "h2d": "#1f77b4", "compute": "#2ca02c", "d2h": "#ff7f0e",
 }
 DPI = 90
-MAX_SHADED = 300
 
 
 def _legend(ax: Any, **kw: Any) -> None:
@@ -30,8 +29,11 @@ def _legend(ax: Any, **kw: Any) -> None:
         ax.legend(**kw)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Any, path: Path, left_in: float = 1.1) -> Path:
+    # fixed margins: tight_layout costs ~0.1 s a figure and the layouts are known
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=min(0.5, left_in / w), right=1 - 0.2 / w, bottom=0.55 / h, top=1 - 0.35 / h,
+                        wspace=0.35)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -46,8 +48,9 @@ def q1_occupancy(ev: Evidence, path: Path) -> Path:
     ax.axhline(30, color="#d62728", lw=0.8, ls="--")
     ax.axhline(80, color="#2ca02c", lw=0.8, ls="--")
     ga, gb = s["long_gaps"]
-    for a, b in list(zip(ga, gb, strict=True))[:MAX_SHADED]:
-        ax.axvspan(a, b, color="#9467bd", alpha=0.12, lw=0)
+    if ga.size:
+        # one collection for all gaps: a patch per gap costs ms each on long runs
+        ax.broken_barh(list(zip(ga, gb - ga, strict=True)), (-2, 107), color="#9467bd", alpha=0.12, lw=0)
     if t.size:
         ax.step(t, 100.0 * d / m, where="post", lw=0.8, color="black", label="Q1 occupancy")
     ax.set_ylim(-2, 105)
@@ -155,7 +158,7 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("time since start (s)")
     ax.set_title("GPU timeline around the longest compute idle gap")
-    return _save(fig, path)
+    return _save(fig, path, left_in=1.5)
 
 
 def stage_breakdown(ev: Evidence, path: Path) -> Path:

@@ -1,0 +1,85 @@
+"""How long `simstream diagnose` takes on a 10-minute run's records.
+
+Simulates a 10-minute run at about 100 batches/s (bursty producer: 2 s at
+120 Hz, 0.4 s stalls; 6 ms compute, 2 buffers, parse in 2 receiver threads),
+writes it as a run directory (emit log included), then times diagnose_run with
+and without plots, best of N. Prints one table row per variant and the
+machine.
+
+    .venv/bin/python bench/bench_diagnose.py [--repeat 3] [--minutes 10] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from simstream.diagnose.report import diagnose_run
+from simstream.diagnose.simulate import Scenario, simulate, write_run_dir
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--keep", type=Path, default=None, help="write the run directory here and keep it")
+    args = ap.parse_args()
+
+    sc = Scenario(name="bench-10min", duration_s=60.0 * args.minutes,
+                  phases=[("burst", 2.0, 120.0), ("stall", 0.4, 0.0)], compute_ms=6.0, h2d_ms=2.0,
+                  d2h_ms=0.5, parse_ms=6.0, parser_threads=2, nbytes=1 << 20, q1_maxsize=16,
+                  sample_interval_ms=100.0)
+    tmp = None
+    if args.keep:
+        d = args.keep
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench-diagnose-")
+        d = Path(tmp) / "run"
+    try:
+        t = time.perf_counter()
+        res = simulate(sc)
+        t_sim = time.perf_counter() - t
+        t = time.perf_counter()
+        write_run_dir(res, d)
+        t_write = time.perf_counter() - t
+        n = res.cols["t_arrival"].size
+        size_mb = sum(p.stat().st_size for p in d.iterdir() if p.is_file()) / 1e6
+        print(f"machine: {machine()}")
+        print(f"run: {args.minutes:g} min simulated, {n} batches ({n / sc.duration_s:.0f}/s), "
+              f"{size_mb:.0f} MB of records (simulate {t_sim:.2f} s, write {t_write:.2f} s)")
+        print("| variant | best s | all s | verdict |")
+        print("| --- | --- | --- | --- |")
+        for plots in (False, True):
+            times = []
+            verdict = ""
+            for _ in range(max(1, args.repeat)):
+                t = time.perf_counter()
+                rep = diagnose_run(d, plots=plots)
+                times.append(time.perf_counter() - t)
+                verdict = f"{rep['verdict']} ({rep['confidence']:.2f})"
+            label = "with plots" if plots else "without plots (report + trace)"
+            print(f"| {label} | {min(times):.2f} | {' '.join(f'{x:.2f}' for x in times)} | {verdict} |")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
