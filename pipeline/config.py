@@ -83,7 +83,7 @@ class ConsumerConfig(_Model):
     buffers: int = Field(2, ge=1, le=16)
     parse_in: Literal["receiver", "actor"] = "receiver"
     parser_threads: int = Field(2, ge=1, le=64)
-    queue: QueueConfig = Field(default_factory=QueueConfig)
+    queue: QueueConfig = Field(default_factory=lambda: QueueConfig.model_validate({}))
     model: dict[str, Any] = Field(default_factory=lambda: {"kind": "synthetic"})
     autocast_bf16: bool = False
     max_message_bytes: int = Field(2 * GIB, ge=1)
@@ -104,7 +104,7 @@ class ConsumerConfig(_Model):
     event_shape: list[int] | None = Field(
         None, description="expected per-event shape; (C,H,W) also accepts (H,W) when C = 1"
     )
-    random: RandomConfig = Field(default_factory=RandomConfig)
+    random: RandomConfig = Field(default_factory=lambda: RandomConfig.model_validate({}))
 
     @field_validator("bind", "connect")
     @classmethod

@@ -454,7 +454,7 @@ def run_consumer(
         try:
             from pipeline.device import describe
 
-            device_desc = describe(device)
+            device_desc = describe(device)  # type: ignore[arg-type]
         except Exception:
             device_desc = str(device)
         extra = {

@@ -138,7 +138,7 @@ class LocalQ1:
 # the process backend
 
 
-def _serve(conns: list[Any], shards: int, capacity: int) -> None:
+def _serve(conns: list[Connection], shards: int, capacity: int) -> None:
     """The queue process: answers ("put", shard, blob) -> bool, ("get", shard) -> blob |
     None, ("depth",) -> int, ("close",) -> exit. Runs until a close or every peer is gone."""
     from multiprocessing.connection import wait
@@ -146,7 +146,8 @@ def _serve(conns: list[Any], shards: int, capacity: int) -> None:
     queues: list[deque[bytes]] = [deque() for _ in range(shards)]
     live = list(conns)
     while live:
-        for c in wait(live):
+        for ready in wait(live):
+            c: Any = ready
             try:
                 msg = c.recv()
             except (EOFError, OSError):
