@@ -124,6 +124,26 @@ def test_phase_change_takes_effect_on_the_traffic(offer: KernelOffer) -> None:
     _nothing_left("phases")
 
 
+@pytest.mark.netns
+@pytest.mark.integration
+def test_foreground_up_follows_the_timeline(offer: KernelOffer) -> None:
+    # bursty: burst 2.0 s uncapped, stall 0.5 s at 10 Mbit/s, repeated
+    cp = subprocess.run([PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", "fg",
+                         "--profile", "bursty", "--duration", "3.2"],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    assert "layout: tbf" in lines
+    changes = [ln for ln in lines if ln.startswith("phase ")]
+    assert [ln.split(":")[0] for ln in changes] == ["phase stall at 2.000 s",
+                                                     "phase burst at 2.500 s"]
+    assert "rate cap 10 Mbit/s (tbf) (took effect in " in changes[0]
+    took = [float(ln.rsplit("took effect in ", 1)[1].split()[0]) for ln in changes]
+    assert all(0 < ms < 1000 for ms in took), took
+    assert lines[-1] == "testbed down: namespaces, veth and qdiscs removed"
+    _nothing_left("fg")
+
+
 def _start_up(name: str) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", name,

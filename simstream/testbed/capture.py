@@ -144,7 +144,7 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
         except OSError:
             sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         # no dissection: bytes and kernel timestamps are all the pcap needs
-        sock.LL = conf.raw_layer
+        sock.LL = conf.raw_layer  # type: ignore[attr-defined]
     except BaseException:
         sock.close()
         raise

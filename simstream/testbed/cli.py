@@ -19,7 +19,7 @@ import click
 
 from simstream import clock
 from simstream.errors import UsageError
-from simstream.profile import find_profile, load_profile
+from simstream.profile import Profile, find_profile, load_profile
 from simstream.testbed import tc
 from simstream.testbed.detect import probe, run_cmd
 from simstream.testbed.netns import (
@@ -67,7 +67,7 @@ def phase_boundaries(phases: list[PhaseShaping], repeat: bool,
             return
 
 
-def _load(profile_path: str | None):  # type: ignore[no-untyped-def]
+def _load(profile_path: str | None) -> Profile | None:
     return load_profile(find_profile(profile_path)) if profile_path else None
 
 

@@ -101,7 +101,7 @@ class KernelOffer:
 
 
 def _dist_tables() -> tuple[str, ...]:
-    found = set()
+    found: set[str] = set()
     for d in ("/usr/lib/tc", "/usr/lib64/tc", "/usr/lib/x86_64-linux-gnu/tc",
               "/usr/lib/aarch64-linux-gnu/tc", "/lib/tc", "/usr/share/tc"):
         if os.path.isdir(d):

@@ -484,8 +484,8 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     times = [s.ts for s, _ in segs]
     wire = [_wire_bytes(s, m) for s, m in segs]
     cum = [0]
-    for w in wire:
-        cum.append(cum[-1] + w)
+    for nb in wire:
+        cum.append(cum[-1] + nb)
     facts.update(t_first=t_first_pkt, t_last=t_last_pkt, wire_bytes=cum[-1],
                  payload_bytes=sum(s.plen for s, _ in segs))
 
@@ -500,16 +500,16 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
                             "INFO", "rates only: message framing not walked"))
         kind = "none"
     walks = [walk_messages(s, kind) for s in streams] if kind != "none" else []
-    messages = sorted((m for w in walks for m in w.messages), key=lambda m: m.t_first)
+    messages = sorted((m for wk in walks for m in wk.messages), key=lambda m: m.t_first)
     missing = sum(s.missing_bytes for s in streams)
     retx = sum(s.retransmitted_bytes for s in streams)
     facts.update(messages=len(messages), missing_bytes=missing, retransmitted_bytes=retx)
     if missing and not any(f.truncated for f in data_flows):
         checks.append(Check("capture", "all", f"{missing} bytes missing", "0", "WARN",
                             "the capture missed packets; the framing walk stops at the hole"))
-    for w in walks:
-        if w.error:
-            checks.append(Check("framing", kind, w.error, f"{kind} framing", "FAIL"))
+    for walk in walks:
+        if walk.error:
+            checks.append(Check("framing", kind, walk.error, f"{kind} framing", "FAIL"))
 
     # timeline
     t0 = min(r["t_sched"] for r in emit_log) if emit_log else t_first_pkt
