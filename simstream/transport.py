@@ -466,10 +466,13 @@ class Sender:
         total = len(header) + view.nbytes
         limit = total if cut_after is None else max(0, min(cut_after, total))
         report = SendReport(None, None, 0, 0.0, "delivered", None)
+        owed_part_way = False
         try:
             owed = conn.data_to_send()  # a PONG goes before the message, not inside it
             if owed:
+                owed_part_way = True
                 await _write_all(link.sock, owed)
+                owed_part_way = False
             step = limit if gate is None else chunk_bytes
             pos = 0
             while pos < limit:
@@ -489,6 +492,13 @@ class Sender:
             report.outcome = "cut" if link.on_purpose else "lost"
             report.error = why
             return report
+        except BaseException:
+            # Cancelled, or the gate failed, part-way: the peer would read the next
+            # message as the rest of this one, so the connection cannot be reused.
+            if report.wire_bytes or owed_part_way:
+                self._mark_dead(link, "message abandoned part-way", on_purpose=True)
+                self._drop(link, rst=True)
+            raise
         if cut_after is not None:
             why = f"cut on purpose after {limit} of {total} bytes"
             self._mark_dead(link, why, on_purpose=True)

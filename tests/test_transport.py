@@ -513,3 +513,38 @@ def test_server_role_handshake_refusals_are_reported_and_the_next_peer_served() 
         dialer.close_all()
 
     run(main)
+
+
+def test_a_send_cancelled_part_way_drops_the_connection_so_framing_stays_intact() -> None:
+    async def main() -> None:
+        dialer = Dialer()
+        async with serving(dialer, "zmq") as peers:
+            sender = make_sender(dialer)
+            await sender.start()
+
+            async def slow_gate(nbytes: int) -> None:
+                await trio.sleep(1.0)
+
+            with trio.move_on_after(2.5):  # the emitter gives up on this batch
+                await sender.send_message(bytes(10_000), gate=slow_gate, chunk_bytes=1000)
+            assert not sender.connected
+            report = await sender.send_message(b"next batch")
+            await sender.close()
+        assert report.outcome == "delivered"
+        assert peers[0].messages == [] and peers[0].events[-1] == ConnectionClosed(2000)
+        assert peers[1].messages == [b"next batch"]
+        # Cancelled before any byte went out: the connection is still good.
+        dialer2 = Dialer()
+        async with serving(dialer2, "zmq") as peers2:
+            sender = make_sender(dialer2)
+            await sender.start()
+            with trio.move_on_after(0.5):
+                await sender.send_message(bytes(10_000), gate=slow_gate, chunk_bytes=1000)
+            assert sender.connected
+            await sender.send_message(b"same connection")
+            await sender.close()
+        assert peers2[0].messages == [b"same connection"]
+        dialer.close_all()
+        dialer2.close_all()
+
+    run(main)
