@@ -190,3 +190,23 @@ def test_empty_run_reports_without_warnings(tmp_path: Path) -> None:
     assert rep["recommendations"][0].startswith("Nothing arrived")
     assert json.loads((d / "trace.json").read_text())["traceEvents"]
     assert len(list((d / "plots").glob("*.png"))) == 5
+
+
+def test_trace_threads_hold_no_overlapping_slices(tmp_path: Path) -> None:
+    """Perfetto drops overlapping slices on one thread: every thread's slices are disjoint
+    (here parsers and puts overlap in time and must land on separate lanes)."""
+    sc = Scenario(phases=[("s", 1.0, 300.0)], parse_ms=8.0, parser_threads=3, put_ms=2.0,
+                  compute_ms=2.0, duration_s=1.0, q1_maxsize=2)
+    d = write_run_dir(sc, tmp_path / "r")
+    diagnose_run(d, plots=False)
+    trace = json.loads((d / "trace.json").read_text())
+    by_thread: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for e in trace["traceEvents"]:
+        if e["ph"] == "X":
+            by_thread.setdefault((e["pid"], e["tid"]), []).append((e["ts"], e["ts"] + e["dur"]))
+    assert len(by_thread) >= 10
+    for spans in by_thread.values():
+        spans.sort()
+        assert all(b0 >= a1 - 1e-3 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))
+    _, threads = _names(trace)
+    assert {"parser 0", "parser 1", "parser 2", "Q1 put (2)"} <= threads

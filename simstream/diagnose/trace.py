@@ -5,6 +5,9 @@ One JSON object ``{"traceEvents": [...], "displayTimeUnit": "ms", "otherData": {
 ``ts``/``dur`` are microseconds since the run's first record (``otherData.t0_unix_s``).
 Processes and threads ("M" metadata events name them):
 
+Slices on one thread never overlap (Perfetto drops overlapping ones): a track
+whose intervals overlap is split into lanes (``Q1 put (2)``, ...).
+
 - pid 1 ``consumer``: ``receiver`` (an instant per arrival, with its size),
   ``parser N`` (receiver-side parse, one lane per concurrent thread) or
   ``inference loop: parse``, ``Q1 put``, ``Q1 get``; a ``Q1 depth`` counter ("C").
@@ -82,6 +85,28 @@ def _lanes(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     return lanes
 
 
+def _overlaps(start: np.ndarray, end: np.ndarray) -> bool:
+    """True when some intervals overlap without nesting-free order (Perfetto drops those)."""
+    ok = np.isfinite(start) & np.isfinite(end)
+    if ok.sum() < 2:
+        return False
+    o = np.argsort(start[ok], kind="stable")
+    s, e = start[ok][o], end[ok][o]
+    return bool(np.any(s[1:] < np.maximum.accumulate(e)[:-1] - 1e-9))
+
+
+def _track(lines: list[str], name: str, label: str, pid: int, tid: int, sort: int,
+           start: np.ndarray, end: np.ndarray, batch: np.ndarray) -> None:
+    """One thread of 'X' events, split into extra lanes (tid + 1000 * lane) where
+    intervals overlap, since a trace thread must hold non-overlapping slices."""
+    lanes = _lanes(start, end) if _overlaps(start, end) else np.zeros(start.size, dtype=int)
+    for lane in range(int(lanes.max()) + 1 if lanes.size else 1):
+        m = lanes == lane
+        t = tid + 1000 * lane
+        lines += _meta(pid, t, label if lane == 0 else f"{label} ({lane + 1})", sort)
+        lines += _complete(name, pid, t, start[m], end[m], batch[m])
+
+
 def write_trace(ev: Evidence, path: Path) -> Path:
     """Write trace.json; returns the path."""
     s = ev.series
@@ -91,8 +116,6 @@ def write_trace(ev: Evidence, path: Path) -> Path:
     ev_lines += _meta(PID_CONSUMER, None, "consumer", 1)
     ev_lines += _meta(PID_GPU, None, "GPU", 2)
     ev_lines += _meta(PID_CONSUMER, TID_RECEIVER, "receiver", 0)
-    ev_lines += _meta(PID_CONSUMER, TID_PUT, "Q1 put", 20)
-    ev_lines += _meta(PID_CONSUMER, TID_GET, "Q1 get", 21)
 
     arr = s["arrivals"]
     nbytes = b["nbytes"]
@@ -117,8 +140,8 @@ def write_trace(ev: Evidence, path: Path) -> Path:
                 ev_lines += _meta(PID_CONSUMER, TID_PARSER0 + lane, f"parser {lane}", 10 + lane)
                 ev_lines += _complete("parse", PID_CONSUMER, TID_PARSER0 + lane,
                                       b["t_parse_start"][m], b["t_parse_end"][m], idx[m])
-    ev_lines += _complete("put", PID_CONSUMER, TID_PUT, b["t_q1_put_start"], b["t_q1_put_end"], idx)
-    ev_lines += _complete("get", PID_CONSUMER, TID_GET, b["t_q1_get_start"], b["t_q1_get_end"], idx)
+    _track(ev_lines, "put", "Q1 put", PID_CONSUMER, TID_PUT, 20, b["t_q1_put_start"], b["t_q1_put_end"], idx)
+    _track(ev_lines, "get", "Q1 get", PID_CONSUMER, TID_GET, 21, b["t_q1_get_start"], b["t_q1_get_end"], idx)
 
     qt, qd = s["q1_t"], s["q1_depth"]
     ok = np.isfinite(qt) & np.isfinite(qd)
@@ -135,8 +158,8 @@ def write_trace(ev: Evidence, path: Path) -> Path:
         for j, bf in enumerate(bufs):
             tid = 100 * (k + 1) + bf
             m = (buf == bf) | (no_buf & (bf == bufs[0]))
-            ev_lines += _meta(PID_GPU, tid, f"{stream} buf {bf}", 10 * k + j)
-            ev_lines += _complete(stream, PID_GPU, tid, b[f"t_{stream}_start"][m], b[f"t_{stream}_end"][m], idx[m])
+            _track(ev_lines, stream, f"{stream} buf {bf}", PID_GPU, tid, 10 * k + j,
+                   b[f"t_{stream}_start"][m], b[f"t_{stream}_end"][m], idx[m])
 
     em = s.get("emit")
     if em is not None:
