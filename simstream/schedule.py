@@ -174,6 +174,8 @@ class Schedule:
     def _next_offer(self, now: float | None) -> tuple[PhaseWindow, float, float] | None:
         """(window, offered time, clock time for triggers/stop) of the next message."""
         stop_s = self.profile.stop.duration_s
+        if all(ph.rate_hz == 0 for ph in self.profile.timeline.phases):
+            return self._end("silent")  # every phase is silent: nothing will ever go
         for _ in range(1_000_000):  # bounded: each pass consumes a window or yields
             w = self._window
             if w is None:
