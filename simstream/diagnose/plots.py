@@ -206,7 +206,7 @@ def idle_gaps(ev: Evidence, path: Path) -> Path:
     if gaps.size:
         lo, hi = max(gaps.min(), 1e-3), max(gaps.max(), 1e-2)
         bins = np.logspace(np.log10(lo), np.log10(hi * 1.01), 40)
-        ax.hist(gaps, bins=bins, color="#d62728")
+        ax.hist(gaps, bins=bins.tolist(), color="#d62728")
         ax.set_xscale("log")
     ax.set_xlabel("GPU compute idle gap (ms)")
     ax.set_ylabel("count")
