@@ -11,6 +11,7 @@ from itertools import pairwise
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from simstream.wire import (
     NEED_DATA,
@@ -506,3 +507,77 @@ def test_our_pull_decodes_libzmq_push_with_heartbeats() -> None:
         lsock.close()
         push.close()
         ctx.term()
+
+
+# -- a PUSH and a PULL talking through byte pipes, in any interleaving --------------------
+
+
+class ZmtpPipe(RuleBasedStateMachine):
+    """Bytes cross in arbitrary amounts, messages and PINGs interleave: nothing is lost,
+    nothing reordered, every PING gets its PONG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.push = ZmtpConnection("PUSH")
+        self.pull = ZmtpConnection("PULL", as_server=True)
+        self.to_pull = bytearray(self.push.initiate())
+        self.to_push = bytearray(self.pull.initiate())
+        self.pull_ready_sent = False
+        self.sent: list[bytes] = []
+        self.received: list[bytes] = []
+        self.pings: list[bytes] = []
+        self.pongs: list[bytes] = []
+
+    def _deliver(self, inbox: bytearray, conn: ZmtpConnection, n: int) -> list[object]:
+        chunk = bytes(inbox[:n])
+        del inbox[:n]
+        if chunk:
+            conn.receive_data(chunk)
+        return drain(conn)
+
+    @rule(n=st.integers(1, 3000))
+    def deliver_to_pull(self, n: int) -> None:
+        for ev in self._deliver(self.to_pull, self.pull, n):
+            if isinstance(ev, Message):
+                self.received.append(ev.payload)
+            elif isinstance(ev, Command):
+                assert ev.name == "PONG"
+                self.pongs.append(ev.body)
+        owed = self.pull.data_to_send()  # READY
+        if owed:
+            self.to_push += owed
+            self.pull_ready_sent = True
+
+    @rule(n=st.integers(1, 3000))
+    def deliver_to_push(self, n: int) -> None:
+        self._deliver(self.to_push, self.push, n)
+        self.to_pull += self.push.data_to_send()  # READY, PONGs: whole commands
+
+    @precondition(lambda self: self.push.ready)
+    @rule(size=frame_sizes(), seed=st.integers(0, 250))
+    def send(self, size: int, seed: int) -> None:
+        self.to_pull += self.push.data_to_send()
+        payload = pattern(size, seed)
+        self.to_pull += self.push.message_header(size) + payload
+        self.sent.append(payload)
+
+    @precondition(lambda self: self.pull_ready_sent)
+    @rule(context=st.binary(max_size=16))
+    def ping(self, context: bytes) -> None:
+        self.to_push += command_frame("PING", b"\x00\x05" + context)
+        self.pings.append(context)
+
+    @invariant()
+    def nothing_lost_nothing_reordered(self) -> None:
+        assert self.received == self.sent[: len(self.received)]
+        assert self.pongs == self.pings[: len(self.pongs)]
+
+    def teardown(self) -> None:
+        for _ in range(4):  # PONGs answer PINGs, so a few rounds drain both pipes
+            self.deliver_to_push(len(self.to_push) or 1)
+            self.deliver_to_pull(len(self.to_pull) or 1)
+        assert self.received == self.sent
+        assert self.pongs == self.pings
+
+
+TestZmtpPipe = ZmtpPipe.TestCase
