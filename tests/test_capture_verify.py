@@ -357,3 +357,53 @@ def test_truncated_capture_still_gives_the_rate(tmp_path: Path) -> None:
     r = CliRunner().invoke(cap_mod.capture, ["--iface", "lo", "--port", "1", "--out",
                                              str(tmp_path / "x.pcap"), "--snaplen", "40"])
     assert isinstance(r.exception, UsageError) and "--snaplen 40 is below 96" in str(r.exception)
+
+
+_PULL = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.PULL); s.bind(sys.argv[1]); s.RCVTIMEO = 10000
+print("bound", flush=True)
+n = 0
+for _ in range(int(sys.argv[2])):
+    s.recv(); n += 1
+print(n, flush=True); s.close(0); ctx.term()
+"""
+_PUSH = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.PUSH); s.connect(sys.argv[1])
+for k in range(int(sys.argv[2])):
+    s.send(bytes([k % 256]) * (100_000 + k))
+s.close(linger=10000); ctx.term()
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+def test_real_libzmq_stream_is_walked_message_by_message(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    offer = detect.probe()
+    if not offer.netns_ok:
+        pytest.skip(f"needs ip netns: {offer.netns_detail}")
+    from simstream.testbed.netns import Testbed
+
+    n = 60
+    pcap = tmp_path / "zmq.pcap"
+    url = "tcp://10.213.0.2:12321"
+    with Testbed.up("zmqv", None, offer=offer) as tb:
+        capture = subprocess.Popen(
+            cap_mod.capture_argv(tb.consumer_iface, 12321, pcap, 30, netns=tb.consumer_ns),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert capture.stderr is not None and "capturing" in capture.stderr.readline()
+        pull = subprocess.Popen(tb.argv_in("consumer", [PY, "-c", _PULL, "tcp://0.0.0.0:12321",
+                                                        str(n)]), stdout=subprocess.PIPE, text=True)
+        assert pull.stdout is not None and pull.stdout.readline().strip() == "bound"
+        subprocess.run(tb.argv_in("producer", [PY, "-c", _PUSH, url, str(n)]), check=True,
+                       timeout=60)
+        assert pull.communicate(timeout=30)[0].strip() == str(n)
+        capture.terminate()
+        capture.communicate(timeout=20)
+    rep = ver.verify_capture(pcap, _profile(None, kind="zmq"))
+    msgs = next(c for c in rep.checks if c.name == "messages")
+    assert msgs.measured == f"{n} messages, 100000-{100_000 + n - 1} B", rep.checks
+    assert not any(c.name == "framing" for c in rep.checks)
