@@ -165,12 +165,25 @@ def _start_up(name: str) -> subprocess.Popen[str]:
 
 @pytest.mark.netns
 @pytest.mark.integration
-def test_sigterm_midway_cleans_up_by_itself(offer: KernelOffer) -> None:
+@pytest.mark.parametrize(("sig", "rc"), [(signal.SIGTERM, 128 + signal.SIGTERM),
+                                         (signal.SIGINT, 130)])
+def test_sigterm_or_ctrl_c_midway_cleans_up_by_itself(offer: KernelOffer, sig: int,
+                                                      rc: int) -> None:
     p = _start_up("term")
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=20)
-    assert p.returncode == 128 + signal.SIGTERM, err
+    assert p.returncode == rc, err
     _nothing_left("term")
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+def test_exception_inside_the_context_cleans_up(offer: KernelOffer) -> None:
+    with pytest.raises(RuntimeError, match="boom"), Testbed.up("exc", None, offer=offer) as tb:
+        assert leftovers("exc").namespaces
+        assert tb.argv_in("producer", ["true"]) == ["ip", "netns", "exec", "ssb-exc-prod", "true"]
+        raise RuntimeError("boom")
+    _nothing_left("exc")
 
 
 @pytest.mark.netns
