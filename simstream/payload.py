@@ -241,11 +241,20 @@ def _rng(seed: int, rank: int, event: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, rank, event, stream])
 
 
-def _to_dtype(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _to_dtype(img: np.ndarray, dtype: np.dtype, *, integral: bool = False) -> np.ndarray:
+    """``img`` as ``dtype``; integers rounded (skipped when ``integral``) and clipped.
+
+    May work in place on ``img`` when it is float32/float64.
+    """
     if dtype.kind == "f":
         return img.astype(dtype, copy=False)
     info = np.iinfo(dtype)
-    return np.clip(np.rint(img), info.min, info.max).astype(dtype)
+    if img.dtype.kind != "f":
+        return np.clip(img, info.min, info.max).astype(dtype)
+    if not integral:
+        img = np.rint(img)
+    np.clip(img, info.min, info.max, out=img)
+    return img.astype(dtype)
 
 
 def _content(
@@ -323,7 +332,8 @@ class _Peaks:
             pidx = np.broadcast_to(panel[:, None, None], rows.shape)
             ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
             np.add.at(out[i], (pidx[ok], rows[ok], cols[ok]), np.rint(vals[ok]).astype(np.float32))
-        return _to_dtype(out.reshape(len(events), *self.shape), self.dtype)
+        # counts are whole numbers already (rounded background and spots)
+        return _to_dtype(out.reshape(len(events), *self.shape), self.dtype, integral=True)
 
 
 class _Random:
