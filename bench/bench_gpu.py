@@ -176,7 +176,7 @@ def bench_h2d(device: torch.device, batch: np.ndarray, repeats: int) -> dict[str
     decode_s = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        releases = []
+        releases: list[Any] = []
         if codec is not None:
 
             def alloc(shape: tuple[int, ...], dtype: np.dtype, releases: list = releases) -> np.ndarray:
