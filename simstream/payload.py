@@ -60,6 +60,7 @@ object; it stays valid as long as it is referenced.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,6 +279,37 @@ def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return int(np.prod(shape[:-2], dtype=np.int64)), shape[-2], shape[-1]
 
 
+@functools.lru_cache(maxsize=4)
+def _backgrounds(image: tuple[int, int, int], seed: int) -> np.ndarray:
+    """A pool of background images (ADU), shared by every rank of one seed.
+
+    Read-only; built once per (image shape, seed) in a process: Poisson-like
+    noise over 1920x1920 pixels takes a good fraction of a second.
+    """
+    panels, h, w = image
+    rng = np.random.default_rng([seed, 0xB6])
+    y = np.arange(h, dtype=np.float32)[:, None] - (h - 1) / 2
+    x = np.arange(w, dtype=np.float32)[None, :] - (w - 1) / 2
+    r = np.sqrt(y * y + x * x)
+    scale = max(h, w) / 2
+    # diffuse scatter falling off from the beam centre plus a solvent ring
+    level = 6.0 + 30.0 * np.exp(-((r / (0.45 * scale)) ** 2)) + 12.0 * np.exp(
+        -(((r - 0.6 * scale) / (0.04 * scale)) ** 2)
+    )
+    level = level.astype(np.float32)
+    pool = np.empty((_BACKGROUNDS, panels, h, w), dtype=np.float32)
+    for i in range(_BACKGROUNDS):
+        # Poisson-like counts: normal with variance = mean, rounded, never negative
+        noise = rng.standard_normal((panels, h, w), dtype=np.float32)
+        noise *= np.sqrt(level)
+        noise += level
+        np.rint(noise, out=noise)
+        np.maximum(noise, 0.0, out=noise)
+        pool[i] = noise
+    pool.flags.writeable = False
+    return pool
+
+
 class _Peaks:
     """Gaussian Bragg-like spots on a noisy background, in ADU."""
 
@@ -285,27 +317,8 @@ class _Peaks:
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, peaks: int, seed: int, rank: int) -> None:
         self.shape, self.dtype, self.peaks, self.seed, self.rank = shape, dtype, peaks, seed, rank
-        panels, h, w = self.image = _image_shape(shape)
-        rng = np.random.default_rng([seed, 0xB6])
-        y = np.arange(h, dtype=np.float32)[:, None] - (h - 1) / 2
-        x = np.arange(w, dtype=np.float32)[None, :] - (w - 1) / 2
-        r = np.sqrt(y * y + x * x)
-        scale = max(h, w) / 2
-        # diffuse scatter falling off from the beam centre plus a solvent ring
-        level = 6.0 + 30.0 * np.exp(-((r / (0.45 * scale)) ** 2)) + 12.0 * np.exp(
-            -(((r - 0.6 * scale) / (0.04 * scale)) ** 2)
-        )
-        level = level.astype(np.float32)
-        pool = np.empty((_BACKGROUNDS, panels, h, w), dtype=np.float32)
-        for i in range(_BACKGROUNDS):
-            # Poisson-like counts: normal with variance = mean, rounded, never negative
-            noise = rng.standard_normal((panels, h, w), dtype=np.float32)
-            noise *= np.sqrt(level)
-            noise += level
-            np.rint(noise, out=noise)
-            np.maximum(noise, 0.0, out=noise)
-            pool[i] = noise
-        self.pool = pool
+        self.image = _image_shape(shape)
+        self.pool = _backgrounds(self.image, seed)
         d = np.arange(-self.RADIUS, self.RADIUS + 1)
         self.dy = d[None, :, None]
         self.dx = d[None, None, :]

@@ -198,6 +198,16 @@ def test_absurd_declared_size_is_refused() -> None:
         codec.decode(b.getvalue())
 
 
+def test_hdf5_declaring_far_more_than_it_holds_is_refused() -> None:
+    import h5py
+
+    b = io.BytesIO()
+    with h5py.File(b, "w") as fh:  # 8 GB declared, no chunk written: a few KB on the wire
+        fh.create_dataset("d", shape=(1_000_000, 1000), dtype=np.float64, chunks=(1, 1000))
+    with pytest.raises(CodecError, match="declares"):
+        codec.decode(b.getvalue())
+
+
 def test_fields_disagreeing_on_batch_size_is_a_shape_mismatch() -> None:
     import h5py
 

@@ -44,6 +44,11 @@ from simstream.codec._errors import CodecError
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DECODED_BYTES = 16 << 30  # a message declaring more than this is refused
+# Data that h5py must expand (filtered, or chunks missing and filled in) may not
+# exceed this multiple of the message size: LZ4 tops out near 255:1, deflate near
+# 1032:1, so only a forged or corrupt header declares more.
+MAX_EXPANSION = 4096
+_EXPANSION_FLOOR = 256 << 20
 _TEMPLATE_CACHE_SIZE = 16
 _LAYOUT_CACHE_SIZE = 8
 _ALIGN = 4096
@@ -426,6 +431,11 @@ def decode(
 
 
 def _read_h5py(fh: h5py.File, lay: DatasetLayout, alloc: Alloc | None) -> np.ndarray:
+    if lay.nbytes > _EXPANSION_FLOOR and lay.nbytes > MAX_EXPANSION * fh.id.get_filesize():
+        raise CodecError(
+            f"dataset /{lay.path} declares {lay.nbytes} bytes from a "
+            f"{fh.id.get_filesize()}-byte message (more than {MAX_EXPANSION}:1)"
+        )
     dset = fh[lay.path]
     if lay.dtype.kind not in "biufc" or lay.dtype.hasobject:
         try:
