@@ -10,6 +10,7 @@ import torch
 from pipeline.engine import Engine, WorkItem
 from pipeline.models import REGISTRY, ModelError, build_model
 from pipeline.models.peaknet import SIZES, PeakNet
+from simstream.clock import now
 from simstream.errors import UsageError
 
 
@@ -154,3 +155,19 @@ def test_bf16_autocast_through_the_engine(tiny):
         done = engine.submit(WorkItem(index=0, data=data)) + engine.flush()
     assert done[0].output.shape == (2,)
     assert ((done[0].output >= 0) & (done[0].output <= 64 * 96)).all()
+
+
+@pytest.mark.slow
+def test_synthetic_calibration_on_cpu():
+    """The model alone holds for the stated time: never less, a few ms more at most on a
+    loaded machine (the engine-level check is in test_engine, the CUDA one in test_gpu)."""
+    model = build_model({"kind": "synthetic", "compute_ms": 15, "compute_ms_per_event": 2.5})
+    x = torch.zeros(4, 32)
+    took = []
+    for _ in range(6):
+        t0 = now()
+        model(x)
+        took.append((now() - t0) * 1e3)
+    took.sort()
+    assert took[0] >= 25.0
+    assert took[len(took) // 2] <= 25.0 + 8.0
