@@ -61,6 +61,40 @@ def test_same_profile_seed_rank_and_sequence_give_identical_bytes(source: Source
     assert bytes(a.message(seq).payload) == bytes(b.message(seq).payload)
 
 
+_DIGEST = """
+import hashlib, sys
+from simstream.payload import MessageFactory
+from simstream.profile import Source
+out = []
+for comp, fmt in (("none", "hdf5"), ("bitshuffle_zstd", "hdf5"), ("gzip", "npz")):
+    fields = {"detector_data": "/data/data", "timestamp": "/data/timestamp"} if fmt == "hdf5" else {
+        "detector_data": "detector_data"}
+    s = Source(batch_size=3, shape=[1, 24, 24], total_events=7, pool=2, format=fmt,
+               compression=comp, fields=fields)
+    f = MessageFactory(s, rank=1, seed=9)
+    out.append(hashlib.sha256(b"".join(bytes(f.message(i).payload) for i in range(3))).hexdigest())
+print(" ".join(out))
+"""
+
+
+def test_payloads_are_identical_across_processes() -> None:
+    """Templates and h5py files are rebuilt from scratch in a new process: same bytes."""
+    import subprocess
+    import sys
+
+    runs = [
+        subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True, timeout=120, check=True).stdout
+        for _ in range(2)
+    ]
+    import contextlib
+    import io
+
+    here = io.StringIO()
+    with contextlib.redirect_stdout(here):
+        exec(_DIGEST, {})  # this process: templates may come from the cache
+    assert runs[0] == runs[1] == here.getvalue() and len(runs[0].split()) == 3
+
+
 def test_ranks_and_seeds_differ() -> None:
     s = src()
     base = MessageFactory(s, rank=0, seed=1).batch(0)["detector_data"]
