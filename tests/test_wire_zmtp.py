@@ -251,6 +251,21 @@ def test_any_split_gives_the_same_events(data: st.DataObject) -> None:
     assert sum(isinstance(e, Message) for e in expected) == len(msgs)
 
 
+def test_consumed_bytes_marks_where_each_event_ends() -> None:
+    push = ready_push()
+    opening = push_opening()
+    m1 = push.send_frames([b"ab", pattern(300)])
+    m2 = push.send_message(b"")
+    conn = ZmtpConnection("PULL")
+    conn.initiate()
+    ends = []
+    for i in range(len(opening + m1 + m2)):  # one byte at a time
+        conn.receive_data((opening + m1 + m2)[i : i + 1])
+        ends += [conn.consumed_bytes for _ in drain(conn)]
+        assert conn.consumed_bytes <= i + 1
+    assert ends == [64, len(opening), len(opening) + len(m1), len(opening) + len(m1) + len(m2)]
+
+
 def test_byte_by_byte_gives_the_same_events() -> None:
     push = ready_push()
     stream = push_opening() + push.send_message(pattern(300)) + push.send_frames([b"", b"x"])

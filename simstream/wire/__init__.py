@@ -197,6 +197,7 @@ class _Connection:
         self._eof = False
         self._closed_event: ConnectionClosed | None = None
         self._error: RemoteProtocolError | None = None
+        self._fed = 0
         self.ready = False  # handshake complete: messages may be sent and received
 
     # -- outgoing --------------------------------------------------------
@@ -248,7 +249,14 @@ class _Connection:
         if len(data) == 0:
             self._eof = True
         else:
+            self._fed += len(data)
             self._buf.feed(data)
+
+    @property
+    def consumed_bytes(self) -> int:
+        """Bytes of the peer's stream turned into events so far (greeting, commands,
+        whole messages): the stream offset where the next event's bytes begin."""
+        return self._fed - len(self._buf) - self._pending_bytes()
 
     def next_event(self) -> Event | _Sentinel:
         """The next event, or NEED_DATA.
