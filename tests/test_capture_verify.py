@@ -407,3 +407,34 @@ def test_real_libzmq_stream_is_walked_message_by_message(tmp_path: Path) -> None
     msgs = next(c for c in rep.checks if c.name == "messages")
     assert msgs.measured == f"{n} messages, 100000-{100_000 + n - 1} B", rep.checks
     assert not any(c.name == "framing" for c in rep.checks)
+
+
+@pytest.mark.integration
+def test_loopback_capture_sees_each_packet_once(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (AF_PACKET)")
+    import socket as _socket
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pcap, log = tmp_path / "lo.pcap", tmp_path / "emit.jsonl"
+    capture = subprocess.Popen(cap_mod.capture_argv("lo", port, pcap, 20), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert capture.stderr is not None and "capturing" in capture.stderr.readline()
+    recv = subprocess.Popen([PY, "-m", "simstream.testbed.traffic", "recv", "--bind",
+                             f"127.0.0.1:{port}", "--duration", "5"], stdout=subprocess.PIPE,
+                            text=True)
+    assert recv.stdout is not None and "listening" in recv.stdout.readline()
+    subprocess.run([PY, "-m", "simstream.testbed.traffic", "send", "--to", f"127.0.0.1:{port}",
+                    "--duration", "1", "--rate-mbps", "20", "--message-bytes", "20000",
+                    "--log", str(log)], check=True, capture_output=True, timeout=30)
+    recv.communicate(timeout=20)
+    capture.terminate()
+    capture.communicate(timeout=20)
+    prof = _profile(20.0, kind="tcp", transport={"kind": "tcp", "url": f"tcp://127.0.0.1:{port}"})
+    rep = ver.verify_capture(pcap, prof, emit_log=ver.load_emit_log(log))
+    by = {c.name: c for c in rep.checks}
+    assert by["messages"].status == "PASS", rep.checks
+    assert rep.facts["retransmitted_bytes"] == 0  # no second copy of anything
+    assert by["rate"].status == "PASS", by["rate"]

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -115,6 +116,38 @@ def tcp_port_matches(frame: bytes, port: int) -> bool:
     return port in (sport, dport)
 
 
+def is_loopback(iface: str) -> bool:
+    """True for a loopback device (IFF_LOOPBACK in /sys/class/net/IF/flags)."""
+    try:
+        with open(f"/sys/class/net/{iface}/flags", encoding="ascii") as f:
+            return bool(int(f.read().strip(), 16) & 0x8)
+    except (OSError, ValueError):
+        return iface == "lo"
+
+
+def _listen_socket(iface: str) -> Any:
+    """scapy's AF_PACKET listening socket; on loopback, each packet once.
+
+    A packet on loopback is seen twice (leaving, then arriving); the leaving
+    copy is dropped there. On any other interface both directions are kept:
+    a producer's data is outgoing on its own veth.
+    """
+    from scapy.arch.linux import L2ListenSocket, get_last_packet_timestamp
+
+    skip_outgoing = is_loopback(iface)
+
+    class _Listen(L2ListenSocket):
+        def recv_raw(self, x: int = 65535) -> tuple[Any, Any, Any]:
+            pkt, sa_ll, ts = self._recv_raw(self.ins, x)
+            if skip_outgoing and sa_ll[2] == socket.PACKET_OUTGOING:
+                return None, None, None
+            if ts is None:
+                ts = get_last_packet_timestamp(self.ins)
+            return self.LL, pkt, ts
+
+    return _Listen(iface=iface)
+
+
 @dataclass
 class CaptureResult:
     packets: int
@@ -136,7 +169,7 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
     from scapy.sendrecv import AsyncSniffer
     from scapy.utils import PcapWriter
 
-    sock = conf.L2listen(iface=iface)
+    sock = _listen_socket(iface)
     try:
         attach_bpf(sock.ins, bpf_tcp_port(port))
         try:
@@ -144,7 +177,9 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
         except OSError:
             sock.ins.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         # no dissection: bytes and kernel timestamps are all the pcap needs
-        sock.LL = conf.raw_layer  # type: ignore[attr-defined]
+        sock.LL = conf.raw_layer
+        # counters from here on: what arrived before the filter is not ours
+        sock.ins.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
     except BaseException:
         sock.close()
         raise
