@@ -130,6 +130,10 @@ def _scalars(source: Source) -> dict[str, int | float]:
 class MessageFactory:
     """Messages of one rank, generated and encoded on demand.
 
+    Construction does the slow, one-off work (the pool, HDF5 templates for the
+    full and the partial last batch), so that ``message()`` costs the same from
+    its first call.
+
     ``message(seq)`` -> Message (encoded); ``batch(seq)`` -> the arrays before
     encoding (in pool mode: what ``message(seq)`` decodes to). Raises ProfileError
     at construction for a source it cannot generate (e.g. an unreadable replay
@@ -156,6 +160,14 @@ class MessageFactory:
             for k in range(full):
                 payload = self._encode(self._fresh(k, self.batch_size))
                 self._pool.append(codec.Rewriter(payload, self._per_message, fields=self.fields))
+        if source.format == "hdf5" and source.compression == "none":
+            # build the HDF5 templates now (about a second for 118 MB messages), so
+            # message() runs at its steady speed from the first call on
+            sizes = {self.batch_size}
+            if self.total_messages is not None:
+                sizes = {self.events_in(0), self.events_in(self.total_messages - 1)}
+            for n in sizes:
+                self._encode(self._fresh(0, n))
 
     # -- sizes
 
