@@ -283,6 +283,23 @@ def compute_evidence(run: RunData) -> Evidence:
         u_loop_src = "q1 empty share"
     up_work = np.nansum(parse_recv) + np.nansum(np.where(np.isfinite(put_over), put_over, 0.0))
     u_up = up_work / (threads * span)
+    # where the loop's busy time went (totals, so rare long costs such as a
+    # polling get's sleep count in full, which medians would hide)
+    busy_total = max(span - wait_total, 0.0)
+    q_get = float(np.nansum(np.clip(get_over, 0, None)))
+    p_loop = float(np.nansum(parse_loop))
+    f["loop_time_s"] = {
+        "busy": _r(busy_total),
+        "wait_on_empty_q1": _r(wait_total),
+        "q1_get_overhead": _r(q_get),
+        "parse": _r(p_loop),
+        "inference": _r(max(busy_total - q_get - p_loop, 0.0)),
+    }
+    f["upstream_time_s"] = {
+        "threads": threads,
+        "parse": _r(float(np.nansum(parse_recv))),
+        "q1_put_overhead": _r(float(np.nansum(np.clip(np.where(np.isfinite(put_over), put_over, 0.0), 0, None)))),
+    }
     f["loop_busy_share"] = _r(u_loop)
     f["loop_busy_source"] = u_loop_src
     f["loop_wait_on_empty_q1_s"] = _r(wait_total)

@@ -9,21 +9,19 @@ data simply did not arrive faster: the producer or the network.
 Decision, in order (figures from ``evidence.compute_evidence``):
 
 1. ``loop_busy_share`` (1 - time the loop waited on an empty Q1 / span) >= 0.85:
-   the inference loop is saturated, Q1 holds batches whenever it asks. What
-   fills its cycle decides (per-batch medians):
-   parse inside the loop (``per_batch_ms.parse_in_loop``) vs Q1 get overhead
-   (get time minus waiting for the put) vs the GPU cycle (busiest of
-   H2D/compute/D2H when the streams overlap, their sum when they run in turn).
-   When the loop's cycle was measured while fed, what it spent beyond parse and
-   get (submitting to the inference stage: staging copies, waiting for a free
-   buffer) counts for the inference stage too.
-   The largest names the verdict: ``parse``, ``queue`` or ``consumer``.
+   the inference loop is saturated, Q1 holds batches whenever it asks. Where
+   its busy time went decides (``loop_time_s``, totals over the run, so that a
+   rare but long cost such as a polling get's sleep counts in full): parsing
+   inside the loop vs Q1 get overhead (get time minus waiting for the put) vs
+   the rest, the inference stage (submitting the batch: staging copies, H2D,
+   waiting for a free buffer, i.e. the GPU's pace). The largest names the
+   verdict: ``parse``, ``queue`` or ``consumer``.
    ``consumer`` is the healthy case: no starvation, Q1 stays full.
 2. Otherwise the loop starves (it waited on an empty Q1 for >= 15 % of the
    run). If the upstream side is saturated (``upstream_busy_share`` =
    parser-thread work (parse + the put's own cost) / (threads x span) >= 0.85),
-   what fills its cycle decides: parse before Q1 -> ``parse``, the put's own
-   cost -> ``queue``.
+   where that work went decides (``upstream_time_s``): parse before Q1 ->
+   ``parse``, the put's own cost -> ``queue``.
 3. Otherwise nothing in the consumer was saturated: arrivals were the limit
    -> ``network`` (the producer or the network between them). The emit log,
    when present, says which (emitter silent = producer stalls; bytes in flight
@@ -95,19 +93,24 @@ def decide(ev: dict[str, Any]) -> tuple[str, float, list[str]]:
         return "network", 0.3, ["no batch was processed: nothing usable arrived"]
 
     if u_loop >= LOOP_SATURATED:
-        costs = {
-            "parse": _g(pb, "parse_in_loop"),
-            "queue": _g(pb, "q1_get_overhead"),
-            "consumer": max(_g(pb, "gpu_cycle"), _g(pb, "loop_inference")),
-        }
+        lt = ev.get("loop_time_s") or {}
+        if lt:
+            costs = {"parse": _g(lt, "parse"), "queue": _g(lt, "q1_get_overhead"),
+                     "consumer": _g(lt, "inference")}
+            unit = "s in all"
+        else:
+            costs = {"parse": _g(pb, "parse_in_loop"), "queue": _g(pb, "q1_get_overhead"),
+                     "consumer": max(_g(pb, "gpu_cycle"), _g(pb, "loop_inference"))}
+            unit = "ms per batch"
         ranked = sorted(costs.items(), key=lambda kv: kv[1], reverse=True)
         verdict = ranked[0][0]
         reasons.append(
             f"the inference loop was busy {u_loop:.0%} of the run (waited on an empty Q1 only "
             f"{1 - u_loop:.0%}): it is the limit")
         reasons.append(
-            "per batch in the loop: parse {:.2f} ms, Q1 get overhead {:.2f} ms, GPU cycle {:.2f} ms"
-            .format(costs["parse"], costs["queue"], costs["consumer"]))
+            f"the loop's busy time went to: parsing inside the loop {costs['parse']:.2f}, "
+            f"Q1 get overhead {costs['queue']:.2f}, the inference stage (submit, copies, "
+            f"compute pacing) {costs['consumer']:.2f} ({unit})")
         primary = _clamp((u_loop - LOOP_SATURATED) / (1 - LOOP_SATURATED))
         dom = _dominance(ranked[0][1], ranked[1][1])
         corr = full
@@ -118,14 +121,18 @@ def decide(ev: dict[str, Any]) -> tuple[str, float, list[str]]:
         f"the inference loop waited on an empty Q1 {1 - u_loop:.0%} of the run (busy {u_loop:.0%}): "
         "it starves")
     if u_up >= UPSTREAM_SATURATED:
-        costs = {"parse": _g(pb, "parse") if ev.get("parse_location") != "inference_loop" else 0.0,
-                 "queue": _g(pb, "q1_put_overhead")}
+        ut = ev.get("upstream_time_s") or {}
+        if ut:
+            costs = {"parse": _g(ut, "parse"), "queue": _g(ut, "q1_put_overhead")}
+        else:
+            costs = {"parse": _g(pb, "parse") if ev.get("parse_location") != "inference_loop" else 0.0,
+                     "queue": _g(pb, "q1_put_overhead")}
         verdict = max(costs, key=lambda k: costs[k])
         other = min(costs.values())
         reasons.append(
             f"the receiver's parser threads ({ev.get('parser_threads_observed', 1)}) were busy "
-            f"{u_up:.0%} of the run: parse {costs['parse']:.2f} ms + Q1 put overhead "
-            f"{costs['queue']:.2f} ms per batch")
+            f"{u_up:.0%} of the run: parsing {costs['parse']:.2f} + Q1 put overhead "
+            f"{costs['queue']:.2f} ({'s in all' if ut else 'ms per batch'})")
         primary = _clamp((u_up - UPSTREAM_SATURATED) / (1 - UPSTREAM_SATURATED))
         dom = _dominance(costs[verdict], other)
         conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * low
