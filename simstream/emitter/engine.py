@@ -41,6 +41,10 @@ __all__ = [
     "run_emitter",
 ]
 
+#: wake this long before a planned time and yield until it: the event loop's own
+#: timer wakes up to ~1 ms late (epoll's millisecond resolution)
+SPIN_S = 0.0015
+
 #: chunk size handed to the transport when no cap applies (bytes)
 UNCAPPED_CHUNK_BYTES = 1 << 20
 
@@ -86,6 +90,24 @@ async def _open(factory_result: Any) -> AsyncIterator[Any]:
     finally:
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
             await sender.close()
+
+
+async def sleep_until_precise(t: float) -> None:
+    """trio.sleep_until, but on time to well under a millisecond with the real clock.
+
+    Sleeps until SPIN_S before ``t``, then yields to other tasks until ``t``
+    (costs at most SPIN_S of CPU per call). With any other clock (MockClock in
+    tests) it is exactly trio.sleep_until: spinning would stop virtual time.
+    """
+    if type(trio.lowlevel.current_clock()).__name__ != "SystemClock":
+        await trio.sleep_until(t)
+        return
+    if t - trio.current_time() > SPIN_S:
+        await trio.sleep_until(t - SPIN_S)
+    for _ in range(1_000_000):  # bounded; ~1 us per pass
+        if trio.current_time() >= t:
+            break
+        await trio.lowlevel.checkpoint()
 
 
 @dataclass
@@ -206,11 +228,11 @@ def _make_gate(run: _Run, rank: int, mbps: float | None) -> tuple[Gate | None, i
 
 async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                      send_ch: trio.MemorySendChannel[_Item], *, in_thread: bool,
-                     log_lost: Callable[[_Item], None]) -> None:
+                     log_lost: Callable[[_Item], None], first: Any = None) -> None:
     stats = run.stats[rank]
     sched = Schedule(run.profile, rank)
     stop_s = run.profile.stop.duration_s
-    message: Any = None
+    message: Any = first
     async with send_ch:
         while True:
             planned = sched.next(trio.current_time() - run.t0)
@@ -222,7 +244,7 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                     message = await trio.to_thread.run_sync(make_message, planned.seq)
                 else:
                     message = make_message(planned.seq)
-            await trio.sleep_until(run.t0 + planned.t_sched)
+            await sleep_until_precise(run.t0 + planned.t_sched)
             attempt = Attempt(message.payload)
             for f in planned.faults:
                 attempt = f.apply(attempt)
@@ -285,7 +307,7 @@ async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
     if att.silence_s:
         start = max(start, t_idle + att.silence_s)
     if start > trio.current_time():
-        await trio.sleep_until(start)
+        await sleep_until_precise(start)
     gate, chunk = _make_gate(run, rank, item.planned.bandwidth_mbps)
     cut = att.cut_after_bytes()
     try:
@@ -293,10 +315,14 @@ async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
             att.payload, gate=gate, chunk_bytes=chunk, cut_after_bytes=cut)
     except trio.Cancelled:
         raise
-    except Exception as e:  # a disconnect: this message is lost, the transport reconnects
+    except Exception as e:
+        # this message is lost either way; an unreachable peer or a closed sender ends
+        # the run (after the record), a mere disconnect does not: the transport reconnects
         run.emit(_record(run, item, url, outcome="lost"))
         stats.lost += 1
         _note_error(run, rank, e)
+        if isinstance(e, _fatal_errors()):
+            raise
         return
     outcome = str(getattr(report, "outcome", "delivered"))
     if outcome not in ("delivered", "cut", "lost"):
@@ -313,11 +339,26 @@ async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
     stats.wire_bytes += int(report.wire_bytes or 0)
     stats.blocked_s += rec["blocked_s"]
     setattr(stats, outcome, getattr(stats, outcome) + 1)
-    if outcome == "cut":
-        await sender.reset()
+    # a cut needs nothing more: the transport aborts the connection (RST) itself and
+    # the next send reconnects
     if att.close_s is not None:
-        await sender.close(delay_s=att.close_s)
+        # slow close: the connection lingers idle for close_s, then closes (FIN) and
+        # the transport connects again at once
+        await trio.sleep(att.close_s)
         await sender.reconnect()
+
+
+def _fatal_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which sending cannot go on: no peer within the connect time-out,
+    or a sender closed under us."""
+    out: list[type[BaseException]] = [trio.ClosedResourceError]
+    try:
+        from simstream.transport import ConnectTimeout
+    except ImportError:  # pragma: no cover - the transport is part of the package
+        pass
+    else:
+        out.append(ConnectTimeout)
+    return tuple(out)
 
 
 def _note_error(run: _Run, rank: int, err: BaseException) -> None:
@@ -375,14 +416,28 @@ async def run_emitter(
                                             float(tp.reconnect_backoff_ms[1])),
                                 on_event=on_event)
             senders.append(await stack.enter_async_context(_open(cm)))
+        # payload factories are built (pools encoded) before the clock starts
+        # and each rank's first message too: the start must not wait for an encode
+        factories = []
+        firsts = []
+        for st in stats:
+            if messages_in_thread:
+                f = await trio.to_thread.run_sync(message_factory, profile, st.rank)
+                first = await trio.to_thread.run_sync(_first_message, f, profile)
+            else:
+                f = message_factory(profile, st.rank)
+                first = _first_message(f, profile)
+            factories.append(f)
+            firsts.append(first)
         run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats)
         task_status.started(run.unix0)
         result = EmitResult(stats, run.unix0, run.unix0)
         try:
             async with trio.open_nursery() as nursery:
-                for st, sender in zip(stats, senders, strict=True):
+                for st, sender, factory, first in zip(stats, senders, factories, firsts,
+                                                      strict=True):
                     nursery.start_soon(_rank_pair, run, st.rank, st.url, sender,
-                                       message_factory, messages_in_thread, drain_timeout_s)
+                                       factory, first, messages_in_thread, drain_timeout_s)
         except trio.Cancelled:
             result.interrupted = True
             raise
@@ -392,10 +447,15 @@ async def run_emitter(
     return result
 
 
-async def _rank_pair(run: _Run, rank: int, url: str, sender: Any,
-                     message_factory: Callable[[Profile, int], Any], in_thread: bool,
-                     drain_timeout_s: float | None) -> None:
-    factory = message_factory(run.profile, rank)
+def _first_message(factory: Any, profile: Profile) -> Any:
+    """Message 0 when the schedule has one (built ahead of the start), else None."""
+    if Schedule(profile, 0).next() is None:
+        return None
+    return factory.message(0)
+
+
+async def _rank_pair(run: _Run, rank: int, url: str, sender: Any, factory: Any, first: Any,
+                     in_thread: bool, drain_timeout_s: float | None) -> None:
     send_ch, recv_ch = trio.open_memory_channel[_Item](run.profile.transport.sndhwm)
 
     def log_lost(item: _Item) -> None:
@@ -411,7 +471,7 @@ async def _rank_pair(run: _Run, rank: int, url: str, sender: Any,
 
         nursery.start_soon(writer)
         await _scheduler(run, rank, factory.message, send_ch, in_thread=in_thread,
-                         log_lost=log_lost)
+                         log_lost=log_lost, first=first)
         # the schedule is over: queued messages still go, within the drain timeout
         if drain_timeout_s is not None:
             writer_scope.deadline = trio.current_time() + drain_timeout_s

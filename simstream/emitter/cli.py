@@ -1,0 +1,274 @@
+"""``simstream emit``: the fake LCLStreamer on the command line.
+
+Exit status: 0 done; 1 the peer could not be reached within
+``transport.connect_timeout_s`` (after retrying with backoff); 2 bad input
+(invalid profile, bad flag, address in use); 130 interrupted (the log is
+still complete and flushed).
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from simstream.errors import UsageError
+from simstream.profile import Profile, find_profile, load_profile
+
+__all__ = ["emit", "build_profile"]
+
+#: a dry run prints at most this many lines (a long profile's schedule is long)
+DRY_RUN_MAX_LINES = 1_000_000
+
+
+def build_profile(profile_arg: str | None, lclstreamer_config: str | None,
+                  overrides: dict[str, Any]) -> Profile:
+    """The profile the flags ask for. Raises ProfileError / UsageError (exit 2)."""
+    if lclstreamer_config is not None:
+        from simstream.lclstreamer import profile_from_lclstreamer_config
+
+        base = profile_from_lclstreamer_config(lclstreamer_config)
+        if profile_arg is not None:
+            raise UsageError("give either --profile or --lclstreamer-config, not both")
+    elif profile_arg is None:
+        raise UsageError("--profile is required (a path or a bundled name; "
+                         "see 'simstream profiles list'), or --lclstreamer-config")
+    else:
+        base = load_profile(find_profile(profile_arg))
+    return base.with_overrides(overrides)
+
+
+def _endless(p: Profile) -> bool:
+    from simstream.schedule import messages_per_rank
+
+    n, _ = messages_per_rank(p)
+    tl = p.timeline
+    timeline_ends = not tl.repeat and all(ph.duration_s is not None for ph in tl.phases)
+    return n is None and p.stop.duration_s is None and not timeline_ends
+
+
+def _dry_run(p: Profile, log_path: str | None) -> None:
+    from simstream.schedule import format_planned, iter_schedule
+
+    if _endless(p):
+        raise UsageError("the profile never stops (no stop.messages, stop.duration_s or "
+                         "source.total_events): give --count or --duration for a dry run")
+    urls = p.transport.all_urls
+    merged = heapq.merge(*(iter_schedule(p, r) for r in range(p.transport.ranks)),
+                         key=lambda x: (x.t_sched, x.rank))
+    as_json = log_path is not None
+    out = open(log_path, "w", encoding="utf-8") if as_json else sys.stdout  # noqa: SIM115
+    n = 0
+    try:
+        for planned in merged:
+            if n >= DRY_RUN_MAX_LINES:
+                click.echo(f"(dry run stopped after {DRY_RUN_MAX_LINES} lines)", err=True)
+                break
+            url = urls[planned.rank % len(urls)]
+            out.write(format_planned(planned, as_json=as_json, url=url) + "\n")
+            n += 1
+    finally:
+        if as_json:
+            out.close()
+    if as_json:
+        click.echo(f"dry run: {n} planned attempts written to {log_path}")
+    else:
+        click.echo(f"dry run: {n} planned attempts; no socket opened")
+
+
+def _on_transport_event(name: str, fields: dict[str, Any] | None = None) -> None:
+    f = fields or {}
+    if name == "connect_retry":
+        click.echo(f"emit: cannot reach {f.get('url')}: {f.get('error')}; retry "
+                   f"{f.get('attempt')} in {float(f.get('retry_in_s') or 0):.2f} s", err=True)
+    elif name == "connected":
+        click.echo(f"emit: connected to {f.get('url')} ({f.get('peer')})", err=True)
+    elif name == "listening":
+        click.echo(f"emit: listening on {f.get('url')} (port {f.get('port')})", err=True)
+    elif name == "disconnected" and f.get("reason") != "closed by the sender":
+        click.echo(f"emit: {f.get('url')} disconnected: {f.get('reason')}", err=True)
+    elif name == "handshake_failed":
+        click.echo(f"emit: handshake with {f.get('peer')} failed: {f.get('error')}", err=True)
+
+
+def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in exc or (nested) exception groups."""
+    if isinstance(exc, types):
+        return exc
+    for sub in getattr(exc, "exceptions", ()) or ():
+        hit = _find(sub, types)
+        if hit is not None:
+            return hit
+    return None
+
+
+async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> tuple[Any, bool]:
+    """Run the engine with the log, the progress display and signal handling."""
+    import trio
+
+    from simstream.emitter.engine import RankStats, run_emitter
+    from simstream.emitter.log import EmitLog
+    from simstream.emitter.progress import Progress
+
+    log = EmitLog(log_path) if log_path else None
+    stats: list[RankStats] = []  # filled in place by the engine
+    progress = Progress(stats, sndhwm=p.transport.sndhwm, tty=tty)
+
+    def on_record(rec: dict[str, Any]) -> None:
+        if log is not None:
+            log.write(rec)
+        progress.on_record(rec)
+
+    result: Any = None
+    run_scope = trio.CancelScope()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch_signals() -> None:
+                    async for _ in signals:
+                        # a clean stop: the engine records what was queued or in flight
+                        run_scope.cancel()
+                        return
+
+                nursery.start_soon(watch_signals)
+                nursery.start_soon(progress.run)
+                with run_scope:
+                    result = await run_emitter(p, on_record=on_record,
+                                               on_event=_on_transport_event, stats_out=stats)
+                nursery.cancel_scope.cancel()
+    finally:
+        if log is not None:
+            log.close()  # flushed even on Ctrl-C or an error
+    interrupted = run_scope.cancelled_caught
+    if result is None:
+        from simstream.emitter.engine import EmitResult
+
+        t = progress.now()
+        result = EmitResult(stats, progress.t_start, t, interrupted=True)
+    return result, interrupted
+
+
+@click.command("emit")
+@click.option("--profile", "profile_arg", metavar="FILE|NAME",
+              help="profile YAML, or a bundled profile name (simstream profiles list)")
+@click.option("--url", help="tcp://HOST:PORT (overrides transport.url)")
+@click.option("--role", type=click.Choice(["client", "server"]),
+              help="client = connect (LCLStreamer's usual role), server = bind")
+@click.option("--transport", "kind", type=click.Choice(["zmq", "nng", "tcp"]))
+@click.option("--ranks", type=click.IntRange(1, 1024), help="independent connections")
+@click.option("--seed", type=click.IntRange(0), help="overrides the profile's seed")
+@click.option("--count", type=click.IntRange(1), help="messages per rank (stop.messages)")
+@click.option("--duration", type=click.FloatRange(0, min_open=True),
+              help="seconds (stop.duration_s)")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False),
+              help="write the emit log (JSON lines, docs/formats.md) here")
+@click.option("--dry-run", is_flag=True, help="print the schedule; open no socket")
+@click.option("--lclstreamer-config", type=click.Path(dir_okay=False),
+              help="a real LCLStreamer YAML config as the base profile")
+@click.option("--loopback", is_flag=True,
+              help="start a pyzmq PULL receiver on a free 127.0.0.1 port and emit to it")
+@click.option("--progress/--no-progress", "show_progress", default=None,
+              help="live table (default: when stderr is a terminal)")
+def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str | None,
+         ranks: int | None, seed: int | None, count: int | None, duration: float | None,
+         log_path: str | None, dry_run: bool, lclstreamer_config: str | None,
+         loopback: bool, show_progress: bool | None) -> None:
+    """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
+    overrides = {"transport.url": url, "transport.role": role, "transport.kind": kind, "transport.ranks": ranks,
+                 "seed": seed, "stop.messages": count, "stop.duration_s": duration}
+    p = build_profile(profile_arg, lclstreamer_config, overrides)
+    if url is not None and p.transport.urls:
+        # --url names the one address: it replaces a list of them
+        data = p.model_dump(mode="python")
+        data["transport"]["urls"] = None
+        from simstream.profile import parse_profile
+
+        p = parse_profile(data, source="(with command-line overrides)")
+    if dry_run:
+        _dry_run(p, log_path)
+        return
+    if log_path is not None:
+        parent = Path(log_path).resolve().parent
+        if not parent.is_dir():
+            raise UsageError(f"--log {log_path}: folder {parent} does not exist")
+    if _endless(p) and not sys.stderr.isatty():
+        click.echo("emit: the profile never stops; Ctrl-C (SIGINT) ends it", err=True)
+
+    receiver = None
+    if loopback:
+        receiver = _start_loopback(p)
+        p = p.with_overrides({"transport.url": receiver["url"], "transport.role": "client"})
+    tty = False if loopback else show_progress
+    code = _run(p, log_path, tty=tty)
+    if receiver is not None:
+        receiver["stop"].set()
+        receiver["thread"].join(timeout=30.0)
+        summary = receiver.get("summary")
+        if summary is not None:
+            for line in summary.lines():
+                click.echo(line)
+    if code:
+        sys.exit(code)
+
+
+def _start_loopback(p: Profile) -> dict[str, Any]:
+    from simstream.emitter.receiver import receive
+
+    if p.transport.kind != "zmq":
+        raise UsageError(f"--loopback receives with pyzmq: it needs --transport zmq, "
+                         f"not {p.transport.kind}")
+    box: dict[str, Any] = {"ready": threading.Event(), "stop": threading.Event()}
+
+    def target() -> None:
+        try:
+            box["summary"] = receive(
+                "tcp://127.0.0.1:0", bind=True, idle_timeout_s=1.0, ready=box["ready"],
+                stop=box["stop"], echo=lambda s: click.echo(s),
+                on_bound=lambda u: box.__setitem__("url", u))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            box["error"] = e
+            box["ready"].set()
+
+    th = threading.Thread(target=target, name="loopback-receiver", daemon=True)
+    box["thread"] = th
+    th.start()
+    if not box["ready"].wait(10.0):
+        raise UsageError("the loopback receiver did not start within 10 s")
+    if "error" in box:
+        raise box["error"]
+    click.echo(f"loopback receiver on {box['url']}", err=True)
+    return box
+
+
+def _run(p: Profile, log_path: str | None, *, tty: bool | None) -> int:
+    import trio
+
+    from simstream.emitter.progress import summary_lines
+    from simstream.transport import AddressInUse, ConnectTimeout
+
+    try:
+        result, interrupted = trio.run(functools.partial(_emit_main, p, log_path, tty=tty))
+    except BaseException as e:  # noqa: BLE001 - unwrapped below; the rest re-raised
+        hit = _find(e, (AddressInUse, UsageError))
+        if hit is not None:
+            raise UsageError(str(hit)) from None
+        hit = _find(e, (ConnectTimeout,))
+        if hit is not None:
+            click.echo(f"error: {hit}", err=True)
+            return 1
+        if _find(e, (KeyboardInterrupt,)) is not None:
+            click.echo("emit: interrupted", err=True)
+            return 130
+        raise
+    for line in summary_lines(result):
+        click.echo(line, err=False)
+    if log_path:
+        click.echo(f"emit log: {log_path}")
+    return 130 if interrupted else 0

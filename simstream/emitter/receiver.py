@@ -1,0 +1,208 @@
+"""A small pyzmq PULL receiver: what arrived, and when (the loopback demo).
+
+Not the consumer (that is ``pipeline``): it only timestamps each message,
+decodes it with ``simstream.codec`` to read the simstream sequence and rank,
+and prints one line per message with the gap since the previous one. Gaps
+longer than ``stall_gap_s`` (100 ms) split the stream into bursts; the summary
+lists them, so the demo shows the profile's bursts and stalls as they arrive.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simstream import clock
+from simstream.errors import UsageError
+
+__all__ = ["Arrival", "ReceiveSummary", "decode_ids", "format_arrival", "receive"]
+
+STALL_GAP_S = 0.1
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One received message. ``t``: Unix seconds; ``seq``/``rank``/``events`` None when the
+    message carries no simstream fields or does not decode (``error`` says why)."""
+
+    index: int
+    t: float
+    nbytes: int
+    seq: int | None
+    rank: int | None
+    events: int | None
+    error: str | None = None
+
+
+@dataclass
+class ReceiveSummary:
+    t_start: float
+    arrivals: list[Arrival] = field(default_factory=list)
+    bound_url: str | None = None
+
+    @property
+    def undecodable(self) -> int:
+        return sum(a.error is not None for a in self.arrivals)
+
+    def gaps(self) -> list[tuple[float, float]]:
+        """(arrival time of the message after the gap, gap in seconds) for gaps > 100 ms."""
+        out = []
+        for a, b in zip(self.arrivals, self.arrivals[1:], strict=False):
+            if b.t - a.t > STALL_GAP_S:
+                out.append((b.t, b.t - a.t))
+        return out
+
+    def bursts(self) -> list[tuple[float, float, int]]:
+        """(start, end, messages) of each run of arrivals without a gap > 100 ms."""
+        out: list[tuple[float, float, int]] = []
+        start = None
+        n = 0
+        prev = None
+        for a in self.arrivals:
+            if prev is None or a.t - prev > STALL_GAP_S:
+                if start is not None and prev is not None:
+                    out.append((start, prev, n))
+                start, n = a.t, 0
+            n += 1
+            prev = a.t
+        if start is not None and prev is not None:
+            out.append((start, prev, n))
+        return out
+
+    def lines(self) -> list[str]:
+        n = len(self.arrivals)
+        total = sum(a.nbytes for a in self.arrivals)
+        seqs = [(a.rank, a.seq) for a in self.arrivals if a.seq is not None]
+        dups = len(seqs) - len(set(seqs))
+        out = [f"received {n} messages, {total / 1e6:.1f} MB, {self.undecodable} undecodable, "
+               f"{dups} duplicated"]
+        for s, e, k in self.bursts()[:50]:
+            out.append(f"  burst +{s - self.t_start:8.3f}s .. +{e - self.t_start:8.3f}s: "
+                       f"{k} messages")
+        for t, g in self.gaps()[:50]:
+            out.append(f"  stall {g * 1000:8.1f} ms before +{t - self.t_start:8.3f}s")
+        return out
+
+
+def decode_ids(buf: Any) -> tuple[int | None, int | None, int | None, str | None]:
+    """(seq, rank, events, error) of one message, from its simstream fields.
+
+    A message that decodes but carries no simstream fields (a real LCLStreamer)
+    gives seq = rank = None and events from its first array.
+    """
+    from simstream import codec
+
+    try:
+        arrays = codec.decode(buf)
+    except codec.CodecError as e:
+        return None, None, None, f"undecodable: {e}"
+    except Exception as e:  # noqa: BLE001 - a receiver must survive any peer bytes
+        return None, None, None, f"undecodable: {type(e).__name__}: {e}"
+    seq = rank = None
+    events = None
+    for key, arr in arrays.items():
+        k = key.strip("/").replace("/", "_")
+        if events is None and getattr(arr, "ndim", 0) >= 1:
+            events = int(arr.shape[0])
+        if k == "simstream_sequence" and arr.size:
+            seq = int(arr.reshape(-1)[0])
+        elif k == "simstream_rank" and arr.size:
+            rank = int(arr.reshape(-1)[0])
+    return seq, rank, events, None
+
+
+def format_arrival(a: Arrival, t_start: float, prev_t: float | None) -> str:
+    gap = "" if prev_t is None else f"gap {(a.t - prev_t) * 1000:8.1f} ms"
+    ids = (f"seq {a.seq:>6} rank {a.rank:>3}" if a.seq is not None
+           else f"seq {'-':>6} rank {'-':>3}")
+    mark = ""
+    if prev_t is not None and a.t - prev_t > STALL_GAP_S:
+        mark = "  <- stall"
+    if a.error:
+        mark += f"  {a.error[:80]}"
+    return f"+{a.t - t_start:9.4f}s  {ids}  {a.nbytes / 1e6:9.3f} MB  {gap}{mark}"
+
+
+def receive(
+    url: str,
+    *,
+    bind: bool = True,
+    count: int | None = None,
+    idle_timeout_s: float = 2.0,
+    on_message: Callable[[Arrival], None] | None = None,
+    echo: Callable[[str], None] | None = print,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
+    max_wait_s: float = 3600.0,
+    decode: bool = True,
+    on_bound: Callable[[str], None] | None = None,
+) -> ReceiveSummary:
+    """Receive on a pyzmq PULL socket until ``count`` messages, or ``idle_timeout_s``
+    without one once something has arrived (or once ``stop`` is set), or ``max_wait_s``.
+
+    ``url``: tcp://HOST:PORT (port 0 with ``bind``: a free one, see
+    ``ReceiveSummary.bound_url``, also passed to ``on_bound`` before ``ready`` is set). ``echo``: where the
+    per-message lines go (None: silent). Raises UsageError if the address cannot be
+    bound or connected.
+    """
+    import zmq
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    summary = ReceiveSummary(t_start=clock.now())
+    try:
+        try:
+            if bind:
+                if url.endswith(":0"):
+                    port = sock.bind_to_random_port(url.rsplit(":", 1)[0])
+                    summary.bound_url = f"{url.rsplit(':', 1)[0]}:{port}"
+                else:
+                    sock.bind(url)
+                    summary.bound_url = url
+            else:
+                sock.connect(url)
+                summary.bound_url = url
+        except zmq.ZMQError as e:
+            raise UsageError(f"receiver cannot {'bind' if bind else 'connect'} {url}: {e}") from None
+        if on_bound is not None:
+            on_bound(summary.bound_url)
+        if ready is not None:
+            ready.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        t_last = None
+        prev_t = None
+        deadline = summary.t_start + max_wait_s
+        while count is None or len(summary.arrivals) < count:
+            now = clock.now()
+            if now >= deadline:
+                break
+            idle_from = t_last if t_last is not None else None
+            if stop is not None and stop.is_set():
+                idle_from = t_last if t_last is not None else now - idle_timeout_s
+            if idle_from is not None and now - idle_from >= idle_timeout_s:
+                break
+            if not poller.poll(50):
+                continue
+            frames = sock.recv_multipart(copy=True)
+            t = clock.now()
+            buf = frames[-1] if len(frames) == 1 else b"".join(frames)
+            if decode:
+                seq, rank, events, err = decode_ids(buf)
+            else:
+                seq = rank = events = None
+                err = None
+            a = Arrival(len(summary.arrivals), t, len(buf), seq, rank, events, err)
+            summary.arrivals.append(a)
+            if echo is not None:
+                echo(format_arrival(a, summary.t_start, prev_t))
+            if on_message is not None:
+                on_message(a)
+            prev_t = t
+            t_last = t
+    finally:
+        sock.close(linger=0)
+    return summary
