@@ -120,6 +120,8 @@ class _Link:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"address lookup failed: {exc.strerror}"
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
     return str(exc) or type(exc).__name__
@@ -246,10 +248,13 @@ class Sender:
                 await self._ensure_link()
 
     async def _bind(self) -> None:
-        host = "" if self.host in ("*", "0.0.0.0") else self.host
-        infos = await trio.socket.getaddrinfo(
-            host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        host = "0.0.0.0" if self.host == "*" else self.host  # as libzmq: IPv4 wildcard
+        try:
+            infos = await trio.socket.getaddrinfo(
+                host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as exc:
+            raise UsageError(f"cannot bind {self.url}: {_describe(exc)}") from None
         family, type_, proto, _, addr = infos[0]
         sock = socket.socket(family, type_, proto)
         try:
@@ -345,10 +350,15 @@ class Sender:
                 self._emit("connected", peer=peer, attempt=attempt)
                 trio.lowlevel.spawn_system_task(self._read, link, name=f"reader {self.url}")
                 return link
-        who = "no peer connected to" if self.role == "server" else "could not reach"
+        if self.role == "server":
+            what = f"no {self.kind} peer connected to {self.url}"
+            if self.port == 0 and self.bound_port:
+                what += f" (bound port {self.bound_port})"
+        else:
+            what = f"could not reach the {self.kind} peer at {self.url}"
         raise ConnectTimeout(
-            f"{who} the {self.kind} peer at {self.url} within {self.connect_timeout_s:g} s "
-            f"({attempt} attempt{'s' if attempt != 1 else ''}; last error: {last_error})"
+            f"{what} within {self.connect_timeout_s:g} s ({attempt} "
+            f"attempt{'s' if attempt != 1 else ''}; last error: {last_error})"
         )
 
     async def _handshake(self, sock: socket.socket) -> Any:

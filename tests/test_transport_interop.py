@@ -313,6 +313,40 @@ def test_client_gives_up_on_a_closed_port_after_connect_timeout_s() -> None:
     trio_run(main)
 
 
+def test_server_role_times_out_without_a_peer_then_serves_a_returning_one() -> None:
+    ctx = zmq.Context()
+    events: list[str] = []
+
+    async def main() -> None:
+        async with open_sender("zmq", "server", "tcp://127.0.0.1:0", connect_timeout_s=0.5,
+                               on_event=lambda n, f: events.append(n)) as sender:
+            with pytest.raises(ConnectTimeout, match=r"no zmq peer connected to tcp://127.0.0.1:0 "
+                               r"\(bound port \d+\) within 0.5 s"):
+                await sender.send_message(b"nobody there")
+            for i in range(2):  # a consumer comes, takes a message, goes; another comes
+                pull = ctx.socket(zmq.PULL)
+                pull.linger = 0
+                pull.rcvtimeo = 10_000
+                pull.connect(f"tcp://127.0.0.1:{sender.bound_port}")
+                sender.connect_timeout_s = 10
+                report = await sender.send_message(b"to consumer %d" % i)
+                got = await trio.to_thread.run_sync(pull.recv)
+                pull.close()
+                assert report.outcome == "delivered" and got == b"to consumer %d" % i
+                with trio.fail_after(5):
+                    # The background reader notices the consumer leaving (polled: the
+                    # sender has no event for it, and needs none).
+                    while sender.connected:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+            assert sender.connects == 2
+
+    try:
+        trio_run(main)
+    finally:
+        ctx.term()
+    assert events[0] == "listening" and events.count("connected") == 2
+
+
 # -- throughput --------------------------------------------------------------------------------
 
 _RECEIVER = r"""
