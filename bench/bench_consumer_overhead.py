@@ -1,7 +1,7 @@
 """Consumer overhead on CPU: how much of the wall time is not the model's compute.
 
     .venv/bin/python bench/bench_consumer_overhead.py [--batches 200] [--compute-ms 10]
-        [--modes random,socket] [--repeats 3]
+        [--modes random,socket] [--repeats 3] [--device cpu|cuda]
 
 The default profile's batches (8 x 1 x 512 x 512 float32) through the ``synthetic``
 model (a known compute time per batch, default 10 ms), device cpu, 2 buffers, Q1
@@ -71,20 +71,25 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads)")
 
 
-def bare_loop(n: int, compute_ms: float) -> dict[str, float]:
-    model = build_model({"kind": "synthetic", "compute_ms": compute_ms})
-    x = torch.zeros((8, 1, 512, 512))
+def bare_loop(n: int, compute_ms: float, device: str) -> dict[str, float]:
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    model = build_model({"kind": "synthetic", "compute_ms": compute_ms}).to(dev)
+    x = torch.zeros((8, 1, 512, 512), device=dev)
     with torch.inference_mode():
         model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t0 = now()
         for _ in range(n):
             model(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         wall = now() - t0
     return {"wall_s": wall, "per_batch_ms": wall / n * 1000}
 
 
-def consumer_run(mode: str, n: int, compute_ms: float, out: Path) -> dict[str, Any]:
-    section = {"device": "cpu", "model": {"kind": "synthetic", "compute_ms": compute_ms},
+def consumer_run(mode: str, n: int, compute_ms: float, out: Path, device: str) -> dict[str, Any]:
+    section = {"device": device, "model": {"kind": "synthetic", "compute_ms": compute_ms},
                "mode": mode, "count": n, "log_every_batches": 10**9}
     pusher = None
     if mode == "socket":
@@ -134,13 +139,16 @@ def main() -> None:
     ap.add_argument("--compute-ms", type=float, default=10.0)
     ap.add_argument("--modes", default="random,socket")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     n = args.batches
-    base = [bare_loop(n, args.compute_ms) for _ in range(args.repeats)]
+    base = [bare_loop(n, args.compute_ms, args.device) for _ in range(args.repeats)]
     base_ms = statistics.median(b["per_batch_ms"] for b in base)
     print(f"machine: {machine()}")
+    if args.device == "cuda":
+        print(f"gpu: {torch.cuda.get_device_name()}")
     print(f"batches {n} of 8x1x512x512 float32, synthetic compute {args.compute_ms} ms, "
-          f"device cpu, 2 buffers, Q1 local, parse in 2 receiver threads; median of {args.repeats}\n")
+          f"device {args.device}, 2 buffers, Q1 local, parse in 2 receiver threads; median of {args.repeats}\n")
     print("| run | wall per batch (ms) | compute busy | overhead outside compute | vs bare loop "
           "| Q1 mean occupancy | Q1 empty | parse median (ms) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -149,7 +157,7 @@ def main() -> None:
         runs = []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as d:
-                r = consumer_run(mode, n, args.compute_ms, Path(d))
+                r = consumer_run(mode, n, args.compute_ms, Path(d), args.device)
             if r["processed"] != n:
                 raise SystemExit(f"{mode}: processed {r['processed']} of {n}")
             runs.append(r)
