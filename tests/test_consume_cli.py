@@ -194,3 +194,24 @@ def test_sigint_finishes_and_writes_the_summary(tmp_path: Path) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert s["end_reason"] == "stopped" and s["received"] == 0
     assert s["lost"] is None
+
+
+def test_live_progress_panel_renders_snapshots(tmp_path: Path) -> None:
+    from pipeline.cli import _Progress, summary_lines
+    from pipeline.config import consumer_config
+    from pipeline.consumer import run_consumer
+
+    cfg = consumer_config(section={
+        "mode": "random", "count": 6, "device": "cpu", "model": {"kind": "noop"},
+        "log_every_batches": 2, "random": {"batch_size": 2, "shape": [1, 8, 8]},
+    })
+    seen: list[dict] = []
+    with _Progress(live=True) as progress:
+        def on(snap: dict) -> None:
+            seen.append(snap)
+            progress.update(snap)
+
+        s = run_consumer(cfg, tmp_path, on_progress=on)
+    assert [x["batches"] for x in seen if not x.get("final")] == [2, 4, 6]
+    lines = summary_lines(s, tmp_path)
+    assert lines[1].startswith("received 6  processed 6  quarantined 0  lost None")

@@ -45,7 +45,11 @@ def test_local_put_blocks_until_a_get() -> None:
     t = threading.Thread(target=producer)
     t.start()
     assert entered.wait(5)
-    assert not done.wait(0.05)  # still blocked while the queue is full
+    # the put counts its backpressure event under the lock, then waits: once the
+    # count is seen, the producer is blocked until a get (no timing involved)
+    with q._cv:
+        assert q._cv.wait_for(lambda: q.stats.backpressure_events == 1, timeout=5)
+    assert not done.is_set()
     assert q.get(1.0) == 0
     assert done.wait(5)
     t.join(5)
