@@ -76,6 +76,29 @@ def main() -> None:
                 verdict = f"{rep['verdict']} ({rep['confidence']:.2f})"
             label = "with plots" if plots else "without plots (report + trace)"
             print(f"| {label} | {min(times):.2f} | {' '.join(f'{x:.2f}' for x in times)} | {verdict} |")
+        # where the time goes (one pass, the pieces diagnose_run calls)
+        from simstream.diagnose.evidence import compute_evidence
+        from simstream.diagnose.load import load_run
+        from simstream.diagnose.plots import write_plots
+        from simstream.diagnose.report import build_report
+        from simstream.diagnose.trace import write_trace
+
+        t = time.perf_counter()
+        run = load_run(d)
+        t_load = time.perf_counter() - t
+        t = time.perf_counter()
+        ev = compute_evidence(run)
+        build_report(run, ev)
+        t_ev = time.perf_counter() - t
+        t = time.perf_counter()
+        write_trace(ev, d / "trace.json")
+        t_trace = time.perf_counter() - t
+        t = time.perf_counter()
+        write_plots(ev, d / "plots")
+        t_plots = time.perf_counter() - t
+        print(f"pieces: load {t_load:.2f} s, evidence+verdict {t_ev:.2f} s, trace {t_trace:.2f} s "
+              f"({(d / 'trace.json').stat().st_size / 1e6:.0f} MB), plots {t_plots:.2f} s")
+        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

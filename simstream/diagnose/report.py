@@ -47,6 +47,15 @@ def _num(x: Any, unit: str = "", nd: int = 2) -> str:
     return f"{float(x):.{nd}f}{unit}"
 
 
+def _loop_split(lt: dict[str, Any]) -> str:
+    busy = lt.get("busy") or 0.0
+    if busy <= 0:
+        return ""
+    return (f", of which parsing {_pc((lt.get('parse') or 0) / busy)}, Q1 get "
+            f"{_pc((lt.get('q1_get_overhead') or 0) / busy)}, inference stage "
+            f"{_pc((lt.get('inference') or 0) / busy)}")
+
+
 def key_evidence(ev: dict[str, Any]) -> list[str]:
     """The handful of figures shown next to the verdict."""
     q1 = ev.get("q1") or {}
@@ -58,8 +67,9 @@ def key_evidence(ev: dict[str, Any]) -> list[str]:
         f"{_pc(q1.get('share_over_80pct'))} of the time",
         f"arrival rate {_num(ev.get('arrival_rate_bps'), '/s', 1)} vs consumer capacity "
         f"{_num(ev.get('capacity_bps'), '/s', 1)} (processed {_num(ev.get('throughput_bps'), '/s', 1)})",
-        f"inference loop busy {_pc(ev.get('loop_busy_share'))} (waited on an empty Q1 the rest); "
-        f"receiver-side parser threads busy {_pc(ev.get('upstream_busy_share'))}",
+        f"inference loop busy {_pc(ev.get('loop_busy_share'))} (waited on an empty Q1 the rest)"
+        + _loop_split(ev.get("loop_time_s") or {})
+        + f"; receiver-side parser threads busy {_pc(ev.get('upstream_busy_share'))}",
         f"GPU busy {_pc(ev.get('gpu_busy_any_stream_share'))} (compute {_pc(ev.get('gpu_busy_compute_share'))}); "
         f"idle gaps p50 {_num(gaps.get('p50_ms'), ' ms')}, p90 {_num(gaps.get('p90_ms'), ' ms')}, "
         f"max {_num(gaps.get('max_ms'), ' ms')} ({gaps.get('count', 0)} gaps); "
