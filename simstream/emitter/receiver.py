@@ -149,6 +149,9 @@ def receive(
     """
     import zmq
 
+    if decode:
+        from simstream import codec  # noqa: F401 - imported now, not on the first message
+
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
