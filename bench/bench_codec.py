@@ -7,7 +7,7 @@ simstream fields), timed side by side in one process:
 
 - encode: ``codec.encode`` vs h5py writing into ``io.BytesIO`` (LCLStreamer's
   HDF5BinarySerializer) vs a plain numpy copy of the same number of bytes into a
-  fresh array (the floor: one pass over memory);
+  fresh array (a reference for one pass over memory);
 - decode: ``codec.decode`` (zero-copy views; with its layout cache cold and warm;
   with ``alloc``: one copy into preallocated memory) vs h5py reading every dataset
   from ``io.BytesIO``;
@@ -120,7 +120,7 @@ def main() -> None:
     t_np = timed(numpy_copy, n)
     row("encode, uncompressed", "h5py -> io.BytesIO (baseline)", t_bio, t_bio[0])
     row("encode, uncompressed", "codec.encode (template)", t_fast, t_bio[0])
-    row("encode, uncompressed", "numpy copy of the same bytes (floor)", t_np, t_bio[0])
+    row("encode, uncompressed", "reference: numpy copy of the same bytes into a fresh array", t_np, t_bio[0])
     # decode
     out_arrays = {k: np.empty(a.shape, a.dtype) for k, a in arrays.items()}
     t_dbio = timed(lambda: bytesio_decode(buf, fields), n)

@@ -93,6 +93,14 @@ def test_unfiltered_decode_is_a_view_of_the_message() -> None:
     assert not back["detector_data"].flags.writeable  # a view of immutable bytes
 
 
+@pytest.mark.parametrize("fmt", ["hdf5", "npz"])
+def test_decode_of_a_mutable_buffer_does_not_copy_it(fmt: str) -> None:
+    buf = bytearray(codec.encode(small_batch(), format=fmt, fields=FIELDS))
+    back = codec.decode(memoryview(buf), fields=FIELDS)
+    assert np.shares_memory(back["detector_data"], np.frombuffer(buf, np.uint8))
+    assert same(back["detector_data"], small_batch()["detector_data"])
+
+
 def test_alloc_must_return_a_fitting_array() -> None:
     buf = codec.encode(small_batch(), fields=FIELDS)
     with pytest.raises(ValueError, match="alloc"):
