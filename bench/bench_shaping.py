@@ -22,7 +22,9 @@ Needs root and ``ip netns``. Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import os
 import platform
 import subprocess
@@ -122,6 +124,69 @@ def measure(cap: float, method: str, seconds: float, workdir: Path,
             "snaplen": snaplen}
 
 
+def _emitter_profile(cap: float, seconds: float) -> dict[str, Any]:
+    # about 50 messages per second at the cap: enough messages to measure a
+    # rate in a few seconds, few enough for a Python emitter on a loaded machine
+    side = max(8, int(math.sqrt(cap * 1e6 / 8 / 50 / 8 / 4)))
+    return {"name": f"emitter-cap-{cap:g}", "seed": 1,
+            "source": {"batch_size": 8, "shape": [1, side, side], "dtype": "float32",
+                       "content": "constant", "format": "hdf5", "total_events": None,
+                       "pool": 8},
+            "transport": {"kind": "tcp", "role": "client", "url": f"tcp://10.213.0.2:{PORT}"},
+            "network": {"bandwidth_mbps": cap},
+            "timeline": {"phases": [{"name": "saturate", "rate_hz": None}]},
+            "stop": {"duration_s": seconds}}
+
+
+def measure_emitter(cap: float, seconds: float, workdir: Path,
+                    offer: detect.KernelOffer) -> dict[str, Any]:
+    """``simstream emit`` with the profile's cap (its own token bucket), no qdisc."""
+    import yaml
+
+    prof_path = workdir / f"emitter-{cap:g}.yaml"
+    prof_dict = _emitter_profile(cap, seconds)
+    prof_path.write_text(yaml.safe_dump(prof_dict))
+    log = workdir / f"emitter-{cap:g}.jsonl"
+    pcap = workdir / f"emitter-{cap:g}.pcap"
+    snaplen = 128 if cap > SNAPLEN_ABOVE_MBPS else 0
+    with Testbed.up("bench", None, offer=offer) as tb:
+        cap_proc = subprocess.Popen(
+            capture_argv(tb.producer_iface, PORT, pcap, seconds + 30, netns=tb.producer_ns,
+                         snaplen=snaplen), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        assert cap_proc.stderr is not None
+        cap_proc.stderr.readline()
+        recv = subprocess.Popen(
+            tb.argv_in("consumer", [PY, "-m", "simstream.testbed.traffic", "recv", "--bind",
+                                    f"{tb.consumer_addr}:{PORT}", "--duration",
+                                    str(seconds + 20)]), stdout=subprocess.PIPE, text=True)
+        assert recv.stdout is not None
+        recv.stdout.readline()
+        em = subprocess.run(tb.argv_in("producer", [PY, "-m", "simstream", "emit", "--profile",
+                                                    str(prof_path), "--log", str(log),
+                                                    "--no-progress"]),
+                            capture_output=True, text=True, timeout=seconds + 60)
+        got = json.loads(recv.communicate(timeout=seconds + 30)[0].strip().splitlines()[-1])
+        cap_proc.terminate()
+        c_out, _ = cap_proc.communicate(timeout=30)
+    from simstream.profile import parse_profile as _parse
+    from simstream.testbed.verify import load_emit_log
+
+    rep = verify_capture(pcap, _parse(prof_dict), emit_log=load_emit_log(log))
+    rate = next(c for c in rep.checks if c.name == "rate")
+    msgs = next((c for c in rep.checks if c.name == "messages"), None)
+    for f in (pcap, log, prof_path):
+        f.unlink(missing_ok=True)
+    wire = float(rate.measured.split()[0])
+    summary = [ln for ln in em.stdout.splitlines() if ln.startswith("total:")]
+    return {"cap_mbps": cap, "method": "simstream-emit", "receiver_payload_mbps": got["rate_mbps"],
+            "receiver_vs_cap": got["rate_mbps"] / cap, "capture_wire_mbps": wire,
+            "capture_vs_cap": wire / cap, "verify": rate.status, "verify_note": rate.note,
+            "messages": None if msgs is None else f"{msgs.status}: {msgs.measured}",
+            "capture": c_out.strip(), "emit_rc": em.returncode,
+            "emit": summary[0] if summary else em.stderr.strip()[-200:], "snaplen": snaplen}
+
+
 def phase_change(seconds: float, hi: float, lo: float, offer: detect.KernelOffer,
                  repeats: int) -> list[dict[str, Any]]:
     out = []
@@ -164,19 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     info["qdiscs"] = sorted(offer.kinds)
     print(f"machine: {info}")
-    emitter_cli = __import__("importlib").util.find_spec("simstream.emitter.cli") is not None
-    info["user_space_method"] = ("traffic.py token-bucket pacer (simstream emit "
-                                 + ("exists but is not driven here" if emitter_cli
-                                    else "not available yet") + ")")
+    emitter_cli = importlib.util.find_spec("simstream.emitter.cli") is not None
+    info["user_space_methods"] = ["traffic.py token-bucket pacer"] + (
+        ["simstream emit (its own cap)"] if emitter_cli else [])
+    if not emitter_cli:
+        print("simstream emit is not available: user space is measured with the traffic.py "
+              "pacer only")
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for cap in caps:
-            for method in ("kernel-tbf", "user-pacer"):
-                row = measure(cap, method, a.seconds, Path(d), offer)
+            methods = ["kernel-tbf", "user-pacer"] + (["simstream-emit"] if emitter_cli else [])
+            for method in methods:
+                if method == "simstream-emit":
+                    row = measure_emitter(cap, a.seconds, Path(d), offer)
+                else:
+                    row = measure(cap, method, a.seconds, Path(d), offer)
                 rows.append(row)
                 print(f"{cap:7g} Mbit/s {method:11s} receiver {row['receiver_payload_mbps']:8.2f} "
                       f"({row['receiver_vs_cap']:.3f}) capture {row['capture_wire_mbps']:8.2f} "
-                      f"({row['capture_vs_cap']:.3f}) verify {row['verify']} | {row['capture']}",
+                      f"({row['capture_vs_cap']:.3f}) verify {row['verify']} | {row['capture']}"
+                      + (f" | messages {row['messages']} | {row['emit']}" if "emit" in row
+                         else ""),
                       flush=True)
     changes = phase_change(a.seconds, 200.0, 50.0, offer, a.repeats)
     for c in changes:
