@@ -302,7 +302,13 @@ class Sender:
             raise trio.ClosedResourceError("the sender is closed")
         link = self._link
         if link is not None and not link.dead:
-            return link
+            # The reader may not have run since the peer left: look now, or the next
+            # message goes into a connection whose far end is gone (TCP takes the first
+            # write after a FIN without complaint).
+            gone = _peer_gone(link.sock)
+            if gone is None:
+                return link
+            self._mark_dead(link, gone)
         if link is not None:
             self._drop(link, rst=True)
         self._link = await self._connect()
@@ -579,6 +585,18 @@ class Sender:
             trio.lowlevel.notify_closing(self._listener)
             self._listener.close()
             self._listener = None
+
+
+def _peer_gone(sock: socket.socket) -> str | None:
+    """Why the peer is known to be gone (end of stream or reset seen), else None.
+    Peeks, so bytes waiting for the reader stay where they are."""
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return _describe(exc)
+    return None if data else "peer closed the connection"
 
 
 def _peer_name(sock: socket.socket) -> str:

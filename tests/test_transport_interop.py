@@ -313,6 +313,39 @@ def test_client_gives_up_on_a_closed_port_after_connect_timeout_s() -> None:
     trio_run(main)
 
 
+def test_a_consumer_gone_just_before_a_send_is_noticed_not_written_into() -> None:
+    """TCP takes the first write after the peer's FIN without complaint, so a message
+    sent before the background reader has run would vanish while reported delivered.
+    The race is the reader's to win or lose, hence several rounds."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(3)
+    url = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    rounds = 12
+
+    async def main() -> None:
+        async with open_sender("tcp", "client", url, backoff_ms=(10.0, 10.0)) as sender:
+            consumer, _ = listener.accept()  # in the backlog already: returns at once
+            for i in range(rounds):
+                consumer.close()  # the consumer leaves while the producer is idle
+                # Block the event loop while the FIN arrives, so the reader cannot
+                # have seen it when the send starts.
+                time.sleep(0.02)  # noqa: ASYNC251
+                report = await sender.send_message(b"round %d" % i)
+                assert report.outcome == "delivered"
+                consumer, _ = listener.accept()  # the sender's new connection
+                consumer.settimeout(3)
+                message = b"round %d" % i
+                body = await trio.to_thread.run_sync(recv_exactly, consumer, 8 + len(message))
+                assert body == struct.pack(">Q", len(message)) + message
+            consumer.close()
+            assert sender.connects == rounds + 1
+
+    try:
+        trio_run(main)
+    finally:
+        listener.close()
+
+
 def test_server_role_times_out_without_a_peer_then_serves_a_returning_one() -> None:
     ctx = zmq.Context()
     events: list[str] = []
