@@ -74,7 +74,8 @@ def test_bursty_profile_bursts_and_stalls_when_the_profile_says(tmp_path: Path) 
     arrival = {a.seq: a.t for a in got.arrivals}
     seen_gap = arrival[200] - arrival[199]
     # the stall is where the profile put it, in the log and at the receiver
-    assert log_gap == pytest.approx(planned_gap, abs=0.03)
+    # (a burst that ran late on a busy machine eats into the silence, never adds to it)
+    assert planned_gap - 0.1 < log_gap < planned_gap + 0.03
     assert seen_gap == pytest.approx(log_gap, abs=0.05)
     assert arrival[200] - arrival[0] == pytest.approx(2.5, abs=0.1)
     big = [(t, g) for t, g in got.gaps() if g > 0.3]
