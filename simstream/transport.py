@@ -466,7 +466,7 @@ class Sender:
                 report = await self._send_on(link, view, gate, chunk_bytes, cut_after_bytes)
                 if report is not None:
                     return report
-            why = "connection broke before the first byte, " f"{_FRESH_ATTEMPTS} times"
+            why = f"connection broke before the first byte, {_FRESH_ATTEMPTS} times"
             return SendReport(None, None, 0, 0.0, "lost", why)
 
     async def _send_on(
