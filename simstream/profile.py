@@ -111,6 +111,11 @@ class Source(_Model):
         None, ge=1, description="pre-encode N batches and cycle them, rewriting per-message fields"
     )
     peaks_per_event: int = Field(30, ge=0, description="Bragg-like spots per event (content: peaks)")
+    scalars: dict[str, int | float] = Field(
+        default_factory=dict,
+        description="values of extra per-event scalar fields (LCLStreamer IntValue/FloatValue); "
+        "int -> int64, float -> float64",
+    )
 
     @field_validator("shape")
     @classmethod
