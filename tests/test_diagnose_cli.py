@@ -76,3 +76,10 @@ def test_selftest_passes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(["diagnose", "--selftest"], capsys)
     assert code == 0, out
     assert out.count("ok ") == len(SCENARIOS) and "selftest passed" in out
+
+
+def test_investigate_root_hints_at_its_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_run_dir(SCENARIOS["consumer"], tmp_path / "random")
+    write_run_dir(SCENARIOS["network"], tmp_path / "socket")
+    code, _, err = run_cli(["diagnose", str(tmp_path)], capsys)
+    assert code == 2 and "it holds run directories: random, socket" in err

@@ -210,3 +210,16 @@ def test_trace_threads_hold_no_overlapping_slices(tmp_path: Path) -> None:
         assert all(b0 >= a1 - 1e-3 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))
     _, threads = _names(trace)
     assert {"parser 0", "parser 1", "parser 2", "Q1 put (2)"} <= threads
+
+
+def test_without_matplotlib_the_reports_still_come(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.delitem(sys.modules, "simstream.diagnose.plots", raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    d = write_run_dir(SCENARIOS["consumer"], tmp_path / "r")
+    rep = diagnose_run(d)
+    assert rep["verdict"] == "consumer"
+    assert "matplotlib is not installed" in rep["data_sources"]["plots"]
+    assert (d / "report.html").exists() and "<img" not in (d / "report.html").read_text()
+    assert json.loads((d / "trace.json").read_text())["traceEvents"]

@@ -206,3 +206,16 @@ def test_property_verdict_matches_built_in_bottleneck(case: tuple[str, Scenario]
     v, c, ev = verdict_of(sc, d)
     assert v == expect, (sc, ev["loop_busy_share"], ev["upstream_busy_share"], ev["per_batch_ms"])
     assert 0.0 <= c <= 1.0
+
+
+@pytest.mark.parametrize(("name", "detail"), [("network", "link"), ("bursty-network", "producer")])
+def test_network_detail_from_the_emit_log(name: str, detail: str, tmp_path: Path) -> None:
+    rep = diagnose_run(write_run_dir(SCENARIOS[name], tmp_path / "r"), plots=False, trace=False)
+    assert rep["verdict"] == "network"
+    assert rep["network_detail"].startswith(detail + ":")
+
+
+def test_network_detail_unknown_without_emit_log(tmp_path: Path) -> None:
+    sc = Scenario(**{**SCENARIOS["network"].__dict__, "emit_log": False})
+    rep = diagnose_run(write_run_dir(sc, tmp_path / "r"), plots=False, trace=False)
+    assert rep["network_detail"].startswith("unknown:")

@@ -161,7 +161,10 @@ def load_run(root: str | Path) -> RunData:
         raise NotARunDir(f"{root}: not a directory")
     missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
     if missing:
-        raise NotARunDir(f"{root} is not a run directory: missing {', '.join(missing)}")
+        inside = sorted(p.name for p in root.iterdir()
+                        if p.is_dir() and all((p / n).is_file() for n in REQUIRED_FILES))
+        hint = f" (it holds run directories: {', '.join(inside)})" if inside else ""
+        raise NotARunDir(f"{root} is not a run directory: missing {', '.join(missing)}{hint}")
     try:
         summary = json.loads((root / "summary.json").read_text())
     except json.JSONDecodeError as e:

@@ -97,6 +97,20 @@ def key_evidence(ev: dict[str, Any]) -> list[str]:
     return lines
 
 
+def network_detail(ev: dict[str, Any]) -> str:
+    """For a network verdict, which side: the producer's own pace, the link, or
+    unknown without an emit log."""
+    em = ev.get("emitter")
+    if not em:
+        return "unknown: no emit log (producer and network cannot be told apart)"
+    lg = em.get("long_gaps") or {}
+    if (em.get("sending_share") or 0) > 0.8 and (em.get("blocked_share") or 0) < 0.2:
+        return "link: the emitter was sending most of the time, the bytes could not go faster"
+    if (lg.get("share_emitter_silent") or 0) >= 0.5 or (em.get("sending_share") or 0) < 0.5:
+        return "producer: the emitter itself sent no faster (its schedule and stalls)"
+    return "mixed: the emitter was partly sending, partly idle"
+
+
 def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
     """The report.json dict."""
     f = ev.figures
@@ -104,6 +118,7 @@ def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
     return {
         "verdict": verdict,
         "confidence": confidence,
+        "network_detail": network_detail(f) if verdict == "network" else None,
         "summary": summary_text(f, verdict, confidence),
         "reasons": reasons,
         "key_evidence": key_evidence(f),
@@ -216,9 +231,13 @@ def diagnose_run(run_dir: str | Path, *, plots: bool = True, trace: bool = True)
     report = build_report(run, ev)
     plot_files: dict[str, Path] = {}
     if plots:
-        from simstream.diagnose.plots import write_plots
-
-        plot_files = write_plots(ev, root / "plots")
+        try:
+            from simstream.diagnose.plots import write_plots
+        except ModuleNotFoundError as e:  # matplotlib is the optional `report` extra
+            report["data_sources"]["plots"] = (
+                f"skipped: {e.name} is not installed (pip install 'simstream[report]')")
+        else:
+            plot_files = write_plots(ev, root / "plots")
     files = {"report.json": root / "report.json", "report.md": root / "report.md",
              "report.html": root / "report.html"}
     if trace:
