@@ -318,11 +318,11 @@ async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
     except Exception as e:
         # this message is lost either way; an unreachable peer or a closed sender ends
         # the run (after the record), a mere disconnect does not: the transport reconnects
-        run.emit(_record(run, item, url, outcome="lost"))
-        stats.lost += 1
         _note_error(run, rank, e)
         if isinstance(e, _fatal_errors()):
-            raise
+            raise  # the writer records this message (and what is queued) as lost
+        run.emit(_record(run, item, url, outcome="lost"))
+        stats.lost += 1
         return
     outcome = str(getattr(report, "outcome", "delivered"))
     if outcome not in ("delivered", "cut", "lost"):
