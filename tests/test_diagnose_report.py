@@ -84,7 +84,11 @@ def test_trace_parses_and_has_the_tracks(bursty_report: tuple[Path, dict[str, An
     trace = json.loads((d / "trace.json").read_text())
     procs, threads = _names(trace)
     assert procs == {"consumer", "GPU", "emitter"}
-    assert {"receiver", "parser 0", "Q1 put", "Q1 get", "rank 0"} <= threads
+    assert {"receiver", "parser 0", "Q1 put", "Q1 get", "rank 0", "receiver: long arrival gaps",
+            "compute idle"} <= threads
+    gaps = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["name"] == "arrival gap"]
+    assert len(gaps) == rep["evidence"]["arrival_long_gaps"]["count"] == 2
+    assert all(e["dur"] > 1.4e6 for e in gaps)  # the 1.5 s stalls
     assert {f"{s} buf {b}" for s in ("h2d", "compute", "d2h") for b in (0, 1)} <= threads
     evs = trace["traceEvents"]
     n = rep["evidence"]["batches_processed"]

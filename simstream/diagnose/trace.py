@@ -10,9 +10,11 @@ whose intervals overlap is split into lanes (``Q1 put (2)``, ...).
 
 - pid 1 ``consumer``: ``receiver`` (an instant per arrival, with its size),
   ``parser N`` (receiver-side parse, one lane per concurrent thread) or
-  ``inference loop: parse``, ``Q1 put``, ``Q1 get``; a ``Q1 depth`` counter ("C").
+  ``inference loop: parse``, ``Q1 put``, ``Q1 get``, ``receiver: long arrival
+  gaps``; a ``Q1 depth`` counter ("C").
 - pid 2 ``GPU``: one thread per stream and buffer (``h2d buf 0``,
-  ``compute buf 1``, ...), "X" events per batch.
+  ``compute buf 1``, ...), "X" events per batch, and ``compute idle`` (the gaps
+  between compute intervals).
 - pid 3 ``emitter`` (only with an emit log): one thread per rank, an "X" event
   per message from first to last byte (args: bytes, blocked_s, phase, outcome).
 
@@ -35,6 +37,8 @@ __all__ = ["write_trace"]
 PID_CONSUMER, PID_GPU, PID_EMITTER = 1, 2, 3
 TID_RECEIVER, TID_PUT, TID_GET, TID_LOOP_PARSE = 1, 2, 3, 4
 TID_PARSER0 = 10
+TID_GAPS = 5
+TID_GPU_IDLE = 999
 
 
 def _meta(pid: int, tid: int | None, name: str, sort: int | None = None) -> list[str]:
@@ -128,6 +132,14 @@ def write_trace(ev: Evidence, path: Path) -> Path:
         f'"ts":{t * 1e6:.3f},"args":{{"nbytes":{int(z) if z == z else -1}}}}}'
         for t, z in zip(arr.tolist(), sizes.tolist(), strict=True)
     ]
+    ga, gb = s["long_gaps"]
+    if ga.size:
+        ev_lines += _meta(PID_CONSUMER, TID_GAPS, "receiver: long arrival gaps", 1)
+        ev_lines += _complete("arrival gap", PID_CONSUMER, TID_GAPS, ga, gb)
+    cs, ce = s["compute_union"]
+    if cs.size > 1:
+        ev_lines += _meta(PID_GPU, TID_GPU_IDLE, "compute idle", 99)
+        ev_lines += _complete("compute idle", PID_GPU, TID_GPU_IDLE, ce[:-1], cs[1:])
     loc = ev.figures.get("parse_location")
     if np.isfinite(b["t_parse_start"]).any():
         if loc == "inference_loop":
