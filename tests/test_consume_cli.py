@@ -215,3 +215,59 @@ def test_live_progress_panel_renders_snapshots(tmp_path: Path) -> None:
     assert [x["batches"] for x in seen if not x.get("final")] == [2, 4, 6]
     lines = summary_lines(s, tmp_path)
     assert lines[1].startswith("received 6  processed 6  quarantined 0  lost None")
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, limit_s: float = 60.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not is_listening(port):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"nothing listens on {port}"
+        time.sleep(0.05)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("kind", "role"), [("zmq", "client"), ("zmq", "server"),
+                                            ("tcp", "client"), ("nng", "client")])
+def test_emit_to_consume_every_message_accounted(tmp_path: Path, kind: str, role: str) -> None:
+    """`simstream emit` (bundled profile steady) -> `simstream consume` on loopback:
+    what the emit log says was delivered is what the consumer received and processed."""
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    emit_log = tmp_path / "emit.jsonl"
+    consume = [sys.executable, "-m", "simstream", "consume", "--profile", "steady",
+               "--transport", kind, "--idle-timeout", "2", "--device", "cpu", "--out", str(out),
+               "--connect" if role == "server" else "--bind", url]
+    emit = [sys.executable, "-m", "simstream", "emit", "--profile", "steady", "--url", url,
+            "--role", role, "--transport", kind, "--count", "25", "--log", str(emit_log),
+            "--no-progress"]
+    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=_env())
+    emitter = None
+    try:
+        if role == "client":
+            _wait_listening(port, consumer)
+        emitter = subprocess.run(emit, capture_output=True, text=True, env=_env(), timeout=120)
+        assert emitter.returncode == 0, emitter.stderr
+        stdout, stderr = consumer.communicate(timeout=120)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.communicate()
+    assert consumer.returncode == 0, stderr
+    records = [json.loads(line) for line in emit_log.read_text().splitlines() if line.strip()]
+    delivered = [r for r in records if r["outcome"] == "delivered"]
+    assert len(delivered) == 25
+    s = json.loads((out / "summary.json").read_text())
+    assert s["received"] == s["processed"] + s["quarantined"]
+    assert (s["received"], s["processed"], s["quarantined"]) == (25, 25, 0)
+    assert (s["lost"], s["duplicated"], s["reordered"]) == (0, 0, 0)
+    assert s["samples"] == sum(r["events"] for r in delivered)
+    with (out / "messages.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["seq"]) for r in rows) == sorted(r["seq"] for r in delivered)
+    # one clock for both ends: nothing arrives before its first byte left (1 ms of
+    # slack for the two processes' epoch offsets)
+    first_byte = {r["seq"]: r["t_first_byte"] for r in delivered}
+    for r in rows:
+        assert float(r["t_arrival"]) >= first_byte[int(r["seq"])] - 1e-3
