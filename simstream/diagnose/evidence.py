@@ -409,7 +409,7 @@ def compute_evidence(run: RunData) -> Evidence:
     c_ms = med["compute"] or 0.0
     f["parse_vs_compute"] = _r((med["parse"] or 0.0) / c_ms) if c_ms > 0 and med["parse"] is not None else None
     f["queue_op_vs_compute"] = _r(((med["put_overhead"] or 0.0) + (med["get_overhead"] or 0.0)) / c_ms) if c_ms > 0 else None
-    f["parse_share_of_loop"] = _r((_med(parse_loop) or 0.0) / model_cycle) if loc == "inference_loop" and model_cycle > 0 else 0.0
+    f["parse_share_of_loop"] = _r(p_loop / busy_total) if loc == "inference_loop" and busy_total > 0 else 0.0
     f["stage_distributions"] = {"h2d": _dist(h2d), "compute": _dist(comp), "d2h": _dist(d2h),
                                 "parse": _dist(parse), "q1_get_overhead": _dist(get_over),
                                 "q1_put_overhead": _dist(put_over)}

@@ -115,13 +115,15 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
     rows: list[tuple[str, str, str, str | None]] = [
         ("receiver: arrival", "t_arrival", "t_arrival", None),
         ("parse", "t_parse_start", "t_parse_end", STAGE_COLOURS["parse"]),
-        ("Q1 put", "t_q1_put_start", "t_q1_put_end", "#bbbbbb"),
+        ("Q1 put: blocked (full)", "t_q1_put_start", "_blk_end", "#c6dbef"),
+        ("Q1 put: op", "_blk_end", "t_q1_put_end", "#999999"),
         ("Q1 get: empty wait", "t_q1_get_start", "_wait_end", "#f2b8b8"),
         ("Q1 get: op", "_op_start", "t_q1_get_end", STAGE_COLOURS["queue"]),
     ]
     b = dict(b)
     b["_wait_end"] = b["t_q1_get_start"] + np.nan_to_num(s["get_wait"], nan=0.0)
     b["_op_start"] = b["_wait_end"]
+    b["_blk_end"] = b["t_q1_put_start"] + np.nan_to_num(s["put_block"], nan=0.0)
     fig, ax = plt.subplots(figsize=(10, 1.0 + 0.38 * (len(rows) + 3 * len(bufs))))
     labels: list[str] = []
     y = 0
@@ -129,7 +131,7 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
     sel |= (np.nan_to_num(b["t_q1_get_end"], nan=-1) >= lo) & (np.nan_to_num(b["t_q1_get_start"], nan=1e18) <= hi)
     for label, a, z, colour in rows:
         st, en = b[a][sel], b[z][sel]
-        ok = np.isfinite(st) & np.isfinite(en)
+        ok = np.isfinite(st) & np.isfinite(en) & ((en > st) | (colour is None))
         if colour is None:
             ax.plot(st[ok], np.full(ok.sum(), y + 0.4), "|", color="#9467bd", ms=10)
         else:
@@ -141,7 +143,7 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
         for bf in bufs:
             m = sel & (buf == bf)
             st, en = b[f"t_{stream}_start"][m], b[f"t_{stream}_end"][m]
-            ok = np.isfinite(st) & np.isfinite(en)
+            ok = np.isfinite(st) & np.isfinite(en) & ((en > st) | (colour is None))
             ax.broken_barh(list(zip(st[ok], np.maximum(en[ok] - st[ok], 1e-5), strict=True)),
                            (y, 0.8), color=STAGE_COLOURS[stream])
             labels.append(f"{stream} buf {bf}")

@@ -225,8 +225,8 @@ def recommendations(ev: dict[str, Any], verdict: str) -> list[str]:
         share = _g(ev, "parse_share_of_loop")
         if verdict == "parse" or share > 0.2:
             out.append(
-                f"Move parsing out of the inference loop into receiver-side parser threads: it is "
-                f"{share:.0%} of the loop's cycle ({parse_ms:.2f} ms vs {compute_ms:.2f} ms compute), "
+                f"Move parsing out of the inference loop into receiver-side parser threads: it took "
+                f"{share:.0%} of the loop's busy time ({parse_ms:.2f} ms vs {compute_ms:.2f} ms compute per batch), "
                 "and the GPU waits for it.")
     if verdict == "queue":
         out.append(
