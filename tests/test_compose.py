@@ -15,6 +15,7 @@ from typing import Any
 import click
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from simstream.cli import _LAZY
 from simstream.profile import load_profile, split_url
@@ -91,9 +92,23 @@ def test_compose_structure() -> None:
     assert "--scale emitter=" in text  # scaling documented
 
 
+def _on_host(args: list[str], volumes: list[str], scratch: Path) -> list[str]:
+    """Container paths made host paths: bind mounts to the tree, named volumes to scratch."""
+    out = []
+    for a in args:
+        host = _host_path(a, volumes) if a.startswith("/") else None
+        if host is None and a.startswith("/runs/"):
+            host = scratch / a.removeprefix("/runs/")
+            host.parent.mkdir(parents=True, exist_ok=True)
+        out.append(str(host) if host is not None else a)
+    return out
+
+
 @pytest.mark.parametrize("service", ["consumer", "emitter", "diagnose"])
-def test_service_commands_parse_with_the_real_click_commands(service: str) -> None:
+def test_service_commands_parse_with_the_real_click_commands(service: str,
+                                                             tmp_path: Path) -> None:
     argv = _services()[service]["command"]
+    volumes = _services()[service]["volumes"]
     for inv in _simstream_invocations(argv):
         sub = inv[1]
         cmd = _click_command(sub)
@@ -105,6 +120,12 @@ def test_service_commands_parse_with_the_real_click_commands(service: str) -> No
         # parses (types, choices, required options) without running anything
         ctx = cmd.make_context(f"simstream {sub}", list(args), resilient_parsing=False)
         assert ctx.params is not None
+        if any(p.name == "dry_run" for p in cmd.params):
+            # and runs, as far as a dry run goes, with the mounted files
+            res = CliRunner().invoke(cmd, [*_on_host(list(args), volumes, tmp_path),
+                                           "--dry-run"])
+            assert res.exit_code == 0, (inv, res.output, res.exception)
+            assert "dry run:" in res.output
 
 
 def test_mounted_paths_exist_and_ports_agree() -> None:
