@@ -415,7 +415,12 @@ def compute_evidence(run: RunData) -> Evidence:
                                 "q1_put_overhead": _dist(put_over)}
     f["starvation"] = bool((f["gpu_busy_any_stream_share"] or 0) < 0.9 and (
         (f["q1"]["share_under_30pct"] or 0) > 0.3 or (f["q1"]["share_empty"] or 0) > 0.2))
+    # waits counted from the first arrival: the loop's wait for the very first batch
+    # is start-up, not starvation
+    wait_in_run = np.clip(np.fmin(B["t_q1_put_end"], B["t_q1_get_end"])
+                          - np.fmax(B["t_q1_get_start"], t_start), 0, None)
     s.update({"parse": parse, "put": put, "get": get, "get_wait": get_wait, "get_over": get_over,
+              "get_wait_in_run": np.where(np.isfinite(wait_in_run), wait_in_run, 0.0),
               "put_block": put_block, "put_over": put_over, "h2d": h2d, "compute": comp, "d2h": d2h,
               "queue_time": B["t_q1_get_end"] - B["t_q1_put_start"], "capacity_bps": cap})
 

@@ -253,7 +253,7 @@ def write_compare_plots(evs: dict[str, Evidence], out_dir: Path) -> dict[str, Pa
         s = ev.series
         cs, ce = s["compute_union"]
         gaps = cs[1:] - ce[:-1] if cs.size > 1 else np.empty(0)
-        vals = [s["parse"], s["get_wait"], s["get_over"], s["h2d"], s["compute"], s["d2h"], gaps]
+        vals = [s["parse"], s["get_wait_in_run"], s["get_over"], s["h2d"], s["compute"], s["d2h"], gaps]
         means = [float(np.nanmean(v)) * 1e3 if v.size and np.isfinite(v).any() else 0.0 for v in vals]
         ax.bar(np.arange(len(names)) + (k - 0.5) * width, means, width, label=mode,
                color=colours.get(mode))

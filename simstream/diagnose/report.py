@@ -313,7 +313,7 @@ def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str 
         n = max(s["parse"].size, 1)
         return {
             "parse_ms": _mean_ms(s["parse"]),
-            "q1_wait_empty_ms": _mean_ms(s["get_wait"]),
+            "q1_wait_empty_ms": _mean_ms(s["get_wait_in_run"]),
             "q1_get_op_ms": _mean_ms(s["get_over"]),
             "q1_put_op_ms": _mean_ms(s["put_over"]),
             "h2d_ms": _mean_ms(s["h2d"]),
