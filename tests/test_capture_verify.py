@@ -438,3 +438,69 @@ def test_loopback_capture_sees_each_packet_once(tmp_path: Path) -> None:
     assert by["messages"].status == "PASS", rep.checks
     assert rep.facts["retransmitted_bytes"] == 0  # no second copy of anything
     assert by["rate"].status == "PASS", by["rate"]
+
+
+_PULL_UNTIL_IDLE = """
+import sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.PULL); s.bind(sys.argv[1]); s.RCVTIMEO = 3000
+print("bound", flush=True)
+n = 0
+for _ in range(100000):
+    try:
+        s.recv()
+    except zmq.Again:
+        break
+    n += 1
+print(n, flush=True); s.close(0); ctx.term()
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+def test_simstream_emit_over_a_tbf_link_verifies_against_its_emit_log(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    offer = detect.probe()
+    if not offer.netns_ok or "tbf" not in offer.kinds:
+        pytest.skip(f"needs ip netns and tbf: {offer.netns_detail or sorted(offer.kinds)}")
+    try:
+        import simstream.emitter.cli  # noqa: F401
+    except ModuleNotFoundError:
+        pytest.skip("simstream emit is not available in this tree yet")
+    from simstream.profile import load_profile
+    from simstream.testbed.netns import Testbed
+
+    base = ("name: e2e\nseed: 2\nsource: {batch_size: 8, shape: [1, 64, 64], content: constant,"
+            " total_events: null, pool: 4}\ntransport: {kind: zmq, url: "
+            "'tcp://10.213.0.2:12321'}\ntimeline: {phases: [{name: saturate, rate_hz: null}]}\n"
+            "stop: {duration_s: 2}\n")
+    emit_prof = tmp_path / "emit.yaml"  # no cap: the emitter sends as fast as it can
+    emit_prof.write_text(base)
+    link_prof = tmp_path / "link.yaml"  # the cap the kernel applies, and verify checks
+    link_prof.write_text(base + "network: {bandwidth_mbps: 20}\n")
+    pcap, log = tmp_path / "e2e.pcap", tmp_path / "emit.jsonl"
+    with Testbed.up("e2e", load_profile(link_prof), offer=offer) as tb:
+        capture = subprocess.Popen(
+            cap_mod.capture_argv(tb.producer_iface, 12321, pcap, 40, netns=tb.producer_ns),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert capture.stderr is not None and "capturing" in capture.stderr.readline()
+        pull = subprocess.Popen(tb.argv_in("consumer", [PY, "-c", _PULL_UNTIL_IDLE,
+                                                        "tcp://0.0.0.0:12321"]),
+                                stdout=subprocess.PIPE, text=True)
+        assert pull.stdout is not None and pull.stdout.readline().strip() == "bound"
+        em = subprocess.run(tb.argv_in("producer", [PY, "-m", "simstream", "emit", "--profile",
+                                                    str(emit_prof), "--log", str(log),
+                                                    "--no-progress"]),
+                            capture_output=True, text=True, timeout=60)
+        received = int(pull.communicate(timeout=30)[0].strip())
+        capture.terminate()
+        capture.communicate(timeout=20)
+    assert em.returncode == 0, em.stderr
+    r = CliRunner().invoke(ver.verify, [str(pcap), "--profile", str(link_prof), "--emit-log",
+                                        str(log), "--json", str(tmp_path / "v.json")])
+    checks = json.loads((tmp_path / "v.json").read_text())["checks"]
+    by = {c["name"]: c for c in checks}
+    assert by["rate"]["status"] == "PASS" and by["rate"]["note"] == "at the cap", r.output
+    assert by["messages"]["status"] == "PASS", r.output
+    assert by["messages"]["measured"].startswith(f"{received} messages")
+    assert r.exit_code == 0, r.output

@@ -555,6 +555,16 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     gaps = [(times[i - 1], times[i]) for i in range(1, len(times)) if times[i] - times[i - 1] > gap_s]
     stalls = _stall_windows(profile, t0, t_end, windows)
     idle = _emitter_idle(emit_log, gap_s) if emit_log else []
+    # before the first message (handshake, a client's wait after connecting)
+    # and after the last one (closing) the wire is quiet by design
+    firsts = [r["t_first_byte"] for r in emit_log or [] if r.get("t_first_byte") is not None]
+    lasts = [r["t_last_byte"] for r in emit_log or [] if r.get("t_last_byte") is not None]
+    first_msg = min(firsts) if firsts else (messages[0].t_first if messages else None)
+    last_msg = max(lasts) if lasts else (messages[-1].t_last if messages else None)
+    if first_msg is not None:
+        idle.append((t_first_pkt - 1.0, first_msg, "before the first message (set-up)"))
+    if last_msg is not None:
+        idle.append((last_msg, t_last_pkt + 1.0, "after the last message (closing)"))
     explained = unexplained = 0
     for g0, g1 in gaps:
         reason = next((r for s0, s1, r in stalls + idle
