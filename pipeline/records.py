@@ -4,7 +4,7 @@ Files: ``messages.csv`` (one row per received message), ``batches.csv`` (one row
 per processed batch), ``q1.csv`` (occupancy samples), ``gpu.csv`` (busy intervals
 per stream), ``quarantine/`` (undecodable messages) and, at the end,
 ``summary.json``. Rows are flushed as they are written, so a long run keeps only
-running totals in memory and a reader (the runner waiting for the consumer to go
+running totals (and a bounded sample of each stage's times, for the medians) in memory and a reader (the runner waiting for the consumer to go
 quiet) sees progress. Times are Unix seconds on ``simstream.clock.now()``.
 
 The accounting (``SequenceLedger``) is a pure function of the arrivals' per-rank
@@ -22,11 +22,12 @@ import bisect
 import csv
 import json
 import math
+import random
 import statistics
 import threading
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = [
     "MESSAGE_COLUMNS",
     "Q1_COLUMNS",
     "BatchTimes",
+    "Reservoir",
     "RunRecords",
     "SequenceLedger",
     "UnionTracker",
@@ -187,6 +189,33 @@ class BatchTimes:
     t_q1_get_end: float | None = None
 
 
+class Reservoir:
+    """A uniform sample of at most ``cap`` floats from a stream (Algorithm R), for
+    medians in bounded memory: exact until ``cap`` values, an unbiased sample after.
+    ``rng`` is injected so a run's figures are reproducible."""
+
+    def __init__(self, cap: int = 1 << 16, rng: random.Random | None = None) -> None:
+        self.cap = cap
+        self.values = array("d")
+        self.seen = 0
+        self.rng = rng or random.Random(0)
+
+    def append(self, v: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.cap:
+            self.values.append(v)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.cap:
+                self.values[j] = v
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 def _cell(v: Any) -> Any:
     if v is None:
         return ""
@@ -243,8 +272,8 @@ class RunRecords:
         self.first_finish: float | None = None
         self._compute_union = UnionTracker()
         self._compute_sum = 0.0
-        self._stage: dict[str, array] = {
-            k: array("d")
+        self._stage: dict[str, Reservoir] = {
+            k: Reservoir()
             for k in ("parse", "q1_put", "q1_wait", "q1_get", "h2d", "compute", "d2h", "latency")
         }
         self._q1 = {"samples": 0, "sum": 0.0, "empty": 0, "under_30": 0, "over_80": 0, "maxsize": 0}

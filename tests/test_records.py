@@ -203,3 +203,20 @@ def test_oversize_keeps_only_the_head(tmp_path: Path) -> None:
     assert (tmp_path / "quarantine" / "000000.bin").stat().st_size == QUARANTINE_HEAD_BYTES
     s = rec.close({})
     assert s["quarantined"] == 1 and s["lost"] is None
+
+
+def test_reservoir_is_exact_below_its_cap_and_bounded_above() -> None:
+    import random
+    import statistics
+
+    from pipeline.records import Reservoir
+
+    r = Reservoir(cap=100, rng=random.Random(1))
+    for v in range(100):
+        r.append(float(v))
+    assert sorted(r) == [float(v) for v in range(100)]
+    for v in range(100, 100_000):
+        r.append(float(v))
+    assert len(r) == 100 and r.seen == 100_000
+    # a uniform sample of 0..99999: its median lies near the middle
+    assert 30_000 < statistics.median(r) < 70_000
