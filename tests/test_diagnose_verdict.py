@@ -104,13 +104,17 @@ def test_no_processed_batches(tmp_path: Path) -> None:
     assert decide({"batches_processed": 0, "messages_received": 5, "quarantined": 5})[0] == "parse"
 
 
-def test_blocked_emitter_lowers_network_confidence() -> None:
+def test_blocked_emitter_with_full_q1_lowers_network_confidence() -> None:
     ev = {"batches_processed": 10, "loop_busy_share": 0.3, "upstream_busy_share": 0.2,
           "q1": {"share_under_30pct": 1.0}, "gpu_idle_share_waiting_on_empty_q1": 1.0}
     v1, c1, _ = decide(ev)
     v2, c2, _ = decide({**ev, "emitter": {"blocked_share": 0.6}})
     assert v1 == v2 == "network"
-    assert c2 < c1
+    assert c2 == c1  # blocked with Q1 empty: a full socket on a slow link
+    v3, c3, reasons = decide({**ev, "q1": {"share_under_30pct": 0.2, "share_over_80pct": 0.6},
+                              "emitter": {"blocked_share": 0.6}})
+    assert v3 == "network" and c3 < c1
+    assert "blocked by backpressure" in reasons[-1]
 
 
 def test_recommendations_are_quantitative(tmp_path: Path) -> None:

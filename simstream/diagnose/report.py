@@ -104,7 +104,8 @@ def network_detail(ev: dict[str, Any]) -> str:
     if not em:
         return "unknown: no emit log (producer and network cannot be told apart)"
     lg = em.get("long_gaps") or {}
-    if (em.get("sending_share") or 0) > 0.8 and (em.get("blocked_share") or 0) < 0.2:
+    if (em.get("sending_share") or 0) > 0.8:
+        # blocked time inside the sends is a full socket on a slow link: still the link
         return "link: the emitter was sending most of the time, the bytes could not go faster"
     if (lg.get("share_emitter_silent") or 0) >= 0.5 or (em.get("sending_share") or 0) < 0.5:
         return "producer: the emitter itself sent no faster (its schedule and stalls)"

@@ -25,8 +25,9 @@ Decision, in order (figures from ``evidence.compute_evidence``):
 3. Otherwise nothing in the consumer was saturated: arrivals were the limit
    -> ``network`` (the producer or the network between them). The emit log,
    when present, says which (emitter silent = producer stalls; bytes in flight
-   at a capped send rate = bandwidth; emitter blocked = backpressure, which
-   would contradict this verdict and lowers confidence).
+   at a capped send rate = bandwidth; emitter blocked while Q1 was often full
+   = consumer backpressure, which would contradict this verdict and lowers
+   confidence).
 
 Confidence (0..1) grows with the margin of the deciding share from its
 threshold, with how clearly the largest cost beats the next one, and with
@@ -148,9 +149,12 @@ def decide(ev: dict[str, Any]) -> tuple[str, float, list[str]]:
     corr = 0.5 * low + 0.5 * idle_empty
     conf = 0.4 + 0.35 * primary + 0.25 * corr
     em = ev.get("emitter") or {}
-    if em.get("blocked_share") is not None and _g(em, "blocked_share") > 0.3:
+    # an emitter blocked while Q1 was full is consumer backpressure, which contradicts
+    # this verdict; blocked while Q1 sat empty is a full socket on a slow link, which fits it
+    if _g(em, "blocked_share") > 0.3 and full > 0.3:
         conf -= 0.2
-        reasons.append(f"yet the emitter was blocked by backpressure {_g(em, 'blocked_share'):.0%} of its time")
+        reasons.append(f"yet the emitter was blocked by backpressure {_g(em, 'blocked_share'):.0%} of its "
+                       f"time and Q1 was over 80 % full {full:.0%} of the run")
     return "network", round(_clamp(conf, 0.05, 0.99), 3), reasons
 
 
