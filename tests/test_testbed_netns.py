@@ -300,3 +300,49 @@ def test_bad_name_is_a_usage_error() -> None:
     r = CliRunner().invoke(tb_cli.testbed, ["up", "--name", "Bad Name!", "--detach"])
     assert isinstance(r.exception, UsageError)
     assert "testbed name 'Bad Name!' is invalid" in str(r.exception)
+
+
+NETEM_VARIANTS = [
+    tc.Netem(delay_ms=20, jitter_ms=10, delay_correlation_pct=25, distribution="normal"),
+    tc.Netem(delay_ms=20, jitter_ms=10, distribution="pareto"),
+    tc.Netem(delay_ms=20, jitter_ms=10, distribution="paretonormal"),
+    tc.Netem(delay_ms=1.5, jitter_ms=0.5),
+    tc.Netem(loss_pct=1.5, loss_correlation_pct=30),
+    tc.Netem(duplicate_pct=2, duplicate_correlation_pct=5),
+    tc.Netem(delay_ms=10, reorder_pct=25, reorder_correlation_pct=50, reorder_gap=5),
+    tc.Netem(corrupt_pct=0.1, corrupt_correlation_pct=10),
+    tc.Netem(rate_mbps=12.5, limit_packets=5000),
+]
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+@pytest.mark.parametrize("layout_kinds", [{"netem", "tbf", "htb"}, {"netem", "tbf"}, {"netem"}])
+def test_every_command_line_is_accepted_by_this_tc(offer: KernelOffer,
+                                                   layout_kinds: set[str]) -> None:
+    """iproute2 parses every option before the kernel sees it: each command either
+    works or is refused by the kernel for want of netem, never by tc's parser
+    (a missing distribution table, a misspelt option)."""
+    ns = "ssb-syntax-prod"
+    run_cmd(["ip", "netns", "add", ns])
+    try:
+        run_cmd(["ip", "-n", ns, "link", "add", "ssb-prod", "type", "veth", "peer", "name",
+                 "ssb-x"], check=True)
+        for n in NETEM_VARIANTS:
+            phases = [tc.Shaping(rate_mbps=100, netem=n), tc.Shaping(rate_mbps=10, netem=n)]
+            p = tc.plan("ssb-prod", phases, layout_kinds)
+            cmds = p.commands + tc.change_commands("ssb-prod", phases[1], p.layout)
+            for cmd in cmds:
+                cp = run_cmd(["ip", "netns", "exec", ns, *cmd])
+                err = cp.stderr.strip()
+                if "netem" in offer.kinds or "netem" not in cmd:
+                    assert cp.returncode == 0, (cmd, err)
+                else:
+                    # refused by the kernel (no netem to add, hence none to change),
+                    # after tc had parsed every option
+                    assert err.startswith(("Error: Specified qdisc kind is unknown",
+                                           "Error: Qdisc not found")), (cmd, err)
+            run_cmd(["ip", "netns", "exec", ns, *tc.teardown_commands("ssb-prod")[0]])
+    finally:
+        run_cmd(["ip", "netns", "del", ns])
+    _nothing_left("syntax")
