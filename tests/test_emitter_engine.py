@@ -181,8 +181,8 @@ def test_records_follow_the_contract_and_paced_phases_hit_exact_times() -> None:
 
 
 def test_token_bucket_paces_a_large_message_across_its_length() -> None:
-    # 8 Mbit/s = 1e6 B/s; the chunk (and burst) is 4096 bytes
-    nbytes = 1_000_000 - OVERHEAD + 4096
+    # 8 Mbit/s = 1e6 B/s; the chunk is 4096 bytes, the bucket holds 4 of them
+    nbytes = 1_000_000 - OVERHEAD + 4 * 4096
     prof = profile(network={"bandwidth_mbps": 8}, stop={"messages": 1})
     records, _, transport = emit(prof, nbytes=nbytes)
     (rec,) = records
@@ -190,8 +190,10 @@ def test_token_bucket_paces_a_large_message_across_its_length() -> None:
     assert rec["t_last_byte"] == pytest.approx(1.0, rel=1e-9)
     calls = transport.senders[0].gate_calls
     assert len(calls) == math.ceil((nbytes + OVERHEAD) / 4096)
-    # every chunk after the first waits for exactly its own bytes' worth of tokens
-    for (t_prev, _), (t, n) in zip(calls, calls[1:], strict=False):
+    # the bucket's 4 chunks go at once; every later chunk waits for exactly its own
+    # bytes' worth of tokens
+    assert [t for t, _ in calls[:4]] == [0.0] * 4
+    for (t_prev, _), (t, n) in zip(calls[3:], calls[4:], strict=False):
         assert t - t_prev == pytest.approx(n / 1e6, rel=1e-6)
 
 
@@ -295,7 +297,8 @@ def test_sndhwm_queues_exactly_sndhwm_then_blocks() -> None:
     assert sorted(r["seq"] for r in records) == [0, 1, 2, 3, 4]
     assert all(r["outcome"] == "lost" and r["t_first_byte"] is None for r in records)
     blocked = {r["seq"]: r["blocked_s"] for r in records}
-    assert blocked[4] == pytest.approx(1.0 - 0.04)  # waited from its slot to the stop
+    # waited from its slot to the end of the drain after the stop
+    assert blocked[4] == pytest.approx(1.0 + 0.5 - 0.04)
     assert blocked[0] == blocked[1] == blocked[2] == blocked[3] == 0.0
     assert out["end"] == pytest.approx(1.5)  # the stop, plus the drain timeout
 
@@ -325,8 +328,8 @@ def test_aggregate_cap_is_shared_and_per_rank_cap_is_not() -> None:
         return max(r["t_last_byte"] for r in records)
 
     per_rank, aggregate = end_time("per_rank"), end_time("aggregate")
-    assert per_rank == pytest.approx((200_000 - 4096) / 1e6, rel=1e-6)
-    assert aggregate == pytest.approx((400_000 - 4096) / 1e6, rel=1e-6)
+    assert per_rank == pytest.approx((200_000 - 4 * 4096) / 1e6, rel=1e-6)
+    assert aggregate == pytest.approx((400_000 - 4 * 4096) / 1e6, rel=1e-6)
 
 
 def test_ranks_use_their_own_connections_urls_round_robin() -> None:

@@ -45,6 +45,11 @@ __all__ = [
 #: timer wakes up to ~1 ms late (epoll's millisecond resolution)
 SPIN_S = 0.0015
 
+#: the bucket holds this many chunks: a wake-up that comes a few ms late (the event
+#: loop's timer, a busy machine) finds the tokens it earned meanwhile instead of
+#: losing them to the cap, which would bring the rate below the cap
+BURST_CHUNKS = 4
+
 #: chunk size handed to the transport when no cap applies (bytes)
 UNCAPPED_CHUNK_BYTES = 1 << 20
 
@@ -167,6 +172,8 @@ class _Run:
     stats: list[RankStats]
     buckets: dict[int, TokenBucket] = field(default_factory=dict)
     notes: list[tuple[int, str]] = field(default_factory=list)
+    #: trio time after which queued or blocked messages are given up (stop + drain)
+    drain_deadline: float | None = None
 
     def bucket(self, rank: int, rate: float, burst: int) -> TokenBucket:
         key = -1 if self.profile.network.bandwidth_scope == "aggregate" else rank
@@ -209,7 +216,7 @@ def _make_gate(run: _Run, rank: int, mbps: float | None) -> tuple[Gate | None, i
     chunk = chunk_and_burst(rate)
 
     async def gate(nbytes: int) -> None:
-        bucket = run.bucket(rank, rate, chunk)
+        bucket = run.bucket(rank, rate, BURST_CHUNKS * chunk)
         now = trio.current_time()
         t = now
         left = nbytes
@@ -251,8 +258,9 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
             item = _Item(planned, attempt, 0.0, int(message.events))
             stats.phase = planned.phase
             t_put = trio.current_time()
-            # a producer blocked on a peer that does not read gives up at the stop time
-            give_up = math.inf if stop_s is None else max(run.t0 + stop_s, t_put)
+            # a producer blocked on a peer that does not read gives up when the drain
+            # after the stop is over (a blocked message is sent if the peer wakes up)
+            give_up = math.inf if run.drain_deadline is None else max(run.drain_deadline, t_put)
             queued = False
             try:
                 with trio.move_on_at(give_up):
@@ -430,6 +438,8 @@ async def run_emitter(
             factories.append(f)
             firsts.append(first)
         run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats)
+        if profile.stop.duration_s is not None and drain_timeout_s is not None:
+            run.drain_deadline = run.t0 + profile.stop.duration_s + drain_timeout_s
         task_status.started(run.unix0)
         result = EmitResult(stats, run.unix0, run.unix0)
         try:
@@ -473,7 +483,9 @@ async def _rank_pair(run: _Run, rank: int, url: str, sender: Any, factory: Any, 
         await _scheduler(run, rank, factory.message, send_ch, in_thread=in_thread,
                          log_lost=log_lost, first=first)
         # the schedule is over: queued messages still go, within the drain timeout
-        if drain_timeout_s is not None:
+        if run.drain_deadline is not None:
+            writer_scope.deadline = run.drain_deadline
+        elif drain_timeout_s is not None:
             writer_scope.deadline = trio.current_time() + drain_timeout_s
 
 
