@@ -306,24 +306,23 @@ class _Inference:
             if run.records.batches % run.cfg.log_every_batches == 0:
                 self.progress()
 
-    def progress(self, final: bool = False) -> dict[str, Any]:
+    def progress(self) -> dict[str, Any]:
+        """The live line (and the seed's starvation warning), and ``on_progress``."""
         run = self.run
         snap = run.records.snapshot()
         depth = run.q1.depth()
         util = depth / run.q1.maxsize
         elapsed = now() - self.t_start
         snap.update(q1_depth=depth, q1_maxsize=run.q1.maxsize, q1_utilisation=util,
-                    elapsed_s=elapsed, final=final,
+                    elapsed_s=elapsed, final=False,
                     samples_per_s=snap["samples"] / elapsed if elapsed > 0 else None)
-        if not final:
-            log.info("batches %d  samples/s %.1f  Q1 %d/%d (%.0f%%)  GPU busy %s",
-                     snap["batches"], snap["samples_per_s"] or 0.0, depth, run.q1.maxsize,
-                     util * 100,
-                     "-" if snap["gpu_busy"] is None else f"{snap['gpu_busy'] * 100:.0f}%")
-            if util < STARVATION_UTILISATION:
-                self.starvation_warnings += 1
-                log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d batches)",
-                            util * 100, depth, run.q1.maxsize)
+        log.info("batches %d  samples/s %.1f  Q1 %d/%d (%.0f%%)  GPU busy %s",
+                 snap["batches"], snap["samples_per_s"] or 0.0, depth, run.q1.maxsize, util * 100,
+                 "-" if snap["gpu_busy"] is None else f"{snap['gpu_busy'] * 100:.0f}%")
+        if util < STARVATION_UTILISATION:
+            self.starvation_warnings += 1
+            log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d batches)",
+                        util * 100, depth, run.q1.maxsize)
         if self.on_progress is not None:
             self.on_progress(snap)
         return snap
