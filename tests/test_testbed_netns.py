@@ -346,3 +346,24 @@ def test_every_command_line_is_accepted_by_this_tc(offer: KernelOffer,
     finally:
         run_cmd(["ip", "netns", "del", ns])
     _nothing_left("syntax")
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+def test_unprobed_kernel_is_found_out_by_trying(offer: KernelOffer) -> None:
+    # as in a container with NET_ADMIN only: no namespace to probe kinds in
+    blind = KernelOffer(root=offer.root, cap_net_admin=offer.cap_net_admin, tools=offer.tools,
+                        netns_ok=True, netns_detail="", qdiscs={})
+    prof = _profile(latency_ms=20, bandwidth_mbps=100)
+    with Testbed.up("blind", prof, offer=blind) as tb:
+        assert tb.plan is not None
+        shown = tb.qdisc_show()
+        if "netem" in offer.kinds:
+            assert tb.plan.layout == "htb+netem" and "netem" in shown
+            assert tb.not_applied == []
+        else:
+            assert tb.plan.layout == "tbf" and "tbf" in shown and "htb" not in shown
+            assert tb.not_applied == ["netem qdisc not available in this kernel: load sch_netem; "
+                                      "latency not applied"]
+        assert tb.applied[0].startswith("rate cap 100 Mbit/s")
+    _nothing_left("blind")

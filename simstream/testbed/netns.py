@@ -73,6 +73,19 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]{0,23}$")
 CONFIRM_POLLS = 50
 
 
+# tried in turn when the kernel's qdisc kinds are not known in advance
+UNPROBED_KINDS = ("netem", "tbf", "htb")
+
+
+def _refused_kind(err: Exception, kinds: set[str]) -> str | None:
+    """The qdisc kind a failed command asked for, when the kernel does not know it."""
+    text = str(err)
+    if "qdisc kind is unknown" not in text:
+        return None
+    words = text.split(" failed:")[0].split()
+    return next((w for w in words if w in kinds), None)
+
+
 class TestbedError(RuntimeError):
     """A testbed command failed; ``str()`` says which and why."""
 
@@ -266,12 +279,28 @@ class Testbed:
             self._run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
     def _shape(self) -> None:
+        """Install the plan; a qdisc kind the kernel refuses is dropped and the plan redone.
+
+        Where the kinds could not be probed (no namespaces to probe in, e.g. a
+        container with NET_ADMIN but not SYS_ADMIN) every kind is tried this way.
+        """
         assert self.offer is not None
         shapings = [p.shaping for p in self.phases]
-        self.plan = tc.plan(self.producer_iface, shapings, self.offer.kinds)
-        for cmd in self.plan.commands:
-            self._run(self._in_prod(cmd))
-        self._shaped = bool(self.plan.commands)
+        kinds = set(self.offer.kinds) if self.offer.qdiscs else set(UNPROBED_KINDS)
+        for _ in range(len(UNPROBED_KINDS) + 1):
+            self.plan = tc.plan(self.producer_iface, shapings, kinds)
+            self._shaped = bool(self.plan.commands)
+            try:
+                for cmd in self.plan.commands:
+                    self._run(self._in_prod(cmd))
+                break
+            except TestbedError as e:
+                refused = _refused_kind(e, kinds)
+                if refused is None:
+                    raise
+                kinds.discard(refused)
+                run_cmd(self._in_prod(tc.teardown_commands(self.producer_iface)[0]))
+        assert self.plan is not None
         where = (f"on {self.producer_iface} (egress, namespace {self.producer_ns})"
                  if self.producer_ns else f"on {self.producer_iface} (egress, named by the user)")
         self.applied = [f"{line} {where}" for line in self.plan.applied]
