@@ -240,6 +240,16 @@ def test_named_interface_only_and_restored(offer: KernelOffer) -> None:
         assert "rate cap 400 Mbit/s (tbf) on ssb-prod (egress, named by the user)" in cp.stdout
         assert "root qdisc removed from ssb-prod" in cp.stdout
         assert "tbf" not in tb.qdisc_show()
+        # a command after -- runs under the shaping; its exit ends the run, its status is ours
+        cp = subprocess.run(
+            tb.argv_in("producer", [PY, "-m", "simstream.testbed.cli", "testbed", "up",
+                                    "--name", "x", "--i-know-iface", "ssb-prod", "--profile",
+                                    "bandwidth-capped", "--", "sh", "-c",
+                                    "tc qdisc show dev ssb-prod; exit 3"]),
+            capture_output=True, text=True, timeout=30)
+        assert cp.returncode == 3, cp.stderr
+        assert "qdisc tbf 1: root" in cp.stdout and "rate 400Mbit" in cp.stdout
+        assert "tbf" not in tb.qdisc_show()
     _nothing_left("iface")
 
 
