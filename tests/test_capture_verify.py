@@ -504,3 +504,32 @@ def test_simstream_emit_over_a_tbf_link_verifies_against_its_emit_log(tmp_path: 
     assert by["messages"]["status"] == "PASS", r.output
     assert by["messages"]["measured"].startswith(f"{received} messages")
     assert r.exit_code == 0, r.output
+
+
+def test_rate_is_checked_phase_by_phase(tmp_path: Path) -> None:
+    # 1 s at 20 Mbit/s then 1 s at 5 Mbit/s on the wire
+    fast = _stream_packets(b"\x00" * int(20e6 / 8 * 0.96), 20.0, 0.0)
+    t_switch = fast[-1][0] + (len(fast[-1][1]) - 14 - 40 + HDR) * 8 / 20e6
+    end_seq = 1001 + int(20e6 / 8 * 0.96)
+    slow = [(t - 0.001 + t_switch, _frame(PROD, CONS, seq_off, f[54:]))
+            for (t, f), seq_off in zip(
+                _stream_packets(b"\x01" * int(5e6 / 8 * 0.96), 5.0, 0.0)[1:],
+                range(end_seq, 10**9, MSS), strict=False)]
+    pcap = tmp_path / "phases.pcap"
+    _write_pcap(pcap, fast + slow)
+    d = round(t_switch - fast[1][0], 4)
+
+    def prof(a: float, b: float) -> object:
+        return _profile(None, kind="tcp", timeline={"repeat": False, "phases": [
+            {"name": "wide", "duration_s": d, "network": {"bandwidth_mbps": a}},
+            {"name": "narrow", "network": {"bandwidth_mbps": b}}]})
+
+    rep = ver.verify_capture(pcap, prof(20, 5), framing="none")
+    rates = [c for c in rep.checks if c.name == "rate"]
+    assert [(c.where.split()[0], c.status) for c in rates] == [("wide", "PASS"), ("narrow", "PASS")]
+    assert [c.note for c in rates] == ["at the cap", "at the cap"]
+    swapped = ver.verify_capture(pcap, prof(5, 20), framing="none", saturated=True)
+    rates = [c for c in swapped.checks if c.name == "rate"]
+    assert [c.status for c in rates] == ["FAIL", "FAIL"]
+    assert rates[0].note == "above the cap: the shaping did not happen"
+    assert rates[1].note.startswith("below the cap while the sender had more")
