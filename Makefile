@@ -42,7 +42,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(BIN)/simstream codec demo --profile $(PROFILE)
+	$(BIN)/simstream run --profile $(PROFILE)
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest -q
