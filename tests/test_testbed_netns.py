@@ -144,6 +144,31 @@ def test_foreground_up_follows_the_timeline(offer: KernelOffer) -> None:
     _nothing_left("fg")
 
 
+@pytest.mark.netns
+@pytest.mark.integration
+def test_foreground_timeline_anchored_to_the_emitters_first_message(offer: KernelOffer,
+                                                                     tmp_path: Path) -> None:
+    log = tmp_path / "emit.jsonl"
+    log.write_text('{"t_sched": 1.0}\n')  # a previous run's record: must be ignored
+    # a stand-in emitter whose schedule starts 0.7 s after it is launched
+    child = ("import json, sys, time; from simstream import clock; t = clock.now() + 0.7;"
+             "time.sleep(0.3); open(sys.argv[1], 'w').write(json.dumps({'t_sched': t}) + '\\n');"
+             "time.sleep(3.2)")
+    t_launch = time.monotonic()
+    cp = subprocess.run([PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", "sync",
+                         "--profile", "bursty", "--sync-log", str(log), "--", PY, "-c", child,
+                         str(log)], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.splitlines()
+    anchored = [ln for ln in lines if ln.startswith("timeline anchored")]
+    assert len(anchored) == 1, lines
+    after = float(anchored[0].split("(")[1].split()[0])
+    assert 0.5 < after < 1.5, anchored  # the child's t_sched, not the stale record's
+    assert any(ln.startswith("phase stall at 2.000 s") for ln in lines), lines
+    assert time.monotonic() - t_launch < 30
+    _nothing_left("sync")
+
+
 def _start_up(name: str) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", name,

@@ -9,11 +9,13 @@ it removes everything it made. ``up --detach`` leaves the testbed up for
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 
@@ -41,6 +43,8 @@ from simstream.testbed.netns import (
 MAX_FOREGROUND_S = 86_400.0
 # How often the foreground loop wakes to check the clock and the child.
 TICK_S = 0.05
+# How long `up --sync-log` waits for the emitter's first record.
+SYNC_TIMEOUT_S = 60.0
 
 
 def phase_boundaries(phases: list[PhaseShaping], repeat: bool,
@@ -86,9 +90,12 @@ def testbed() -> None:
 @click.option("--i-know-iface", "iface", default=None, metavar="IF",
               help="shape this existing interface instead of making namespaces "
                    "(e.g. a container's eth0); nothing else is touched")
+@click.option("--sync-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="the emitter's emit log: phase 0 starts at its first message's t_sched, "
+                   "so kernel phases change when the emitter's do")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 def up(name: str, profile_path: str | None, duration: float | None, detach: bool,
-       iface: str | None, cmd: tuple[str, ...]) -> None:
+       iface: str | None, sync_log: Path | None, cmd: tuple[str, ...]) -> None:
     """Bring a testbed up and apply the profile's network section on the producer's egress.
 
     After `--`, CMD runs under the shaping (inside the producer namespace, or
@@ -102,6 +109,8 @@ def up(name: str, profile_path: str | None, duration: float | None, detach: bool
         raise UsageError(f"--duration {duration} is not > 0")
     if detach and cmd:
         raise UsageError("--detach and a command after -- exclude each other")
+    if detach and sync_log:
+        raise UsageError("--sync-log follows a timeline in the foreground; not with --detach")
     profile = _load(profile_path)
     try:
         if detach:
@@ -117,7 +126,7 @@ def up(name: str, profile_path: str | None, duration: float | None, detach: bool
             # stop.duration_s); without one, the profile's duration does
             horizon = duration or (None if cmd or profile is None else profile.stop.duration_s)
             rc = _foreground(live, profile.timeline.repeat if profile else False,
-                             horizon, list(cmd))
+                             horizon, list(cmd), sync_log)
         click.echo("testbed down: namespaces, veth and qdiscs removed"
                    if iface is None else f"testbed down: root qdisc removed from {iface}")
         if rc:
@@ -145,14 +154,26 @@ def _print_up(tb: Testbed) -> None:
     click.echo("up", nl=True)
 
 
-def _foreground(tb: Testbed, repeat: bool, horizon_s: float | None, cmd: list[str]) -> int:
+def _foreground(tb: Testbed, repeat: bool, horizon_s: float | None, cmd: list[str],
+                sync_log: Path | None = None) -> int:
     """Follow the timeline until the horizon or the child's exit; returns the child's rc."""
     child = None
+    t_started = clock.now()
     if cmd:
         argv = tb.argv_in("producer", cmd) if tb.producer_ns else cmd
         child = subprocess.Popen(argv)
     limit = min(horizon_s or MAX_FOREGROUND_S, MAX_FOREGROUND_S)
     t0 = time.monotonic()
+    if sync_log is not None:
+        t_sched = _first_t_sched(sync_log, t_started, child)
+        if t_sched is None:
+            click.echo(f"no emit-log record in {sync_log} within {SYNC_TIMEOUT_S:g} s: "
+                       f"timeline starts at testbed start")
+        else:
+            # both clocks are simstream.clock (Unix seconds, one host)
+            t0 = time.monotonic() - (clock.now() - t_sched)
+            click.echo(f"timeline anchored to the emitter's first message "
+                       f"({t_sched - t_started:.3f} s after testbed start)")
     rc = 0
     try:
         for start, idx in phase_boundaries(tb.phases, repeat, limit):
@@ -176,6 +197,29 @@ def _foreground(tb: Testbed, repeat: bool, horizon_s: float | None, cmd: list[st
                     child.wait(timeout=5)
             rc = child.returncode or 0
     return rc
+
+
+def _first_t_sched(path: Path, not_before: float,
+                   child: subprocess.Popen[bytes] | None) -> float | None:
+    """t_sched of the first emit-log record written after ``not_before`` (bounded wait).
+
+    A record older than ``not_before`` is a previous run's: the emitter has not
+    truncated the file yet.
+    """
+    deadline = time.monotonic() + SYNC_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if child is not None and child.poll() is not None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+            t = float(json.loads(line)["t_sched"]) if line.endswith("\n") else None
+        except (OSError, ValueError, KeyError, TypeError):
+            t = None
+        if t is not None and t >= not_before - 1.0:
+            return t
+        time.sleep(TICK_S)
+    return None
 
 
 def _wait_until(deadline: float, child: subprocess.Popen[bytes] | None) -> bool:
