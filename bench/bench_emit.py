@@ -375,18 +375,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="throughput rounds (interleaved)")
     ap.add_argument("--jitter-seconds", type=float, default=6.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--parts", default="throughput,caps,schedule",
+                    help="which measurements, comma-separated")
     args = ap.parse_args()
     caps = [float(c) for c in args.caps.split(",") if c]
     result: dict[str, Any] = {"machine": machine()}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        result["throughput"] = throughput(tmp, args.seconds, args.rounds)
-        print(json.dumps(result["throughput"], indent=1), flush=True)
-        result["caps"] = cap_accuracy(tmp, caps, args.cap_seconds)
-        print(json.dumps(result["caps"], indent=1), flush=True)
-        result["schedule"] = schedule_accuracy(tmp, args.seconds, args.jitter_seconds)
-        print(json.dumps(result["schedule"], indent=1), flush=True)
+        parts = set(args.parts.split(","))
+        if "throughput" in parts:
+            result["throughput"] = throughput(tmp, args.seconds, args.rounds)
+            print(json.dumps(result["throughput"], indent=1), flush=True)
+        if "caps" in parts:
+            result["caps"] = cap_accuracy(tmp, caps, args.cap_seconds)
+            print(json.dumps(result["caps"], indent=1), flush=True)
+        if "schedule" in parts:
+            result["schedule"] = schedule_accuracy(tmp, args.seconds, args.jitter_seconds)
+            print(json.dumps(result["schedule"], indent=1), flush=True)
     result["bench_s"] = time.monotonic() - t0
     result["load_after"] = os.getloadavg()[0]
     print_tables(result)
@@ -395,9 +401,17 @@ def main() -> None:
 
 
 def print_tables(r: dict[str, Any]) -> None:
-    th = r["throughput"]
     print(f"\nMachine: {r['machine']}; load average {r['load_after']:.1f} at the end; "
           f"bench took {r['bench_s']:.0f} s\n")
+    if "throughput" in r:
+        print_throughput(r["throughput"])
+    if "caps" in r:
+        print_caps(r["caps"])
+    if "schedule" in r:
+        print_schedule(r["schedule"])
+
+
+def print_throughput(th: dict[str, Any]) -> None:
     raw = max(th["raw_tcp_MBps"])
     print("| sender (32 MiB messages, loopback) | MB/s at the receiver, each round | best | "
           "best / best raw TCP |")
@@ -411,13 +425,18 @@ def print_tables(r: dict[str, Any]) -> None:
         print(f"\nEmitter VmRSS, round {i + 1} ({run['messages']} messages of "
               f"{th['message_MB']:.1f} MB): peak {run['peak_MB']:.0f} MB; samples (s, MB): "
               f"{run['samples']}")
+
+
+def print_caps(caps: list[dict[str, Any]]) -> None:
     print("\n| cap Mbit/s | message bytes | messages | at receiver Mbit/s | error | "
           "sender side Mbit/s |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for c in r["caps"]:
+    for c in caps:
         print(f"| {c['cap_mbps']:g} | {c['message_bytes']} | {c['messages']} | "
               f"{c['receiver_mbps']:.2f} | {c['error_pct']:+.2f} % | {c['sender_mbps']:.2f} |")
-    s = r["schedule"]
+
+
+def print_schedule(s: dict[str, Any]) -> None:
     p = s["paced"]
     fb = p["first_byte_minus_sched_ms"]
     ar = p["arrival_minus_sched_ms"]

@@ -253,6 +253,11 @@ def _run(p: Profile, log_path: str | None, *, tty: bool | None) -> int:
     from simstream.emitter.progress import summary_lines
     from simstream.transport import AddressInUse, ConnectTimeout
 
+    # a worker thread building a big message holds the GIL for up to the switch
+    # interval (5 ms by default) before the event loop gets it back: shorten it so
+    # planned send times are kept to well under a millisecond
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.0005))
     try:
         result, interrupted = trio.run(functools.partial(_emit_main, p, log_path, tty=tty))
     except BaseException as e:  # noqa: BLE001 - unwrapped below; the rest re-raised
@@ -267,6 +272,8 @@ def _run(p: Profile, log_path: str | None, *, tty: bool | None) -> int:
             click.echo("emit: interrupted", err=True)
             return 130
         raise
+    finally:
+        sys.setswitchinterval(switch)
     for line in summary_lines(result):
         click.echo(line, err=False)
     if log_path:

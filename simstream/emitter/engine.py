@@ -50,6 +50,9 @@ SPIN_S = 0.0015
 #: losing them to the cap, which would bring the rate below the cap
 BURST_CHUNKS = 4
 
+#: messages at least this big (estimated) are built in a worker thread
+THREAD_BUILD_BYTES = 1 << 20
+
 #: chunk size handed to the transport when no cap applies (bytes)
 UNCAPPED_CHUNK_BYTES = 1 << 20
 
@@ -247,7 +250,11 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                 break
             # build the message before its time comes, so encoding is not on the clock
             if message is None or message.seq != planned.seq:
-                if in_thread:
+                # big messages are built in a thread so sends go on meanwhile; small ones
+                # inline: a thread hand-off costs more than the build and its GIL
+                # contention would delay the wake-ups the schedule depends on
+                big = (planned.nbytes_estimate or 0) >= THREAD_BUILD_BYTES
+                if in_thread and big:
                     message = await trio.to_thread.run_sync(make_message, planned.seq)
                 else:
                     message = make_message(planned.seq)
