@@ -347,6 +347,7 @@ def schedule_accuracy(tmp: Path, seconds: float, jitter_s: float) -> dict[str, A
         entry["lateness_ms_p99"] = pct(lateness, 0.99)
         for p in (0.1, 0.5, 0.9):
             entry[f"q{int(p * 100)}_realised"] = zs[int(p * n)]
+            entry[f"q{int(p * 100)}_drawn"] = drawn[int(p * n)]
             entry[f"q{int(p * 100)}_netem"] = netem_standard_value(dist, p)
         out[f"jitter_{dist}"] = entry
     return out
@@ -447,10 +448,11 @@ def print_schedule(s: dict[str, Any]) -> None:
         j = s[f"jitter_{dist}"]
         ks = (f"KS D realised {j['ks_D']:.3f}, drawn {j['ks_D_drawn']:.3f} "
               f"(5 % critical {j['ks_crit_5pct']:.3f}); " if "ks_D" in j else "")
-        qs = ", ".join(f"q{q}: {j[f'q{q}_realised']:+.2f} vs {j[f'q{q}_netem']:+.2f}"
-                       for q in (10, 50, 90))
-        print(f"Jitter {dist} (20 ms, 5 ms), {j['messages']} messages: {ks}realised vs netem "
-              f"quantiles (units of jitter): {qs}; lateness p50 {j['lateness_ms_p50']:.3f} ms, "
+        qs = ", ".join(f"q{q}: {j[f'q{q}_realised']:+.2f} / {j[f'q{q}_drawn']:+.2f} / "
+                       f"{j[f'q{q}_netem']:+.2f}" for q in (10, 50, 90))
+        print(f"Jitter {dist} (20 ms, 5 ms), {j['messages']} messages: {ks}quantiles in units "
+              f"of jitter, realised / drawn / netem: {qs}; "
+              f"lateness p50 {j['lateness_ms_p50']:.3f} ms, "
               f"p99 {j['lateness_ms_p99']:.3f} ms")
 
 
