@@ -154,7 +154,8 @@ class Schedule:
         if self.end_reason is not None:
             return None
         if self._n_messages is not None and self._seq >= self._n_messages:
-            return self._end("messages")
+            self._end("messages")
+            return None
         found = self._next_offer(now)
         if found is None:
             return None
@@ -165,7 +166,6 @@ class Schedule:
 
     def _end(self, reason: str) -> None:
         self.end_reason = reason
-        return None
 
     def _advance_window(self) -> None:
         self._window = next(self._windows, None)
@@ -175,17 +175,21 @@ class Schedule:
         """(window, offered time, clock time for triggers/stop) of the next message."""
         stop_s = self.profile.stop.duration_s
         if all(ph.rate_hz == 0 for ph in self.profile.timeline.phases):
-            return self._end("silent")  # every phase is silent: nothing will ever go
+            self._end("silent")  # every phase is silent: nothing will ever go
+            return None
         for _ in range(1_000_000):  # bounded: each pass consumes a window or yields
             w = self._window
             if w is None:
-                return self._end("timeline")
+                self._end("timeline")
+                return None
             rate = w.phase.rate_hz
             if rate == 0:
                 if w.end_s is None:
-                    return self._end("silent")
+                    self._end("silent")
+                    return None
                 if stop_s is not None and w.end_s + self._shift >= stop_s:
-                    return self._end("duration")
+                    self._end("duration")
+                    return None
                 self._advance_window()
                 continue
             if rate is None:
@@ -253,7 +257,8 @@ class Schedule:
                 break
         stop_s = self.profile.stop.duration_s
         if stop_s is not None and t_clock >= stop_s:
-            return self._end("duration")
+            self._end("duration")
+            return None
         # the other faults: message triggers and probability, then time occurrences
         for r in self._msg_rules:
             if r.kind != "stall" and self._strikes(r, seq):

@@ -273,7 +273,7 @@ def phase_at(timeline: Timeline, t: float) -> PhaseWindow | None:
     if timeline.repeat and all(p.duration_s is not None for p in phases):
         period = sum(p.duration_s for p in phases)  # type: ignore[misc]
         cycle = int(t // period)
-        t0 = cycle * period
+        t0: float = cycle * period
         for i, ph in enumerate(phases):
             end = t0 + ph.duration_s  # type: ignore[operator]
             if t < end:

@@ -63,7 +63,7 @@ def _dry_run(p: Profile, log_path: str | None) -> None:
     merged = heapq.merge(*(iter_schedule(p, r) for r in range(p.transport.ranks)),
                          key=lambda x: (x.t_sched, x.rank))
     as_json = log_path is not None
-    out = open(log_path, "w", encoding="utf-8") if as_json else sys.stdout  # noqa: SIM115
+    out = open(log_path, "w", encoding="utf-8") if log_path else sys.stdout  # noqa: SIM115
     n = 0
     try:
         for planned in merged:

@@ -222,7 +222,7 @@ def _make_gate(run: _Run, rank: int, mbps: float | None) -> tuple[Gate | None, i
         bucket = run.bucket(rank, rate, BURST_CHUNKS * chunk)
         now = trio.current_time()
         t = now
-        left = nbytes
+        left: float = nbytes
         # a piece larger than the burst (framing + chunk) is booked in burst-sized parts
         while left > 0:
             part = min(left, bucket.burst)

@@ -152,7 +152,7 @@ def receive(
     if decode:
         from simstream import codec  # noqa: F401 - imported now, not on the first message
 
-    ctx = zmq.Context.instance()
+    ctx: Any = zmq.Context.instance()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.LINGER, 0)
     summary = ReceiveSummary(t_start=clock.now())
