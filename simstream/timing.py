@@ -98,15 +98,26 @@ class TokenBucket:
         self.take(t, nbytes)
         return t
 
-    def set_rate(self, now: float, rate_bytes_per_s: float) -> None:
-        """Change the sustained rate from ``now`` on (a new phase); tokens already earned stay."""
+    def set_rate(self, now: float, rate_bytes_per_s: float,
+                 burst_bytes: float | None = None) -> None:
+        """Change the sustained rate (and optionally the burst) from ``now`` on: a new phase.
+
+        Tokens earned up to ``now`` stay, filling up to the larger of the two bursts,
+        then clipped to the new one. Raises ValueError for a rate or burst <= 0.
+        """
         if not rate_bytes_per_s > 0:
             raise ValueError(f"rate_bytes_per_s must be > 0, got {rate_bytes_per_s!r}")
-        if rate_bytes_per_s == self._rate:
+        if burst_bytes is not None and not burst_bytes > 0:
+            raise ValueError(f"burst_bytes must be > 0, got {burst_bytes!r}")
+        new_burst = self.burst if burst_bytes is None else float(burst_bytes)
+        if rate_bytes_per_s == self._rate and new_burst == self.burst:
             return
         if now > self._t:
+            self.burst = max(self.burst, new_burst)
             self._tokens = self.tokens_at(now)
             self._t = now
+        self.burst = new_burst
+        self._tokens = min(self._tokens, new_burst)
         self._rate = float(rate_bytes_per_s)
 
 

@@ -424,3 +424,21 @@ def test_emit_log_writes_the_contract_and_flushes(tmp_path: Any) -> None:
     with path.open("a") as fh:
         fh.write('{"rank": 0, "se')  # a killed run's partial last line
     assert len(read_log(path)) == 3
+
+
+def test_each_phase_paces_its_messages_at_its_own_cap() -> None:
+    # 8 Mbit/s (1e6 B/s) in "slow", 80 Mbit/s in "fast"; one 100 kB message a second
+    prof = profile(network={"bandwidth_mbps": 8},
+                   timeline={"repeat": False, "phases": [
+                       {"name": "slow", "duration_s": 1.0, "rate_hz": 1},
+                       {"name": "fast", "duration_s": 1.0, "rate_hz": 1,
+                        "network": {"bandwidth_mbps": 80}}]})
+    records, _, _ = emit(prof, nbytes=100_000 - OVERHEAD)
+    slow, fast = records
+    assert (slow["phase"], fast["phase"]) == ("slow", "fast")
+    # the bucket's 4 chunks go at once, the rest at the phase's rate
+    assert slow["t_last_byte"] - slow["t_first_byte"] == pytest.approx(
+        (100_000 - 4 * 4096) / 1e6, rel=1e-6)
+    chunk = 20_000  # 2 ms at 1e7 B/s
+    assert fast["t_last_byte"] - fast["t_first_byte"] == pytest.approx(
+        (100_000 - 4 * chunk) / 1e7, rel=1e-6)

@@ -94,6 +94,14 @@ def test_set_rate_keeps_earned_tokens_and_changes_the_pace() -> None:
     assert bucket.reserve(0.0, 100) == 0.0
     bucket.set_rate(0.0, 10.0)
     assert bucket.next_release(0.0, 100) == pytest.approx(10.0)
+    # a bigger burst: the idle time before the change fills it at the old rate
+    bucket.set_rate(50.0, 1000.0, burst_bytes=400.0)
+    assert bucket.tokens_at(50.0) == pytest.approx(400.0)
+    # a smaller one clips what is there
+    bucket.set_rate(50.0, 1000.0, burst_bytes=50.0)
+    assert bucket.tokens_at(60.0) == 50.0
+    with pytest.raises(ValueError):
+        bucket.set_rate(60.0, 1000.0, burst_bytes=0)
 
 
 # --------------------------------------------------------------------------

@@ -184,9 +184,7 @@ class _Run:
         if b is None:
             b = self.buckets[key] = TokenBucket(rate, burst, t0=trio.current_time())
         else:
-            b.set_rate(trio.current_time(), rate)
-            if burst > b.burst:
-                b.burst = float(burst)
+            b.set_rate(trio.current_time(), rate, burst)  # a new phase's cap, if any
         return b
 
 
