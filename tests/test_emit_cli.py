@@ -89,6 +89,7 @@ def test_lclstreamer_config_is_a_base_profile(capsys: Any) -> None:
     (["emit", "--profile", "steady", "--url", "http://x"], "transport.url"),
     (["emit", "--profile", "steady", "--loopback", "--transport", "nng"], "--loopback"),
     (["emit", "--profile", "steady", "--log", "/no/such/dir/x.jsonl"], "does not exist"),
+    (["emit", "--profile", "steady", "--role", "server", "--ranks", "2"], "needs 2 addresses"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, capsys: Any) -> None:
     rc, out, err = run_main(argv, capsys)

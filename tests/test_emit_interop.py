@@ -191,3 +191,20 @@ def test_tcp_transport_delivers_length_prefixed_messages(tmp_path: Path) -> None
         srv.close()
     assert r.returncode == 0, r.stderr
     assert [g[0] for g in got] == [0, 1, 2, 3, 4] and all(g[3] is None for g in got)
+
+
+def test_server_role_binds_and_a_connecting_pull_receives(tmp_path: Path) -> None:
+    prof = tmp_path / "faults.yaml"
+    prof.write_text(FAULTS.split("faults:\n")[0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"tcp://127.0.0.1:{port}"
+    box: dict[str, Any] = {}
+    th = threading.Thread(target=lambda: box.setdefault("summary", receive(
+        url, bind=False, count=6, echo=None, max_wait_s=60)), daemon=True)
+    th.start()
+    r = emit("--profile", str(prof), "--url", url, "--role", "server", "--count", "6")
+    th.join(30)
+    assert r.returncode == 0, r.stderr
+    assert [a.seq for a in box["summary"].arrivals] == [0, 1, 2, 3, 4, 5]

@@ -191,6 +191,10 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
         from simstream.profile import parse_profile
 
         p = parse_profile(data, source="(with command-line overrides)")
+    tp = p.transport
+    if tp.role == "server" and tp.ranks > len(tp.all_urls):
+        raise UsageError(f"role server with {tp.ranks} ranks needs {tp.ranks} addresses in "
+                         f"transport.urls (each rank binds its own); got {len(tp.all_urls)}")
     if dry_run:
         _dry_run(p, log_path)
         return
