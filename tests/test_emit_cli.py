@@ -195,3 +195,15 @@ def test_sigint_stops_cleanly_with_a_complete_log(tmp_path: Path) -> None:
     per_seq = sorted(x["seq"] for x in recs)
     assert per_seq == list(range(len(per_seq)))  # nothing forgotten, nothing twice
     assert sum(x["outcome"] == "delivered" for x in recs) >= 20
+
+
+def test_url_flag_replaces_a_list_of_urls(tmp_path: Path, capsys: Any) -> None:
+    p = tmp_path / "two.yaml"
+    p.write_text("name: two\nsource: {shape: [1, 8, 8], total_events: 16}\n"
+                 "transport: {ranks: 2, urls: ['tcp://127.0.0.1:5001', 'tcp://127.0.0.1:5002']}\n")
+    log = tmp_path / "plan.jsonl"
+    rc, _, _ = run_main(["emit", "--profile", str(p), "--url", "tcp://127.0.0.1:6000",
+                         "--dry-run", "--log", str(log)], capsys)
+    assert rc == 0
+    urls = {json.loads(x)["url"] for x in log.read_text().splitlines()}
+    assert urls == {"tcp://127.0.0.1:6000"}

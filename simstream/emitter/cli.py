@@ -181,16 +181,11 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
          log_path: str | None, dry_run: bool, lclstreamer_config: str | None,
          loopback: bool, show_progress: bool | None) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
-    overrides = {"transport.url": url, "transport.role": role, "transport.kind": kind, "transport.ranks": ranks,
+    overrides = {"transport.role": role, "transport.kind": kind, "transport.ranks": ranks,
                  "seed": seed, "stop.messages": count, "stop.duration_s": duration}
     p = build_profile(profile_arg, lclstreamer_config, overrides)
-    if url is not None and p.transport.urls:
-        # --url names the one address: it replaces a list of them
-        data = p.model_dump(mode="python")
-        data["transport"]["urls"] = None
-        from simstream.profile import parse_profile
-
-        p = parse_profile(data, source="(with command-line overrides)")
+    if url is not None:
+        p = _with_url(p, url)
     tp = p.transport
     if tp.role == "server" and tp.ranks > len(tp.all_urls):
         raise UsageError(f"role server with {tp.ranks} ranks needs {tp.ranks} addresses in "
@@ -208,7 +203,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     receiver = None
     if loopback:
         receiver = _start_loopback(p)
-        p = p.with_overrides({"transport.url": receiver["url"], "transport.role": "client"})
+        p = _with_url(p.with_overrides({"transport.role": "client"}), receiver["url"])
     tty = False if loopback else show_progress
     code = _run(p, log_path, tty=tty)
     if receiver is not None:
@@ -220,6 +215,17 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
                 click.echo(line)
     if code:
         sys.exit(code)
+
+
+def _with_url(p: Profile, url: str) -> Profile:
+    """The profile sending to ``url`` only: it replaces transport.url and any urls list.
+    Raises ProfileError naming transport.url if the address is malformed."""
+    from simstream.profile import parse_profile
+
+    data = p.model_dump(mode="python")
+    data["transport"]["url"] = url
+    data["transport"]["urls"] = None
+    return parse_profile(data, source="(with command-line overrides)")
 
 
 def _start_loopback(p: Profile) -> dict[str, Any]:
