@@ -7,7 +7,7 @@ from statistics import NormalDist
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from simstream.profile import load_profile, parse_profile
@@ -75,7 +75,6 @@ def test_order_is_preserved_and_nothing_leaves_before_it_is_offered(prof: Any) -
     assert seqs == list(range(len(seqs)))  # each seq once, in order; copies follow
 
 
-@settings(max_examples=20)
 @given(profiles(), st.integers(0, 2**31))
 def test_the_seed_changes_the_draws(prof: Any, other: int) -> None:
     if other == prof.seed:
