@@ -107,7 +107,10 @@ class _Progress:
 @click.option("--buffers", type=click.IntRange(1, 16), default=None, help="N-way buffering")
 @click.option("--parse-in", "parse_in", type=click.Choice(["receiver", "actor"]), default=None)
 @click.option("--parser-threads", type=click.IntRange(1, 64), default=None)
-@click.option("--queue-backend", type=click.Choice(["local", "process"]), default=None)
+@click.option("--queue-backend", type=click.Choice(["local", "process", "ray"]), default=None)
+@click.option("--ray-address", default=None,
+              help="with --queue-backend ray: auto | HOST:PORT of a running Ray cluster "
+                   "(default: a local Ray instance for the run)")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="stop after N messages")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="stop after S seconds")
@@ -118,7 +121,7 @@ class _Progress:
 def consume(profile_path: str | None, bind: str | None, connect: str | None,
             transport: str | None, mode: str | None, device: str | None, buffers: int | None,
             parse_in: str | None, parser_threads: int | None, queue_backend: str | None,
-            count: int | None, duration: float | None, idle_timeout: float | None,
+            ray_address: str | None, count: int | None, duration: float | None, idle_timeout: float | None,
             out_dir: Path | None) -> None:
     """Receive -> parse -> Q1 -> N-way buffered inference, every stage measured."""
     if bind is not None and connect is not None:
@@ -129,7 +132,7 @@ def consume(profile_path: str | None, bind: str | None, connect: str | None,
     cfg = consumer_config(profile, {
         "bind": bind, "connect": connect, "transport": transport, "mode": mode, "device": device,
         "buffers": buffers, "parse_in": parse_in, "parser_threads": parser_threads,
-        "queue.backend": queue_backend, "count": count, "duration_s": duration,
+        "queue.backend": queue_backend, "ray.address": ray_address, "count": count, "duration_s": duration,
         "idle_timeout_s": idle_timeout,
     })
     out = out_dir or Path("runs") / f"consume-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -26,6 +26,7 @@ __all__ = [
     "ConsumerConfig",
     "QueueConfig",
     "RandomConfig",
+    "RayConfig",
     "consumer_config",
 ]
 
@@ -43,14 +44,37 @@ class QueueConfig(_Model):
     """Q1, the bounded queue between parse and inference (counted in batches)."""
 
     maxsize: int = Field(16, ge=1, description="batches")
-    backend: Literal["local", "process"] = Field(
-        "local", description="local = in-process; process = sharded queue in another process"
+    backend: Literal["local", "process", "ray"] = Field(
+        "local", description="local = in-process; process = sharded queue in another process; "
+        "ray = sharded queue of Ray actors (needs the ray extra)"
     )
-    shards: int = Field(4, ge=1, le=256, description="process backend: shard count")
+    shards: int = Field(4, ge=1, le=256, description="process and ray backends: shard count")
     poll_interval_ms: float = Field(
-        10.0, ge=0, description="process backend: sleep between empty sweeps of the shards"
+        10.0, ge=0,
+        description="process and ray backends: sleep between empty sweeps of the shards",
     )
     sample_interval_ms: float = Field(100.0, gt=0, description="occupancy sampling period")
+
+
+class RayConfig(_Model):
+    """Where Ray runs when a stage uses it (``queue.backend: ray``)."""
+
+    address: str | None = Field(
+        None, description="None = start a local instance for the run; auto | HOST:PORT | "
+        "ray://HOST:PORT = attach to a running cluster"
+    )
+    num_cpus: int = Field(1, ge=1, le=256, description="CPUs of a local instance")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        rest = v[len("ray://"):] if v.startswith("ray://") else v
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not auto, HOST:PORT or ray://HOST:PORT")
+        return v
 
 
 class RandomConfig(_Model):
@@ -83,7 +107,13 @@ class ConsumerConfig(_Model):
     buffers: int = Field(2, ge=1, le=16)
     parse_in: Literal["receiver", "actor"] = "receiver"
     parser_threads: int = Field(2, ge=1, le=64)
+    parse_isolation: Literal["none", "process"] = Field(
+        "none", description="process = decode in worker processes (one per parser thread): "
+        "a crash in native HDF5 code costs one message, not the run")
+    parse_timeout_s: float = Field(
+        30.0, gt=0, description="parse_isolation process: longest decode of one message")
     queue: QueueConfig = Field(default_factory=lambda: QueueConfig.model_validate({}))
+    ray: RayConfig = Field(default_factory=lambda: RayConfig.model_validate({}))
     model: dict[str, Any] = Field(default_factory=lambda: {"kind": "synthetic"})
     autocast_bf16: bool = False
     max_message_bytes: int = Field(2 * GIB, ge=1)

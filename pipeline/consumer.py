@@ -104,7 +104,7 @@ class _Run:
             if item.release is not None:
                 item.release()
             return False
-        if self.q1.backend == "process" and item.release is not None:
+        if self.q1.backend in ("process", "ray") and item.release is not None:
             item.release()  # the batch was serialised: its host buffer is free
         with self._put_cv:
             self._put_end[item.host.index] = t_end
@@ -424,7 +424,7 @@ def run_consumer(
                 log.warning("binding %s: listening on all interfaces, not only loopback", cfg.url)
         records = RunRecords(out_dir)
         q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
-                     cfg.queue.poll_interval_ms)
+                     cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         run = _Run(cfg, records, q1, engine, stop)
         sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
         t_start = now()
@@ -469,6 +469,7 @@ def run_consumer(
             "role": cfg.role if cfg.mode == "socket" else None,
             "parse_in": cfg.parse_in,
             "queue_backend": cfg.queue.backend,
+            "ray_address": getattr(q1, "address", None),
             "buffers": cfg.buffers,
             "model": dict(cfg.model),
             "backpressure_events": q1.stats.backpressure_events,

@@ -13,9 +13,16 @@ Two backends with one interface (``put``, ``get``, ``depth``, ``close``):
   production queue can be reproduced on one machine. Order is FIFO per shard
   only, as in production.
 
-Neither backend outlives its run: the local queue is an object of the run, the
-queue process is started by the run and killed at ``close`` (production's named
-detached actors can carry stale items into the next run; this cannot).
+- ``RayQ1``: the same sharded protocol on production's engine: each shard is a
+  Ray actor holding a bounded deque, every put and get one actor call (Ray
+  serialises the batch into its object store). Ray starts locally for the run
+  (small ``num_cpus``, no dashboard) unless an address is given (``auto`` or
+  ``HOST:PORT``) or Ray is already up in this process.
+
+No backend outlives its run: the local queue is an object of the run, the
+queue process is started by the run and killed at ``close``, and the Ray shard
+actors are anonymous, owned by the run and killed at ``close`` (production's
+named detached actors can carry stale items into the next run; these cannot).
 
 ``Q1Sampler`` samples the depth every ``sample_interval_ms`` on its own thread.
 Times are ``simstream.clock.now()`` Unix seconds; latencies in seconds.
@@ -40,7 +47,7 @@ from typing import Any
 
 from simstream.clock import now
 
-__all__ = ["LocalQ1", "ProcessQ1", "Q1Closed", "Q1Sampler", "Q1Stats", "make_q1"]
+__all__ = ["LocalQ1", "ProcessQ1", "Q1Closed", "Q1Sampler", "Q1Stats", "RayQ1", "make_q1"]
 
 
 class Q1Closed(Exception):
@@ -314,13 +321,198 @@ class ProcessQ1:
                 c.close()
 
 
-def make_q1(backend: str, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0) -> Any:
-    """The Q1 backend named by ``backend`` (local | process)."""
+# --------------------------------------------------------------------------
+# the Ray backend
+
+
+class _RayShard:
+    """One Q1 shard as a Ray actor: a bounded deque. Calls are served one at a time
+    (an actor's default), so each answer reflects every call before it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: deque[Any] = deque()
+
+    def put(self, item: Any) -> bool:
+        if len(self.items) >= self.capacity:
+            return False
+        self.items.append(item)
+        return True
+
+    def get(self) -> Any:
+        return self.items.popleft() if self.items else None
+
+    def depth(self) -> int:
+        return len(self.items)
+
+
+def _ray() -> Any:
+    """The ray module. Raises UsageError naming the extra when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        from simstream.errors import UsageError
+
+        raise UsageError(
+            "queue.backend ray needs Ray: pip install 'simstream[ray]' (ray>=2.9)") from None
+    return ray
+
+
+class RayQ1:
+    """Sharded queue of Ray actors (module docstring); the protocol of ``ProcessQ1``.
+
+    ``maxsize`` is the total; each shard holds ``ceil(maxsize / shards)``.
+    ``address``: None starts a local Ray instance (``num_cpus`` CPUs, quiet, no
+    dashboard) that ``close`` stops; ``auto`` or ``HOST:PORT`` attaches to a
+    running cluster. If Ray is already initialised in this process it is used
+    as it is and left running. Raises UsageError when Ray is missing or the
+    address cannot be reached, Q1Closed from ``put`` once closed.
+    """
+
+    backend = "ray"
+    BACKOFF_S = ProcessQ1.BACKOFF_S
+
+    def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
+                 address: str | None = None, num_cpus: int = 1) -> None:
+        if maxsize < 1 or shards < 1:
+            raise ValueError("maxsize and shards must be >= 1")
+        ray = _ray()
+        self._ray = ray
+        self.shards = min(shards, maxsize)
+        self.capacity = -(-maxsize // self.shards)
+        self.maxsize = self.capacity * self.shards
+        self.poll_interval_s = poll_interval_ms / 1000.0
+        self.stats = Q1Stats()
+        self.owns_ray = False
+        self._actors: list[Any] = []
+        self._put_rr = 0
+        self._get_rr = 0
+        self._closed = False
+        if not ray.is_initialized():
+            self._init(address, num_cpus)
+        self.address = ray.get_runtime_context().gcs_address
+        # num_cpus=0: a shard only answers calls; it must not wait for a free CPU
+        # slot on a small machine, nor take one from the cluster's real work
+        actor = ray.remote(num_cpus=0, max_restarts=0)(_RayShard)
+        self._actors = [actor.remote(self.capacity) for _ in range(self.shards)]
+        try:
+            ray.get([a.depth.remote() for a in self._actors], timeout=60)
+        except Exception:
+            self.close()
+            raise
+
+    def _init(self, address: str | None, num_cpus: int) -> None:
+        import logging
+
+        ray = self._ray
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False, "logging_level": logging.WARNING,
+            "log_to_driver": False, "configure_logging": True,
+        }
+        if address is None:
+            kwargs["num_cpus"] = num_cpus
+        else:
+            kwargs["address"] = address
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            from simstream.errors import UsageError
+
+            where = "a local Ray instance" if address is None else f"Ray at {address!r}"
+            raise UsageError(f"cannot start or reach {where}: {exc}") from None
+        self.owns_ray = True
+
+    def _call(self, method: Any, *args: Any) -> Any:
+        try:
+            return self._ray.get(method.remote(*args))
+        except self._ray.exceptions.RayActorError:
+            raise Q1Closed("Q1 shard actor gone") from None
+
+    def put(self, item: Any, timeout_s: float | None = None) -> float:
+        """Place ``item`` on a shard (Ray serialises it); returns the time it was accepted.
+
+        Raises Q1Closed when closed, TimeoutError after ``timeout_s``."""
+        t0 = now()
+        backoff = self.BACKOFF_S[0]
+        while True:
+            for _ in range(self.shards):
+                if self._closed:
+                    raise Q1Closed("Q1 closed")
+                shard = self._put_rr
+                self._put_rr = (self._put_rr + 1) % self.shards
+                ok = self._call(self._actors[shard].put, item)
+                self.stats.ipc_calls += 1
+                if ok:
+                    t = now()
+                    self.stats.puts += 1
+                    self.stats.put_s += t - t0
+                    return t
+            self.stats.backpressure_events += 1
+            if timeout_s is not None and now() - t0 >= timeout_s:
+                raise TimeoutError("Q1 full")
+            t_sleep = now()
+            time.sleep(backoff)
+            self.stats.blocked_s += now() - t_sleep
+            backoff = min(backoff * 2, self.BACKOFF_S[1])
+
+    def get(self, timeout_s: float) -> Any | None:
+        """An item from the first non-empty shard of a sweep, or None after ``timeout_s``."""
+        t0 = now()
+        deadline = t0 + timeout_s
+        while not self._closed:
+            for _ in range(self.shards):
+                shard = self._get_rr
+                self._get_rr = (self._get_rr + 1) % self.shards
+                try:
+                    item = self._call(self._actors[shard].get)
+                except Q1Closed:
+                    return None
+                self.stats.ipc_calls += 1
+                if item is not None:
+                    self.stats.gets += 1
+                    self.stats.get_s += now() - t0
+                    return item
+            left = deadline - now()
+            if left <= 0:
+                return None
+            time.sleep(min(self.poll_interval_s, left))
+        return None
+
+    def depth(self) -> int:
+        if self._closed:
+            return 0
+        try:
+            return int(sum(self._ray.get([a.depth.remote() for a in self._actors])))
+        except Exception:
+            return 0
+
+    def close(self) -> None:
+        """Kill the shard actors (their items die with them) and stop Ray if this
+        queue started it; idempotent."""
+        self._closed = True
+        for a in self._actors:
+            with contextlib.suppress(Exception):
+                self._ray.kill(a, no_restart=True)
+        self._actors = []
+        if self.owns_ray:
+            self.owns_ray = False
+            with contextlib.suppress(Exception):
+                self._ray.shutdown()
+
+
+BACKENDS = ("local", "process", "ray")
+
+
+def make_q1(backend: str, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
+            ray_address: str | None = None, ray_num_cpus: int = 1) -> Any:
+    """The Q1 backend named by ``backend`` (local | process | ray)."""
     if backend == "local":
         return LocalQ1(maxsize)
     if backend == "process":
         return ProcessQ1(maxsize, shards, poll_interval_ms)
-    raise ValueError(f"queue.backend: {backend!r} is not one of local, process")
+    if backend == "ray":
+        return RayQ1(maxsize, shards, poll_interval_ms, ray_address, ray_num_cpus)
+    raise ValueError(f"queue.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 class Q1Sampler:

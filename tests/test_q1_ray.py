@@ -1,0 +1,249 @@
+"""Q1 on Ray: sharded queue actors with production's protocol (round-robin put with a
+"full" answer and backoff, sweeping get with a poll interval), no stale items across
+runs, and `simstream consume --queue-backend ray` end to end on loopback.
+
+One local Ray instance (1 CPU, no dashboard) serves the whole module; the end-to-end
+test's consumer starts and stops its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import consumer_config
+from simstream.cli import main
+from simstream.profile import ProfileError
+
+ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+
+from pipeline.q1 import Q1Closed, RayQ1, make_q1  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def q2(ray_instance):
+    """Two shards of 3 items, 1 ms poll; closed after the test."""
+    q = RayQ1(6, shards=2, poll_interval_ms=1.0)
+    yield q
+    q.close()
+
+
+# --------------------------------------------------------------------------
+# the protocol
+
+
+def test_put_is_round_robin_and_each_shard_is_fifo(q2: RayQ1) -> None:
+    for i in range(6):
+        q2.put(i)
+    assert (q2.maxsize, q2.capacity, q2.depth()) == (6, 3, 6)
+    per_shard = ray.get([a.depth.remote() for a in q2._actors])
+    assert per_shard == [3, 3]
+    got = [q2.get(1.0) for _ in range(6)]
+    assert sorted(got) == list(range(6))
+    # round robin: even items on shard 0, odd on shard 1, each in put order
+    assert [x for x in got if x % 2 == 0] == [0, 2, 4]
+    assert [x for x in got if x % 2 == 1] == [1, 3, 5]
+    assert (q2.stats.puts, q2.stats.gets, q2.stats.backpressure_events) == (6, 6, 0)
+    assert q2.get(0) is None
+
+
+def test_full_queue_answers_full_and_the_producer_backs_off(q2: RayQ1) -> None:
+    for i in range(6):
+        q2.put(i)
+    calls = q2.stats.ipc_calls
+    with pytest.raises(TimeoutError):
+        q2.put("late", timeout_s=0.02)
+    events = q2.stats.backpressure_events
+    # one event per sweep in which every shard said "full", one call per shard each
+    assert events >= 2
+    assert q2.stats.ipc_calls - calls == 2 * events
+    # backoff 1 ms doubling to 10 ms: within 20 ms at most 1+2+4+8 ms of sleep fits
+    # before the fifth sweep, so a busy-looping producer would show far more events
+    assert events <= 6
+    assert q2.stats.blocked_s >= 0.001 * (events - 1)
+    assert q2.depth() == 6
+
+
+def test_a_blocked_put_goes_through_after_a_get(q2: RayQ1) -> None:
+    for i in range(6):
+        q2.put(i)
+    done = threading.Event()
+
+    def producer() -> None:
+        q2.put(6, timeout_s=30)
+        done.set()
+
+    t = threading.Thread(target=producer)
+    t.start()
+    deadline = time.monotonic() + 30
+    while q2.stats.backpressure_events == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert q2.stats.backpressure_events >= 1 and not done.is_set()
+    assert q2.get(5.0) == 0
+    t.join(30)
+    assert done.is_set()
+    assert q2.depth() == 6 and q2.stats.puts == 7
+
+
+def test_get_sweeps_every_shard_and_polls_between_empty_sweeps(q2: RayQ1) -> None:
+    # an item on the last shard only: one sweep finds it, asking each shard once
+    ray.get(q2._actors[1].put.remote("only"))
+    assert q2.get(0) == "only"
+    assert q2.stats.ipc_calls == 2
+    # an empty queue: sweeps of 2 calls each, a poll sleep between them, then None
+    q3 = RayQ1(4, shards=2, poll_interval_ms=20.0)
+    try:
+        t0 = time.monotonic()
+        assert q3.get(0.1) is None
+        took = time.monotonic() - t0
+        sweeps = q3.stats.ipc_calls // 2
+        assert q3.stats.ipc_calls % 2 == 0
+        assert took >= 0.1
+        # 100 ms at a 20 ms poll: about 6 sweeps; without the sleep it would be hundreds
+        assert 2 <= sweeps <= 7
+    finally:
+        q3.close()
+
+
+def test_large_batches_survive_the_object_store(q2: RayQ1) -> None:
+    import numpy as np
+
+    batch = np.arange(2 * 1 * 256 * 256, dtype=np.float32).reshape(2, 1, 256, 256)
+    q2.put({"index": 7, "data": batch})
+    got = q2.get(5.0)
+    assert got["index"] == 7 and np.array_equal(got["data"], batch)
+
+
+# --------------------------------------------------------------------------
+# lifecycle: nothing outlives its run
+
+
+def test_no_stale_items_across_runs(ray_instance) -> None:
+    first = RayQ1(8, shards=2, poll_interval_ms=1.0)
+    for i in range(5):
+        first.put(("run1", i))
+    old = list(first._actors)
+    first.close()
+    with pytest.raises(Q1Closed):
+        first.put(("run1", 99))
+    assert first.depth() == 0 and first.get(0.05) is None
+    # the shard actors are dead, not merely forgotten
+    for a in old:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(a.depth.remote(), timeout=30)
+    assert ray.util.list_named_actors(all_namespaces=True) == []
+    second = RayQ1(8, shards=2, poll_interval_ms=1.0)
+    try:
+        assert second.depth() == 0
+        assert second.get(0.05) is None
+        second.put(("run2", 0))
+        assert second.get(1.0) == ("run2", 0)
+    finally:
+        second.close()
+    # a queue on a Ray it did not start leaves that Ray running
+    assert ray.is_initialized()
+
+
+def test_make_q1_builds_the_ray_backend(ray_instance) -> None:
+    q = make_q1("ray", 5, shards=2, poll_interval_ms=1.0)
+    try:
+        assert isinstance(q, RayQ1) and (q.backend, q.shards, q.capacity, q.maxsize) == (
+            "ray", 2, 3, 6)
+        assert not q.owns_ray
+    finally:
+        q.close()
+
+
+# --------------------------------------------------------------------------
+# configuration (no Ray needed, but only meaningful with it)
+
+
+def test_config_accepts_ray_and_checks_the_address() -> None:
+    cfg = consumer_config(None, {"queue.backend": "ray", "ray.address": "auto"})
+    assert (cfg.queue.backend, cfg.ray.address, cfg.ray.num_cpus) == ("ray", "auto", 1)
+    cfg = consumer_config(None, section={"ray": {"address": "10.0.0.5:6379", "num_cpus": 2}})
+    assert (cfg.ray.address, cfg.ray.num_cpus) == ("10.0.0.5:6379", 2)
+    with pytest.raises(ProfileError, match=r"consumer\.ray\.address: 'nowhere' is not auto"):
+        consumer_config(None, section={"ray": {"address": "nowhere"}})
+
+
+def test_consume_bad_ray_address_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["consume", "--queue-backend", "ray", "--ray-address", "host-without-port",
+              "--mode", "random", "--count", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "ray.address" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------
+# end to end
+
+
+@pytest.mark.integration
+def test_consume_with_ray_queue_accounts_for_every_message(tmp_path: Path) -> None:
+    """`simstream emit` -> `simstream consume --queue-backend ray` (its own local Ray)
+    on loopback: every delivered message received, queued through the actors, processed."""
+    from simstream.runner.procs import free_port, is_listening
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    emit_log = tmp_path / "emit.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    consume = [sys.executable, "-m", "simstream", "consume", "--profile", "steady",
+               "--queue-backend", "ray", "--idle-timeout", "2", "--device", "cpu",
+               "--out", str(out), "--bind", url]
+    emit = [sys.executable, "-m", "simstream", "emit", "--profile", "steady", "--url", url,
+            "--role", "client", "--count", "20", "--log", str(emit_log), "--no-progress"]
+    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not is_listening(port):
+            assert consumer.poll() is None, consumer.communicate()
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.05)
+        emitter = subprocess.run(emit, capture_output=True, text=True, env=env, timeout=120)
+        assert emitter.returncode == 0, emitter.stderr
+        stdout, stderr = consumer.communicate(timeout=120)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.communicate()
+    assert consumer.returncode == 0, stderr
+    delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
+                 if r["outcome"] == "delivered"]
+    assert len(delivered) == 20
+    s = json.loads((out / "summary.json").read_text())
+    assert s["queue_backend"] == "ray" and s["ray_address"]
+    assert (s["received"], s["processed"], s["quarantined"]) == (20, 20, 0)
+    assert (s["lost"], s["duplicated"], s["reordered"]) == (0, 0, 0)
+    assert s["q1"]["puts"] == s["q1"]["gets"] == 20
+    with (out / "batches.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20
+    for r in rows:
+        assert float(r["t_q1_put_start"]) <= float(r["t_q1_put_end"]) <= float(r["t_q1_get_end"])
+    with (out / "q1.csv").open() as f:
+        assert len(list(csv.DictReader(f))) >= 1
+    assert "Q1 ray" in stderr
