@@ -203,6 +203,10 @@ def _record(run: _Run, item: _Item, url: str, *, outcome: str, t_first: float | 
         "wire_bytes": int(wire_bytes),
         "events": item.events,
         "blocked_s": round(item.blocked_s + (socket_wait_s or 0.0), 9),
+        # the two parts of blocked_s: waiting for room in the SNDHWM queue (before
+        # the first byte) and waiting on the kernel inside sends (TCP backpressure)
+        "hwm_wait_s": round(item.blocked_s, 9),
+        "socket_wait_s": round(socket_wait_s or 0.0, 9),
         "faults": p.fault_names,
         "outcome": outcome,
         "url": url,
