@@ -17,7 +17,7 @@ __all__ = ["LOG_KEYS", "OUTCOMES", "EmitLog", "read_log"]
 #: the contract's keys, in the order they are written
 LOG_KEYS = (
     "rank", "seq", "phase", "t_sched", "t_first_byte", "t_last_byte", "nbytes",
-    "wire_bytes", "events", "blocked_s", "faults", "outcome", "url",
+    "wire_bytes", "events", "blocked_s", "hwm_wait_s", "socket_wait_s", "faults", "outcome", "url",
 )
 OUTCOMES = ("delivered", "cut", "lost")
 
