@@ -4,16 +4,52 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
+from simstream.errors import UsageError
 from simstream.profile import find_profile, load_profile
 from simstream.runner.core import RunResult, default_out_dir, run_profile
+
+
+def _print_shaping(shaping: dict[str, Any]) -> None:
+    """Which shaping the run had (user space or kernel), and what was not applied."""
+    if not shaping:
+        return
+    if shaping.get("mode") == "kernel":
+        click.echo(f"shaping: kernel ({shaping.get('layout')} on {shaping.get('interface')}, "
+                   f"testbed {shaping.get('testbed')}); the emitter shaped nothing itself")
+    else:
+        click.echo("shaping: user space (in the emitter)")
+    for line in shaping.get("applied") or []:
+        click.echo(f"  applied: {line}")
+    not_applied = shaping.get("not_applied") or []
+    for line in not_applied:
+        click.echo(f"  NOT applied: {line}")
+    if not not_applied:
+        click.echo("  not applied: nothing")
+    tte = shaping.get("time_to_effect_s") or {}
+    if tte.get("count"):
+        click.echo(f"  phase changes: {tte['count']}, time to effect median "
+                   f"{tte['median'] * 1e3:.1f} ms, max {tte['max'] * 1e3:.1f} ms")
+
+
+def _print_verify(verify: dict[str, Any]) -> None:
+    from simstream.testbed.verify import Check, Report, print_report
+
+    if verify.get("capture"):
+        click.echo(verify["capture"])
+    print_report(Report([Check(**c) for c in verify.get("checks") or []],
+                        verify.get("facts") or {}))
 
 
 def _print_verdict(result: RunResult) -> None:
     s = result.summary
     click.echo(f"run directory: {result.out_dir}")
+    _print_shaping(result.shaping)
+    if result.verify is not None:
+        _print_verify(result.verify)
     if s:
         click.echo(
             f"consumer: received {s.get('received')} processed {s.get('processed')} "
@@ -25,19 +61,36 @@ def _print_verdict(result: RunResult) -> None:
 
         _print_report(result.report)
 
+
 @click.command("run")
 @click.option("--profile", "profile_path", required=True, help="profile file or bundled name")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="run directory (default runs/<profile>-<timestamp>)")
 @click.option("--duration", type=float, default=None, help="override stop.duration_s")
-def run(profile_path: str, out_dir: Path | None, duration: float | None) -> None:
-    """Consumer on a free loopback port, the emitter against it, then the verdict."""
+@click.option("--kernel-shaping", is_flag=True,
+              help="run consumer and emitter in two network namespaces and let the kernel "
+                   "(tc tbf/htb/netem) shape the link instead of the emitter; needs root or "
+                   "CAP_NET_ADMIN")
+@click.option("--capture", is_flag=True,
+              help="record the stream's port into DIR/capture.pcap and verify it against the "
+                   "profile (DIR/verify.json); exit 1 when a check fails; needs root or "
+                   "CAP_NET_RAW")
+def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_shaping: bool,
+        capture: bool) -> None:
+    """Consumer on a free loopback port (or across a kernel-shaped testbed), the
+    emitter against it, then the verdict."""
+    if duration is not None and duration <= 0:
+        raise UsageError(f"--duration {duration} is not > 0")
     try:
-        result = run_profile(profile_path, out_dir, duration_s=duration)
+        result = run_profile(profile_path, out_dir, duration_s=duration,
+                             kernel_shaping=kernel_shaping, capture=capture, echo=click.echo)
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     _print_verdict(result)
+    if result.verify_failed:
+        click.echo("capture verification FAILED: see verify.json and report.md", err=True)
+        sys.exit(1)
 
 
 @click.command("investigate")

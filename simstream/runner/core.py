@@ -6,17 +6,29 @@ The consumer and the emitter run as separate programs (``simstream consume``
 and ``simstream emit``), as they would on two nodes, and each writes its own
 records into the run directory. The runner reads the profile to set them up;
 the diagnosis afterwards does not (it reads only the measurements).
+
+With kernel shaping the two programs run in the producer and consumer network
+namespaces of a testbed and the kernel shapes the link between them
+(``runner.kernel``); with a capture, the stream's packets are recorded and
+checked against the profile before the diagnosis.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simstream.profile import Profile, dump_profile, find_profile, load_profile
+from simstream import clock
+from simstream.errors import UsageError
+from simstream.profile import Profile, dump_profile, find_profile, load_profile, split_url
+from simstream.runner import kernel
 from simstream.runner.procs import (
     Child,
     children,
@@ -42,6 +54,15 @@ class RunResult:
     emitter_rc: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    # shaping.json: which shaping (user space or kernel), what was and was not applied
+    shaping: dict[str, Any] = field(default_factory=dict)
+    # verify.json when the run was captured (--capture), else None
+    verify: dict[str, Any] | None = None
+    port: int = 0  # the stream's TCP port
+
+    @property
+    def verify_failed(self) -> bool:
+        return self.verify is not None and not self.verify.get("passed", False)
 
 
 def default_out_dir(profile: Profile, root: Path = Path("runs"), suffix: str = "") -> Path:
@@ -78,79 +99,194 @@ def run_profile(
     consumer_args: list[str] | None = None,
     emitter_args: list[str] | None = None,
     diagnose: bool = True,
+    kernel_shaping: bool = False,
+    capture: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run one experiment. ``mode="random"`` runs the consumer alone on batches it
     generates (no emitter) for the profile's duration.
 
-    Raises RuntimeError when a child fails to start or exits with an error.
+    ``kernel_shaping``: consumer and emitter in a testbed's namespaces, the link
+    shaped by the kernel (the emitter shapes nothing itself); DIR/shaping.json
+    says what was and was not applied. ``capture``: DIR/capture.pcap of the
+    stream's port, checked afterwards into DIR/verify.json. ``echo`` receives
+    progress lines (testbed, phase changes).
+
+    Raises UsageError (missing privileges, a flag that does not fit the mode),
+    ProfileError, and RuntimeError when a child fails to start or exits with an
+    error (TestbedError when a tc or ip command fails).
     """
+    say = echo or _quiet
     path = find_profile(profile_path)
     profile = load_profile(path)
+    if mode == "random" and (kernel_shaping or capture):
+        raise UsageError("--kernel-shaping and --capture need the emitter (socket mode)")
+    offer = kernel.check_kernel_shaping() if kernel_shaping else None
+    if capture and not kernel.can_capture():
+        raise UsageError("--capture needs root or CAP_NET_RAW to open a packet socket; "
+                         "run as root, or leave out --capture")
     out = out_dir or default_out_dir(profile)
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.yaml").write_text(dump_profile(profile))
-    kind = profile.transport.kind
     result = RunResult(out_dir=out, mode=mode)
-    consumer_extra = list(consumer_args or [])
 
-    with children() as procs:
-        if mode == "random":
-            dur = duration_s or run_duration_s(profile)
+    if mode == "random":
+        dur = duration_s or run_duration_s(profile)
+        with children() as procs:
             consumer = Child(
                 "consumer",
-                _consumer_argv(path, out, "", True, "random", ["--duration", str(dur), *consumer_extra]),
+                _consumer_argv(path, out, "", True, "random",
+                               ["--duration", str(dur), *(consumer_args or [])]),
                 out / "consumer.log",
             )
             procs.append(consumer)
             result.consumer_rc = consumer.wait(dur + DRAIN_TIMEOUT_S)
             if result.consumer_rc is None:
                 result.consumer_rc = consumer.interrupt()
-        else:
-            port = free_port()
-            url = f"tcp://127.0.0.1:{port}"
-            consumer_binds = profile.transport.role == "client"
-            consumer = Child(
-                "consumer",
-                _consumer_argv(path, out, url, consumer_binds, "socket",
-                               ["--transport", kind, *consumer_extra]),
-                out / "consumer.log",
-            )
-            procs.append(consumer)
-            if consumer_binds:
-                wait_until(lambda: is_listening(port), 60, f"the consumer to listen on {url}",
-                           alive=consumer)
-            emit_argv = simstream_argv(
-                "emit", "--profile", str(path), "--url", url, "--log", str(out / "emit.jsonl"),
-                *(emitter_args or []),
-            )
-            if duration_s is not None:
-                emit_argv += ["--duration", str(duration_s)]
-            emitter = Child("emitter", emit_argv, out / "emitter.log")
-            procs.append(emitter)
-            limit = (duration_s or run_duration_s(profile)) + 120
-            result.emitter_rc = emitter.wait(limit)
-            if result.emitter_rc is None:
-                result.emitter_rc = emitter.interrupt()
-            if consumer.returncode is None:
-                quiet = settled(out / "messages.csv", QUIET_S)
-                try:
-                    wait_until(lambda: next(quiet), DRAIN_TIMEOUT_S,
-                               "the consumer to receive everything", poll_s=0.1, alive=consumer)
-                finally:
-                    result.consumer_rc = consumer.interrupt()
-            else:
-                result.consumer_rc = consumer.returncode
-        if result.consumer_rc not in (0, None):
-            raise RuntimeError(
-                f"the consumer exited with status {result.consumer_rc}:\n{procs[0].tail()}"
-            )
+            _check_consumer(result, consumer)
+    else:
+        _socket_run(path, profile, out, result, duration_s=duration_s,
+                    consumer_args=consumer_args or [], emitter_args=emitter_args or [],
+                    kernel_offer=offer, capture=capture, say=say)
 
     summary_path = out / "summary.json"
     if summary_path.exists():
         result.summary = json.loads(summary_path.read_text())
+    if capture:
+        # before the diagnosis, so the report carries the verification table
+        result.verify, _ = kernel.verify_run(out, profile, result.port)
     if diagnose:
         from simstream.diagnose import diagnose_run
 
         result.report = diagnose_run(out)
     return result
 
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _check_consumer(result: RunResult, consumer: Child) -> None:
+    if result.consumer_rc not in (0, None):
+        raise RuntimeError(
+            f"the consumer exited with status {result.consumer_rc}:\n{consumer.tail()}"
+        )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
+                duration_s: float | None, consumer_args: list[str], emitter_args: list[str],
+                kernel_offer: Any, capture: bool, say: Callable[[str], None]) -> None:
+    """Consumer, optional capture, emitter; on loopback or across a kernel-shaped testbed.
+
+    Stop order on every exit: the children (emitter, capture, consumer) first,
+    then the testbed, so no process keeps a deleted namespace alive.
+    """
+    kind = profile.transport.kind
+    consumer_binds = profile.transport.role == "client"
+    limit = (duration_s or run_duration_s(profile)) + 120
+    with contextlib.ExitStack() as stack:
+        tb: Any = None
+        if kernel_offer is not None:
+            name = kernel.testbed_name(profile.name, os.getpid())
+            tb = stack.enter_context(kernel.kernel_testbed(name, profile, kernel_offer))
+            _say_testbed(tb, say)
+            # the testbed's own address space: the profile's port is free there
+            port = split_url(profile.transport.all_urls[0])[1]
+            host = tb.consumer_addr if consumer_binds else tb.producer_addr
+            emit_profile = out / kernel.EMITTER_PROFILE_FILE
+            emit_profile.write_text(dump_profile(kernel.emitter_profile(profile)))
+            result.shaping = kernel.shaping_record(tb, name, None, emit_profile)
+        else:
+            port = free_port()
+            host = "127.0.0.1"
+            emit_profile = path
+            applied = kernel.user_space_shaping(profile)
+            result.shaping = {
+                "mode": "user space",
+                "applied": applied or ["no network conditions in the profile: nothing to shape"],
+                "not_applied": [],
+            }
+        _write_json(out / kernel.SHAPING_FILE, result.shaping)
+        result.port = port
+        url = f"tcp://{host}:{port}"
+        procs = stack.enter_context(children())
+
+        def in_side(side: str, argv: list[str]) -> list[str]:
+            return tb.argv_in(side, argv) if tb is not None else argv
+
+        consumer = Child(
+            "consumer",
+            in_side("consumer", _consumer_argv(path, out, url, consumer_binds, "socket",
+                                               ["--transport", kind, *consumer_args])),
+            out / "consumer.log",
+        )
+        procs.append(consumer)
+        if consumer_binds:
+            if tb is not None:
+                wait_until(lambda: kernel.listening_in(tb.consumer_ns, port), 60,
+                           f"the consumer to listen on {url} in {tb.consumer_ns}", poll_s=0.2,
+                           alive=consumer)
+            else:
+                wait_until(lambda: is_listening(port), 60, f"the consumer to listen on {url}",
+                           alive=consumer)
+        cap = None
+        if capture:
+            iface = tb.consumer_iface if tb is not None else "lo"
+            cap = kernel.start_capture(procs, out, iface, port, limit + DRAIN_TIMEOUT_S,
+                                       netns=tb.consumer_ns if tb is not None else None)
+            say(f"capturing port {port} on {iface}"
+                + (f" ({tb.consumer_ns})" if tb is not None else "")
+                + f" into {out / kernel.CAPTURE_FILE}")
+        emit_argv = simstream_argv(
+            "emit", "--profile", str(emit_profile), "--url", url,
+            "--log", str(out / "emit.jsonl"), *emitter_args,
+        )
+        if duration_s is not None:
+            emit_argv += ["--duration", str(duration_s)]
+        t_started = clock.now()
+        t_mono = time.monotonic()
+        emitter = Child("emitter", in_side("producer", emit_argv), out / "emitter.log")
+        procs.append(emitter)
+        if tb is not None:
+            timeline = None
+            try:
+                timeline = kernel.follow_timeline(
+                    tb, profile, out / "emit.jsonl", emitter, t_started,
+                    duration_s or run_duration_s(profile), say)
+            finally:
+                # written even when a change failed or the run was stopped midway
+                result.shaping = kernel.shaping_record(tb, tb.name, timeline, emit_profile)
+                _write_json(out / kernel.SHAPING_FILE, result.shaping)
+        result.emitter_rc = emitter.wait(max(0.0, limit - (time.monotonic() - t_mono)))
+        if result.emitter_rc is None:
+            result.emitter_rc = emitter.interrupt()
+        if consumer.returncode is None:
+            quiet = settled(out / "messages.csv", QUIET_S)
+            try:
+                wait_until(lambda: next(quiet), DRAIN_TIMEOUT_S,
+                           "the consumer to receive everything", poll_s=0.1, alive=consumer)
+            finally:
+                result.consumer_rc = consumer.interrupt()
+        else:
+            result.consumer_rc = consumer.returncode
+        if cap is not None:
+            cap.interrupt(grace_s=30)
+        _check_consumer(result, consumer)
+        if result.emitter_rc not in (0, None):
+            raise RuntimeError(
+                f"the emitter exited with status {result.emitter_rc}:\n{emitter.tail()}"
+            )
+
+
+def _say_testbed(tb: Any, say: Callable[[str], None]) -> None:
+    say(f"kernel shaping: testbed {tb.name}: producer {tb.producer_addr} ({tb.producer_ns}) "
+        f"-> consumer {tb.consumer_addr} ({tb.consumer_ns}), "
+        f"layout {tb.plan.layout if tb.plan else 'none'}")
+    for line in tb.applied:
+        say(f"applied: {line}")
+    for line in tb.not_applied:
+        say(f"NOT applied: {line}")
