@@ -108,6 +108,42 @@ def test_user_space_shaping_lines() -> None:
     assert kernel.user_space_shaping(parse_profile({"name": "n"})) == []
 
 
+def test_report_carries_shaping_and_verification_without_changing_the_verdict(
+        tmp_path: Path) -> None:
+    from simstream.diagnose import diagnose_run
+    from simstream.diagnose.simulate import SCENARIOS, Scenario, write_run_dir
+
+    base = SCENARIOS["bursty-network"]
+    d = write_run_dir(Scenario(**{**base.__dict__, "duration_s": 1.0}), tmp_path / "run")
+    plain = diagnose_run(d, plots=False, trace=False)
+    assert "shaping" not in plain and "verify" not in plain
+    assert "## Shaping" not in (d / "report.md").read_text()
+    shaping = {"mode": "kernel", "layout": "tbf", "interface": "ssb-prod",
+               "applied": ["rate cap 40 Mbit/s (tbf) on ssb-prod"],
+               "not_applied": ["netem qdisc not available in this kernel: load sch_netem; "
+                               "latency not applied"],
+               "phase_changes": [{"phase": "slow", "at_s": 2.5, "late_s": 0.0002,
+                                  "command_s": 0.004, "took_effect_s": 0.0268}]}
+    verify = {"verdict": "PASS", "passed": True, "failed_checks": 0, "capture": "captured 9",
+              "checks": [{"name": "rate", "where": "fast 0.00-2.50 s",
+                          "measured": "40.12 Mbit/s", "expected": "<= 40 Mbit/s (+10%)",
+                          "status": "PASS", "note": "at the cap"}]}
+    (d / kernel.SHAPING_FILE).write_text(json.dumps(shaping))
+    (d / kernel.VERIFY_FILE).write_text(json.dumps(verify))
+    rep = diagnose_run(d, plots=False, trace=False)
+    assert rep["verdict"] == plain["verdict"] and rep["confidence"] == plain["confidence"]
+    assert rep["shaping"] == shaping and rep["verify"] == verify
+    assert json.loads((d / "report.json").read_text())["shaping"] == shaping
+    md = (d / "report.md").read_text()
+    assert "Shaping: **kernel (tbf on ssb-prod)**" in md
+    assert "- NOT applied: netem qdisc not available in this kernel" in md
+    assert "| slow | 2.500 | 0.2 | 4.0 | 26.8 |" in md
+    assert "Verification: **PASS** (1 checks, 0 failed); captured 9" in md
+    assert "| rate | fast 0.00-2.50 s | 40.12 Mbit/s | <= 40 Mbit/s (+10%) | PASS | at the cap |" in md
+    page = (d / "report.html").read_text()
+    assert "<h2>Shaping: kernel</h2>" in page and "<h2>Capture verification: PASS</h2>" in page
+
+
 # --------------------------------------------------------------------------
 # the real thing
 

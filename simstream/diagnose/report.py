@@ -175,6 +175,7 @@ def write_md(report: dict[str, Any], plots: dict[str, Path], path: Path) -> Path
         "",
         *[f"- {x}" for x in r["recommendations"]],
         "",
+        *_extras_md(r),
     ]
     if plots:
         lines += ["## Plots", ""]
@@ -198,6 +199,7 @@ def write_html(report: dict[str, Any], plots: dict[str, Path], path: Path) -> Pa
         "<h2>Key evidence</h2><ul class=\"key\">" + "".join(f"<li>{e(x)}</li>" for x in r["key_evidence"]) + "</ul>",
         "<h2>Why</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r["reasons"]) + "</ul>",
         "<h2>Recommendations</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r["recommendations"]) + "</ul>",
+        _extras_html(r),
     ]
     for name, p in plots.items():
         parts.append(f"<h3>{e(PLOT_TITLES.get(name, name))}</h3><img alt=\"{e(name)}\" src=\"{_img_b64(p)}\">")
@@ -222,6 +224,73 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def _run_extras(root: Path) -> dict[str, Any]:
+    """shaping.json and verify.json of a run (``simstream run``), when present: shown
+    in the report as they are; the verdict never reads them."""
+    out: dict[str, Any] = {}
+    for key, name in (("shaping", "shaping.json"), ("verify", "verify.json")):
+        try:
+            out[key] = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _extras_md(r: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    sh = r.get("shaping")
+    if isinstance(sh, dict):
+        mode = sh.get("mode", "?")
+        head = f"kernel ({sh.get('layout')} on {sh.get('interface')})" if mode == "kernel" else mode
+        lines += ["## Shaping", "", f"Shaping: **{head}**", ""]
+        lines += [f"- applied: {x}" for x in sh.get("applied") or []]
+        lines += [f"- NOT applied: {x}" for x in sh.get("not_applied") or []] or ["- not applied: nothing"]
+        changes = sh.get("phase_changes") or []
+        if changes:
+            lines += ["", "| phase | at (s) | late (ms) | tc command (ms) | took effect (ms) |",
+                      "| --- | --- | --- | --- | --- |"]
+            lines += [f"| {c.get('phase')} | {_num(c.get('at_s'), '', 3)} | {_num((c.get('late_s') or 0) * 1e3, '', 1)} | "
+                      f"{_num((c.get('command_s') or 0) * 1e3, '', 1)} | "
+                      f"{'n/a' if c.get('took_effect_s') is None else _num(c['took_effect_s'] * 1e3, '', 1)} |"
+                      for c in changes]
+        lines.append("")
+    ver = r.get("verify")
+    if isinstance(ver, dict):
+        lines += ["## Capture verification", "", f"Verification: **{ver.get('verdict', '?')}** "
+                  f"({len(ver.get('checks') or [])} checks, {ver.get('failed_checks', 0)} failed)"
+                  + (f"; {ver['capture']}" if ver.get("capture") else ""), "",
+                  "| check | where | measured | expected | status | note |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c.get('name')} | {c.get('where')} | {c.get('measured')} | {c.get('expected')} | "
+                  f"{c.get('status')} | {c.get('note', '')} |" for c in ver.get("checks") or []]
+        lines.append("")
+    return lines
+
+
+def _extras_html(r: dict[str, Any]) -> str:
+    e = html.escape
+    parts = []
+    sh = r.get("shaping")
+    if isinstance(sh, dict):
+        items = [f"<li>applied: {e(str(x))}</li>" for x in sh.get("applied") or []]
+        items += [f"<li><b>NOT applied</b>: {e(str(x))}</li>" for x in sh.get("not_applied") or []]
+        rows = "".join(
+            f"<tr><td>{e(str(c.get('phase')))}</td><td>{_num(c.get('at_s'), '', 3)}</td>"
+            f"<td>{'n/a' if c.get('took_effect_s') is None else _num(c['took_effect_s'] * 1e3, '', 1)}</td></tr>"
+            for c in sh.get("phase_changes") or [])
+        parts.append(f"<h2>Shaping: {e(str(sh.get('mode')))}</h2><ul>{''.join(items)}</ul>"
+                     + (f"<table><tr><th>phase</th><th>at s</th><th>took effect ms</th></tr>{rows}</table>"
+                        if rows else ""))
+    ver = r.get("verify")
+    if isinstance(ver, dict):
+        rows = "".join("<tr>" + "".join(f"<td>{e(str(c.get(k, '')))}</td>" for k in
+                                        ("name", "where", "measured", "expected", "status", "note")) + "</tr>"
+                       for c in ver.get("checks") or [])
+        parts.append(f"<h2>Capture verification: {e(str(ver.get('verdict')))}</h2><table><tr><th>check</th>"
+                     f"<th>where</th><th>measured</th><th>expected</th><th>status</th><th>note</th></tr>{rows}</table>")
+    return "\n".join(parts)
+
+
 def diagnose_run(run_dir: str | Path, *, plots: bool = True, trace: bool = True) -> dict[str, Any]:
     """Diagnose a run directory and write report.json/.md/.html, trace.json and
     plots/*.png into it. Returns the report dict. Raises NotARunDir."""
@@ -230,6 +299,7 @@ def diagnose_run(run_dir: str | Path, *, plots: bool = True, trace: bool = True)
     run = load_run(root)
     ev = compute_evidence(run)
     report = build_report(run, ev)
+    report.update(_run_extras(root))
     plot_files: dict[str, Path] = {}
     if plots:
         try:
