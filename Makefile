@@ -31,13 +31,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[all]"
 	@touch $(STAMP)
 
-# Debian packages the kernel-shaping and capture tests use (root only; a no-op
-# where they are present).
+# Debian packages the tests use (root only; a no-op where they are present):
+# iproute2 for kernel shaping, docker-compose to validate the compose file
+# without a Docker engine.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  need=""; \
 	  command -v tc >/dev/null 2>&1 || need="$$need iproute2"; \
 	  command -v ip >/dev/null 2>&1 || need="$$need iproute2"; \
+	  command -v docker-compose >/dev/null 2>&1 || need="$$need docker-compose"; \
 	  if [ -n "$$need" ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need; fi; \
 	fi
 
