@@ -5,6 +5,7 @@ without torch."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 from typing import Any
@@ -58,7 +59,8 @@ class _LazyGroup(click.Group):
                 f"'{cmd_name}' needs the Python package {e.name!r}; install it "
                 f"(e.g. pip install 'simstream[consumer]')"
             ) from None
-        return getattr(mod, attr)  # type: ignore[no-any-return]
+        cmd: click.Command = getattr(mod, attr)
+        return cmd
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
