@@ -59,8 +59,8 @@ class _LazyGroup(click.Group):
                 f"'{cmd_name}' needs the Python package {e.name!r}; install it "
                 f"(e.g. pip install 'simstream[consumer]')"
             ) from None
-        cmd: click.Command = getattr(mod, attr)
-        return cmd
+        lazy: click.Command = getattr(mod, attr)
+        return lazy
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
