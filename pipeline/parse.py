@@ -80,6 +80,11 @@ class Parser:
     ``expected``: names every message must carry. ``event_shape``: the expected
     per-event shape, or None to accept any (B, H, W) / (B, C, H, W).
     Thread-safe (one Parser may serve a pool of threads).
+
+    ``isolation``: ``none`` decodes in the calling thread; ``process`` decodes in
+    ``workers`` worker processes (``pipeline.isolation``), so a crash or a hang in
+    native decoding code (``timeout_s``) costs one message, not the run. Call
+    ``close()`` when done (stops the workers; harmless without them).
     """
 
     def __init__(
@@ -88,11 +93,29 @@ class Parser:
         expected: Sequence[str] = ("detector_data",),
         event_shape: Sequence[int] | None = None,
         host_alloc: HostAlloc | None = None,
+        *,
+        isolation: str = "none",
+        workers: int = 1,
+        timeout_s: float = 30.0,
     ) -> None:
         self.fields = dict(fields)
         self.expected = list(expected)
         self.event_shape = tuple(event_shape) if event_shape else None
         self.host_alloc = host_alloc
+        if isolation not in ("none", "process"):
+            raise ValueError(f"isolation {isolation!r} is not one of none, process")
+        self.isolation = isolation
+        self._isolated: Any = None
+        if isolation == "process":
+            from .isolation import IsolatedParser
+
+            self._isolated = IsolatedParser(self.fields, self.expected, self.event_shape,
+                                             host_alloc, workers=workers, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        """Stop the worker processes of ``isolation: process`` (no-op otherwise)."""
+        if self._isolated is not None:
+            self._isolated.close()
 
     def _shape_ok(self, shape: tuple[int, ...]) -> bool:
         if len(shape) not in (3, 4) or shape[0] < 1:
@@ -108,6 +131,8 @@ class Parser:
 
     def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
         """Decode one message. Raises ParseError (the reason) for anything unusable."""
+        if self._isolated is not None:
+            return self._isolated.parse(payload)  # type: ignore[no-any-return]
         t0 = now()
         held: list[tuple[np.ndarray, Callable[[], None]]] = []
 

@@ -12,7 +12,8 @@ Three transports, one shape (``recv(timeout_s) -> RawMessage | None``, ``close()
 
 For ``tcp`` and ``nng`` the declared length is checked before the body is read:
 an oversize body is read and dropped in chunks (the stream stays in step) and
-only its head is kept for quarantine. Several connections (one per rank) are
+only its head is kept for quarantine. A body's buffer grows with the bytes that
+arrive, so memory follows what peers send, not the lengths they announce. Several connections (one per rank) are
 served by one selector loop.
 
 ``recv`` waits at most ``timeout_s`` so the caller's loop can notice a stop.
@@ -43,6 +44,7 @@ NNG_PULL0 = 0x51
 NNG_HEADER = b"\x00SP\x00"
 HEAD_KEEP = 1 << 20  # bytes of an oversize message kept for quarantine
 _CHUNK = 1 << 20
+_FIRST_ALLOC = 1 << 20  # a body buffer starts this big and doubles as bytes arrive
 
 
 @dataclass
@@ -279,6 +281,11 @@ class StreamReceiver(Receiver):
         for _ in range(64):
             try:
                 if conn.body is not None:
+                    if conn.filled == len(conn.body):
+                        # grow with what really arrives (doubling), never to the announced
+                        # length at once: a peer announcing big messages and sending
+                        # nothing must not cost memory (many of them: many times over)
+                        conn.body += bytes(min(len(conn.body), conn.length - len(conn.body)))
                     view = memoryview(conn.body)[conn.filled:]
                     n = conn.sock.recv_into(view)
                     if n == 0:
@@ -324,7 +331,7 @@ class StreamReceiver(Receiver):
                 if length == 0:
                     self._complete_oversize(conn)
                 continue
-            conn.body = bytearray(length)
+            conn.body = bytearray(min(length, _FIRST_ALLOC))
             conn.filled = 0
             if length == 0:
                 self._complete(conn)

@@ -430,7 +430,17 @@ def decode(
             fh.close()
 
 
+def _register_filters() -> None:
+    """Make the Bitshuffle (LZ4/zstd) filters known to libhdf5 in this process.
+
+    hdf5plugin registers them when imported; a process that only decodes (the
+    consumer) would otherwise fail every filtered read with "can't open directory".
+    """
+    import hdf5plugin  # noqa: F401 - imported for its side effect
+
+
 def _read_h5py(fh: h5py.File, lay: DatasetLayout, alloc: Alloc | None) -> np.ndarray:
+    _register_filters()
     if lay.nbytes > _EXPANSION_FLOOR and lay.nbytes > MAX_EXPANSION * fh.id.get_filesize():
         raise CodecError(
             f"dataset /{lay.path} declares {lay.nbytes} bytes from a "
