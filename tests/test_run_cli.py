@@ -52,6 +52,19 @@ def test_bad_duration_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "--duration 0.0 is not > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("args", "msg"), [
+    (["--capture-snaplen", "128"], "--capture-snaplen needs --capture"),
+    (["--capture", "--capture-snaplen", "40"], "--capture-snaplen 40 is below 96 bytes"),
+])
+def test_capture_snaplen_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      args: list[str], msg: str) -> None:
+    prof = tmp_path / "ok.yaml"
+    prof.write_text(GOOD)
+    assert _exit_code(["run", "--profile", str(prof), "--out", str(tmp_path / "r"), *args]) == 2
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def _unprivileged(*_: object) -> KernelOffer:
     return KernelOffer(root=False, cap_net_admin=False, tools={"ip": "/x", "tc": "/x"},
                        netns_ok=False, netns_detail="needs root or CAP_NET_ADMIN")

@@ -75,15 +75,24 @@ def _print_verdict(result: RunResult) -> None:
               help="record the stream's port into DIR/capture.pcap and verify it against the "
                    "profile (DIR/verify.json); exit 1 when a check fails; needs root or "
                    "CAP_NET_RAW")
+@click.option("--capture-snaplen", type=int, default=0, show_default=True, metavar="N",
+              help="keep only the first N bytes (>= 96) of each captured packet: rates are "
+                   "verified, message framing is not; for fast links (0 = whole packets)")
 def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_shaping: bool,
-        capture: bool) -> None:
+        capture: bool, capture_snaplen: int) -> None:
     """Consumer on a free loopback port (or across a kernel-shaped testbed), the
     emitter against it, then the verdict."""
     if duration is not None and duration <= 0:
         raise UsageError(f"--duration {duration} is not > 0")
+    if capture_snaplen and not capture:
+        raise UsageError("--capture-snaplen needs --capture")
+    if capture_snaplen and capture_snaplen < 96:
+        raise UsageError(f"--capture-snaplen {capture_snaplen} is below 96 bytes: "
+                         f"TCP headers would be cut")
     try:
         result = run_profile(profile_path, out_dir, duration_s=duration,
-                             kernel_shaping=kernel_shaping, capture=capture, echo=click.echo)
+                             kernel_shaping=kernel_shaping, capture=capture,
+                             capture_snaplen=capture_snaplen, echo=click.echo)
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

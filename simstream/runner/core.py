@@ -101,6 +101,7 @@ def run_profile(
     diagnose: bool = True,
     kernel_shaping: bool = False,
     capture: bool = False,
+    capture_snaplen: int = 0,
     echo: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run one experiment. ``mode="random"`` runs the consumer alone on batches it
@@ -109,7 +110,9 @@ def run_profile(
     ``kernel_shaping``: consumer and emitter in a testbed's namespaces, the link
     shaped by the kernel (the emitter shapes nothing itself); DIR/shaping.json
     says what was and was not applied. ``capture``: DIR/capture.pcap of the
-    stream's port, checked afterwards into DIR/verify.json. ``echo`` receives
+    stream's port, checked afterwards into DIR/verify.json (``capture_snaplen``
+    > 0 keeps only each packet's first bytes: rates are checked, message
+    framing is not, and the file stays small). ``echo`` receives
     progress lines (testbed, phase changes).
 
     Raises UsageError (missing privileges, a flag that does not fit the mode),
@@ -147,7 +150,7 @@ def run_profile(
     else:
         _socket_run(path, profile, out, result, duration_s=duration_s,
                     consumer_args=consumer_args or [], emitter_args=emitter_args or [],
-                    kernel_offer=offer, capture=capture, say=say)
+                    kernel_offer=offer, capture=capture, snaplen=capture_snaplen, say=say)
 
     summary_path = out / "summary.json"
     if summary_path.exists():
@@ -179,7 +182,8 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 duration_s: float | None, consumer_args: list[str], emitter_args: list[str],
-                kernel_offer: Any, capture: bool, say: Callable[[str], None]) -> None:
+                kernel_offer: Any, capture: bool, snaplen: int,
+                say: Callable[[str], None]) -> None:
     """Consumer, optional capture, emitter; on loopback or across a kernel-shaped testbed.
 
     Stop order on every exit: the children (emitter, capture, consumer) first,
@@ -237,7 +241,8 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
         if capture:
             iface = tb.consumer_iface if tb is not None else "lo"
             cap = kernel.start_capture(procs, out, iface, port, limit + DRAIN_TIMEOUT_S,
-                                       netns=tb.consumer_ns if tb is not None else None)
+                                       netns=tb.consumer_ns if tb is not None else None,
+                                       snaplen=snaplen)
             say(f"capturing port {port} on {iface}"
                 + (f" ({tb.consumer_ns})" if tb is not None else "")
                 + f" into {out / kernel.CAPTURE_FILE}")

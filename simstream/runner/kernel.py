@@ -294,10 +294,11 @@ def shaping_record(tb: Any, name: str, timeline: TimelineRun | None,
 
 
 def start_capture(procs: list[Any], out: Path, iface: str, port: int, duration_s: float,
-                  netns: str | None = None, ready_timeout_s: float = 60.0) -> Any:
+                  netns: str | None = None, ready_timeout_s: float = 60.0,
+                  snaplen: int = 0) -> Any:
     """Start ``simstream capture`` of ``tcp port`` on ``iface`` (inside ``netns`` if
-    given) into DIR/capture.pcap, bounded by ``duration_s``; return once its packet
-    socket is open. The child is appended to ``procs`` (stopped on every exit).
+    given) into DIR/capture.pcap, bounded by ``duration_s`` (and ``snaplen`` bytes
+    a packet when > 0); return once its packet socket is open. The child is appended to ``procs`` (stopped on every exit).
 
     Raises RuntimeError when it exits or does not start within ``ready_timeout_s``.
     """
@@ -305,7 +306,8 @@ def start_capture(procs: list[Any], out: Path, iface: str, port: int, duration_s
     from simstream.testbed.capture import capture_argv
 
     log = out / "capture.log"
-    argv = capture_argv(iface, port, (out / CAPTURE_FILE).resolve(), duration_s, netns=netns)
+    argv = capture_argv(iface, port, (out / CAPTURE_FILE).resolve(), duration_s, netns=netns,
+                        snaplen=snaplen)
     child = Child("capture", argv, log)
     procs.append(child)
 
