@@ -283,3 +283,18 @@ def test_run_killed_midway_leaves_nothing(offer: object, tmp_path: Path, sig: in
     assert p.returncode == rc, err
     assert "Traceback" not in err
     _nothing_left(name, out)
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_failing_consumer_inside_the_testbed_leaves_nothing(offer: object,
+                                                              tmp_path: Path) -> None:
+    from simstream.runner.core import run_profile
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="consumer exited"):
+        run_profile(_write_profile(tmp_path), out, kernel_shaping=True, diagnose=False,
+                    consumer_args=["--no-such-flag"])
+    name = json.loads((out / "shaping.json").read_text())["testbed"]
+    _nothing_left(name, out)
