@@ -446,6 +446,36 @@ def test_each_phase_paces_its_messages_at_its_own_cap() -> None:
         (100_000 - 4 * chunk) / 1e7, rel=1e-6)
 
 
+def test_the_cap_changes_at_the_phase_boundary_mid_message() -> None:
+    # 80 Mbit/s (1e7 B/s) for 1 s, then 8 Mbit/s (1e6 B/s): a 15 MB message offered
+    # at t=0 sends ~10 MB in the fast phase and the rest at the slow phase's cap,
+    # by the clock (as a kernel shaper does), not at the cap of the phase it was
+    # scheduled in
+    nbytes = 15_000_000 - OVERHEAD
+    prof = profile(network={"bandwidth_mbps": 8},
+                   timeline={"repeat": False, "phases": [
+                       {"name": "fast", "duration_s": 1.0, "rate_hz": None,
+                        "network": {"bandwidth_mbps": 80}},
+                       {"name": "slow", "duration_s": 10.0, "rate_hz": 0}]},
+                   stop={"messages": 1})
+    records, _, transport = emit(prof, nbytes=nbytes)
+    (rec,) = records
+    assert rec["phase"] == "fast" and rec["outcome"] == "delivered"
+    calls = transport.senders[0].gate_calls
+    sent_by_1s = sum(n for t, n in calls if t < 1.0)
+    # what went in the fast second: its 1e7 bytes plus the bucket's burst (4 chunks
+    # of 2 ms at 1e7 B/s)
+    chunk = 20_000
+    assert 1e7 - chunk <= sent_by_1s <= 1e7 + 5 * chunk
+    # the remaining bytes at 1e6 B/s: about 5 s more, not 0.5 s
+    assert rec["t_last_byte"] == pytest.approx(1.0 + (15_000_000 - sent_by_1s) / 1e6, rel=0.01)
+    # no window of the slow phase carries more than its cap (+ one burst)
+    slow = [(t, n) for t, n in calls if t >= 1.0]
+    for i, (t_i, _) in enumerate(slow):
+        window = sum(n for t, n in slow[i:] if t < t_i + 1.0)
+        assert window <= 1e6 + 4 * 4096 + chunk
+
+
 @st.composite
 def paced_profiles(draw: st.DrawFn) -> Any:
     phases = [{"name": f"p{i}", "duration_s": draw(st.floats(0.05, 1.0)),

@@ -30,7 +30,13 @@ from simstream import clock
 from simstream.faults import Attempt
 from simstream.profile import Profile
 from simstream.schedule import PlannedSend, Schedule
-from simstream.timing import TokenBucket, chunk_and_burst, mbps_to_bytes_per_s
+from simstream.timing import (
+    TokenBucket,
+    chunk_and_burst,
+    effective_network,
+    mbps_to_bytes_per_s,
+    phase_at,
+)
 
 __all__ = [
     "EmitResult",
@@ -178,6 +184,14 @@ class _Run:
     #: trio time after which queued or blocked messages are given up (stop + drain)
     drain_deadline: float | None = None
 
+    @property
+    def capped(self) -> bool:
+        """Whether any phase (or the base network section) caps the bandwidth."""
+        return self.profile.network.bandwidth_mbps is not None or any(
+            ph.network is not None and ph.network.bandwidth_mbps is not None
+            for ph in self.profile.timeline.phases
+        )
+
     def bucket(self, rank: int, rate: float, burst: int) -> TokenBucket:
         key = -1 if self.profile.network.bandwidth_scope == "aggregate" else rank
         b = self.buckets.get(key)
@@ -213,15 +227,30 @@ def _record(run: _Run, item: _Item, url: str, *, outcome: str, t_first: float | 
     }
 
 
-def _make_gate(run: _Run, rank: int, mbps: float | None) -> tuple[Gate | None, int]:
-    """The token-bucket gate for one message (None when uncapped) and its chunk size."""
-    if mbps is None:
+def _cap_now(run: _Run) -> float | None:
+    """The cap in force now (Mbit/s), by the clock: the link's cap changes at the
+    phase boundary, as a kernel shaper's does, whichever phase a message that is
+    still being sent was scheduled in."""
+    w = phase_at(run.profile.timeline, trio.current_time() - run.t0)
+    override = w.phase.network if w is not None else None
+    return effective_network(run.profile.network, override).bandwidth_mbps
+
+
+def _make_gate(run: _Run, rank: int) -> tuple[Gate | None, int]:
+    """The token-bucket gate for one message (None when no phase is capped) and its
+    chunk size (from the cap in force when the message starts)."""
+    if not run.capped:
         return None, UNCAPPED_CHUNK_BYTES
-    rate = mbps_to_bytes_per_s(mbps)
-    chunk = chunk_and_burst(rate)
+    mbps = _cap_now(run)
+    chunk = UNCAPPED_CHUNK_BYTES if mbps is None else chunk_and_burst(mbps_to_bytes_per_s(mbps))
 
     async def gate(nbytes: int) -> None:
-        bucket = run.bucket(rank, rate, BURST_CHUNKS * chunk)
+        mbps = _cap_now(run)
+        if mbps is None:
+            await trio.lowlevel.checkpoint()
+            return
+        rate = mbps_to_bytes_per_s(mbps)
+        bucket = run.bucket(rank, rate, BURST_CHUNKS * chunk_and_burst(rate))
         now = trio.current_time()
         t = now
         left: float = nbytes
@@ -325,7 +354,7 @@ async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
         start = max(start, t_idle + att.silence_s)
     if start > trio.current_time():
         await sleep_until_precise(start)
-    gate, chunk = _make_gate(run, rank, item.planned.bandwidth_mbps)
+    gate, chunk = _make_gate(run, rank)
     cut = att.cut_after_bytes()
     try:
         report = await sender.send_message(
