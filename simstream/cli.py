@@ -115,6 +115,11 @@ def profiles_schema() -> None:
     click.echo(json.dumps(profile_schema(), indent=2))
 
 
+# optional packages -> the extra that installs them
+_EXTRAS = {"torch": "consumer", "zmq": "consumer", "pynng": "consumer", "matplotlib": "report",
+           "scapy": "capture", "ray": "ray"}
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="simstream", standalone_mode=False)
@@ -129,6 +134,13 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in _EXTRAS:
+            raise
+        click.echo(f"error: this needs the Python package {root!r}, which is not installed: "
+                   f"pip install 'simstream[{_EXTRAS[root]}]'", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
