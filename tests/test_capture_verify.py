@@ -296,7 +296,7 @@ def test_real_capture_of_a_tbf_link_verifies(tmp_path: Path) -> None:
     log = tmp_path / "emit.jsonl"
     with Testbed.up("capv", load_profile(prof_path), offer=offer) as tb:
         capture = subprocess.Popen(
-            [PY, "-m", "simstream.testbed.cli", "capture", "--iface", tb.producer_iface,
+            [PY, "-m", "simstream", "capture", "--iface", tb.producer_iface,
              "--port", "5001", "--out", str(pcap), "--duration", "15", "--netns",
              str(tb.producer_ns)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert capture.stderr is not None

@@ -128,7 +128,7 @@ def test_phase_change_takes_effect_on_the_traffic(offer: KernelOffer) -> None:
 @pytest.mark.integration
 def test_foreground_up_follows_the_timeline(offer: KernelOffer) -> None:
     # bursty: burst 2.0 s uncapped, stall 0.5 s at 10 Mbit/s, repeated
-    cp = subprocess.run([PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", "fg",
+    cp = subprocess.run([PY, "-m", "simstream", "testbed", "up", "--name", "fg",
                          "--profile", "bursty", "--duration", "3.2"],
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
@@ -155,7 +155,7 @@ def test_foreground_timeline_anchored_to_the_emitters_first_message(offer: Kerne
              "time.sleep(0.3); open(sys.argv[1], 'w').write(json.dumps({'t_sched': t}) + '\\n');"
              "time.sleep(3.2)")
     t_launch = time.monotonic()
-    cp = subprocess.run([PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", "sync",
+    cp = subprocess.run([PY, "-m", "simstream", "testbed", "up", "--name", "sync",
                          "--profile", "bursty", "--sync-log", str(log), "--", PY, "-c", child,
                          str(log)], capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
@@ -171,7 +171,7 @@ def test_foreground_timeline_anchored_to_the_emitters_first_message(offer: Kerne
 
 def _start_up(name: str) -> subprocess.Popen[str]:
     p = subprocess.Popen(
-        [PY, "-m", "simstream.testbed.cli", "testbed", "up", "--name", name,
+        [PY, "-m", "simstream", "testbed", "up", "--name", name,
          "--profile", "bandwidth-capped", "--duration", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
@@ -233,7 +233,7 @@ def test_cli_detach_exec_status_down(offer: KernelOffer) -> None:
     try:
         assert r.exit_code == 0, r.output
         assert "applied: rate cap 400 Mbit/s (tbf)" in r.output
-        ex = subprocess.run([PY, "-m", "simstream.testbed.cli", "testbed", "exec", "--name", "cli",
+        ex = subprocess.run([PY, "-m", "simstream", "testbed", "exec", "--name", "cli",
                              "consumer", "--", "ip", "-o", "addr", "show", "dev", "ssb-cons"],
                             capture_output=True, text=True, timeout=20)
         assert ex.returncode == 0, ex.stderr
@@ -256,7 +256,7 @@ def test_named_interface_only_and_restored(offer: KernelOffer) -> None:
     with Testbed.up("iface", None, offer=offer) as tb:
         assert tb.plan is not None and tb.plan.layout == "none"
         cp = subprocess.run(
-            tb.argv_in("producer", [PY, "-m", "simstream.testbed.cli", "testbed", "up",
+            tb.argv_in("producer", [PY, "-m", "simstream", "testbed", "up",
                                     "--name", "x", "--i-know-iface", "ssb-prod", "--profile",
                                     "bandwidth-capped", "--duration", "0.5"]),
             capture_output=True, text=True, timeout=30)
@@ -267,7 +267,7 @@ def test_named_interface_only_and_restored(offer: KernelOffer) -> None:
         assert "tbf" not in tb.qdisc_show()
         # a command after -- runs under the shaping; its exit ends the run, its status is ours
         cp = subprocess.run(
-            tb.argv_in("producer", [PY, "-m", "simstream.testbed.cli", "testbed", "up",
+            tb.argv_in("producer", [PY, "-m", "simstream", "testbed", "up",
                                     "--name", "x", "--i-know-iface", "ssb-prod", "--profile",
                                     "bandwidth-capped", "--", "sh", "-c",
                                     "tc qdisc show dev ssb-prod; exit 3"]),
@@ -324,7 +324,7 @@ def test_without_privileges_exit_2_and_suggest_user_space(monkeypatch: pytest.Mo
         [PY, "-c", "import simstream.testbed.netns as n, simstream.testbed.detect as d;"
          "d.probe = lambda *a: d.KernelOffer(False, False, {'ip': 'x', 'tc': 'x'}, False, '');"
          "n.probe = d.probe;"
-         "from simstream.testbed.cli import main; main(['testbed', 'up', '--detach'])"],
+         "from simstream.cli import main; main(['testbed', 'up', '--detach'])"],
         capture_output=True, text=True, env=env, timeout=30)
     assert cp.returncode == 2, cp.stderr
     assert cp.stderr.startswith("error: kernel shaping needs root or CAP_NET_ADMIN")

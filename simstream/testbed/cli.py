@@ -303,34 +303,7 @@ def down(name: str | None, all_: bool, iface: str | None) -> None:
     click.echo(f"done in {clock.now() - t0:.2f} s")
 
 
-@click.group("simstream")
-def _standalone() -> None:
-    """The testbed's commands, until the top-level CLI maps them."""
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m simstream.testbed.cli testbed|doctor|capture|verify ...``; user errors exit 2."""
-    from simstream.profile import ProfileError
-    from simstream.testbed.capture import capture
-    from simstream.testbed.doctor import doctor
-    from simstream.testbed.verify import verify
-
-    for c in (testbed, doctor, capture, verify):
-        _standalone.add_command(c)
-    try:
-        _standalone.main(args=argv, prog_name="simstream", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (ProfileError, UsageError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-
-
 if __name__ == "__main__":
+    from simstream.cli import main
+
     main()
