@@ -418,13 +418,15 @@ def run_consumer(
         if warmup and hasattr(engine, "warmup"):
             rc = cfg.random
             engine.warmup((rc.batch_size, *rc.shape), np.dtype(rc.dtype), batches=cfg.buffers)
+        # Q1 before the socket: a Ray backend takes seconds to start, and a producer
+        # that connected meanwhile would be held back by a consumer not yet reading
+        q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
+                     cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         if cfg.mode == "socket":
             rx = open_receiver(cfg.transport, cfg.url, cfg.role, cfg.max_message_bytes)
             if cfg.binds_all_interfaces:
                 log.warning("binding %s: listening on all interfaces, not only loopback", cfg.url)
         records = RunRecords(out_dir)
-        q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
-                     cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         run = _Run(cfg, records, q1, engine, stop)
         sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
         t_start = now()
