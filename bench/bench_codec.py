@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import hdf5plugin
 import numpy as np
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from simstream import codec
 from simstream.codec import _hdf5
@@ -40,15 +41,7 @@ from simstream.profile import Source
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (

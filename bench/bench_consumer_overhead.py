@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from pipeline.config import consumer_config
 from pipeline.consumer import run_consumer
@@ -58,14 +59,7 @@ s.close(); ctx.term()
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads)")

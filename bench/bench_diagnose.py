@@ -19,19 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from simstream.diagnose.report import diagnose_run
 from simstream.diagnose.simulate import Scenario, simulate, write_run_dir
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

@@ -37,6 +37,7 @@ from statistics import NormalDist
 from typing import Any
 
 import yaml
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -354,15 +355,7 @@ def schedule_accuracy(tmp: Path, seconds: float, jitter_s: float) -> dict[str, A
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = os.getloadavg()
     return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
             f"{platform.python_version()}, load average {load[0]:.1f} at the start")

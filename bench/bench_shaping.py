@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from simstream.profile import parse_profile
 from simstream.testbed import detect, tc
 from simstream.testbed.capture import capture_argv
@@ -47,14 +49,7 @@ SNAPLEN_ABOVE_MBPS = 100.0
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
             "python": platform.python_version()}
 
