@@ -363,8 +363,8 @@ class RayQ1:
 
     ``maxsize`` is the total; each shard holds ``ceil(maxsize / shards)``.
     ``address``: None starts a local Ray instance (``num_cpus`` CPUs, quiet, no
-    dashboard) that ``close`` stops; ``auto`` or ``HOST:PORT`` attaches to a
-    running cluster. If Ray is already initialised in this process it is used
+    dashboard) that ``close`` stops, unless ``RAY_ADDRESS`` is set; ``auto`` or
+    ``HOST:PORT`` attaches to a running cluster (left running). If Ray is already initialised in this process it is used
     as it is and left running. Raises UsageError when Ray is missing or the
     address cannot be reached, Q1Closed from ``put`` once closed.
     """
@@ -409,6 +409,9 @@ class RayQ1:
             "include_dashboard": False, "logging_level": logging.WARNING,
             "log_to_driver": False, "configure_logging": True,
         }
+        # RAY_ADDRESS in the environment names a cluster as --ray-address does (so
+        # programs that start the consumer can pass one without a flag)
+        address = address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
             kwargs["num_cpus"] = num_cpus
         else:
