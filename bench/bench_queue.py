@@ -172,7 +172,7 @@ def main() -> None:
         import ray
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
         print(f"ray started in {time.perf_counter() - t0:.1f} s (not counted)", file=sys.stderr)
     rng = np.random.default_rng(0)

@@ -413,6 +413,9 @@ class RayQ1:
         # programs that start the consumer can pass one without a flag)
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address is None:
+            # "local" starts a new instance even where `ray start` left a cluster
+            # running on this host (a bare init would attach to that one)
+            kwargs["address"] = "local"
             kwargs["num_cpus"] = num_cpus
         else:
             kwargs["address"] = address

@@ -32,7 +32,7 @@ from pipeline.q1 import Q1Closed, RayQ1, make_q1  # noqa: E402
 def ray_instance():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING")
     yield ray
     if started:
