@@ -247,3 +247,11 @@ def test_consume_with_ray_queue_accounts_for_every_message(tmp_path: Path) -> No
     with (out / "q1.csv").open() as f:
         assert len(list(csv.DictReader(f))) >= 1
     assert "Q1 ray" in stderr
+
+
+def test_without_ray_the_backend_is_a_one_line_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simstream.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    with pytest.raises(UsageError, match=r"queue\.backend ray needs Ray: pip install 'simstream\[ray\]'"):
+        make_q1("ray", 4)
