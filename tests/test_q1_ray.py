@@ -200,7 +200,7 @@ def test_consume_bad_ray_address_exits_2(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.integration
-def test_consume_with_ray_queue_accounts_for_every_message(tmp_path: Path) -> None:
+def test_consume_with_ray_queue_accounts_for_every_message(tmp_path: Path, ray_instance) -> None:
     """`simstream emit` -> `simstream consume --queue-backend ray` (its own local Ray)
     on loopback: every delivered message received, queued through the actors, processed."""
     from simstream.runner.procs import free_port, is_listening
@@ -236,6 +236,13 @@ def test_consume_with_ray_queue_accounts_for_every_message(tmp_path: Path) -> No
     assert len(delivered) == 20
     s = json.loads((out / "summary.json").read_text())
     assert s["queue_backend"] == "ray" and s["ray_address"]
+    # the consumer started its own Ray (not this module's) and stopped it with the run
+    assert s["ray_address"] != ray.get_runtime_context().gcs_address
+    gcs_port = int(s["ray_address"].rpartition(":")[2])
+    deadline = time.monotonic() + 30
+    while is_listening(gcs_port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_listening(gcs_port)
     assert (s["received"], s["processed"], s["quarantined"]) == (20, 20, 0)
     assert (s["lost"], s["duplicated"], s["reordered"]) == (0, 0, 0)
     assert s["q1"]["puts"] == s["q1"]["gets"] == 20
