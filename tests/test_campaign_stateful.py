@@ -200,22 +200,27 @@ class EmitterConsumerCampaign(RuleBasedStateMachine):
                 STEPS[f"{f}/{r['outcome']}"] += 1
         return records
 
-    def _account(self, records: list[dict[str, Any]]) -> None:
+    def _account(self, records: list[dict[str, Any]], interrupted: bool = False) -> None:
         """The segment's delivered messages are all at the consumer, each once (twice
-        if duplicated), in per-rank order."""
+        if duplicated), in per-rank order. ``interrupted``: the emitter was cancelled,
+        and its abort (RST) may destroy delivered messages still in kernel buffers (a
+        known emitter defect, test_an_interrupted_emitter_keeps_what_it_delivered):
+        then what arrived must still be a prefix of each rank's delivered messages."""
         assert self.consumer is not None
         delivered = [r for r in records if r["outcome"] == "delivered"]
         others = [r for r in records if r["outcome"] != "delivered"]
         want = len(delivered)
-        deadline = time.monotonic() + SETTLE_S
-        while True:
-            new = self.consumer.messages()[self.seen_rows:]
-            if len(new) >= want or time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
-        time.sleep(0.05)
-        new = self.consumer.messages()[self.seen_rows:]
-        self.seen_rows += len(new)
+        if interrupted:
+            got = self._settle(want)
+            by_rank: dict[int, list[int]] = {}
+            for m in sorted(got, key=lambda m: int(m["index"])):
+                assert m["status"] == "processed", m
+                by_rank.setdefault(int(m["rank"]), []).append(int(m["seq"]))
+            for rank, seqs in by_rank.items():
+                sent = [r["seq"] for r in delivered if r["rank"] == rank]
+                assert seqs == sent[: len(seqs)], f"rank {rank}: {seqs} not a prefix of {sent}"
+            return
+        new = self._settle(want)
         # nothing appears that was not sent; a "lost" attempt may have arrived whole
         assert want <= len(new) <= want + sum(r["outcome"] == "lost" for r in others), (
             f"{self.transport}: {want} delivered, {len(new)} recorded; "
@@ -243,6 +248,20 @@ class EmitterConsumerCampaign(RuleBasedStateMachine):
         for rank, seqs in by_rank.items():
             assert seqs == sorted(seqs), f"rank {rank} reordered: {seqs}"
 
+    def _settle(self, want: int) -> list[dict[str, str]]:
+        """The consumer's new rows once ``want`` have appeared (or SETTLE_S passed)."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            new = self.consumer.messages()[self.seen_rows:]
+            if len(new) >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        time.sleep(0.05)
+        new = self.consumer.messages()[self.seen_rows:]
+        self.seen_rows += len(new)
+        return new
+
     @rule(n=st.integers(1, 6), ranks=st.integers(1, 2),
           fault=st.sampled_from([*sorted(FAULTS), None]), at=st.integers(0, 5),
           phases=st.booleans(), seed=st.integers(0, 1000))
@@ -259,7 +278,7 @@ class EmitterConsumerCampaign(RuleBasedStateMachine):
     def kill_emitter_mid_run(self, after_s: float, seed: int) -> None:
         records = self._emit(self._profile(0, 1, None, 0, False, seed, endless=True),
                              cancel_after_s=after_s)
-        self._account(records)
+        self._account(records, interrupted=True)
 
     @precondition(lambda self: self.consumer is not None)
     @rule()
@@ -292,3 +311,65 @@ def test_nothing_delivered_is_lost_duplicated_or_reordered() -> None:
         deadline=None, suppress_health_check=[HealthCheck.too_slow]))
     print(dict(STEPS))
     assert STEPS["segments"] > 0 and STEPS["delivered"] > 0
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason="simstream/transport.py: a cancelled (interrupted) "
+                   "emitter closes with RST (_OpenSender.__aexit__ -> abort()), so messages the "
+                   "emit log already calls delivered but still in kernel buffers are destroyed")
+def test_an_interrupted_emitter_keeps_what_it_delivered() -> None:
+    """A peer that reads slowly, an emitter interrupted mid-run: every message the
+    emit log calls delivered must reach the peer."""
+    import socket
+    import struct
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    # a small receive buffer (set before accept, so the window is small from the
+    # start) leaves delivered messages queued in the emitter's kernel send buffer
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = listener.getsockname()[1]
+    data = {
+        "name": "interrupted", "source": {"batch_size": 2, "shape": SHAPE,
+                                          "content": "constant", "total_events": None},
+        "transport": {"kind": "tcp", "role": "client", "url": f"tcp://127.0.0.1:{port}",
+                      "connect_timeout_s": 5},
+        "timeline": {"phases": [{"name": "fast", "rate_hz": 2000}]},
+        "stop": {"duration_s": 5.0},
+    }
+    profile = parse_profile(data)
+    records: list[dict[str, Any]] = []
+    conn_box: list[socket.socket] = []
+    accepter = threading.Thread(target=lambda: conn_box.append(listener.accept()[0]))
+    accepter.start()
+
+    async def main() -> None:
+        with trio.move_on_after(0.3):
+            await run_emitter(profile, on_record=records.append, drain_timeout_s=1.0)
+
+    try:
+        trio.run(main)
+        accepter.join(5)
+        conn = conn_box[0]
+        got = bytearray()
+        conn.settimeout(2.0)
+        while True:
+            try:
+                chunk = conn.recv(1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        conn.close()
+    finally:
+        listener.close()
+    frames, pos = 0, 0
+    while pos + 8 <= len(got):
+        (n,) = struct.unpack(">Q", got[pos:pos + 8])
+        if pos + 8 + n > len(got):
+            break
+        frames += 1
+        pos += 8 + n
+    delivered = sum(r["outcome"] == "delivered" for r in records)
+    assert delivered > 0
+    assert frames >= delivered, f"{delivered} delivered per the emit log, {frames} arrived"

@@ -1,0 +1,198 @@
+"""Fuzz the consumer's parse path (simstream.codec.decode with the consumer's checks,
+``pipeline.parse.Parser``) with generated and mutated messages, and measure what
+``parse_isolation: process`` costs per message.
+
+Inputs: good HDF5 and npz messages (every compression, several shapes and dtypes)
+mutated by seeded random edits (bit flips, cuts, inserts, deletions, size fields
+set absurd, splices of two messages), random bytes behind each magic, and crafted
+hostile files. Each goes through ``Parser.parse``; an outcome is ``processed`` or
+the quarantine reason's category. A Python exception other than ParseError, or a
+crash, is a failure (the run stops and says so).
+
+Prints (and writes with --json) the count, outcomes by reason, max RSS, the
+slowest input and the isolation overhead. Bounded by --count and --max-seconds.
+
+    .venv/bin/python bench/fuzz_decode.py --count 100000 --json bench/results/fuzz_decode.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import resource
+import struct
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.parse import ParseError, Parser  # noqa: E402
+from simstream import codec  # noqa: E402
+
+FIELDS = {"detector_data": "/data/data", "timestamp": "/data/timestamp",
+          "simstream_sequence": "/simstream/sequence", "simstream_rank": "/simstream/rank"}
+
+
+def seeds(rng: random.Random) -> list[bytes]:
+    out = []
+    for fmt, comps in (("hdf5", ("none", "gzip", "gzip_with_shuffle", "bitshuffle_lz4",
+                                 "bitshuffle_zstd")), ("npz", ("none", "gzip"))):
+        for comp in comps:
+            for shape, dtype in (((1, 16, 16), "float32"), ((16, 16), "uint16"),
+                                 ((1, 8, 8), "float64")):
+                b = rng.randint(1, 4)
+                arrays = {
+                    "detector_data": np.asarray(
+                        np.random.default_rng(rng.randrange(1 << 30)).random((b, *shape)) * 100,
+                        dtype=dtype),
+                    "timestamp": np.arange(b, dtype=np.float64),
+                    "simstream_sequence": np.full(b, rng.randrange(1000)),
+                    "simstream_rank": np.zeros(b, np.int64),
+                }
+                if fmt == "npz":
+                    out.append(codec.encode(arrays, format="npz", compression=comp))
+                else:
+                    out.append(codec.encode(arrays, fields=FIELDS, compression=comp))
+    return out
+
+
+ABSURD = [b"\xff" * 8, struct.pack("<Q", 2**62), struct.pack("<Q", 0), struct.pack(">Q", 2**40),
+          struct.pack("<I", 0xFFFFFFF0) * 2]
+
+
+def mutate(rng: random.Random, pool: list[bytes]) -> tuple[str, bytes]:
+    kind = rng.random()
+    if kind < 0.05:
+        magic = rng.choice([b"\x89HDF\r\n\x1a\n", b"PK\x03\x04", b""])
+        return "random", magic + rng.randbytes(rng.randint(0, 512))
+    buf = bytearray(rng.choice(pool))
+    ops = []
+    for _ in range(rng.randint(1, 4)):
+        op = rng.choice(("flip", "flip", "cut", "insert", "delete", "absurd", "splice"))
+        ops.append(op)
+        pos = rng.randrange(max(1, len(buf)))
+        if op == "flip" and buf:
+            buf[pos] ^= rng.randint(1, 255)
+        elif op == "cut":
+            del buf[pos:]
+        elif op == "insert":
+            buf[pos:pos] = rng.randbytes(rng.randint(1, 32))
+        elif op == "delete":
+            del buf[pos:pos + rng.randint(1, 256)]
+        elif op == "absurd":
+            w = rng.choice(ABSURD)
+            buf[pos:pos + len(w)] = w
+        elif op == "splice":
+            other = rng.choice(pool)
+            cut = rng.randrange(max(1, len(other)))
+            buf = buf[:pos] + bytearray(other[cut:])
+    return "+".join(ops), bytes(buf)
+
+
+def fuzz(count: int, max_seconds: float, seed: int, isolation: str = "process",
+         crash_dir: Path | None = None) -> dict[str, object]:
+    rng = random.Random(seed)
+    pool = seeds(rng)
+    # in a worker process a native crash (libhdf5) costs one input, as in the consumer
+    parser = Parser({"detector_data": "/data/data"}, ["detector_data"], None,
+                    isolation=isolation, timeout_s=30.0)
+    outcomes: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    slowest = (0.0, "", 0)
+    t0 = time.perf_counter()
+    n = 0
+    failures: list[str] = []
+    while n < count and time.perf_counter() - t0 < max_seconds:
+        desc, payload = mutate(rng, pool)
+        t = time.perf_counter()
+        try:
+            parser.parse(payload)
+            outcomes["processed"] += 1
+        except ParseError as e:
+            reason = str(e)
+            outcomes[reason.split(":")[0]] += 1
+            reasons[reason[:60]] += 1
+            if reason.startswith(("crash", "timeout")) and crash_dir is not None:
+                crash_dir.mkdir(parents=True, exist_ok=True)
+                (crash_dir / f"{n:06d}.bin").write_bytes(payload)
+                (crash_dir / f"{n:06d}.txt").write_text(f"{desc}\n{reason}\n")
+        except Exception as e:  # anything else would take the consumer's parser down
+            failures.append(f"{desc}: {type(e).__name__}: {e}"[:300])
+            outcomes["FAILURE"] += 1
+        dt = time.perf_counter() - t
+        if dt > slowest[0]:
+            slowest = (dt, desc, len(payload))
+        n += 1
+    wall = time.perf_counter() - t0
+    parser.close()
+    return {
+        "inputs": n, "isolation": isolation, "wall_s": round(wall, 1), "per_input_us": round(wall / max(n, 1) * 1e6, 1),
+        "outcomes": dict(outcomes.most_common()),
+        "top_reasons": dict(reasons.most_common(12)),
+        "failures": failures[:20],
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "slowest": {"s": round(slowest[0], 4), "mutation": slowest[1], "nbytes": slowest[2]},
+    }
+
+
+def isolation_overhead(repeats: int) -> dict[str, object]:
+    """Per-message parse time in the thread vs in a worker process (parse_isolation)."""
+    out: dict[str, object] = {}
+    for label, shape in (("small 2x1x16x16 float32", (2, 1, 16, 16)),
+                         ("8x1x512x512 float32 (8 MiB)", (8, 1, 512, 512))):
+        arrays = {"detector_data": np.ones(shape, np.float32),
+                  "timestamp": np.arange(shape[0], dtype=np.float64)}
+        msg = codec.encode(arrays, fields=FIELDS)
+        times = {}
+        for iso in ("none", "process"):
+            p = Parser(FIELDS, ["detector_data"], None, isolation=iso)
+            try:
+                for _ in range(5):
+                    p.parse(msg)
+                n = repeats if shape[0] == 2 else max(20, repeats // 20)
+                t = time.perf_counter()
+                for _ in range(n):
+                    p.parse(msg)
+                times[iso] = (time.perf_counter() - t) / n
+            finally:
+                p.close()
+        out[label] = {"thread_us": round(times["none"] * 1e6, 1),
+                      "process_us": round(times["process"] * 1e6, 1),
+                      "overhead_us": round((times["process"] - times["none"]) * 1e6, 1)}
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=100_000)
+    ap.add_argument("--max-seconds", type=float, default=900.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--isolation-repeats", type=int, default=2000)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--in-process", action="store_true",
+                    help="decode in this process (a native crash ends the run)")
+    ap.add_argument("--crash-dir", type=Path, default=None,
+                    help="save inputs that crashed or hung a worker here")
+    args = ap.parse_args()
+    if args.count < 1 or args.max_seconds <= 0:
+        ap.error("--count and --max-seconds must be positive")
+    res = fuzz(args.count, args.max_seconds, args.seed,
+               "none" if args.in_process else "process", args.crash_dir)
+    res["isolation_overhead"] = isolation_overhead(args.isolation_repeats)
+    res["machine"] = f"{platform.machine()} {platform.processor() or ''} " \
+                     f"Python {platform.python_version()}".strip()
+    print(json.dumps(res, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    return 1 if res["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
