@@ -137,6 +137,9 @@ def fuzz(count: int, max_seconds: float, seed: int, isolation: str = "process",
         "top_reasons": dict(reasons.most_common(12)),
         "failures": failures[:20],
         "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # the largest of the (waited-for) worker processes
+        "max_rss_worker_mib": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "slowest": {"s": round(slowest[0], 4), "mutation": slowest[1], "nbytes": slowest[2]},
     }
 

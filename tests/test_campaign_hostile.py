@@ -7,6 +7,7 @@ every bad message quarantined with a reason, and a good peer served meanwhile.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import os
@@ -16,6 +17,7 @@ import struct
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +216,39 @@ def test_a_process_that_only_decodes_reads_bitshuffle_messages(tmp_path: Path) -
 # parse_isolation: process
 
 
+# Found by bench/fuzz_decode.py (input 42646 of seed 0: two bit flips in a
+# bitshuffle_lz4 message): hdf5plugin's Bitshuffle filter segfaults decoding its
+# chunk inside libhdf5's read. No check in Python can see it coming; only a worker
+# process contains it.
+BITSHUFFLE_SEGFAULT = zlib.decompress(base64.b64decode(
+    "eNrr9HBx4+WS4mIAAQ4OBhYGAQZk8B8Knlii8mHyCVCaEUp3QOkVTDBxRrCcBFRcEGo+urqQIFdXkOr/aABmzwNW"
+    "CI3qulEwUoCHq2MAiI6A8hWg9AkmVHUpiSWJILo4M7e4pCg1MRctfVqQaC+u9OvBDOFnsBKXfi04RtPvaPrFTL8d"
+    "rNjTb0lmbmpxSWJuAYXpN9jP34WRgYmBA2YvM6p56OkYlj5llFHVuUD5KaojM/4YGVghYcEI40NigpEZIsDCgBp+"
+    "MBqXODOQxQjlMyHJsAJjCiTOxMwENpibIQPMZ4Tay1HrAHZLUmZJcUZpWlpOqrVCcWqqQkZJSUGxlb5+emZJRmmS"
+    "XnJ+rn52ZmW+bm5icWmmPkI1sp9Y4HYjaA5oymRmYmngRCQBARSnYklXGuz4ww/m7z2So2UBMgDVG4zAmPiPq+Ig"
+    "AA6IQttlaOUELrBfDFU9EwH1+8RR1TMTUL9XApXPjCP9M41G/SiAgabRIBgFo2AUjIJRMApGwSggDTDBRhTe/7+S"
+    "aXbW+ljm2WcvNiuVrLq+dyvfm/n6upK3ZWoiXG/brIiNSfFxf/nJ5IKG0OoLO7R/H3r+QmVb645dW1aeD6nr7Dcs"
+    "Ze35c51Hn98oXqf995WXvFdn89h+LlgUaLtyl5tQiMvLQ1H/fj4/uN9JQljywCITa951Qgwzn4dne1RMDbvh1iJ6"
+    "SDG76U/WPZYci/WS07TVcidEucxhMMnjeGx8Jo/zms3XFcL7OqQ1EmZNLmxx5GvJPRF6bWrU6k5G/iSNqAZXRzHW"
+    "p5wL1Bmu7XZQOScl1SjKpeChmKAkYJDyoXHqck8hkZM3ZMzYwZ2K/2wBOLyvzbhij7R6XvBXnYijxflKZxN69wn7"
+    "7EvvOiET9WnylJeGppuz0tsmnokxlFWYETfn1wmOsud1MRFar04U2jiHBGf+nc2uczXDyEQ9SuVltev2PcJbtcwF"
+    "bc+LLovZv8Qpcsb8/U/+RnmyPI7X5JyW+DAhWD7Xs3fmMpd5J3QfzT715IfYXM5AO8eiFSkxAgUf7iw4e090xY+Z"
+    "Pb78+jc0GDfNqMn49YxdIUhI0UtF8UHLGS+JD3IT3BhfzdrCwMFqZLNggrMJq4ARlyLHLeMDJ3ifCqmxyB5wmKHm"
+    "quiskjjpCqMsf+9ZQU1fAt63XmbQLFKfsv/BalFj/aLcYs2EphmnXaZqWc/dtJF1q7m45Lwnye2SYUcS/zxKDxY4"
+    "lGZXLeNd3MeZ6fre5Hqystiy6JNLFfZmf9EXzVCd0L02WfrRGr8dp9ln35zbvUZu8bzbOT9mSgWU1k+333I7Nnyd"
+    "f8muFbP577fJy1jfyfCS9hXdc+H0XePgm8aaXcEL/OUjD2tckp76+UoA+1fxhdO3pBvsLNxps6VhQnlToBO706LG"
+    "ZhMG9TaFB02M7kItAY4nOx/fEFnQpCmR2XCw4ceMJUeETC5NO+EYL63RFaEZoLhLzUiCScEdw/vpKN5/3ytyMpft"
+    "zyutxTE5XbsmCOhX3jnXtKn5cWFqYeZha7WrRvv5bBwiL5ad/7uO9f6ZtmeyLDL+XUWNKpJFuse32Nm0dL+Y9KRl"
+    "zQ3X/E2WXvfXda75yuau8Hjqr0MB3EZxq1vr7iap7BNl7Zz0yW/hFLkE13WnvX0Pr338v3O1746Yo+smeHhP6IuJ"
+    "WCP04e25e/sXMC9yMP+lL3cgchOzR8Tk8kNLlApc2Q8JTJwaKOLx+c2FyLUrtn1LXMB54rx7xtMrCRzJMiumaHCo"
+    "OjBJPVjAKsDIzibkwsEw6+AWMQMJMR7FY4IChqyKm1C8jzkmBel8MzKijkmxwPviEmClggr20HEbBwYTbgaT/9BO"
+    "OvrYEwfUPGYmpjNSiOEFDkTK6xgSYykcONT/UYKNeWEfO2FRRpVHH7PgQZNHHxsRUcY+FsIxWmGNglEwCkbBKBgF"
+    "gwR8sIcyHKC1tAOuuX/0uVBCc/9v1Ebr/ZEMcM39t6DNpRenFpam5iXD52iLEvOykdulpK9dIbV/AJ2T5mCA9w8I"
+    "9AtMNLD2CyYMyniAzVnD8nOLAX71MA/dUR1Nw5T0s1IM8Pezcgzw97NKDPD3s2oMRvtZo2AUjIJRMApGwWADZcz4"
+    "aTq0U6cYDqF2KqntqyOW+NtXZyzxt6+uWOJvX92xHG1fjYJRMApGwSgYBUMNAABh2YfX"
+))
+
+
 def abort_on_marker(payload: bytes) -> None:
     """Worker hook: a payload starting with ABORT kills the worker like a native crash."""
     if payload[:5] == b"ABORT":
@@ -265,6 +300,16 @@ def test_a_worker_crash_costs_one_message_and_parsing_goes_on() -> None:
             iso.parse(b"ABORT" + message(1))
         assert iso.parse(message(2)).seq == 2
         assert iso.crashes == 1
+    finally:
+        iso.close()
+
+
+def test_a_native_segfault_in_a_bitshuffle_chunk_costs_one_message() -> None:
+    iso = Parser(FIELDS, ["detector_data"], None, isolation="process")
+    try:
+        with pytest.raises(ParseError, match=r"^crash: parse worker killed by SIGSEGV"):
+            iso.parse(BITSHUFFLE_SEGFAULT)
+        assert iso.parse(message(8, compression="bitshuffle_lz4")).seq == 8
     finally:
         iso.close()
 
