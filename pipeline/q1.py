@@ -358,6 +358,20 @@ def _ray() -> Any:
     return ray
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Raise UsageError unless something accepts TCP at ``address`` (HOST:PORT or
+    ray://HOST:PORT) within ``timeout_s``: Ray itself retries an absent cluster for
+    minutes before giving up."""
+    from simstream.errors import UsageError
+
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = rest.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot reach Ray at {address!r}: {exc}") from None
+
+
 class RayQ1:
     """Sharded queue of Ray actors (module docstring); the protocol of ``ProcessQ1``.
 
@@ -390,6 +404,11 @@ class RayQ1:
         self._closed = False
         if not ray.is_initialized():
             self._init(address, num_cpus)
+        elif address is not None:
+            import logging
+
+            logging.getLogger("pipeline.q1").warning(
+                "Ray is already up in this process: Q1 uses it, not %s", address)
         self.address = ray.get_runtime_context().gcs_address
         # num_cpus=0: a shard only answers calls; it must not wait for a free CPU
         # slot on a small machine, nor take one from the cluster's real work
@@ -419,6 +438,8 @@ class RayQ1:
             kwargs["num_cpus"] = num_cpus
         else:
             kwargs["address"] = address
+        if address not in (None, "auto"):
+            _probe(address)
         try:
             ray.init(**kwargs)
         except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -262,3 +262,19 @@ def test_without_ray_the_backend_is_a_one_line_usage_error(monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
     with pytest.raises(UsageError, match=r"queue\.backend ray needs Ray: pip install 'simstream\[ray\]'"):
         make_q1("ray", 4)
+
+
+def test_consume_unreachable_ray_address_exits_2_quickly(tmp_path: Path) -> None:
+    """In a fresh process (this one already has Ray up, which a queue would reuse)."""
+    from simstream.runner.procs import free_port
+
+    port = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    r = subprocess.run(
+        [sys.executable, "-m", "simstream", "consume", "--queue-backend", "ray", "--ray-address",
+         f"127.0.0.1:{port}", "--mode", "random", "--count", "1", "--device", "cpu",
+         "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot reach Ray at '127.0.0.1:{port}'" in r.stderr and "Traceback" not in r.stderr
+    # Ray alone would retry for minutes; the probe answers within its 5 s
+    assert time.monotonic() - t0 < 60
