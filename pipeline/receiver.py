@@ -286,8 +286,10 @@ class StreamReceiver(Receiver):
                         # length at once: a peer announcing big messages and sending
                         # nothing must not cost memory (many of them: many times over)
                         conn.body += bytes(min(len(conn.body), conn.length - len(conn.body)))
-                    view = memoryview(conn.body)[conn.filled:]
-                    n = conn.sock.recv_into(view)
+                    # release the views at once: the bytearray grows on a later pass,
+                    # which a live export would forbid (BufferError)
+                    with memoryview(conn.body) as whole, whole[conn.filled:] as view:
+                        n = conn.sock.recv_into(view)
                     if n == 0:
                         return self._drop(conn)
                     conn.filled += n
