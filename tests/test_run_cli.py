@@ -52,6 +52,18 @@ def test_bad_duration_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "--duration 0.0 is not > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["run", "investigate"])
+def test_bad_ray_address_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                command: str) -> None:
+    prof = tmp_path / "ok.yaml"
+    prof.write_text(GOOD)
+    argv = [command, "--profile", str(prof), "--out", str(tmp_path / "r"),
+            "--ray-address", "not an address"]
+    assert _exit_code(argv) == 2
+    assert "--ray-address 'not an address' is not 'auto' or HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(("args", "msg"), [
     (["--capture-snaplen", "128"], "--capture-snaplen needs --capture"),
     (["--capture", "--capture-snaplen", "40"], "--capture-snaplen 40 is below 96 bytes"),

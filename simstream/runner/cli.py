@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,18 @@ def _print_verdict(result: RunResult) -> None:
         _print_report(result.report)
 
 
+_RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.-]+:\d{1,5})$")
+
+
+def _ray_args(address: str | None) -> list[str]:
+    """The consumer's flags for a Ray address; UsageError when it cannot be one."""
+    if address is None:
+        return []
+    if not _RAY_ADDRESS.match(address):
+        raise UsageError(f"--ray-address {address!r} is not 'auto' or HOST:PORT")
+    return ["--ray-address", address]
+
+
 @click.command("run")
 @click.option("--profile", "profile_path", required=True, help="profile file or bundled name")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
@@ -78,8 +91,11 @@ def _print_verdict(result: RunResult) -> None:
 @click.option("--capture-snaplen", type=int, default=0, show_default=True, metavar="N",
               help="keep only the first N bytes (>= 96) of each captured packet: rates are "
                    "verified, message framing is not; for fast links (0 = whole packets)")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="with queue backend ray: attach the consumer to a running Ray cluster "
+                   "(default: a local Ray instance that starts and stops with the run)")
 def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_shaping: bool,
-        capture: bool, capture_snaplen: int) -> None:
+        capture: bool, capture_snaplen: int, ray_address: str | None) -> None:
     """Consumer on a free loopback port (or across a kernel-shaped testbed), the
     emitter against it, then the verdict."""
     if duration is not None and duration <= 0:
@@ -92,7 +108,8 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_
     try:
         result = run_profile(profile_path, out_dir, duration_s=duration,
                              kernel_shaping=kernel_shaping, capture=capture,
-                             capture_snaplen=capture_snaplen, echo=click.echo)
+                             capture_snaplen=capture_snaplen, echo=click.echo,
+                             consumer_args=_ray_args(ray_address))
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
@@ -107,15 +124,21 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="directory for both runs and the comparison")
 @click.option("--duration", type=float, default=None, help="seconds per run")
-def investigate(profile_path: str, out_dir: Path | None, duration: float | None) -> None:
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="with queue backend ray: attach the consumer to a running Ray cluster "
+                   "(default: a local Ray instance that starts and stops with the run)")
+def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
+                ray_address: str | None) -> None:
     """The investigation's comparative plan: a random-mode run and a socket-mode
     run with identical batch size, model and buffers, then a side-by-side report."""
     profile = load_profile(find_profile(profile_path))
     root = out_dir or default_out_dir(profile, suffix="-investigate")
     dur = duration or profile.stop.duration_s or 30.0
     try:
-        rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur)
-        sock = run_profile(profile_path, root / "socket", duration_s=dur)
+        extra = _ray_args(ray_address)
+        rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur,
+                          consumer_args=extra)
+        sock = run_profile(profile_path, root / "socket", duration_s=dur, consumer_args=extra)
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
