@@ -511,9 +511,12 @@ class Sender:
         except BaseException:
             # Cancelled, or the gate failed, part-way: the peer would read the next
             # message as the rest of this one, so the connection cannot be reused.
+            # Closed with FIN, not RST: earlier messages still in the kernel's send
+            # buffer were delivered as far as the log is concerned and must arrive;
+            # the peer sees this one end incomplete at the FIN.
             if report.wire_bytes or owed_part_way:
                 self._mark_dead(link, "message abandoned part-way", on_purpose=True)
-                self._drop(link, rst=True)
+                self._drop(link, rst=False)
             raise
         if cut_after is not None:
             why = f"cut on purpose after {limit} of {total} bytes"
@@ -680,7 +683,11 @@ class _OpenSender:
             if exc_info[0] is None:
                 await self._sender.close()
         finally:
-            self._sender.abort()  # on error or cancellation: RST, nothing left open
+            # on error or cancellation too, close with FIN, not RST: messages the log
+            # already calls delivered may still sit in the kernel's send buffer, and
+            # an RST would destroy them; a message cut mid-write ends at the FIN,
+            # where the peer sees it incomplete
+            self._sender.abort(graceful=True)
 
 
 def open_sender(

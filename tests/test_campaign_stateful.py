@@ -314,9 +314,6 @@ def test_nothing_delivered_is_lost_duplicated_or_reordered() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="simstream/transport.py: a cancelled (interrupted) "
-                   "emitter closes with RST (_OpenSender.__aexit__ -> abort()), so messages the "
-                   "emit log already calls delivered but still in kernel buffers are destroyed")
 def test_an_interrupted_emitter_keeps_what_it_delivered() -> None:
     """A peer that reads slowly, an emitter interrupted mid-run: every message the
     emit log calls delivered must reach the peer."""
