@@ -181,9 +181,6 @@ def test_an_invalid_consumer_section_exits_2_naming_the_field(
         assert_rejected(COMMANDS["consume"](str(path), d), field)
 
 
-@pytest.mark.xfail(strict=True, reason="simstream run does not validate the consumer section at "
-                   "load: the consumer child exits 2 and run reports it with exit 1 "
-                   "(simstream/runner/core.py)")
 def test_run_catches_an_invalid_consumer_section_at_load(tmp_path: Path) -> None:
     data = copy.deepcopy(BASE)
     data["consumer"] = {"buffers": 0}
@@ -241,9 +238,6 @@ def test_bad_flags_and_combinations_exit_2_naming_the_flag(argv: list[str], fiel
 # conflicts caught at load (``profiles validate`` reads only the file)
 
 
-@pytest.mark.xfail(strict=True, reason="a server-role profile with more ranks than urls passes "
-                   "load_profile (profile.py); only `simstream emit` rejects it, so `profiles "
-                   "validate` and `run` accept a profile that cannot work")
 def test_a_server_role_with_more_ranks_than_addresses_is_caught_at_load(tmp_path: Path) -> None:
     data = copy.deepcopy(BASE)
     data["transport"].update(role="server", ranks=3)
