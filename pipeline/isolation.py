@@ -68,7 +68,8 @@ def _worker_main(conn: Any, fields: dict[str, str], expected: list[str],
         data = np.ascontiguousarray(pb.data)
         conn.send(("ok", data.shape, data.dtype.str, pb.rank, pb.seq, pb.events,
                    pb.t_parse_start, pb.t_parse_end))
-        conn.send_bytes(memoryview(data).cast("B") if data.nbytes else b"")
+        # a flat byte view of the array (no copy)
+        conn.send_bytes(data.reshape(-1).view(np.uint8) if data.nbytes else b"")
 
 
 class _Worker:
@@ -202,7 +203,7 @@ class IsolatedParser:
                 arr = np.empty(shape, dt)
             try:
                 if arr.nbytes:
-                    w.conn.recv_bytes_into(memoryview(arr).cast("B"))
+                    w.conn.recv_bytes_into(arr.reshape(-1).view(np.uint8))
                 else:
                     w.conn.recv_bytes()
             except BaseException:
