@@ -567,8 +567,12 @@ def test_a_worker_crash_in_a_live_run_quarantines_that_message_only(
     made: list[IsolatedParser] = []
 
     class CrashingIsolatedParser(IsolatedParser):
-        def __init__(self, fields: Any, expected: Any, event_shape: Any, host_alloc: Any) -> None:
-            super().__init__(fields, expected, event_shape, host_alloc, hook=abort_on_marker)
+        # built as the consumer builds its Parser (keywords: isolation, workers, timeout_s
+        # once it passes its parse_isolation settings)
+        def __init__(self, fields: Any, expected: Any, event_shape: Any, host_alloc: Any,
+                     **settings: Any) -> None:
+            super().__init__(fields, expected, event_shape, host_alloc, hook=abort_on_marker,
+                             timeout_s=float(settings.get("timeout_s", 30.0)))
             made.append(self)
 
     monkeypatch.setattr(consumer_mod, "Parser", CrashingIsolatedParser)
