@@ -201,6 +201,11 @@ class Transport(_Model):
 
     @model_validator(mode="after")
     def _role_url(self) -> Transport:
+        if self.role == "server" and self.ranks > 1 and len(self.all_urls) < self.ranks:
+            raise ValueError(
+                f"role server with {self.ranks} ranks needs {self.ranks} addresses in "
+                f"transport.urls (each rank binds its own), got {len(self.all_urls)}"
+            )
         for u in self.all_urls:
             host = _URL_RE.match(u).group(1)  # type: ignore[union-attr]
             if self.role == "client" and host in ("*", "0.0.0.0", "[::]"):

@@ -68,11 +68,13 @@ def test_dry_run_json_lines_with_log(tmp_path: Path, capsys: Any) -> None:
 def test_flags_override_the_profile() -> None:
     p = build_profile("steady", None, {
         "transport.url": "tcp://127.0.0.1:5555", "transport.role": "server",
-        "transport.kind": "nng", "transport.ranks": 3, "seed": 9, "stop.messages": 7,
+        "transport.kind": "nng", "transport.ranks": 1, "seed": 9, "stop.messages": 7,
         "stop.duration_s": 2.5})
     assert (p.transport.url, p.transport.role, p.transport.kind, p.transport.ranks) == (
-        "tcp://127.0.0.1:5555", "server", "nng", 3)
+        "tcp://127.0.0.1:5555", "server", "nng", 1)
     assert (p.seed, p.stop.messages, p.stop.duration_s) == (9, 7, 2.5)
+    p = build_profile("steady", None, {"transport.ranks": 3})
+    assert (p.transport.role, p.transport.ranks) == ("client", 3)
 
 
 def test_lclstreamer_config_is_a_base_profile(capsys: Any) -> None:

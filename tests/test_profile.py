@@ -163,6 +163,8 @@ def load_profile_text(text: str) -> Profile:
         ({"transport": {"role": "client", "url": "tcp://0.0.0.0:5"}},
          "role client cannot connect to the wildcard address"),
         ({"bogus": 1}, "bogus: unknown key"),
+        ({"transport": {"role": "server", "ranks": 3}},
+         "transport: role server with 3 ranks needs 3 addresses in transport.urls"),
     ],
 )
 def test_error_messages_name_path_value_and_rule(data: dict[str, Any], expected: str) -> None:
@@ -256,6 +258,18 @@ faults = st.one_of(
 def profiles(draw: st.DrawFn) -> dict[str, Any]:
     compression = draw(st.sampled_from(COMPRESSIONS))
     fmt = "hdf5" if compression not in ("none", "gzip") else draw(st.sampled_from(["hdf5", "npz"]))
+    ranks = draw(st.integers(1, 8))
+    role = draw(st.sampled_from(["client", "server"]))
+    ports = draw(st.lists(st.integers(1, 65535), min_size=ranks, max_size=ranks, unique=True))
+    transport: dict[str, Any] = {
+        "kind": draw(st.sampled_from(["zmq", "nng", "tcp"])),
+        "role": role,
+        "url": f"tcp://127.0.0.1:{ports[0]}",
+        "sndhwm": draw(st.integers(1, 100)),
+        "ranks": ranks,
+    }
+    if role == "server" and ranks > 1:  # each rank binds its own address
+        transport["urls"] = [f"tcp://127.0.0.1:{p}" for p in ports]
     return {
         "name": draw(names),
         "seed": draw(st.integers(0, 2**31)),
@@ -270,13 +284,7 @@ def profiles(draw: st.DrawFn) -> dict[str, Any]:
             "total_events": draw(st.one_of(st.none(), st.integers(1, 10**6))),
             "pool": draw(st.one_of(st.none(), st.integers(1, 64))),
         },
-        "transport": {
-            "kind": draw(st.sampled_from(["zmq", "nng", "tcp"])),
-            "role": draw(st.sampled_from(["client", "server"])),
-            "url": f"tcp://127.0.0.1:{draw(st.integers(1, 65535))}",
-            "sndhwm": draw(st.integers(1, 100)),
-            "ranks": draw(st.integers(1, 8)),
-        },
+        "transport": transport,
         "network": {
             "latency_ms": draw(st.floats(0, 1000)),
             "jitter_ms": draw(st.floats(0, 100)),

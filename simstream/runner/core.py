@@ -122,6 +122,11 @@ def run_profile(
     say = echo or _quiet
     path = find_profile(profile_path)
     profile = load_profile(path)
+    # the consumer's section too is checked now, before anything starts: a typo
+    # there is bad input (exit 2), not a consumer that dies at start-up
+    from pipeline.config import consumer_config
+
+    consumer_config(profile)
     if mode == "random" and (kernel_shaping or capture):
         raise UsageError("--kernel-shaping and --capture need the emitter (socket mode)")
     offer = kernel.check_kernel_shaping() if kernel_shaping else None
