@@ -314,6 +314,7 @@ def test_a_native_segfault_in_a_bitshuffle_chunk_costs_one_message() -> None:
         iso.close()
 
 
+@pytest.mark.integration  # waits out a real-time decode timeout in a real process
 def test_a_hanging_decode_times_out_and_parsing_goes_on() -> None:
     iso = IsolatedParser(FIELDS, ["detector_data"], SHAPE, timeout_s=0.5, hook=abort_on_marker)
     try:
