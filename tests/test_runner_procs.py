@@ -73,3 +73,31 @@ def test_settled_waits_for_a_quiet_file(tmp_path: Path) -> None:
     assert next(quiet) is True
     f.write_text("a\nb\n")
     assert next(quiet) is False
+
+
+def test_line_count_reads_only_what_was_added(tmp_path: Path) -> None:
+    from simstream.runner.procs import LineCount
+
+    f = tmp_path / "messages.csv"
+    count = LineCount(f)
+    assert count() == 0  # no file yet
+    f.write_text("index,rank\n0,0\n1,")
+    assert count() == 2  # the partial row is not counted yet
+    with f.open("a") as fh:
+        fh.write("0\n2,0\n")
+    assert count() == 4
+
+
+def test_the_runner_waits_for_every_delivered_message(tmp_path: Path) -> None:
+    import json
+
+    from simstream.runner.core import _drained
+
+    (tmp_path / "emit.jsonl").write_text("\n".join(json.dumps({"outcome": o}) for o in
+                                                   ["delivered", "cut", "delivered", "lost"]))
+    (tmp_path / "messages.csv").write_text("index\n0\n")
+    drained = _drained(tmp_path)
+    assert next(drained) is False  # 1 of 2 delivered messages received
+    with (tmp_path / "messages.csv").open("a") as fh:
+        fh.write("1\n")
+    assert next(drained) is True

@@ -20,7 +20,7 @@ import datetime as _dt
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from simstream.profile import Profile, dump_profile, find_profile, load_profile,
 from simstream.runner import kernel
 from simstream.runner.procs import (
     Child,
+    LineCount,
     children,
     free_port,
     is_listening,
@@ -39,9 +40,11 @@ from simstream.runner.procs import (
     wait_until,
 )
 
-# How long the consumer must stay silent after the emitter has finished before
-# it is asked to stop: long enough for kernel buffers and Q1 to drain.
-QUIET_S = 1.5
+# After the emitter has finished, the consumer is stopped once it has received
+# every message the emit log calls delivered; where some can never arrive (a
+# connection broke after the kernel had taken them), once nothing has arrived
+# for this long.
+GIVE_UP_QUIET_S = 10.0
 # Upper bound on draining after the emitter exits.
 DRAIN_TIMEOUT_S = 120.0
 
@@ -275,9 +278,9 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
         if result.emitter_rc is None:
             result.emitter_rc = emitter.interrupt()
         if consumer.returncode is None:
-            quiet = settled(out / "messages.csv", QUIET_S)
+            drained = _drained(out)
             try:
-                wait_until(lambda: next(quiet), DRAIN_TIMEOUT_S,
+                wait_until(lambda: next(drained), DRAIN_TIMEOUT_S,
                            "the consumer to receive everything", poll_s=0.1, alive=consumer)
             finally:
                 result.consumer_rc = consumer.interrupt()
@@ -290,6 +293,35 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
             raise RuntimeError(
                 f"the emitter exited with status {result.emitter_rc}:\n{emitter.tail()}"
             )
+
+
+def _delivered(emit_log: Path) -> int:
+    """Message attempts the emit log calls delivered (each must reach the consumer)."""
+    n = 0
+    try:
+        with open(emit_log, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    n += json.loads(line).get("outcome") == "delivered"
+                except ValueError:
+                    continue  # a killed emitter's partial last line
+    except OSError:
+        pass
+    return n
+
+
+def _drained(out: Path) -> Iterator[bool]:
+    """Advanced once per poll after the emitter has exited: True once the consumer
+    has received every delivered message (rows of messages.csv against the emit
+    log), or nothing has arrived for GIVE_UP_QUIET_S. Not "the file stopped
+    growing": a consumer blocked on a full Q1 records no arrivals for a while and
+    still has messages in its socket buffers."""
+    delivered = _delivered(out / "emit.jsonl")
+    rows = LineCount(out / "messages.csv")
+    quiet = settled(out / "messages.csv", GIVE_UP_QUIET_S)
+    while True:
+        received = max(0, rows() - 1)  # the header
+        yield received >= delivered or next(quiet)
 
 
 def _say_testbed(tb: Any, say: Callable[[str], None]) -> None:

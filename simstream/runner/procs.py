@@ -128,3 +128,26 @@ def settled(path: Path, quiet_s: float) -> Iterator[bool]:
         if size != last_size:
             last_size, since = size, time.monotonic()
         yield time.monotonic() - since >= quiet_s
+
+
+class LineCount:
+    """Lines of a file that another process appends to, counted incrementally
+    (each call reads only what was added since the last)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._lines = 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except OSError:
+            return self._lines
+        # count only complete lines: a row being written is counted next time
+        end = chunk.rfind(b"\n") + 1
+        self._lines += chunk.count(b"\n", 0, end)
+        self._offset += end
+        return self._lines
