@@ -291,6 +291,7 @@ class EmitterConsumerCampaign(RuleBasedStateMachine):
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # the thorough profile (500 examples) takes ~6-7 min here
 def test_nothing_delivered_is_lost_duplicated_or_reordered() -> None:
     base = settings()
     STEPS.clear()
