@@ -59,8 +59,20 @@ lint: $(STAMP)
 	$(BIN)/ruff check simstream pipeline tests bench
 	$(BIN)/mypy
 
+# Benchmarks: each prints its figures with the machine; see BENCHMARKS.md for
+# the ones that need root (bench_shaping) or a GPU (bench_gpu, bench_socket_vs_random).
 bench: $(STAMP)
 	$(PY) bench/bench_codec.py
+	$(PY) bench/bench_emit.py
+	$(PY) bench/bench_consumer_overhead.py
+	$(PY) bench/bench_diagnose.py
+	$(PY) bench/bench_queue.py
+
+# Not in CI: the bursty profile end to end for SOAK_MINUTES; resident memory and
+# open file descriptors of both programs, every message accounted for.
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -88,7 +88,9 @@ class _Run:
         self.end_reason = "running"
         self._put_cv = threading.Condition()
         self._put_end: dict[int, float] = {}
-        self.parser = Parser(cfg.fields, cfg.expected_fields, cfg.event_shape, engine.host_array)
+        self.parser = Parser(cfg.fields, cfg.expected_fields, cfg.event_shape, engine.host_array,
+                             isolation=cfg.parse_isolation, workers=cfg.parser_threads,
+                             timeout_s=cfg.parse_timeout_s)
 
     def fail(self, exc: BaseException) -> None:
         self.errors.append(exc)
@@ -407,6 +409,7 @@ def run_consumer(
     q1 = None
     rx = None
     sampler = None
+    run: _Run | None = None
     try:
         # "address in use" is the commonest mistake: find it before the slow model
         # build, but listen only once the engine is warm, so a producer started when
@@ -490,6 +493,9 @@ def run_consumer(
         stop.set()
         if sampler is not None:
             sampler.stop()
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.parser.close()  # parse-isolation workers, if any
         if q1 is not None:
             q1.close()
         if rx is not None:

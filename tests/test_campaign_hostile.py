@@ -587,3 +587,22 @@ def test_a_worker_crash_in_a_live_run_quarantines_that_message_only(
             p.close()
     assert (s["received"], s["processed"], s["quarantined"]) == (3, 2, 1)
     assert s["quarantine_reasons"] == {"crash": 1}
+
+
+@pytest.mark.integration
+def test_parse_isolation_process_in_a_live_run(tmp_path: Path) -> None:
+    """The setting reaches the consumer's parser: messages are decoded in worker
+    processes, a bad one is quarantined, and the workers are gone afterwards."""
+    import multiprocessing
+
+    c = LiveConsumer(tmp_path, transport="tcp", parser_threads=2, parse_isolation="process")
+    try:
+        send_stream(c.port, [message(0), b"not an hdf5 file", message(2)], "tcp")
+        c.wait_received(3)
+        workers = [p for p in multiprocessing.active_children() if p.is_alive()]
+    finally:
+        s = c.stop()
+    assert workers, "no parse worker process was running"
+    assert (s["received"], s["processed"], s["quarantined"]) == (3, 2, 1)
+    assert s["config"]["parse_isolation"] == "process"
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
