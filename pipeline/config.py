@@ -117,6 +117,11 @@ class ConsumerConfig(_Model):
     model: dict[str, Any] = Field(default_factory=lambda: {"kind": "synthetic"})
     autocast_bf16: bool = False
     max_message_bytes: int = Field(2 * GIB, ge=1)
+    rcvhwm: int = Field(
+        1000, ge=0,
+        description="zmq: messages libzmq reads ahead per connection while the consumer is "
+        "busy (0 = unlimited; 1000 is libzmq's default, as production runs)",
+    )
     count: int | None = Field(None, ge=1, description="stop after this many messages")
     duration_s: float | None = Field(None, gt=0, description="stop after this long")
     idle_timeout_s: float | None = Field(

@@ -426,7 +426,8 @@ def run_consumer(
         q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
                      cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         if cfg.mode == "socket":
-            rx = open_receiver(cfg.transport, cfg.url, cfg.role, cfg.max_message_bytes)
+            rx = open_receiver(cfg.transport, cfg.url, cfg.role, cfg.max_message_bytes,
+                               cfg.rcvhwm)
             if cfg.binds_all_interfaces:
                 log.warning("binding %s: listening on all interfaces, not only loopback", cfg.url)
         records = RunRecords(out_dir)

@@ -108,7 +108,7 @@ def _bind_error(url: str, exc: OSError | Exception) -> UsageError:
 class ZmqReceiver(Receiver):
     """pyzmq PULL. ``role``: bind | connect."""
 
-    def __init__(self, url: str, role: str, max_message_bytes: int) -> None:
+    def __init__(self, url: str, role: str, max_message_bytes: int, rcvhwm: int = 1000) -> None:
         import zmq
 
         self._zmq = zmq
@@ -118,6 +118,9 @@ class ZmqReceiver(Receiver):
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # messages libzmq reads ahead per connection while the consumer is busy:
+        # part of the backpressure chain, and of the consumer's memory in bursts
+        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
         host, _ = split_url(url)
         if ":" in host:
             self._sock.setsockopt(zmq.IPV6, 1)
@@ -378,10 +381,12 @@ def check_bindable(url: str) -> None:
             raise _bind_error(url, exc) from None
 
 
-def open_receiver(transport: str, url: str, role: str, max_message_bytes: int) -> Receiver:
-    """A bound (``role`` bind) or connecting receiver. Raises UsageError (in use, bad address)."""
+def open_receiver(transport: str, url: str, role: str, max_message_bytes: int,
+                  rcvhwm: int = 1000) -> Receiver:
+    """A bound (``role`` bind) or connecting receiver; ``rcvhwm`` applies to zmq.
+    Raises UsageError (in use, bad address)."""
     if transport == "zmq":
-        return ZmqReceiver(url, role, max_message_bytes)
+        return ZmqReceiver(url, role, max_message_bytes, rcvhwm)
     if transport in ("tcp", "nng"):
         return StreamReceiver(transport, url, role, max_message_bytes)
     raise UsageError(f"transport: {transport!r} is not one of zmq, nng, tcp")

@@ -240,3 +240,19 @@ def test_check_bindable_finds_a_port_in_use_without_keeping_it() -> None:
     free = free_port()
     check_bindable(f"tcp://127.0.0.1:{free}")
     check_bindable(f"tcp://127.0.0.1:{free}")  # the probe released it
+
+
+def test_zmq_receiver_sets_the_receive_high_water_mark() -> None:
+    import zmq
+
+    from pipeline.config import consumer_config
+    from pipeline.receiver import open_receiver
+    from simstream.runner.procs import free_port
+
+    assert consumer_config().rcvhwm == 1000  # libzmq's default, as production runs
+    url = f"tcp://127.0.0.1:{free_port()}"
+    rx = open_receiver("zmq", url, "bind", 1 << 20, rcvhwm=7)
+    try:
+        assert rx._sock.getsockopt(zmq.RCVHWM) == 7  # type: ignore[attr-defined]
+    finally:
+        rx.close()
