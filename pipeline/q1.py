@@ -190,7 +190,90 @@ def _import_path() -> str:
     return root + (os.pathsep + rest if rest else "")
 
 
-class ProcessQ1:
+class _ShardedQ1:
+    """Production's sharded queue protocol (module docstring), whatever holds the
+    shards: put goes round robin, one call per shard, and when every shard answers
+    full it counts a backpressure event and backs off (1 ms doubling to 10 ms);
+    get sweeps the shards and sleeps ``poll_interval_s`` between empty sweeps.
+    Subclasses say how one shard is asked (``_shard_put``, ``_shard_get``, both
+    raising Q1Closed when the shard is gone) and how an item travels (``_pack``)."""
+
+    BACKOFF_S = (0.001, 0.010)
+    shards: int
+    poll_interval_s: float
+    stats: Q1Stats
+    _put_rr: int
+    _get_rr: int
+    _closed: bool
+
+    def _pack(self, item: Any) -> Any:
+        return item
+
+    def _unpack(self, payload: Any) -> Any:
+        return payload
+
+    def _shard_put(self, shard: int, payload: Any) -> bool:
+        raise NotImplementedError
+
+    def _shard_get(self, shard: int) -> Any | None:
+        raise NotImplementedError
+
+    def put(self, item: Any, timeout_s: float | None = None) -> float:
+        """Place ``item`` on a shard; returns the time it was accepted.
+
+        Raises Q1Closed when closed, TimeoutError after ``timeout_s``."""
+        t0 = now()
+        payload = self._pack(item)
+        backoff = self.BACKOFF_S[0]
+        while True:
+            for _ in range(self.shards):
+                if self._closed:
+                    raise Q1Closed("Q1 closed")
+                shard = self._put_rr
+                self._put_rr = (self._put_rr + 1) % self.shards
+                ok = self._shard_put(shard, payload)
+                self.stats.ipc_calls += 1
+                if ok:
+                    t = now()
+                    self.stats.puts += 1
+                    self.stats.put_s += t - t0
+                    return t
+            # every shard full: production's producer backs off and counts it
+            self.stats.backpressure_events += 1
+            if timeout_s is not None and now() - t0 >= timeout_s:
+                raise TimeoutError("Q1 full")
+            t_sleep = now()
+            time.sleep(backoff)
+            self.stats.blocked_s += now() - t_sleep
+            backoff = min(backoff * 2, self.BACKOFF_S[1])
+
+    def get(self, timeout_s: float) -> Any | None:
+        """An item from the first non-empty shard of a sweep, or None after ``timeout_s``
+        (or once the queue is gone)."""
+        t0 = now()
+        deadline = t0 + timeout_s
+        while not self._closed:
+            for _ in range(self.shards):
+                shard = self._get_rr
+                self._get_rr = (self._get_rr + 1) % self.shards
+                try:
+                    payload = self._shard_get(shard)
+                except Q1Closed:
+                    return None
+                self.stats.ipc_calls += 1
+                if payload is not None:
+                    item = self._unpack(payload)
+                    self.stats.gets += 1
+                    self.stats.get_s += now() - t0
+                    return item
+            left = deadline - now()
+            if left <= 0:
+                return None
+            time.sleep(min(self.poll_interval_s, left))
+        return None
+
+
+class ProcessQ1(_ShardedQ1):
     """Sharded queue in a separate process (module docstring).
 
     ``maxsize`` is the total; each shard holds ``ceil(maxsize / shards)``. One
@@ -199,7 +282,6 @@ class ProcessQ1:
     """
 
     backend = "process"
-    BACKOFF_S = (0.001, 0.010)
 
     def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0) -> None:
         if maxsize < 1 or shards < 1:
@@ -236,64 +318,24 @@ class ProcessQ1:
             conn.send(msg)
             return conn.recv()
 
-    def put(self, item: Any, timeout_s: float | None = None) -> float:
-        """Pickle ``item`` and place it on a shard; returns the time it was accepted.
+    def _pack(self, item: Any) -> bytes:
+        # every put serialises its batch, as an inter-process call must
+        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
 
-        Raises Q1Closed when closed, TimeoutError after ``timeout_s``."""
-        t0 = now()
-        blob = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        backoff = self.BACKOFF_S[0]
-        blocked = False
-        while True:
-            for _ in range(self.shards):
-                if self._closed:
-                    raise Q1Closed("Q1 closed")
-                shard = self._put_rr
-                self._put_rr = (self._put_rr + 1) % self.shards
-                try:
-                    ok = self._call(0, ("put", shard, blob))
-                except (EOFError, OSError, BrokenPipeError):
-                    raise Q1Closed("Q1 process gone") from None
-                self.stats.ipc_calls += 1
-                if ok:
-                    t = now()
-                    self.stats.puts += 1
-                    self.stats.put_s += t - t0
-                    return t
-            # every shard full: production's producer backs off and counts it
-            self.stats.backpressure_events += 1
-            if not blocked:
-                blocked = True
-            if timeout_s is not None and now() - t0 >= timeout_s:
-                raise TimeoutError("Q1 full")
-            t_sleep = now()
-            time.sleep(backoff)
-            self.stats.blocked_s += now() - t_sleep
-            backoff = min(backoff * 2, self.BACKOFF_S[1])
+    def _unpack(self, payload: Any) -> Any:
+        return pickle.loads(payload)
 
-    def get(self, timeout_s: float) -> Any | None:
-        """An item from the first non-empty shard of a sweep, or None after ``timeout_s``."""
-        t0 = now()
-        deadline = t0 + timeout_s
-        while not self._closed:
-            for _ in range(self.shards):
-                shard = self._get_rr
-                self._get_rr = (self._get_rr + 1) % self.shards
-                try:
-                    blob = self._call(1, ("get", shard))
-                except (EOFError, OSError):
-                    return None
-                self.stats.ipc_calls += 1
-                if blob is not None:
-                    item = pickle.loads(blob)
-                    self.stats.gets += 1
-                    self.stats.get_s += now() - t0
-                    return item
-            left = deadline - now()
-            if left <= 0:
-                return None
-            time.sleep(min(self.poll_interval_s, left))
-        return None
+    def _shard_put(self, shard: int, payload: Any) -> bool:
+        try:
+            return bool(self._call(0, ("put", shard, payload)))
+        except (EOFError, OSError):
+            raise Q1Closed("Q1 process gone") from None
+
+    def _shard_get(self, shard: int) -> Any | None:
+        try:
+            return self._call(1, ("get", shard))
+        except (EOFError, OSError):
+            raise Q1Closed("Q1 process gone") from None
 
     def depth(self) -> int:
         if self._closed:
@@ -372,7 +414,7 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         raise UsageError(f"cannot reach Ray at {address!r}: {exc}") from None
 
 
-class RayQ1:
+class RayQ1(_ShardedQ1):
     """Sharded queue of Ray actors (module docstring); the protocol of ``ProcessQ1``.
 
     ``maxsize`` is the total; each shard holds ``ceil(maxsize / shards)``.
@@ -384,7 +426,6 @@ class RayQ1:
     """
 
     backend = "ray"
-    BACKOFF_S = ProcessQ1.BACKOFF_S
 
     def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
                  address: str | None = None, num_cpus: int = 1) -> None:
@@ -455,55 +496,12 @@ class RayQ1:
         except self._ray.exceptions.RayActorError:
             raise Q1Closed("Q1 shard actor gone") from None
 
-    def put(self, item: Any, timeout_s: float | None = None) -> float:
-        """Place ``item`` on a shard (Ray serialises it); returns the time it was accepted.
+    def _shard_put(self, shard: int, payload: Any) -> bool:
+        # Ray serialises the item for the call
+        return bool(self._call(self._actors[shard].put, payload))
 
-        Raises Q1Closed when closed, TimeoutError after ``timeout_s``."""
-        t0 = now()
-        backoff = self.BACKOFF_S[0]
-        while True:
-            for _ in range(self.shards):
-                if self._closed:
-                    raise Q1Closed("Q1 closed")
-                shard = self._put_rr
-                self._put_rr = (self._put_rr + 1) % self.shards
-                ok = self._call(self._actors[shard].put, item)
-                self.stats.ipc_calls += 1
-                if ok:
-                    t = now()
-                    self.stats.puts += 1
-                    self.stats.put_s += t - t0
-                    return t
-            self.stats.backpressure_events += 1
-            if timeout_s is not None and now() - t0 >= timeout_s:
-                raise TimeoutError("Q1 full")
-            t_sleep = now()
-            time.sleep(backoff)
-            self.stats.blocked_s += now() - t_sleep
-            backoff = min(backoff * 2, self.BACKOFF_S[1])
-
-    def get(self, timeout_s: float) -> Any | None:
-        """An item from the first non-empty shard of a sweep, or None after ``timeout_s``."""
-        t0 = now()
-        deadline = t0 + timeout_s
-        while not self._closed:
-            for _ in range(self.shards):
-                shard = self._get_rr
-                self._get_rr = (self._get_rr + 1) % self.shards
-                try:
-                    item = self._call(self._actors[shard].get)
-                except Q1Closed:
-                    return None
-                self.stats.ipc_calls += 1
-                if item is not None:
-                    self.stats.gets += 1
-                    self.stats.get_s += now() - t0
-                    return item
-            left = deadline - now()
-            if left <= 0:
-                return None
-            time.sleep(min(self.poll_interval_s, left))
-        return None
+    def _shard_get(self, shard: int) -> Any | None:
+        return self._call(self._actors[shard].get)
 
     def depth(self) -> int:
         if self._closed:
