@@ -44,6 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from pipeline.config import consumer_config  # noqa: E402
 from pipeline.consumer import Q1Item, run_consumer  # noqa: E402
 from pipeline.q1 import make_q1  # noqa: E402
@@ -54,14 +56,7 @@ STREAM_MAXSIZE = 16
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         import ray
 

@@ -35,6 +35,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 from simstream.profile import dump_profile, find_profile, load_profile  # noqa: E402
 from simstream.runner.procs import free_port  # noqa: E402
 
@@ -57,14 +59,7 @@ s.close(); ctx.term()
 
 
 def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 

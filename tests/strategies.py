@@ -145,3 +145,18 @@ def sources(
         )
 
     return build()
+
+
+def drain(conn: Any) -> list[object]:
+    """Events of a sans-IO wire connection until NEED_DATA (not included) or
+    ConnectionClosed (included)."""
+    from simstream.wire import NEED_DATA, ConnectionClosed
+
+    events: list[object] = []
+    while True:
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            return events
+        events.append(ev)
+        if isinstance(ev, ConnectionClosed):
+            return events

@@ -18,17 +18,7 @@ from simstream.wire import (
     new_connection,
 )
 from simstream.wire.lenprefix import LenPrefixConnection
-
-
-def drain(conn: LenPrefixConnection) -> list[object]:
-    events: list[object] = []
-    while True:
-        ev = conn.next_event()
-        if ev is NEED_DATA:
-            return events
-        events.append(ev)
-        if isinstance(ev, ConnectionClosed):
-            return events
+from tests.strategies import drain
 
 
 def payloads():

@@ -22,20 +22,12 @@ from simstream.wire import (
     new_connection,
 )
 from simstream.wire.nng import NngConnection, connection_header
+from tests.strategies import drain
 
 PUSH_HEADER = b"\x00SP\x00\x00\x50\x00\x00"
 PULL_HEADER = b"\x00SP\x00\x00\x51\x00\x00"
 
 
-def drain(conn: NngConnection) -> list[object]:
-    events: list[object] = []
-    while True:
-        ev = conn.next_event()
-        if ev is NEED_DATA:
-            return events
-        events.append(ev)
-        if isinstance(ev, ConnectionClosed):
-            return events
 
 
 def feed_in_pieces(conn: NngConnection, data: bytes, cuts: list[int]) -> list[object]:

@@ -32,20 +32,11 @@ from simstream.wire.zmtp import (
     frame_header,
     greeting,
 )
+from tests.strategies import drain
 
 # -- helpers and strategies -----------------------------------------------------------
 
 
-def drain(conn: ZmtpConnection) -> list[object]:
-    """Events until NEED_DATA (not included) or ConnectionClosed (included)."""
-    events: list[object] = []
-    while True:
-        ev = conn.next_event()
-        if ev is NEED_DATA:
-            return events
-        events.append(ev)
-        if isinstance(ev, ConnectionClosed):
-            return events
 
 
 def feed_in_pieces(conn: ZmtpConnection, data: bytes, cuts: list[int], eof: bool = True):
