@@ -34,6 +34,7 @@ from pipeline.isolation import IsolatedParser
 from pipeline.parse import ParsedBatch, ParseError, Parser
 from simstream import codec
 from simstream.runner.procs import free_port
+from tests.peers import push_zmq
 
 SHAPE = (1, 8, 8)
 FIELDS = {"detector_data": "/data/data", "timestamp": "/data/timestamp",
@@ -405,22 +406,10 @@ def send_stream(port: int, msgs: list[bytes], transport: str) -> None:
         time.sleep(0.05)
 
 
-def send_zmq(url: str, msgs: list[bytes]) -> None:
-    import zmq
-
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.LINGER, 5000)
-    s.connect(url)
-    for m in msgs:
-        s.send(m)
-    s.close()
-    ctx.term()
-
 
 def send_good(c: LiveConsumer, transport: str, msgs: list[bytes]) -> None:
     if transport == "zmq":
-        send_zmq(c.url, msgs)
+        push_zmq(c.url, msgs)
     else:
         send_stream(c.port, msgs, transport)
 

@@ -17,6 +17,7 @@ from pipeline.consumer import run_consumer
 from pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COLUMNS
 from simstream import codec
 from simstream.runner.procs import free_port
+from tests.peers import push_zmq
 
 SHAPE = [1, 16, 16]
 FIELDS = {"detector_data": "/data/data", "timestamp": "/data/timestamp",
@@ -167,18 +168,6 @@ def scenario() -> tuple[list[bytes], dict[str, Any]]:
     return msgs, expect
 
 
-def push_all(url: str, msgs: list[bytes]) -> None:
-    import zmq
-
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.LINGER, 5000)
-    s.connect(url)
-    for m in msgs:
-        s.send(m)
-    s.close()
-    ctx.term()
-
 
 def run_socket(tmp_path: Path, msgs: list[bytes], **kw: Any) -> dict:
     url = f"tcp://127.0.0.1:{free_port()}"
@@ -195,7 +184,7 @@ def run_socket(tmp_path: Path, msgs: list[bytes], **kw: Any) -> dict:
     t = threading.Thread(target=target)
     t.start()
     assert ready.wait(30)
-    push_all(url, msgs)
+    push_zmq(url, msgs)
     t.join(60)
     assert not t.is_alive()
     if "error" in out:
@@ -290,7 +279,7 @@ def test_idle_timeout_ends_the_stream(tmp_path: Path) -> None:
     t = threading.Thread(target=lambda: out.update(run_consumer(cfg, tmp_path, ready=ready)))
     t.start()
     assert ready.wait(30)
-    push_all(url, [message(i) for i in range(3)])
+    push_zmq(url, [message(i) for i in range(3)])
     t.join(30)
     assert not t.is_alive()
     assert out["end_reason"] == "idle" and out["processed"] == 3 and out["lost"] == 0
