@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "COMPRESSIONS",
@@ -175,6 +183,15 @@ class Transport(_Model):
     )
     sndhwm: int = Field(5, ge=1, description="messages queued for a peer that is not reading")
     ranks: int = Field(1, ge=1, le=1024, description="independent connections, one per MPI rank")
+    rank_offset: int = Field(
+        0, ge=0, description="MPI rank id of this emitter's first rank: its ranks are "
+        "rank_offset..rank_offset+ranks-1 (rank ids go into the payload and the emit log)"
+    )
+    processes: int = Field(
+        1, ge=1, description="emitter processes the ranks are split over (each runs its share "
+        "of the ranks in its own process; an aggregate bandwidth cap is split evenly over "
+        "them); at most ranks"
+    )
     connect_timeout_s: float = Field(30.0, gt=0, description="give up on an unreachable peer")
     reconnect_backoff_ms: list[float] = Field(
         default_factory=lambda: [100.0, 5000.0],
@@ -197,6 +214,15 @@ class Transport(_Model):
                 raise ValueError("urls must not be empty (use null)")
             for u in v:
                 _check_url(u)
+        return v
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, v: int, info: ValidationInfo) -> int:
+        ranks = info.data.get("ranks")
+        if ranks is not None and v > ranks:
+            raise ValueError(f"{v} is not <= transport.ranks ({ranks}): "
+                             f"each process runs at least one rank")
         return v
 
     @model_validator(mode="after")
@@ -347,11 +373,15 @@ class Profile(_Model):
 
     @model_validator(mode="after")
     def _bounded(self) -> Profile:
+        tp = self.transport
         for f in self.faults:
-            if f.rank is not None and f.rank >= self.transport.ranks:
-                raise ValueError(
-                    f"a fault names rank {f.rank} but transport.ranks is {self.transport.ranks}"
-                )
+            # rank ids are global (MPI) ids: rank_offset..rank_offset+ranks-1; a fault may
+            # name a lower rank of another emitter process, where it does not apply here
+            if f.rank is not None and f.rank >= tp.rank_offset + tp.ranks:
+                top = f"transport.ranks is {tp.ranks}" if not tp.rank_offset else (
+                    f"this emitter's ranks end at {tp.rank_offset + tp.ranks - 1} "
+                    f"(transport.rank_offset {tp.rank_offset}, transport.ranks {tp.ranks})")
+                raise ValueError(f"a fault names rank {f.rank} but {top}")
         return self
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Profile:

@@ -60,7 +60,8 @@ def _dry_run(p: Profile, log_path: str | None) -> None:
         raise UsageError("the profile never stops (no stop.messages, stop.duration_s or "
                          "source.total_events): give --count or --duration for a dry run")
     urls = p.transport.all_urls
-    merged = heapq.merge(*(iter_schedule(p, r) for r in range(p.transport.ranks)),
+    first = p.transport.rank_offset
+    merged = heapq.merge(*(iter_schedule(p, r) for r in range(first, first + p.transport.ranks)),
                          key=lambda x: (x.t_sched, x.rank))
     as_json = log_path is not None
     out = open(log_path, "w", encoding="utf-8") if log_path else sys.stdout  # noqa: SIM115
@@ -163,6 +164,11 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
               help="client = connect (LCLStreamer's usual role), server = bind")
 @click.option("--transport", "kind", type=click.Choice(["zmq", "nng", "tcp"]))
 @click.option("--ranks", type=click.IntRange(1, 1024), help="independent connections")
+@click.option("--processes", type=click.IntRange(1),
+              help="emitter processes the ranks are split over (transport.processes)")
+@click.option("--rank-offset", type=click.IntRange(0),
+              help="MPI rank id of the first rank: ranks are K..K+ranks-1 "
+                   "(transport.rank_offset; default 0)")
 @click.option("--seed", type=click.IntRange(0), help="overrides the profile's seed")
 @click.option("--count", type=click.IntRange(1), help="messages per rank (stop.messages)")
 @click.option("--duration", type=click.FloatRange(0, min_open=True),
@@ -177,11 +183,12 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="live table (default: when stderr is a terminal)")
 def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str | None,
-         ranks: int | None, seed: int | None, count: int | None, duration: float | None,
-         log_path: str | None, dry_run: bool, lclstreamer_config: str | None,
-         loopback: bool, show_progress: bool | None) -> None:
+         ranks: int | None, processes: int | None, rank_offset: int | None, seed: int | None,
+         count: int | None, duration: float | None, log_path: str | None, dry_run: bool,
+         lclstreamer_config: str | None, loopback: bool, show_progress: bool | None) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
     overrides = {"transport.role": role, "transport.kind": kind, "transport.ranks": ranks,
+                 "transport.processes": processes, "transport.rank_offset": rank_offset,
                  "seed": seed, "stop.messages": count, "stop.duration_s": duration}
     p = build_profile(profile_arg, lclstreamer_config, overrides)
     if url is not None:
@@ -205,7 +212,12 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
         receiver = _start_loopback(p)
         p = _with_url(p.with_overrides({"transport.role": "client"}), receiver["url"])
     tty = False if loopback else show_progress
-    code = _run(p, log_path, tty=tty)
+    if p.transport.processes > 1:
+        from simstream.emitter.processes import run_processes
+
+        code = run_processes(p, log_path, echo=lambda line, err: click.echo(line, err=err))
+    else:
+        code = _run(p, log_path, tty=tty)
     if receiver is not None:
         receiver["stop"].set()
         receiver["thread"].join(timeout=30.0)

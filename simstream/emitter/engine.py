@@ -184,6 +184,10 @@ class _Run:
     #: trio time after which queued or blocked messages are given up (stop + drain)
     drain_deadline: float | None = None
 
+    def rank_stats(self, rank: int) -> RankStats:
+        """The totals of the rank with this (global) id."""
+        return self.stats[rank - self.profile.transport.rank_offset]
+
     @property
     def capped(self) -> bool:
         """Whether any phase (or the base network section) caps the bandwidth."""
@@ -270,7 +274,7 @@ def _make_gate(run: _Run, rank: int) -> tuple[Gate | None, int]:
 async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                      send_ch: trio.MemorySendChannel[_Item], *, in_thread: bool,
                      log_lost: Callable[[_Item], None], first: Any = None) -> None:
-    stats = run.stats[rank]
+    stats = run.rank_stats(rank)
     sched = Schedule(run.profile, rank)
     stop_s = run.profile.stop.duration_s
     message: Any = first
@@ -320,7 +324,7 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
 
 async def _writer(run: _Run, rank: int, url: str, sender: Any,
                   recv_ch: trio.MemoryReceiveChannel[_Item]) -> None:
-    stats = run.stats[rank]
+    stats = run.rank_stats(rank)
     t_idle = trio.current_time()  # when the previous attempt finished (trio time)
     current: _Item | None = None
     async with recv_ch:
@@ -442,7 +446,11 @@ async def run_emitter(
     """
     tp = profile.transport
     urls = tp.all_urls
-    stats = [RankStats(rank=r, url=urls[r % len(urls)]) for r in range(tp.ranks)]
+    # rank ids are global (MPI) ids: the payload's rank, the log's, the seed of every
+    # random stream and the URL choice all use them, so a rank is the same rank
+    # whichever emitter process runs it
+    stats = [RankStats(rank=r, url=urls[r % len(urls)])
+             for r in range(tp.rank_offset, tp.rank_offset + tp.ranks)]
     if stats_out is not None:
         stats_out[:] = stats
     records = 0
@@ -469,10 +477,10 @@ async def run_emitter(
         for st in stats:
             if messages_in_thread:
                 f = await trio.to_thread.run_sync(message_factory, profile, st.rank)
-                first = await trio.to_thread.run_sync(_first_message, f, profile)
+                first = await trio.to_thread.run_sync(_first_message, f, profile, st.rank)
             else:
                 f = message_factory(profile, st.rank)
-                first = _first_message(f, profile)
+                first = _first_message(f, profile, st.rank)
             factories.append(f)
             firsts.append(first)
         run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats)
@@ -495,9 +503,9 @@ async def run_emitter(
     return result
 
 
-def _first_message(factory: Any, profile: Profile) -> Any:
-    """Message 0 when the schedule has one (built ahead of the start), else None."""
-    if Schedule(profile, 0).next() is None:
+def _first_message(factory: Any, profile: Profile, rank: int) -> Any:
+    """Message 0 when the rank's schedule has one (built ahead of the start), else None."""
+    if Schedule(profile, rank).next() is None:
         return None
     return factory.message(0)
 
@@ -508,7 +516,7 @@ async def _rank_pair(run: _Run, rank: int, url: str, sender: Any, factory: Any, 
 
     def log_lost(item: _Item) -> None:
         run.emit(_record(run, item, url, outcome="lost"))
-        run.stats[rank].lost += 1
+        run.rank_stats(rank).lost += 1
 
     async with trio.open_nursery() as nursery:
         writer_scope = trio.CancelScope()
