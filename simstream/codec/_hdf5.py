@@ -21,9 +21,12 @@ but what it is asked for) to learn each dataset's chunk offsets, filters, shape
 and dtype. Unfiltered per-event chunks are then read straight from the buffer:
 a zero-copy view when they lie back to back in order, else one copy. When the
 caller passes ``alloc``, data land in its arrays with exactly one copy. Filtered
-data go through h5py/hdf5plugin. A message whose every byte outside its data
-chunks equals an earlier message's is laid out identically, so its parsed layout
-is reused without calling h5py at all.
+data go through h5py/hdf5plugin, after two checks that keep hostile bytes away
+from native decoders: only the filters LCLStreamer writes are accepted, and every
+Bitshuffle chunk's headers must agree with the dataset (``_bitshuffle_guard``;
+hdf5plugin's filter follows them past the chunk's end). A message whose every
+byte outside its data chunks equals an earlier message's is laid out identically,
+so its parsed layout is reused without calling h5py at all.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from simstream.codec import _bitshuffle_guard as bshuf_guard
 from simstream.codec._buffers import BufferFile, finish, new_bytes
 from simstream.codec._errors import CodecError
 
@@ -52,6 +56,16 @@ _EXPANSION_FLOOR = 256 << 20
 _TEMPLATE_CACHE_SIZE = 16
 _LAYOUT_CACHE_SIZE = 8
 _ALIGN = 4096
+# Filters a message may use: what LCLStreamer's serializer writes (deflate,
+# shuffle, Bitshuffle) and HDF5's own checksum. hdf5plugin registers many more
+# native decoders (LZ4, blosc, zfp, sz, ...); a hostile header naming one of them
+# would hand it unchecked bytes.
+_ACCEPTED_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE: "deflate",
+    h5py.h5z.FILTER_SHUFFLE: "shuffle",
+    h5py.h5z.FILTER_FLETCHER32: "fletcher32",
+    bshuf_guard.FILTER_ID: "bitshuffle",
+}
 _ALIGN_THRESHOLD = 1 << 16
 
 
@@ -422,7 +436,7 @@ def decode(
                 continue
             if fh is None:
                 fh = _open(raw)
-            out[key] = _read_h5py(fh, lay, alloc)
+            out[key] = _read_h5py(fh, raw, lay, alloc)
         _check_batch(out)
         return out
     finally:
@@ -439,13 +453,71 @@ def _register_filters() -> None:
     import hdf5plugin  # noqa: F401 - imported for its side effect
 
 
-def _read_h5py(fh: h5py.File, lay: DatasetLayout, alloc: Alloc | None) -> np.ndarray:
+def _check_filters(dsid: Any, raw: np.ndarray, path: str) -> None:
+    """Refuse a dataset whose filters would run native code on unchecked bytes.
+
+    Every filter must be one of ``_ACCEPTED_FILTERS``; every chunk that the
+    Bitshuffle filter will decode must pass ``_bitshuffle_guard`` (headers against
+    the dataset's chunk shape and element size). Raises CodecError.
+    """
+    dcpl = dsid.get_create_plist()
+    nfilters = dcpl.get_nfilters()
+    if nfilters == 0:
+        return
+    ids = []
+    for i in range(nfilters):
+        fid = int(dcpl.get_filter(i)[0])
+        if fid not in _ACCEPTED_FILTERS:
+            raise CodecError(f"dataset /{path} uses HDF5 filter {fid}, not one LCLStreamer writes")
+        ids.append(fid)
+    if bshuf_guard.FILTER_ID not in ids:
+        return
+    if ids.count(bshuf_guard.FILTER_ID) > 1:
+        raise CodecError(f"dataset /{path} applies the bitshuffle filter twice")
+    index = ids.index(bshuf_guard.FILTER_ID)
+    try:
+        elem_size = int(dsid.get_type().get_size())
+        cd_values = [int(v) for v in dcpl.get_filter(index)[2]]
+        chunk_shape = tuple(int(d) for d in dcpl.get_chunk())
+        infos: list[tuple[int, int, int]] = []
+        dsid.chunk_iter(lambda c: infos.append((int(c.filter_mask), int(c.byte_offset), int(c.size))))
+    except Exception as e:
+        raise CodecError(f"dataset /{path}: corrupt chunk index: {_short(e)}") from None
+    try:
+        compression, _block = bshuf_guard.filter_compression(cd_values, elem_size)
+    except CodecError as e:
+        raise CodecError(f"dataset /{path}: {e}") from None
+    expected = math.prod(chunk_shape) * elem_size
+    later = sum(1 << j for j in range(index + 1, nfilters))  # decoded before bitshuffle
+    buf = raw.data
+    for k, (mask, off, size) in enumerate(infos):
+        if mask >> index & 1:
+            continue  # bitshuffle was skipped for this chunk: the filter never sees it
+        if ~mask & later:
+            # its input would be another filter's output, which cannot be checked here
+            raise CodecError(f"dataset /{path}: bitshuffle runs after another filter on read")
+        try:
+            bshuf_guard.check_chunk(
+                buf, off, size, expected=expected, elem_size=elem_size, compression=compression
+            )
+        except CodecError as e:
+            raise CodecError(f"dataset /{path} chunk {k}: {e}") from None
+
+
+def _read_h5py(
+    fh: h5py.File, raw: np.ndarray, lay: DatasetLayout, alloc: Alloc | None
+) -> np.ndarray:
     _register_filters()
     if lay.nbytes > _EXPANSION_FLOOR and lay.nbytes > MAX_EXPANSION * fh.id.get_filesize():
         raise CodecError(
             f"dataset /{lay.path} declares {lay.nbytes} bytes from a "
             f"{fh.id.get_filesize()}-byte message (more than {MAX_EXPANSION}:1)"
         )
+    try:
+        dsid = h5py.h5d.open(fh.id, lay.path.encode())
+    except Exception as e:
+        raise CodecError(f"dataset /{lay.path} cannot be opened: {_short(e)}") from None
+    _check_filters(dsid, raw, lay.path)
     dset = fh[lay.path]
     if lay.dtype.kind not in "biufc" or lay.dtype.hasobject:
         try:
