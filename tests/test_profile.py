@@ -342,3 +342,39 @@ def test_generated_invalid_profiles_exit_2_naming_the_path(
         dotted,
         ei.value.problems,
     )
+
+
+# --- transport.processes and transport.rank_offset ---------------------------
+
+
+def test_schema_describes_processes_and_rank_offset(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(["profiles", "schema"], capsys)
+    assert rc == 0
+    tp = json.loads(out)["$defs"]["Transport"]["properties"]
+    assert tp["processes"]["minimum"] == 1 and tp["processes"]["default"] == 1
+    assert "split" in tp["processes"]["description"]
+    assert tp["rank_offset"]["minimum"] == 0 and tp["rank_offset"]["default"] == 0
+
+
+def test_processes_must_not_exceed_ranks_at_load(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: x\ntransport: {ranks: 3, processes: 4}\n")
+    with pytest.raises(ProfileError) as ei:
+        load_profile(f)
+    assert ei.value.problems == [
+        "transport.processes: 4 is not <= transport.ranks (3): each process runs at least one rank"]
+    rc, _, err = run_cli(["profiles", "validate", str(f)], capsys)
+    assert rc == 2 and "transport.processes: 4 is not <= transport.ranks (3)" in err
+    ok = parse_profile({"name": "x", "transport": {"ranks": 3, "processes": 3}})
+    assert ok.transport.processes == 3
+    # an override of ranks below the profile's processes is caught the same way
+    with pytest.raises(ProfileError, match=r"transport\.processes: 3 is not <= transport\.ranks"):
+        ok.with_overrides({"transport.ranks": 2})
+
+
+def test_processes_and_rank_offset_round_trip() -> None:
+    p = parse_profile({"name": "x", "transport": {"ranks": 4, "processes": 2, "rank_offset": 8},
+                       "faults": [{"kind": "reset", "at_message": 1, "rank": 11}]})
+    assert load_profile_text(dump_profile(p)) == p
+    assert (p.transport.processes, p.transport.rank_offset) == (2, 8)
