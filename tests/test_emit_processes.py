@@ -459,3 +459,67 @@ def test_sigint_reaches_every_process_and_the_merged_log_keeps_every_line(
     assert len(got) == delivered
     assert not list(tmp_path.glob("emit.jsonl.part*"))
     assert os.path.getsize(log) > 0
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            # the ppid is the second field after the parenthesised command name
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_children_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    rx = Pull()
+    log = tmp_path / "emit.jsonl"
+    prof = tiny(tmp_path, "orphans", url=rx.url, ranks=2, processes=2, events="null", rate=50)
+    proc = subprocess.Popen(emit_cmd("--profile", str(prof), "--log", str(log)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    kids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if log.exists() and {x["rank"] for x in read_log(log)} == {0, 1}:
+                break
+            time.sleep(0.1)
+        kids = _children_of(proc.pid)
+        assert len(kids) == 2
+        proc.kill()  # no chance to forward anything
+        proc.wait()
+        t_killed = time.monotonic()
+        deadline = t_killed + 20
+        while time.monotonic() < deadline and any(_alive(k) for k in kids):
+            time.sleep(0.05)
+        assert not any(_alive(k) for k in kids)
+        # they noticed (polling every 0.5 s) and stopped; not merely died of a broken
+        # pipe at their next progress line, which comes every 5 s
+        assert time.monotonic() - t_killed < 4.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for k in kids:
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)
+        rx.finish(wait_s=0.1)
+    # each child logged its records to its part, interrupted cleanly
+    for part in part_paths(log, 2):
+        recs = read_log(part)
+        assert recs and all(tuple(x) == LOG_KEYS for x in recs)

@@ -3,13 +3,16 @@
 Exit status: 0 done; 1 the peer could not be reached within
 ``transport.connect_timeout_s`` (after retrying with backoff); 2 bad input
 (invalid profile, bad flag, address in use); 130 interrupted (the log is
-still complete and flushed).
+still complete and flushed). With ``--processes P`` > 1 the ranks run in P
+child emitters (``simstream.emitter.processes``) and the status is the first
+failing child's, or 1 when their merged log misses a line.
 """
 
 from __future__ import annotations
 
 import functools
 import heapq
+import os
 import signal
 import sys
 import threading
@@ -25,6 +28,10 @@ __all__ = ["emit", "build_profile"]
 
 #: a dry run prints at most this many lines (a long profile's schedule is long)
 DRY_RUN_MAX_LINES = 1_000_000
+
+#: set by ``--processes`` in its children: the parent's pid, watched every PARENT_POLL_S
+PARENT_ENV = "SIMSTREAM_EMIT_PARENT"
+PARENT_POLL_S = 0.5
 
 
 def build_profile(profile_arg: str | None, lclstreamer_config: str | None,
@@ -98,6 +105,20 @@ def _on_transport_event(name: str, fields: dict[str, Any] | None = None) -> None
         click.echo(f"emit: handshake with {f.get('peer')} failed: {f.get('error')}", err=True)
 
 
+async def _watch_parent(pid: int, run_scope: Any) -> None:
+    """Stop cleanly (as on SIGINT) once the parent emitter process ``pid`` is gone:
+    a child of ``--processes`` must not outlive a parent killed without a chance to
+    forward its signal (it runs in its own process group)."""
+    import trio
+
+    while True:  # polled: no event tells a process its parent died
+        await trio.sleep(PARENT_POLL_S)
+        if os.getppid() != pid:
+            break
+    click.echo("emit: the parent emitter process is gone; stopping", err=True)
+    run_scope.cancel()
+
+
 def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of ``types`` in exc or (nested) exception groups."""
     if isinstance(exc, types):
@@ -140,6 +161,9 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
 
                 nursery.start_soon(watch_signals)
                 nursery.start_soon(progress.run)
+                parent = os.environ.get(PARENT_ENV)
+                if parent and parent.isdigit():
+                    nursery.start_soon(_watch_parent, int(parent), run_scope)
                 with run_scope:
                     result = await run_emitter(p, on_record=on_record,
                                                on_event=_on_transport_event, stats_out=stats)

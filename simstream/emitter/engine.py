@@ -440,6 +440,10 @@ async def run_emitter(
     logged as lost (None: wait for ever). ``stats_out``: a list filled with the
     live :class:`RankStats` (for a progress display).
 
+    Ranks: the ids ``transport.rank_offset`` .. ``rank_offset + ranks - 1``, all in
+    this process (``transport.processes`` is the command line's business: it
+    starts one engine per process, each with its own offset).
+
     Raises what opening a connection raises (the transport's ConnectTimeout,
     AddressInUse); cancellation (Ctrl-C) ends the run with every attempt
     recorded, then propagates.

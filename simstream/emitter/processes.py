@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from simstream.emitter.cli import PARENT_ENV
 from simstream.emitter.merge import LogMerger, MergeReport
 from simstream.emitter.split import Share, process_profile, split_cap, split_ranks
 from simstream.profile import Profile, dump_profile
@@ -151,7 +152,7 @@ def run_processes(p: Profile, log_path: str | None, *,
                         "--no-progress"]
                 proc = subprocess.Popen(
                     argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    env=dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())}),
                     process_group=0)  # a terminal's Ctrl-C reaches it through us, once
                 prefix = f"[{share.label}] "
                 relays = [threading.Thread(target=_relay, args=(s, prefix, echo, e),
