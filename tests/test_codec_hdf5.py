@@ -142,3 +142,47 @@ def test_encode_uses_one_template_per_batch_size(b: int) -> None:
     a = np.ones((b, 2, 3), np.uint16) * b
     buf = codec.encode({"d": a})
     assert same(h5py_read(buf)["d"], a)
+
+
+def test_filters_lclstreamer_does_not_write_are_refused() -> None:
+    """hdf5plugin registers many native decoders; a header naming one (here LZ4,
+    32004) would hand it unchecked bytes, so only deflate, shuffle, fletcher32 and
+    Bitshuffle are decoded."""
+    b = io.BytesIO()
+    with h5py.File(b, "w") as fh:
+        fh.create_dataset("d", data=np.ones((2, 8), np.float32), chunks=(1, 8), compression=hdf5plugin.LZ4())
+    with pytest.raises(codec.CodecError, match=r"^dataset /d uses HDF5 filter 32004, not one LCLStreamer writes$"):
+        codec.decode(b.getvalue())
+    b = io.BytesIO()
+    x = np.arange(32, dtype=np.int32).reshape(4, 8)
+    with h5py.File(b, "w") as fh:
+        fh.create_dataset("d", data=x, chunks=(1, 8), compression="gzip", shuffle=True, fletcher32=True)
+    assert same(codec.decode(b.getvalue())["d"], x)
+
+
+def test_a_chunk_stored_without_bitshuffle_is_read_as_stored() -> None:
+    """A chunk whose filter mask skips Bitshuffle never reaches the filter; the guard
+    leaves it to libhdf5 and checks the others."""
+    x = np.arange(2 * 64, dtype=np.uint16).reshape(2, 64)
+    b = io.BytesIO()
+    with h5py.File(b, "w") as fh:
+        d = fh.create_dataset("d", shape=x.shape, dtype=x.dtype, chunks=(1, 64),
+                              compression=hdf5plugin.Bitshuffle(cname="lz4"))
+        d[0] = x[0]
+        d.id.write_direct_chunk((1, 0), x[1].tobytes(), filter_mask=1)
+    assert same(codec.decode(b.getvalue())["d"], x)
+
+
+def test_bitshuffle_after_another_filter_on_read_is_refused() -> None:
+    """Bitshuffle's input must be the stored chunk for its headers to be checked."""
+    b = io.BytesIO()
+    with h5py.File(b, "w") as fh:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((1, 64))
+        dcpl.set_filter(hdf5plugin.BSHUF_ID, h5py.h5z.FLAG_MANDATORY, (0, 2))  # block 0, lz4
+        dcpl.set_deflate(4)
+        sid = h5py.h5s.create_simple((2, 64))
+        dsid = h5py.h5d.create(fh.id, b"d", h5py.h5t.NATIVE_FLOAT, sid, dcpl=dcpl)
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ones((2, 64), np.float32))
+    with pytest.raises(codec.CodecError, match=r"^dataset /d: bitshuffle runs after another filter on read$"):
+        codec.decode(b.getvalue())
