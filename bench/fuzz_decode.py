@@ -11,6 +11,11 @@ crash, is a failure (the run stops and says so).
 
 Prints (and writes with --json) the count, outcomes by reason, max RSS, the
 slowest input and the isolation overhead. Bounded by --count and --max-seconds.
+--start N skips the first N inputs (generated, not parsed: input numbers stay
+those of a full run). --bitshuffle-headers F makes a fraction F of the inputs
+edits aimed at what hdf5plugin's Bitshuffle filter trusts (chunk header, block
+sizes, cd_values, filter id; see simstream/codec/_bitshuffle_guard.py); 0, the
+default, keeps the input sequence of earlier runs.
 
     .venv/bin/python bench/fuzz_decode.py --count 100000 --json bench/results/fuzz_decode.json
 """
@@ -18,6 +23,7 @@ slowest input and the isolation overhead. Bounded by --count and --max-seconds.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import random
@@ -28,6 +34,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,10 +102,66 @@ def mutate(rng: random.Random, pool: list[bytes]) -> tuple[str, bytes]:
     return "+".join(ops), bytes(buf)
 
 
+def bitshuffle_fields(msg: bytes) -> list[tuple[int, int]]:
+    """(offset, width) of every field the Bitshuffle filter trusts in a good message:
+    each chunk's uint64 total and uint32 block size, each block's uint32 compressed
+    size, the filter's id, cd_values count and cd_values. Empty if not Bitshuffle."""
+    out: list[tuple[int, int]] = []
+    infos: list[tuple[int, int]] = []
+    with h5py.File(io.BytesIO(msg), "r") as fh:
+        if "data/data" not in fh:
+            return out
+        dsid = fh["data/data"].id
+        dcpl = dsid.get_create_plist()
+        if dcpl.get_nfilters() != 1 or dcpl.get_filter(0)[0] != 32008:
+            return out
+        _fid, _flags, cd, name = dcpl.get_filter(0)
+        dsid.chunk_iter(lambda c: infos.append((c.byte_offset, c.size)))
+    for off, _size in infos:
+        out += [(off, 8), (off + 8, 4)]
+        total, block = struct.unpack_from(">QI", msg, off)
+        size, block = total // cd[2], block // cd[2]
+        pos = off + 12
+        for _ in range(size // block + (1 if size % block >= 8 else 0)):
+            out.append((pos, 4))
+            pos += 4 + struct.unpack_from(">I", msg, pos)[0]
+    at = msg.find(name)  # the filter's entry: id, name length, flags, cd count, name
+    cd_at = msg.find(struct.pack(f"<{len(cd)}I", *cd))
+    if at > 8 and cd_at > 0:
+        out += [(at - 8, 2), (at - 2, 2)] + [(cd_at + 4 * i, 4) for i in range(len(cd))]
+    return out
+
+
+def mutate_bitshuffle(rng: random.Random, targets: list[tuple[bytes, list[tuple[int, int]]]]
+                      ) -> tuple[str, bytes]:
+    msg, fields = rng.choice(targets)
+    buf = bytearray(msg)
+    ops = []
+    for _ in range(rng.randint(1, 3)):
+        off, width = rng.choice(fields)
+        old = int.from_bytes(buf[off:off + width], "big")
+        kind = rng.choice(("xor", "value", "near"))
+        if kind == "xor":
+            buf[off + rng.randrange(width)] ^= rng.randint(1, 255)
+        else:
+            top = (1 << (8 * width)) - 1
+            value = (rng.choice([0, 1, 8, top, top >> 1, top >> 1 ^ top, rng.randint(0, top)])
+                     if kind == "value" else max(0, min(top, old + rng.randint(-64, 64))))
+            buf[off:off + width] = value.to_bytes(width, "big")
+        ops.append(f"bshuf-{kind}")
+    return "+".join(ops), bytes(buf)
+
+
 def fuzz(count: int, max_seconds: float, seed: int, isolation: str = "process",
-         crash_dir: Path | None = None) -> dict[str, object]:
+         crash_dir: Path | None = None, start: int = 0,
+         bitshuffle_headers: float = 0.0) -> dict[str, object]:
     rng = random.Random(seed)
     pool = seeds(rng)
+    targets = [(m, f) for m in pool if m[:8] == b"\x89HDF\r\n\x1a\n"
+               for f in [bitshuffle_fields(m)] if f]
+    aimed = random.Random(seed + 1)  # a separate stream: 0 leaves the inputs as they were
+    for _ in range(start):
+        mutate(rng, pool)
     # in a worker process a native crash (libhdf5) costs one input, as in the consumer
     parser = Parser({"detector_data": "/data/data"}, ["detector_data"], None,
                     isolation=isolation, timeout_s=30.0)
@@ -109,7 +172,10 @@ def fuzz(count: int, max_seconds: float, seed: int, isolation: str = "process",
     n = 0
     failures: list[str] = []
     while n < count and time.perf_counter() - t0 < max_seconds:
-        desc, payload = mutate(rng, pool)
+        if bitshuffle_headers and aimed.random() < bitshuffle_headers:
+            desc, payload = mutate_bitshuffle(aimed, targets)
+        else:
+            desc, payload = mutate(rng, pool)
         t = time.perf_counter()
         try:
             parser.parse(payload)
@@ -120,8 +186,8 @@ def fuzz(count: int, max_seconds: float, seed: int, isolation: str = "process",
             reasons[reason[:60]] += 1
             if reason.startswith(("crash", "timeout")) and crash_dir is not None:
                 crash_dir.mkdir(parents=True, exist_ok=True)
-                (crash_dir / f"{n:06d}.bin").write_bytes(payload)
-                (crash_dir / f"{n:06d}.txt").write_text(f"{desc}\n{reason}\n")
+                (crash_dir / f"{start + n:06d}.bin").write_bytes(payload)
+                (crash_dir / f"{start + n:06d}.txt").write_text(f"{desc}\n{reason}\n")
         except Exception as e:  # anything else would take the consumer's parser down
             failures.append(f"{desc}: {type(e).__name__}: {e}"[:300])
             outcomes["FAILURE"] += 1
@@ -132,7 +198,8 @@ def fuzz(count: int, max_seconds: float, seed: int, isolation: str = "process",
     wall = time.perf_counter() - t0
     parser.close()
     return {
-        "inputs": n, "isolation": isolation, "wall_s": round(wall, 1), "per_input_us": round(wall / max(n, 1) * 1e6, 1),
+        "inputs": n, "start": start, "bitshuffle_headers": bitshuffle_headers,
+        "isolation": isolation, "wall_s": round(wall, 1), "per_input_us": round(wall / max(n, 1) * 1e6, 1),
         "outcomes": dict(outcomes.most_common()),
         "top_reasons": dict(reasons.most_common(12)),
         "failures": failures[:20],
@@ -182,11 +249,18 @@ def main() -> int:
                     help="decode in this process (a native crash ends the run)")
     ap.add_argument("--crash-dir", type=Path, default=None,
                     help="save inputs that crashed or hung a worker here")
+    ap.add_argument("--start", type=int, default=0,
+                    help="skip this many inputs first (input numbers as in a full run)")
+    ap.add_argument("--bitshuffle-headers", type=float, default=0.0,
+                    help="fraction of inputs aimed at the Bitshuffle filter's headers")
     args = ap.parse_args()
     if args.count < 1 or args.max_seconds <= 0:
         ap.error("--count and --max-seconds must be positive")
+    if args.start < 0 or not 0.0 <= args.bitshuffle_headers <= 1.0:
+        ap.error("--start must be >= 0 and --bitshuffle-headers in 0..1")
     res = fuzz(args.count, args.max_seconds, args.seed,
-               "none" if args.in_process else "process", args.crash_dir)
+               "none" if args.in_process else "process", args.crash_dir, args.start,
+               args.bitshuffle_headers)
     res["isolation_overhead"] = isolation_overhead(args.isolation_repeats)
     res["machine"] = f"{platform.machine()} {platform.processor() or ''} " \
                      f"Python {platform.python_version()}".strip()
