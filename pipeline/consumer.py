@@ -74,14 +74,18 @@ class Q1Item:
 class _Run:
     """Shared state of one consumer run (the threads' meeting point)."""
 
-    def __init__(self, cfg: ConsumerConfig, records: RunRecords, q1: Any, engine: Any,
-                 stop: threading.Event) -> None:
+    def __init__(self, cfg: ConsumerConfig, records: Any, q1: Any, engine: Any,
+                 stop: threading.Event, *, stripe: tuple[int, int] = (0, 1),
+                 track_put_end: bool = True) -> None:
         self.cfg = cfg
         self.records = records
         self.q1 = q1
         self.engine = engine
         self.stop = stop
-        self.indices = itertools.count()
+        # receiver i of n numbers its messages i, i + n, i + 2n... (RunRecords streams)
+        self.indices = itertools.count(stripe[0], stripe[1])
+        # a queue whose shards stamp the put's end in the item needs no side table
+        self.track_put_end = track_put_end
         self.put_count = 0  # items placed in Q1
         self.producers_done = threading.Event()
         self.errors: list[BaseException] = []
@@ -108,6 +112,10 @@ class _Run:
             return False
         if self.q1.backend in ("process", "ray") and item.release is not None:
             item.release()  # the batch was serialised: its host buffer is free
+        if not self.track_put_end:
+            with self._put_cv:
+                self.put_count += 1
+            return True
         with self._put_cv:
             self._put_end[item.host.index] = t_end
             self.put_count += 1
@@ -116,7 +124,10 @@ class _Run:
 
     def put_end(self, index: int) -> float | None:
         """When item ``index``'s put returned. The consumer can hold an item before the
-        producer's put call has returned: wait (briefly) for it."""
+        producer's put call has returned: wait (briefly) for it. None when the queue
+        stamps it in the item (``track_put_end`` False)."""
+        if not self.track_put_end:
+            return None
         with self._put_cv:
             self._put_cv.wait_for(lambda: index in self._put_end, timeout=2.0)
             return self._put_end.pop(index, None)
@@ -298,13 +309,16 @@ class _Inference:
         self.q1_reordered = 0
         self.starvation_warnings = 0
         self.t_start = now()
+        self.device = 0  # which inference device (actor) this loop feeds, for the records
 
     def finish(self, done: list[Any]) -> None:
         run = self.run
         for fin in done:
             host: BatchTimes = fin.meta
-            host.t_q1_put_end = run.put_end(host.index)
-            run.records.batch_done(host, fin)
+            t_put_end = run.put_end(host.index)
+            if t_put_end is not None:
+                host.t_q1_put_end = t_put_end
+            run.records.batch_done(host, fin, self.device)
             if run.records.batches % run.cfg.log_every_batches == 0:
                 self.progress()
 
@@ -338,11 +352,14 @@ class _Inference:
         while True:
             if t_wait is None:
                 t_wait = now()
+            # decided before the get: an empty get after the last put means drained
+            # (a put that lands during the get is not missed)
+            drained = run.producers_done.is_set() and self.got >= run.put_count
             item = run.q1.get(_POLL_S)
             if item is None:
                 if run.errors:
                     return
-                if run.producers_done.is_set() and self.got >= run.put_count:
+                if drained:
                     break
                 continue
             t_got = now()
@@ -375,12 +392,50 @@ class _Inference:
 # the entry point
 
 
+def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reason: str,
+                  device: str, device_description: str, q1_stats: Any, reordered: int,
+                  receiver: dict[str, Any] | None, starvation_warnings: int,
+                  clock_error_s: float, ray_address: str | None) -> dict[str, Any]:
+    """The run facts summary.json holds besides the records' own (docs/formats.md)."""
+    return {
+        "wall_s": t_end - t_start,
+        "t_start": t_start,
+        "t_end": t_end,
+        "end_reason": end_reason,
+        "device": device,
+        "device_description": device_description,
+        "mode": cfg.mode,
+        "transport": cfg.transport if cfg.mode == "socket" else None,
+        "url": cfg.url if cfg.mode == "socket" else None,
+        "urls": cfg.urls if cfg.mode == "socket" else None,
+        "role": cfg.role if cfg.mode == "socket" else None,
+        "parse_in": cfg.parse_in,
+        "queue_backend": cfg.queue.backend,
+        "ray_address": ray_address,
+        "buffers": cfg.buffers,
+        "model": dict(cfg.model),
+        "backpressure_events": q1_stats.backpressure_events,
+        "q1": {**q1_stats.as_dict(), "reordered": reordered},
+        "receiver": receiver,
+        "starvation_warnings": starvation_warnings,
+        "clock_error_s": clock_error_s,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
 def _build_engine(cfg: ConsumerConfig) -> Any:
     from pipeline.engine import Engine
     from pipeline.models import build_model
 
     model = build_model(dict(cfg.model))
-    return Engine(model, device=cfg.device, buffers=cfg.buffers, autocast_bf16=cfg.autocast_bf16)
+    return Engine(model, device=cfg.device, buffers=cfg.buffers, autocast_bf16=cfg.autocast_bf16,
+                  host_buffers=host_buffers_needed(cfg))
+
+
+def host_buffers_needed(cfg: ConsumerConfig) -> int:
+    """The most host batch buffers a run holds at once: Q1 full, every parser slot
+    busy, every engine buffer in flight (and one being filled by the random source)."""
+    return cfg.queue.maxsize + 2 * cfg.parser_threads + cfg.buffers + 1
 
 
 def run_consumer(
@@ -403,6 +458,14 @@ def run_consumer(
     model), StageError if inference fails.
     """
     cfg = config
+    if cfg.queue.backend == "ray" and cfg.ray.actors and cfg.mode == "socket":
+        if engine is not None:
+            raise ValueError("an injected engine cannot run in Ray inference actors: "
+                             "set ray.actors false")
+        from .ray_consumer import run_ray_consumer
+
+        return run_ray_consumer(cfg, out_dir, ready=ready, stop=stop, on_progress=on_progress,
+                                warmup=warmup)
     stop = stop or threading.Event()
     own_engine = engine is None
     records: RunRecords | None = None
@@ -462,29 +525,14 @@ def run_consumer(
             device_desc = describe(device)  # type: ignore[arg-type]
         except Exception:
             device_desc = str(device)
-        extra = {
-            "wall_s": t_end - t_start,
-            "t_start": t_start,
-            "t_end": t_end,
-            "end_reason": run.end_reason,
-            "device": str(device),
-            "device_description": device_desc,
-            "mode": cfg.mode,
-            "transport": cfg.transport if cfg.mode == "socket" else None,
-            "url": cfg.url if cfg.mode == "socket" else None,
-            "role": cfg.role if cfg.mode == "socket" else None,
-            "parse_in": cfg.parse_in,
-            "queue_backend": cfg.queue.backend,
-            "ray_address": getattr(q1, "address", None),
-            "buffers": cfg.buffers,
-            "model": dict(cfg.model),
-            "backpressure_events": q1.stats.backpressure_events,
-            "q1": {**q1.stats.as_dict(), "reordered": inference.q1_reordered},
-            "receiver": rx.stats.as_dict() if rx is not None else None,
-            "starvation_warnings": inference.starvation_warnings,
-            "clock_error_s": getattr(engine, "clock_error_s", 0.0),
-            "config": cfg.model_dump(mode="json"),
-        }
+        extra = summary_extra(
+            cfg, t_start=t_start, t_end=t_end, end_reason=run.end_reason, device=str(device),
+            device_description=device_desc, q1_stats=q1.stats, reordered=inference.q1_reordered,
+            receiver=rx.stats.as_dict() if rx is not None else None,
+            starvation_warnings=inference.starvation_warnings,
+            clock_error_s=getattr(engine, "clock_error_s", 0.0),
+            ray_address=getattr(q1, "address", None),
+        )
         summary = records.close(extra)
         records = None
         if on_progress is not None:

@@ -208,6 +208,7 @@ class Engine:
         buffers: int = 2,
         autocast_bf16: bool = False,
         compute_dtype: torch.dtype = torch.float32,
+        host_buffers: int = 16,
     ) -> None:
         if not 1 <= int(buffers) <= 16:
             raise UsageError(f"buffers: {buffers} is out of range (1..16)")
@@ -223,8 +224,9 @@ class Engine:
         model.eval()
         self.model = model
         self._reduce: Callable[[Any], torch.Tensor] = getattr(model, "reduce", None) or default_reduce
-        self.pool = PinnedPool(pin=self.device.type == "cuda")
-        self._history: deque[Finished] = deque(maxlen=200_000)
+        # host_buffers: released host buffers kept for reuse; a consumer passes the most
+        # it can hold at once, so no buffer is ever freed and allocated again mid-run
+        self.pool = PinnedPool(pin=self.device.type == "cuda", max_free=max(1, int(host_buffers)))
         self._executor: _CudaExecutor | _ThreadExecutor
         if self.device.type == "cuda":
             self._executor = _CudaExecutor(self)
@@ -258,15 +260,11 @@ class Engine:
         data = item.data
         if not isinstance(data, np.ndarray) or data.ndim < 1:
             raise ValueError(f"batch {item.index}: data must be a numpy array of shape (B, ...)")
-        done = self._executor.submit(item)
-        self._history.extend(done)
-        return done
+        return self._executor.submit(item)
 
     def flush(self) -> list[Finished]:
         """Wait for every outstanding batch; returns them in order. Raises StageError."""
-        done = self._executor.flush()
-        self._history.extend(done)
-        return done
+        return self._executor.flush()
 
     def close(self) -> None:
         """Stop the workers (CPU) or wait for the streams (CUDA); idempotent."""
@@ -278,24 +276,19 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def busy_intervals(self) -> list[Interval]:
-        """Busy intervals of every batch finished so far (the last 200000)."""
-        return busy_intervals(self._history)
-
     @property
     def clock_error_s(self) -> float:
         """Worst host/GPU clock alignment error so far, seconds (0 on CPU)."""
         return self._executor.clock_error_s
 
     def warmup(self, shape: tuple[int, ...], dtype: Any = np.float32, batches: int = 2) -> None:
-        """Run ``batches`` zero batches through and drop them from the history (cuDNN
+        """Run ``batches`` zero batches through, unrecorded (cuDNN
         autotuning, lazy CUDA init and first allocations then happen here, not in a run)."""
         for i in range(batches):
             arr, release = self.host_array(shape, dtype)
             arr.fill(0)
             self.submit(WorkItem(index=-1 - i, data=arr, release=release))
         self.flush()
-        self._history.clear()
 
 
 # ------------------------------------------------------------------------------------------
