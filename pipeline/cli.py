@@ -99,7 +99,9 @@ class _Progress:
 @click.command("consume")
 @click.option("--profile", "profile_path", default=None,
               help="profile file or bundled name (its consumer: section)")
-@click.option("--bind", default=None, help="address to bind, tcp://HOST:PORT (default tcp://127.0.0.1:12321)")
+@click.option("--bind", multiple=True,
+              help="address to bind, tcp://HOST:PORT (default tcp://127.0.0.1:12321); repeat "
+                   "for one receiver actor per address (queue backend ray)")
 @click.option("--connect", default=None, help="address of a server-role emitter to connect to")
 @click.option("--transport", type=click.Choice(["zmq", "nng", "tcp"]), default=None)
 @click.option("--mode", type=click.Choice(["socket", "random"]), default=None)
@@ -118,19 +120,20 @@ class _Progress:
               help="end of stream after S seconds of silence")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="run directory (default runs/consume-<timestamp>)")
-def consume(profile_path: str | None, bind: str | None, connect: str | None,
+def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None,
             transport: str | None, mode: str | None, device: str | None, buffers: int | None,
             parse_in: str | None, parser_threads: int | None, queue_backend: str | None,
             ray_address: str | None, count: int | None, duration: float | None, idle_timeout: float | None,
             out_dir: Path | None) -> None:
     """Receive -> parse -> Q1 -> N-way buffered inference, every stage measured."""
-    if bind is not None and connect is not None:
+    if bind and connect is not None:
         raise UsageError("--bind and --connect are exclusive: give one")
-    _check_flag_url("--bind", bind)
+    for b in bind:
+        _check_flag_url("--bind", b)
     _check_flag_url("--connect", connect)
     profile = load_profile(find_profile(profile_path)) if profile_path else None
     cfg = consumer_config(profile, {
-        "bind": bind, "connect": connect, "transport": transport, "mode": mode, "device": device,
+        "bind": (bind[0] if len(bind) == 1 else list(bind)) if bind else None, "connect": connect, "transport": transport, "mode": mode, "device": device,
         "buffers": buffers, "parse_in": parse_in, "parser_threads": parser_threads,
         "queue.backend": queue_backend, "ray.address": ray_address, "count": count, "duration_s": duration,
         "idle_timeout_s": idle_timeout,
@@ -155,7 +158,8 @@ def consume(profile_path: str | None, bind: str | None, connect: str | None,
         previous = signal.signal(signal.SIGINT, on_sigint)
     from .consumer import run_consumer
 
-    where = f"{cfg.role} {cfg.transport} {cfg.url}" if cfg.mode == "socket" else "random mode"
+    where = (f"{cfg.role} {cfg.transport} {', '.join(cfg.urls)}" if cfg.mode == "socket"
+             else "random mode")
     click.echo(f"consumer: {where}, parse in {cfg.parse_in}, Q1 {cfg.queue.backend} "
                f"({cfg.queue.maxsize} batches), {cfg.buffers} buffers, model {cfg.model.get('kind')}, "
                f"out {out}", err=True)

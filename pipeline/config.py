@@ -64,6 +64,15 @@ class RayConfig(_Model):
         "ray://HOST:PORT = attach to a running cluster"
     )
     num_cpus: int = Field(1, ge=1, le=256, description="CPUs of a local instance")
+    actors: bool = Field(
+        True, description="queue.backend ray in socket mode: receivers and inference run as "
+        "Ray actors (production's layout); false = only Q1 on Ray, the receiver and "
+        "inference threads in the consumer process")
+    inference_actors: int | None = Field(
+        None, ge=1, le=1024,
+        description="inference actors (each takes one GPU when the device is cuda); "
+        "None = one per GPU of the cluster, or one on CPU",
+    )
 
     @field_validator("address")
     @classmethod
@@ -100,7 +109,9 @@ class ConsumerConfig(_Model):
     """One consumer run. Times in seconds unless the name says otherwise."""
 
     mode: Literal["socket", "random"] = "socket"
-    bind: str | None = Field(None, description=f"address to bind (default {DEFAULT_URL})")
+    bind: str | list[str] | None = Field(
+        None, description=f"address to bind (default {DEFAULT_URL}); a list binds each "
+        "address in its own receiver actor (queue.backend ray)")
     connect: str | None = Field(None, description="address of a server-role emitter")
     transport: Literal["zmq", "nng", "tcp"] = "zmq"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -141,7 +152,23 @@ class ConsumerConfig(_Model):
     )
     random: RandomConfig = Field(default_factory=lambda: RandomConfig.model_validate({}))
 
-    @field_validator("bind", "connect")
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list binds nothing: give at least one address")
+            for u in v:
+                _check_url(u)
+            dup = sorted({u for u in v if v.count(u) > 1})
+            if dup:
+                raise ValueError(f"{dup[0]!r} is listed twice")
+            return v[0] if len(v) == 1 else v
+        if v is not None:
+            _check_url(v)
+        return v
+
+    @field_validator("connect")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is not None:
@@ -174,6 +201,10 @@ class ConsumerConfig(_Model):
     def _consistent(self) -> ConsumerConfig:
         if self.bind is not None and self.connect is not None:
             raise ValueError("bind and connect are exclusive: give one")
+        if isinstance(self.bind, list) and (self.queue.backend != "ray" or not self.ray.actors):
+            raise ValueError(
+                f"bind lists {len(self.bind)} addresses: one receiver per address needs "
+                "queue.backend ray with ray.actors true (the receivers run as Ray actors)")
         unknown = [n for n in self.expected_fields if n not in self.fields]
         if unknown:
             raise ValueError(f"expected_fields names {unknown} absent from fields")
@@ -184,14 +215,23 @@ class ConsumerConfig(_Model):
         return "connect" if self.connect is not None else "bind"
 
     @property
+    def urls(self) -> list[str]:
+        """Every address bound (one receiver each) or the one connected to."""
+        if self.connect is not None:
+            return [self.connect]
+        if isinstance(self.bind, list):
+            return list(self.bind)
+        return [self.bind or DEFAULT_URL]
+
+    @property
     def url(self) -> str:
-        """The address bound or connected to."""
-        return self.connect or self.bind or DEFAULT_URL
+        """The (first) address bound or connected to."""
+        return self.urls[0]
 
     @property
     def binds_all_interfaces(self) -> bool:
-        host, _ = split_url(self.url)
-        return self.role == "bind" and host in ("*", "0.0.0.0", "::")
+        return self.role == "bind" and any(
+            split_url(u)[0] in ("*", "0.0.0.0", "::") for u in self.urls)
 
 
 # --------------------------------------------------------------------------

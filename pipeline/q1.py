@@ -378,6 +378,11 @@ class _RayShard:
     def put(self, item: Any) -> bool:
         if len(self.items) >= self.capacity:
             return False
+        host = getattr(item, "host", None)
+        if host is not None and hasattr(host, "t_q1_put_end"):
+            # when the batch entered Q1, as the shard saw it (receiver and inference
+            # actors of one run meet only here, so the shard is the one to say)
+            host.t_q1_put_end = now()
         self.items.append(item)
         return True
 
@@ -439,6 +444,7 @@ class RayQ1(_ShardedQ1):
         self.poll_interval_s = poll_interval_ms / 1000.0
         self.stats = Q1Stats()
         self.owns_ray = False
+        self.owns_actors = True
         self._actors: list[Any] = []
         self._put_rr = 0
         self._get_rr = 0
@@ -460,6 +466,32 @@ class RayQ1(_ShardedQ1):
         except Exception:
             self.close()
             raise
+
+    @classmethod
+    def view(cls, actors: list[Any], capacity: int, poll_interval_ms: float = 10.0) -> RayQ1:
+        """Another handle on shard actors created elsewhere (a receiver or inference
+        actor's side of the run's Q1): the same protocol, its own counters. Its
+        ``close`` leaves the shards and Ray alone (their owner closes them)."""
+        self = cls.__new__(cls)
+        self._ray = _ray()
+        self.shards = len(actors)
+        self.capacity = capacity
+        self.maxsize = capacity * self.shards
+        self.poll_interval_s = poll_interval_ms / 1000.0
+        self.stats = Q1Stats()
+        self.owns_ray = False
+        self.owns_actors = False
+        self._actors = list(actors)
+        self._put_rr = 0
+        self._get_rr = 0
+        self._closed = False
+        self.address = None
+        return self
+
+    @property
+    def actors(self) -> list[Any]:
+        """The shard actors' handles (to give to other actors of the run)."""
+        return list(self._actors)
 
     def _init(self, address: str | None, num_cpus: int) -> None:
         import logging
@@ -515,9 +547,10 @@ class RayQ1(_ShardedQ1):
         """Kill the shard actors (their items die with them) and stop Ray if this
         queue started it; idempotent."""
         self._closed = True
-        for a in self._actors:
-            with contextlib.suppress(Exception):
-                self._ray.kill(a, no_restart=True)
+        if self.owns_actors:
+            for a in self._actors:
+                with contextlib.suppress(Exception):
+                    self._ray.kill(a, no_restart=True)
         self._actors = []
         if self.owns_ray:
             self.owns_ray = False

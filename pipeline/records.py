@@ -51,7 +51,7 @@ BATCH_COLUMNS = (
     "t_h2d_start", "t_h2d_end", "t_compute_start", "t_compute_end", "t_d2h_start", "t_d2h_end",
 )
 Q1_COLUMNS = ("t", "depth", "maxsize")
-GPU_COLUMNS = ("stream", "buffer", "batch_index", "t_start", "t_end")
+GPU_COLUMNS = ("stream", "buffer", "batch_index", "t_start", "t_end", "device")
 
 # bytes of an oversize message kept in quarantine/ (the rest is not worth the disk)
 QUARANTINE_HEAD_BYTES = 1 << 20
@@ -234,9 +234,18 @@ class RunRecords:
 
     Thread-safe: the receiver, parser, Q1 sampler and inference threads all report
     here. ``close(extra)`` writes summary.json and returns it.
+
+    ``streams``: several receivers number their messages in stripes (receiver i of
+    n gives its k-th message index ``k * n + i``); each receiver's arrivals reach
+    the sequence ledger in its own arrival order. ``batch_done``'s ``device`` names
+    the inference device (actor) of a batch; the GPU busy fraction is the mean over
+    devices of each one's busy share.
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, streams: int = 1) -> None:
+        if streams < 1:
+            raise ValueError(f"streams {streams} is not >= 1")
+        self.streams = streams
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.qdir = self.dir / "quarantine"
@@ -258,7 +267,7 @@ class RunRecords:
             self._writers[name] = w
         self.ledger = SequenceLedger()
         self._pending_seq: dict[int, tuple[int | None, int | None]] = {}
-        self._next_seq = 0
+        self._next_seq = list(range(streams))  # per stream, the next index to account
         self.received = 0
         self.processed = 0
         self.quarantined = 0
@@ -270,7 +279,7 @@ class RunRecords:
         self.last_arrival: float | None = None
         self.last_finish: float | None = None
         self.first_finish: float | None = None
-        self._compute_union = UnionTracker()
+        self._compute_union: dict[int, UnionTracker] = {}
         self._compute_sum = 0.0
         self._stage: dict[str, Reservoir] = {
             k: Reservoir()
@@ -294,10 +303,13 @@ class RunRecords:
         (index) order so "reordered" means reordered on the wire, not by parsing."""
         with self._lock:
             self._pending_seq[index] = (rank, seq)
-            while self._next_seq in self._pending_seq:
-                r, s = self._pending_seq.pop(self._next_seq)
+            stream = index % self.streams
+            nxt = self._next_seq[stream]
+            while nxt in self._pending_seq:
+                r, s = self._pending_seq.pop(nxt)
                 self.ledger.see(r, s)
-                self._next_seq += 1
+                nxt += self.streams
+            self._next_seq[stream] = nxt
 
     def _flush_sequences(self) -> None:
         # indices never accounted (dropped at a stop) leave holes: feed the rest in order
@@ -335,8 +347,9 @@ class RunRecords:
             self._row("messages", (index, rank, seq, nbytes, t_arrival, "quarantined", reason))
 
     # -- per batch ---------------------------------------------------------------------
-    def batch_done(self, host: BatchTimes, fin: Any) -> None:
-        """One processed batch: ``host`` its host-side times, ``fin`` the engine's Finished."""
+    def batch_done(self, host: BatchTimes, fin: Any, device: int = 0) -> None:
+        """One processed batch: ``host`` its host-side times, ``fin`` the engine's Finished,
+        ``device`` the inference device (actor) number that ran it."""
         with self._lock:
             self.processed += 1
             self.batches += 1
@@ -354,9 +367,12 @@ class RunRecords:
             for stream, a, b in (("h2d", fin.t_h2d_start, fin.t_h2d_end),
                                  ("compute", fin.t_compute_start, fin.t_compute_end),
                                  ("d2h", fin.t_d2h_start, fin.t_d2h_end)):
-                w.writerow((stream, fin.buffer, host.index, _cell(a), _cell(b)))
+                w.writerow((stream, fin.buffer, host.index, _cell(a), _cell(b), device))
             self._files["gpu"].flush()
-            self._compute_union.add(fin.t_compute_start, fin.t_compute_end)
+            union = self._compute_union.get(device)
+            if union is None:
+                union = self._compute_union[device] = UnionTracker()
+            union.add(fin.t_compute_start, fin.t_compute_end)
             self._compute_sum += fin.t_compute_end - fin.t_compute_start
             if self.first_finish is None:
                 self.first_finish = fin.t_d2h_end
@@ -400,7 +416,18 @@ class RunRecords:
         if self.first_arrival is None or self.last_finish is None:
             return None
         wall = self.last_finish - self.first_arrival
-        return self._compute_union.value() / wall if wall > 0 else None
+        if wall <= 0 or not self._compute_union:
+            return None
+        return statistics.fmean(u.value() for u in self._compute_union.values()) / wall
+
+    def gpu_busy_by_device(self) -> dict[str, float] | None:
+        """Each device's compute busy share of the run (first arrival to last finish)."""
+        if self.first_arrival is None or self.last_finish is None:
+            return None
+        wall = self.last_finish - self.first_arrival
+        if wall <= 0:
+            return None
+        return {str(d): u.value() / wall for d, u in sorted(self._compute_union.items())}
 
     def snapshot(self) -> dict[str, Any]:
         """Live figures for progress lines (cheap)."""
@@ -452,6 +479,7 @@ class RunRecords:
                     "mb_per_s": self.bytes / 1e6 / span if span else None,
                 },
                 "gpu_busy_fraction": self.gpu_busy_fraction(),
+                "gpu_busy_by_device": self.gpu_busy_by_device(),
                 "compute_s": self._compute_sum,
                 "stage_median_ms": {k: _median_ms(v) for k, v in self._stage.items()},
                 "q1": {

@@ -1,0 +1,482 @@
+"""The consumer on Ray, laid out as production runs it: receiver actors, Q1 shard
+actors and inference actors, with one run directory written by the driver.
+
+``queue.backend: ray`` with ``ray.actors: true`` (the default):
+
+- one *receiver actor* per address in ``bind`` (or one connecting to ``connect``).
+  It binds its socket itself, parses in its own parser pool (``parse_in:
+  receiver``) or passes the raw bytes on (``parse_in: actor``), and puts into Q1
+  by production's sharded protocol (round robin, "full" answers, back-off).
+  Receivers are placed on the driver's node: that is the host the producers were
+  told to reach.
+- Q1: ``queue.shards`` shard actors (:class:`pipeline.q1.RayQ1`), owned by the run
+  and killed with it, so nothing stale reaches the next run.
+- one *inference actor* per GPU (``ray.inference_actors``; default one per GPU of
+  the cluster, or one on CPU), each with its own N-buffered Engine, getting from
+  the shards by sweeping them.
+
+Every actor keeps its record events (arrival, sequence, quarantine, batch done)
+in a :class:`RecordRelay`; the driver drains the relays every ``DRAIN_S`` and
+replays them into the one :class:`pipeline.records.RunRecords`, so the run
+directory, the accounting and the diagnosis read exactly as the in-process
+consumer's. Receiver i of n numbers its messages i, i + n, i + 2n... (the
+records' streams); each inference actor's batches carry its number as their
+``device``. A shard stamps when an item entered Q1 (``t_q1_put_end``): the
+receiver and the inference actor of a batch meet only there.
+
+End of a run: receivers end on their own (``count`` with one receiver,
+``duration_s``, ``idle_timeout_s``) or when the driver stops them (``stop`` set,
+or ``count`` reached in total with several receivers, which may read a few
+messages past it: every one is still processed and accounted). Once every
+receiver is done, all its puts have returned; the inference actors are then told,
+drain Q1 and flush their engines. A failed inference actor aborts the receivers
+(their pending batches are quarantined as aborted), and the run raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from simstream.clock import now
+from simstream.errors import UsageError
+
+from .config import ConsumerConfig
+from .q1 import Q1Sampler, Q1Stats, RayQ1
+from .records import QUARANTINE_HEAD_BYTES, RunRecords
+
+__all__ = ["InferenceActor", "ReceiverActor", "RecordRelay", "replay", "run_ray_consumer"]
+
+log = logging.getLogger("pipeline.ray_consumer")
+
+DRAIN_S = 0.05  # how often the driver collects the actors' record events
+PROGRESS_S = 1.0  # how often the driver reports progress
+START_TIMEOUT_S = 600.0  # model build and warm-up of an inference actor
+
+_RELAYED = frozenset({"arrival", "sequence", "quarantine", "batch_done"})
+
+
+class RecordRelay:
+    """Stands in for RunRecords inside an actor: keeps the calls as events for the
+    driver to replay (``drain``). Thread-safe. A quarantined payload keeps only
+    what RunRecords would save (its first QUARANTINE_HEAD_BYTES); a batch's engine
+    result travels without its output array and meta (the records use neither)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.batches = 0
+
+    def _add(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+        with self._lock:
+            self._events.append((name, args, kwargs or {}))
+
+    def arrival(self, t_arrival: float) -> None:
+        self._add("arrival", (t_arrival,))
+
+    def sequence(self, index: int, rank: int | None, seq: int | None) -> None:
+        self._add("sequence", (index, rank, seq))
+
+    def quarantine(self, index: int, payload: Any, reason: str, *, nbytes: int, t_arrival: float,
+                   rank: int | None = None, seq: int | None = None) -> None:
+        head = None if payload is None else bytes(memoryview(payload)[:QUARANTINE_HEAD_BYTES])
+        self._add("quarantine", (index, head, reason),
+                  {"nbytes": nbytes, "t_arrival": t_arrival, "rank": rank, "seq": seq})
+
+    def batch_done(self, host: Any, fin: Any, device: int = 0) -> None:
+        light = dataclasses.replace(fin, meta=None, output=None)
+        with self._lock:
+            self.batches += 1
+            self._events.append(("batch_done", (host, light, device), {}))
+
+    def drain(self) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+        """Every event since the last drain, in the order they happened."""
+        with self._lock:
+            out, self._events = self._events, []
+        return out
+
+
+def replay(records: Any, events: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> None:
+    """Apply relayed events to ``records`` (a RunRecords). Raises ValueError on an
+    event that is not a record call."""
+    for name, args, kwargs in events:
+        if name not in _RELAYED:
+            raise ValueError(f"not a record event: {name!r}")
+        getattr(records, name)(*args, **kwargs)
+
+
+class _HostArrays:
+    """The engine surface a receiver actor's parser needs: host arrays to decode
+    into, reused once Ray has serialised the batch into its object store."""
+
+    def __init__(self, keep: int) -> None:
+        from .pinned import PinnedPool
+
+        self.pool = PinnedPool(pin=False, max_free=keep)
+
+    def host_array(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.pool.acquire(tuple(int(s) for s in shape), dtype)
+
+
+class _Actor:
+    """What receiver and inference actors share: a config, a Q1 view over the run's
+    shards, a relay, a worker thread and the poll the driver calls."""
+
+    def __init__(self, cfg_data: dict[str, Any], shards: list[Any], capacity: int) -> None:
+        self.cfg = ConsumerConfig.model_validate(cfg_data)
+        self.q1 = RayQ1.view(shards, capacity, self.cfg.queue.poll_interval_ms)
+        self.relay = RecordRelay()
+        self.stop_event = threading.Event()
+        self.done = threading.Event()
+        self.error: str | None = None
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self, body: Any, name: str) -> None:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # reported to the driver, which raises it
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.exception("%s failed", name)
+            finally:
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def poll(self) -> dict[str, Any]:
+        """The record events since the last poll, and whether the work is over."""
+        done = self.done.is_set()  # before draining: no event may follow a "done"
+        return {"events": self.relay.drain(), "done": done, "error": self.error}
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=60.0)
+
+
+class ReceiverActor(_Actor):
+    """One socket: receive, parse, put into Q1 (module docstring)."""
+
+    def __init__(self, cfg_data: dict[str, Any], shards: list[Any], capacity: int,
+                 stripe: tuple[int, int], url: str) -> None:
+        super().__init__(cfg_data, shards, capacity)
+        self.stripe = stripe
+        self.url = url
+        self.rx: Any = None
+        self.run: Any = None
+
+    def start(self) -> str | None:
+        """Bind (or connect) and start receiving; a usage error's message, or None."""
+        from .consumer import _parse_in_actor, _parse_in_receiver, _Run
+        from .receiver import check_bindable, open_receiver
+
+        cfg = self.cfg
+        try:
+            if cfg.role == "bind":
+                check_bindable(self.url)
+            self.rx = open_receiver(cfg.transport, self.url, cfg.role, cfg.max_message_bytes,
+                                    cfg.rcvhwm)
+        except UsageError as exc:
+            return str(exc)
+        # a batch's buffer is free again once its put has serialised it
+        self.run = _Run(cfg, self.relay, self.q1, _HostArrays(2 * cfg.parser_threads + 1),
+                        self.stop_event,
+                        stripe=self.stripe, track_put_end=False)
+        target = _parse_in_receiver if cfg.parse_in == "receiver" else _parse_in_actor
+        self._start_thread(lambda: target(self.run, self.rx), f"receiver-{self.stripe[0]}")
+        return None
+
+    def stop(self) -> None:
+        """Stop reading; what was read is still parsed and queued."""
+        self.stop_event.set()
+
+    def abort(self) -> None:
+        """Stop and give up on Q1 (its consumers are gone): pending batches are
+        quarantined as aborted."""
+        self.stop_event.set()
+        self.q1.close()
+
+    def result(self) -> dict[str, Any]:
+        """After ``done``: the receiver's totals and its last events."""
+        self._join()
+        run = self.run
+        out = {
+            "url": self.url,
+            "end_reason": run.end_reason if run is not None else "not started",
+            "puts": run.put_count if run is not None else 0,
+            "q1": dataclasses.asdict(self.q1.stats),
+            "receiver": self.rx.stats.as_dict() if self.rx is not None else None,
+            "error": self.error or (repr(run.errors[0]) if run is not None and run.errors else None),
+        }
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.parser.close()
+        if self.rx is not None:
+            self.rx.close()
+        out["events"] = self.relay.drain()
+        return out
+
+
+class InferenceActor(_Actor):
+    """One device: Q1 -> engine, N-way buffered (module docstring)."""
+
+    def __init__(self, cfg_data: dict[str, Any], shards: list[Any], capacity: int,
+                 number: int, device: str) -> None:
+        super().__init__(cfg_data, shards, capacity)
+        self.number = number
+        self.device = device
+        self.engine: Any = None
+        self.inference: Any = None
+
+    def start(self, warmup: bool = True) -> dict[str, Any]:
+        """Build and warm the engine, then start taking batches from Q1. Returns the
+        device it runs on, or ``{"error": message}`` for a usage error (device, model)."""
+        import numpy as np
+
+        from .consumer import _build_engine, _Inference, _Run
+        from .device import describe
+
+        cfg = self.cfg.model_copy(update={"device": self.device})
+        try:
+            self.engine = _build_engine(cfg)
+        except UsageError as exc:
+            return {"error": str(exc)}
+        if warmup and hasattr(self.engine, "warmup"):
+            rc = cfg.random
+            self.engine.warmup((rc.batch_size, *rc.shape), np.dtype(rc.dtype), batches=cfg.buffers)
+        run = _Run(cfg, self.relay, self.q1, self.engine, self.stop_event, track_put_end=False)
+        inference = _Inference(run, None)
+        inference.device = self.number
+        inference.progress = lambda: {}  # type: ignore[method-assign]  # the driver reports
+        self.run, self.inference = run, inference
+        self._start_thread(inference.loop, f"inference-{self.number}")
+        device = getattr(self.engine, "device", "?")
+        try:
+            desc = describe(device)  # type: ignore[arg-type]
+        except Exception:
+            desc = str(device)
+        return {"device": str(device), "device_description": desc}
+
+    def input_done(self) -> None:
+        """Every receiver is done: drain Q1, flush, end."""
+        self.run.producers_done.set()
+
+    def result(self) -> dict[str, Any]:
+        """After ``done``: this actor's totals and its last events."""
+        self._join()
+        inf = self.inference
+        out = {
+            "number": self.number,
+            "q1": dataclasses.asdict(self.q1.stats),
+            "batches": self.relay.batches,
+            "reordered": inf.q1_reordered if inf is not None else 0,
+            "clock_error_s": getattr(self.engine, "clock_error_s", 0.0),
+            "error": self.error or (repr(self.run.errors[0]) if self.run and self.run.errors
+                                    else None),
+        }
+        if self.run is not None:
+            with contextlib.suppress(Exception):
+                self.run.parser.close()
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                self.engine.close()
+        out["events"] = self.relay.drain()
+        return out
+
+
+# --------------------------------------------------------------------------
+# the driver
+
+
+def _merge_q1(parts: list[dict[str, Any]]) -> Q1Stats:
+    total = Q1Stats()
+    for p in parts:
+        for k, v in p.items():
+            setattr(total, k, getattr(total, k) + v)
+    return total
+
+
+def _merge_receivers(parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    got = [p for p in parts if p is not None]
+    if not got:
+        return None
+    out: dict[str, Any] = {}
+    for p in got:
+        for k, v in p.items():
+            if k == "errors":
+                out.setdefault(k, []).extend(v)
+            else:
+                out[k] = out.get(k, 0) + v
+    out["errors"] = out.get("errors", [])[-10:]
+    return out
+
+
+def _plan_inference(ray: Any, cfg: ConsumerConfig) -> tuple[int, str, bool]:
+    """(actors, device each uses, whether each takes a GPU). Raises UsageError."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    want_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and gpus > 0)
+    if want_gpu and gpus == 0:
+        raise UsageError(f"device {cfg.device}: the Ray cluster has no GPU")
+    n = cfg.ray.inference_actors or (gpus if want_gpu else 1)
+    if want_gpu and n > gpus:
+        raise UsageError(f"ray.inference_actors {n}: the Ray cluster has {gpus} GPU(s), one "
+                         f"per inference actor")
+    # inside an actor Ray shows only its own GPU, as cuda:0
+    return n, ("cuda" if want_gpu else "cpu"), want_gpu
+
+
+def _end_reason(reasons: list[str]) -> str:
+    kinds = sorted(set(reasons))
+    return kinds[0] if len(kinds) == 1 else ",".join(kinds)
+
+
+def run_ray_consumer(
+    cfg: ConsumerConfig,
+    out_dir: str | Path,
+    *,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Any = None,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """One consumer run on Ray actors into ``out_dir``; returns the summary (as
+    :func:`pipeline.consumer.run_consumer`, which calls this). Raises UsageError for
+    bad settings (Ray, addresses, devices), RuntimeError when an actor failed."""
+    from .consumer import STARVATION_UTILISATION, summary_extra
+
+    if cfg.mode != "socket":
+        raise UsageError("ray.actors needs mode socket (random mode has no receivers)")
+    stop = stop or threading.Event()
+    q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
+               cfg.ray.address, cfg.ray.num_cpus)
+    ray = q1._ray
+    receivers: list[Any] = []
+    infs: list[Any] = []
+    records: RunRecords | None = None
+    sampler: Q1Sampler | None = None
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        n_inf, device, takes_gpu = _plan_inference(ray, cfg)
+        data = cfg.model_dump(mode="json")
+        inf_cls = ray.remote(num_cpus=0, num_gpus=1 if takes_gpu else 0,
+                             max_restarts=0)(InferenceActor)
+        infs = [inf_cls.remote(data, q1.actors, q1.capacity, j, device) for j in range(n_inf)]
+        started = ray.get([a.start.remote(warmup) for a in infs], timeout=START_TIMEOUT_S)
+        for s in started:
+            if "error" in s:
+                raise UsageError(s["error"])
+        urls = cfg.urls
+        n_rx = len(urls)
+        rx_data = dict(data)
+        if n_rx > 1:
+            rx_data["count"] = None  # the driver counts across receivers
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                              soft=False)
+        rx_cls = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here)(ReceiverActor)
+        receivers = [rx_cls.remote(rx_data, q1.actors, q1.capacity, (i, n_rx), url)
+                     for i, url in enumerate(urls)]
+        for msg in ray.get([r.start.remote() for r in receivers], timeout=120):
+            if msg is not None:
+                raise UsageError(msg)
+        if cfg.binds_all_interfaces:
+            log.warning("binding %s: listening on all interfaces, not only loopback",
+                        ", ".join(urls))
+        records = RunRecords(out_dir, streams=n_rx)
+        sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
+        t_start = now()
+        if ready is not None:
+            ready.set()
+        rx_results: list[dict[str, Any]] | None = None
+        stopping = False
+        failure: str | None = None
+        starvation_warnings = 0
+        t_progress = time.monotonic()
+        while True:
+            polls = ray.get([a.poll.remote() for a in (*receivers, *infs)])
+            for p in polls:
+                replay(records, p["events"])
+            rx_polls, inf_polls = polls[:n_rx], polls[n_rx:]
+            failure = failure or next((p["error"] for p in inf_polls if p["error"]), None)
+            if failure is not None and rx_results is None:
+                ray.get([r.abort.remote() for r in receivers])
+            if rx_results is None:
+                over = cfg.count is not None and n_rx > 1 and records.received >= cfg.count
+                broken = any(p["error"] for p in rx_polls)
+                if (stop.is_set() or over or broken) and not stopping:
+                    stopping = True
+                    ray.get([r.stop.remote() for r in receivers])
+                if all(p["done"] for p in rx_polls):
+                    rx_results = ray.get([r.result.remote() for r in receivers])
+                    for res in rx_results:
+                        replay(records, res["events"])
+                    ray.get([a.input_done.remote() for a in infs])
+            elif all(p["done"] for p in inf_polls):
+                break
+            if time.monotonic() - t_progress >= PROGRESS_S:
+                t_progress = time.monotonic()
+                snap = records.snapshot()
+                depth = q1.depth()
+                util = depth / q1.maxsize
+                elapsed = now() - t_start
+                snap.update(q1_depth=depth, q1_maxsize=q1.maxsize, q1_utilisation=util,
+                            elapsed_s=elapsed, final=False,
+                            samples_per_s=snap["samples"] / elapsed if elapsed > 0 else None)
+                if snap["batches"] and util < STARVATION_UTILISATION:
+                    starvation_warnings += 1
+                    log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d)",
+                                util * 100, depth, q1.maxsize)
+                if on_progress is not None:
+                    on_progress(snap)
+            time.sleep(DRAIN_S)
+        inf_results = ray.get([a.result.remote() for a in infs])
+        for res in inf_results:
+            replay(records, res["events"])
+        t_end = now()
+        sampler.sample_once()
+        sampler.stop()
+        sampler = None
+        errors = [r["error"] for r in (*rx_results, *inf_results) if r["error"]]
+        if errors:
+            raise RuntimeError(f"a consumer actor failed: {errors[0]}")
+        q1_total = _merge_q1([r["q1"] for r in (*rx_results, *inf_results)])
+        extra = summary_extra(
+            cfg, t_start=t_start, t_end=t_end,
+            end_reason=_end_reason([r["end_reason"] for r in rx_results]),
+            device=started[0]["device"], device_description=started[0]["device_description"],
+            q1_stats=q1_total, reordered=sum(r["reordered"] for r in inf_results),
+            receiver=_merge_receivers([r["receiver"] for r in rx_results]),
+            starvation_warnings=starvation_warnings,
+            clock_error_s=max(r["clock_error_s"] for r in inf_results),
+            ray_address=q1.address,
+        )
+        extra["ray"] = {
+            "actors": True,
+            "receivers": [{k: r[k] for k in ("url", "end_reason", "puts", "receiver")}
+                          for r in rx_results],
+            "inference": [{"number": r["number"], "batches": r["batches"],
+                           "device": s["device"], "device_description": s["device_description"]}
+                          for r, s in zip(inf_results, started, strict=True)],
+            "q1_shards": q1.shards,
+        }
+        summary = records.close(extra)
+        records = None
+        if on_progress is not None:
+            on_progress({**summary, "final": True})
+        return summary
+    finally:
+        stop.set()
+        if sampler is not None:
+            sampler.stop()
+        for a in (*receivers, *infs):
+            with contextlib.suppress(Exception):
+                ray.kill(a, no_restart=True)
+        q1.close()
+        if records is not None:
+            with contextlib.suppress(Exception):
+                records.close({"end_reason": "error"})

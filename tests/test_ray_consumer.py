@@ -1,0 +1,267 @@
+"""The consumer on Ray actors: receiver actors (one per bound address), Q1 shard
+actors, inference actors; one run directory merged by the driver.
+
+The relay and the striped records are tested without Ray; the actors end to end
+on a local Ray instance that the consumer starts and stops itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.config import consumer_config
+from pipeline.engine import Finished
+from pipeline.ray_consumer import RecordRelay, _end_reason, _merge_q1, _merge_receivers, replay
+from pipeline.records import BatchTimes, RunRecords
+from simstream.cli import main
+from simstream.profile import ProfileError
+
+
+def _fin(index: int, t: float, events: int = 2) -> Finished:
+    return Finished(
+        index=index, meta=None, events=events, output=np.zeros(events), buffer=index % 2,
+        t_h2d_start=t, t_h2d_end=t + 0.001, t_compute_start=t + 0.001, t_compute_end=t + 0.003,
+        t_d2h_start=t + 0.003, t_d2h_end=t + 0.004,
+    )
+
+
+def _host(index: int, rank: int, seq: int, t: float) -> BatchTimes:
+    return BatchTimes(index, rank, seq, 2, 1000, t, t, t + 0.0005, t + 0.0005, t + 0.0006,
+                      t + 0.0007, t + 0.0008)
+
+
+def _feed(target: Any, messages: list[tuple[int, int, int, float]], quarantined: set[int]) -> None:
+    for index, rank, seq, t in messages:
+        target.arrival(t)
+        target.sequence(index, rank, seq)
+        if index in quarantined:
+            target.quarantine(index, b"x" * 10, "codec: bad", nbytes=10, t_arrival=t,
+                              rank=rank, seq=seq)
+        else:
+            target.batch_done(_host(index, rank, seq, t), _fin(index, t + 0.001))
+
+
+_ACCOUNTING = ("received", "processed", "quarantined", "lost", "duplicated", "reordered",
+               "batches", "samples", "bytes", "quarantine_reasons", "per_rank",
+               "gpu_busy_fraction", "stage_median_ms")
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=1, max_size=40))
+def test_relayed_records_equal_direct_records(tmp_path_factory: pytest.TempPathFactory,
+                                              msgs: list[tuple[int, bool]]) -> None:
+    """What an actor relays and the driver replays gives the summary direct calls give."""
+    next_seq: dict[int, int] = {}
+    messages = []
+    quarantined = set()
+    for i, (rank, bad) in enumerate(msgs):
+        seq = next_seq.get(rank, 0)
+        next_seq[rank] = seq + 1
+        messages.append((i, rank, seq, 1000.0 + i * 0.01))
+        if bad:
+            quarantined.add(i)
+    direct = RunRecords(tmp_path_factory.mktemp("direct"))
+    _feed(direct, messages, quarantined)
+    relayed = RunRecords(tmp_path_factory.mktemp("relayed"))
+    relay = RecordRelay()
+    _feed(relay, messages, quarantined)
+    assert relay.batches == len(msgs) - len(quarantined)
+    replay(relayed, relay.drain())
+    assert relay.drain() == []
+    a, b = direct.close({}), relayed.close({})
+    assert {k: a[k] for k in _ACCOUNTING} == {k: b[k] for k in _ACCOUNTING}
+    for name in ("messages.csv", "batches.csv", "gpu.csv"):
+        assert (direct.dir / name).read_text() == (relayed.dir / name).read_text()
+
+
+def test_replay_refuses_what_is_not_a_record_call(tmp_path: Path) -> None:
+    records = RunRecords(tmp_path)
+    with pytest.raises(ValueError, match="not a record event: 'close'"):
+        replay(records, [("close", ({},), {})])
+    records.close({})
+
+
+def test_relay_keeps_only_the_quarantine_head(tmp_path: Path) -> None:
+    from pipeline.records import QUARANTINE_HEAD_BYTES
+
+    relay = RecordRelay()
+    relay.quarantine(0, bytes(QUARANTINE_HEAD_BYTES + 5), "oversize: big", nbytes=99, t_arrival=1.0)
+    (name, args, kwargs), = relay.drain()
+    assert name == "quarantine" and len(args[1]) == QUARANTINE_HEAD_BYTES
+    assert kwargs == {"nbytes": 99, "t_arrival": 1.0, "rank": None, "seq": None}
+
+
+def test_striped_receivers_feed_the_ledger_in_their_own_order(tmp_path: Path) -> None:
+    """Receiver 0 numbers 0, 2, 4...; receiver 1 numbers 1, 3, 5... A receiver that
+    got fewer messages does not hold back the other's accounting, and a seq that
+    really arrived out of order on one receiver still counts as reordered."""
+    records = RunRecords(tmp_path, streams=2)
+    # receiver 0 carries rank 0: seqs 0, 2, 1 (one late arrival); receiver 1 rank 1: 0
+    for index, rank, seq in ((0, 0, 0), (2, 0, 2), (4, 0, 1), (1, 1, 0)):
+        records.arrival(float(index))
+        records.sequence(index, rank, seq)
+    # everything was fed to the ledger as it came: nothing waits for a hole
+    assert records._pending_seq == {}
+    s = records.close({})
+    assert (s["received"], s["lost"], s["duplicated"], s["reordered"]) == (4, 0, 0, 1)
+
+
+def test_gpu_busy_is_the_mean_over_devices(tmp_path: Path) -> None:
+    records = RunRecords(tmp_path)
+    # device 0 computes 2 ms of every 10 ms; device 1 6 ms of the same 10 ms
+    for i, t in enumerate((0.0, 0.01)):
+        records.arrival(t)
+        records.sequence(i, 0, i)
+        records.batch_done(_host(i, 0, i, t), _fin(i, t), device=0)
+    fin = dataclasses.replace(_fin(2, 0.0), t_compute_start=0.004, t_compute_end=0.010)
+    records.arrival(0.0)
+    records.sequence(2, 1, 0)
+    records.batch_done(_host(2, 1, 0, 0.0), fin, device=1)
+    s = records.close({})
+    wall = 0.014  # first arrival 0.0 .. last finish 0.01 + 0.004
+    assert s["gpu_busy_by_device"] == pytest.approx({"0": 0.004 / wall, "1": 0.006 / wall})
+    assert s["gpu_busy_fraction"] == pytest.approx(0.005 / wall)
+    with (tmp_path / "gpu.csv").open() as f:
+        devices = {r["device"] for r in csv.DictReader(f)}
+    assert devices == {"0", "1"}
+
+
+def test_merged_counters() -> None:
+    q = _merge_q1([{"puts": 3, "gets": 0, "backpressure_events": 1, "blocked_s": 0.5,
+                    "put_s": 0.3, "get_s": 0.0, "ipc_calls": 4},
+                   {"puts": 0, "gets": 3, "backpressure_events": 0, "blocked_s": 0.0,
+                    "put_s": 0.0, "get_s": 0.6, "ipc_calls": 9}])
+    assert (q.puts, q.gets, q.backpressure_events, q.ipc_calls) == (3, 3, 1, 13)
+    assert q.as_dict()["get_mean_ms"] == pytest.approx(200.0)
+    rx = _merge_receivers([None, {"messages": 2, "bytes": 10, "errors": ["a"]},
+                           {"messages": 3, "bytes": 5, "errors": ["b"]}])
+    assert rx == {"messages": 5, "bytes": 15, "errors": ["a", "b"]}
+    assert _merge_receivers([None]) is None
+    assert _end_reason(["idle", "idle"]) == "idle"
+    assert _end_reason(["stopped", "idle"]) == "idle,stopped"
+
+
+# --------------------------------------------------------------------------
+# configuration
+
+
+def test_several_bind_addresses_need_the_ray_actors() -> None:
+    two = ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"]
+    cfg = consumer_config(None, {"bind": two, "queue.backend": "ray"})
+    assert cfg.urls == two and cfg.url == two[0] and cfg.ray.actors
+    with pytest.raises(ProfileError, match="consumer: bind lists 2 addresses: one receiver per "
+                                           "address needs queue.backend ray"):
+        consumer_config(None, {"bind": two})
+    with pytest.raises(ProfileError, match="needs queue.backend ray with ray.actors true"):
+        consumer_config(None, {"bind": two, "queue.backend": "ray", "ray.actors": False})
+    with pytest.raises(ProfileError, match=r"consumer.bind: 'tcp://127.0.0.1:5001' is listed twice"):
+        consumer_config(None, {"bind": [two[0], two[0]], "queue.backend": "ray"})
+    with pytest.raises(ProfileError, match="consumer.bind: an empty list binds nothing"):
+        consumer_config(None, {"bind": [], "queue.backend": "ray"})
+    assert consumer_config(None, {"bind": [two[0]]}).bind == two[0]
+
+
+def test_cli_two_binds_without_ray_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["consume", "--bind", "tcp://127.0.0.1:5001", "--bind", "tcp://127.0.0.1:5002"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "bind lists 2 addresses" in err and "Traceback" not in err
+
+
+def test_an_injected_engine_cannot_go_into_actors(tmp_path: Path) -> None:
+    from pipeline.consumer import run_consumer
+
+    cfg = consumer_config(None, {"queue.backend": "ray"})
+    with pytest.raises(ValueError, match="set ray.actors false"):
+        run_consumer(cfg, tmp_path, engine=object())
+
+
+# --------------------------------------------------------------------------
+# end to end on a local Ray instance
+
+
+@pytest.mark.integration
+def test_two_receiver_actors_one_inference_actor_account_for_every_message(
+        tmp_path: Path) -> None:
+    """An emitter with 4 ranks spread over two addresses -> two receiver actors
+    (one per address) -> Q1 shard actors -> one inference actor (CPU); the driver's
+    run directory accounts for every delivered message, per rank."""
+    pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+    from simstream.runner.procs import free_port, is_listening
+
+    ports = [free_port(), free_port()]
+    while ports[1] == ports[0]:
+        ports[1] = free_port()
+    urls = [f"tcp://127.0.0.1:{p}" for p in ports]
+    profile = tmp_path / "two.yaml"
+    profile.write_text(
+        "name: two-receivers\nseed: 3\n"
+        "source: {batch_size: 2, shape: [1, 32, 32], dtype: float32, format: hdf5,"
+        " total_events: null, pool: 4}\n"
+        f"transport: {{kind: zmq, role: client, urls: {json.dumps(urls)}, ranks: 4}}\n"
+        "timeline: {phases: [{name: steady, rate_hz: 200}]}\n"
+        "stop: {messages: 25}\n"
+        "consumer:\n  model: {kind: synthetic, compute_ms: 1}\n"
+        "  queue: {maxsize: 8, backend: ray, shards: 2}\n"
+    )
+    out = tmp_path / "run"
+    emit_log = tmp_path / "emit.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    consume = [sys.executable, "-m", "simstream", "consume", "--profile", str(profile),
+               "--bind", urls[0], "--bind", urls[1], "--idle-timeout", "3", "--device", "cpu",
+               "--out", str(out)]
+    emit = [sys.executable, "-m", "simstream", "emit", "--profile", str(profile),
+            "--log", str(emit_log), "--no-progress"]
+    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not all(is_listening(p) for p in ports):
+            assert consumer.poll() is None, consumer.communicate()
+            assert time.monotonic() < deadline, f"nothing listens on {ports}"
+            time.sleep(0.05)
+        emitter = subprocess.run(emit, capture_output=True, text=True, env=env, timeout=120)
+        assert emitter.returncode == 0, emitter.stderr
+        stdout, stderr = consumer.communicate(timeout=120)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.communicate()
+    assert consumer.returncode == 0, stderr
+    delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
+                 if r["outcome"] == "delivered"]
+    assert len(delivered) == 100
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["received"], s["processed"], s["quarantined"]) == (100, 100, 0)
+    assert (s["lost"], s["duplicated"]) == (0, 0)
+    assert s["per_rank"] == {str(r): {"max_seq": 24, "lost": 0} for r in range(4)}
+    assert s["q1"]["puts"] == s["q1"]["gets"] == 100
+    assert s["urls"] == urls and s["ray"]["actors"] is True
+    rx = s["ray"]["receivers"]
+    assert [r["url"] for r in rx] == urls
+    # ranks 0 and 2 go to the first address, 1 and 3 to the second
+    assert [r["puts"] for r in rx] == [50, 50]
+    assert [i["batches"] for i in s["ray"]["inference"]] == [100]
+    with (out / "messages.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    by_receiver = {int(r["index"]) % 2: set() for r in rows}
+    for r in rows:
+        by_receiver[int(r["index"]) % 2].add(int(r["rank"]))
+    assert by_receiver == {0: {0, 2}, 1: {1, 3}}
+    with (out / "batches.csv").open() as f:
+        for r in csv.DictReader(f):
+            assert float(r["t_q1_put_start"]) <= float(r["t_q1_put_end"]) <= float(r["t_q1_get_end"])
+    assert "potential data starvation" not in stdout
