@@ -36,6 +36,9 @@ _LAZY = {
     "verify": "simstream.testbed.verify:verify",
 }
 
+# the long-running programs that allocate one buffer per message (simstream.memory)
+_STREAMING = frozenset({"emit", "consume"})
+
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -50,6 +53,10 @@ class _LazyGroup(click.Group):
         if cmd is not None or cmd_name not in _LAZY:
             return cmd
         module, attr = _LAZY[cmd_name].split(":")
+        if cmd_name in _STREAMING:
+            from simstream.memory import Trimmer
+
+            Trimmer().start()  # a daemon thread: it ends with the program
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
