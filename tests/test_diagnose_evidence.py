@@ -228,3 +228,20 @@ def test_torn_emit_log_line_is_skipped(tmp_path: Path) -> None:
     (d / "emit.jsonl").write_text(text + '{"rank": 0, "seq": 99')
     run = load_run(d)
     assert run.emit is not None and run.emit["t_sched"].size == text.count("\n")
+
+
+def test_several_inference_devices_busy_share_is_each_ones_own(tmp_path: Path) -> None:
+    """gpu.csv with a device column (Ray inference actors): the compute busy share is
+    the mean of each device's own, not the share of time any device was busy."""
+    d = write_handmade(tmp_path / "run")
+    lines = (d / "gpu.csv").read_text().splitlines()
+    # batch i ran on device i % 2
+    rows = [lines[0] + ",device"] + [f"{ln},{int(ln.split(',')[2]) % 2}" for ln in lines[1:]]
+    (d / "gpu.csv").write_text("\n".join(rows) + "\n")
+    f = compute_evidence(load_run(d)).figures
+    per = f["gpu_busy_compute_share_by_device"]
+    assert len(per) == 2 and sum(per) == pytest.approx(0.030 / 0.225, abs=1e-3)
+    assert f["gpu_busy_compute_share"] == pytest.approx(0.030 / 0.225 / 2, abs=1e-3)
+    # one device only: the share as before, no per-device figure
+    single = compute_evidence(load_run(write_handmade(tmp_path / "one"))).figures
+    assert "gpu_busy_compute_share_by_device" not in single

@@ -312,14 +312,26 @@ def compute_evidence(run: RunData) -> Evidence:
         is_c = g["stream"] == 1
         c_s, c_e = g["t_start"][is_c] - t0, g["t_end"][is_c] - t0
         all_s, all_e = g["t_start"] - t0, g["t_end"] - t0
+        dev_c: np.ndarray | None = g["device"][is_c] if "device" in g else None
         f["gpu_source"] = "gpu.csv"
     else:
         c_s, c_e = B["t_compute_start"], B["t_compute_end"]
         all_s = np.concatenate([B["t_h2d_start"], B["t_compute_start"], B["t_d2h_start"]])
         all_e = np.concatenate([B["t_h2d_end"], B["t_compute_end"], B["t_d2h_end"]])
+        dev_c = None
         f["gpu_source"] = "batches.csv"
     cs, ce = _clip(*interval_union(c_s, c_e), t_start, t_end)
     busy_c = _measure(cs, ce)
+    devices = np.unique(dev_c) if dev_c is not None else np.empty(0)
+    if dev_c is not None and devices.size > 1:
+        # several inference devices (Ray actors): the busy share is each one's own,
+        # averaged; the idle gaps below are those of the union (no device busy)
+        per = []
+        for d in devices:
+            on = dev_c == d
+            per.append(_measure(*_clip(*interval_union(c_s[on], c_e[on]), t_start, t_end)))
+        f["gpu_busy_compute_share_by_device"] = [_r(b / span) for b in per]
+        busy_c = float(np.mean(per))
     as_, ae = _clip(*interval_union(all_s, all_e), t_start, t_end)
     f["gpu_busy_compute_share"] = _r(busy_c / span)
     f["gpu_busy_any_stream_share"] = _r(_measure(as_, ae) / span)

@@ -81,13 +81,14 @@ def run_duration_s(profile: Profile) -> float:
     return 600.0
 
 
-def _consumer_argv(profile_path: Path, out: Path, url: str, bind: bool, mode: str,
+def _consumer_argv(profile_path: Path, out: Path, urls: list[str], bind: bool, mode: str,
                    extra: list[str]) -> list[str]:
     argv = simstream_argv(
         "consume", "--profile", str(profile_path), "--out", str(out), "--mode", mode,
     )
     if mode == "socket":
-        argv += ["--bind" if bind else "--connect", url]
+        for url in urls:
+            argv += ["--bind" if bind else "--connect", url]
         # the runner ends the consumer itself, once the emitter is done
         argv += ["--idle-timeout", "3600"]
     return argv + extra
@@ -146,7 +147,7 @@ def run_profile(
         with children() as procs:
             consumer = Child(
                 "consumer",
-                _consumer_argv(path, out, "", True, "random",
+                _consumer_argv(path, out, [], True, "random",
                                ["--duration", str(dur), *(consumer_args or [])]),
                 out / "consumer.log",
             )
@@ -200,20 +201,23 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
     kind = profile.transport.kind
     consumer_binds = profile.transport.role == "client"
     limit = (duration_s or run_duration_s(profile)) + 120
+    # a consumer of receiver actors binds every address of the profile (one actor
+    # each) and the emitter spreads its ranks over them; any other consumer binds one
+    fan_in = consumer_binds and len(profile.transport.all_urls) > 1 and _receiver_actors(profile)
     with contextlib.ExitStack() as stack:
         tb: Any = None
         if kernel_offer is not None:
             name = kernel.testbed_name(profile.name, os.getpid())
             tb = stack.enter_context(kernel.kernel_testbed(name, profile, kernel_offer))
             _say_testbed(tb, say)
-            # the testbed's own address space: the profile's port is free there
-            port = split_url(profile.transport.all_urls[0])[1]
+            # the testbed's own address space: the profile's ports are free there
+            ports = [split_url(u)[1] for u in profile.transport.all_urls]
             host = tb.consumer_addr if consumer_binds else tb.producer_addr
             emit_profile = out / kernel.EMITTER_PROFILE_FILE
             emit_profile.write_text(dump_profile(kernel.emitter_profile(profile)))
             result.shaping = kernel.shaping_record(tb, name, None, emit_profile)
         else:
-            port = free_port()
+            ports = _free_ports(len(profile.transport.all_urls))
             host = "127.0.0.1"
             emit_profile = path
             applied = kernel.user_space_shaping(profile)
@@ -223,8 +227,13 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 "not_applied": [],
             }
         _write_json(out / kernel.SHAPING_FILE, result.shaping)
-        result.port = port
+        if not fan_in:
+            ports = ports[:1]
+        port = result.port = ports[0]
         url = f"tcp://{host}:{port}"
+        urls = [f"tcp://{host}:{p}" for p in ports]
+        if fan_in:
+            emit_profile = _with_urls(emit_profile, urls, out)
         procs = stack.enter_context(children())
 
         def in_side(side: str, argv: list[str]) -> list[str]:
@@ -232,19 +241,21 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
 
         consumer = Child(
             "consumer",
-            in_side("consumer", _consumer_argv(path, out, url, consumer_binds, "socket",
+            in_side("consumer", _consumer_argv(path, out, urls, consumer_binds, "socket",
                                                ["--transport", kind, *consumer_args])),
             out / "consumer.log",
         )
         procs.append(consumer)
         if consumer_binds:
-            if tb is not None:
-                wait_until(lambda: kernel.listening_in(tb.consumer_ns, port), 60,
-                           f"the consumer to listen on {url} in {tb.consumer_ns}", poll_s=0.2,
-                           alive=consumer)
-            else:
-                wait_until(lambda: is_listening(port), 60, f"the consumer to listen on {url}",
-                           alive=consumer)
+            for p, u in zip(ports, urls, strict=True):
+                if tb is not None:
+                    wait_until(lambda p=p: kernel.listening_in(tb.consumer_ns, p), 60,
+                               f"the consumer to listen on {u} in {tb.consumer_ns}", poll_s=0.2,
+                               alive=consumer)
+                else:
+                    # a Ray consumer starts its actors first: allow it the time
+                    wait_until(lambda p=p: is_listening(p), 180, f"the consumer to listen on {u}",
+                               alive=consumer)
         cap = None
         if capture:
             iface = tb.consumer_iface if tb is not None else "lo"
@@ -255,7 +266,7 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 + (f" ({tb.consumer_ns})" if tb is not None else "")
                 + f" into {out / kernel.CAPTURE_FILE}")
         emit_argv = simstream_argv(
-            "emit", "--profile", str(emit_profile), "--url", url,
+            "emit", "--profile", str(emit_profile), *([] if fan_in else ["--url", url]),
             "--log", str(out / "emit.jsonl"), *emitter_args,
         )
         if duration_s is not None:
@@ -293,6 +304,36 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
             raise RuntimeError(
                 f"the emitter exited with status {result.emitter_rc}:\n{emitter.tail()}"
             )
+
+
+def _receiver_actors(profile: Profile) -> bool:
+    from pipeline.config import consumer_config
+
+    cfg = consumer_config(profile)
+    return cfg.queue.backend == "ray" and cfg.ray.actors
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports. Raises RuntimeError if none can be found."""
+    ports: list[int] = []
+    for _ in range(100 * n):
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"could not find {n} distinct free ports")
+
+
+def _with_urls(emit_profile: Path, urls: list[str], out: Path) -> Path:
+    """The emitter's profile with its ranks spread over ``urls`` (written into ``out``)."""
+    p = load_profile(emit_profile)
+    data = p.model_dump(mode="python")
+    data["transport"]["url"] = urls[0]
+    data["transport"]["urls"] = urls
+    dest = out / kernel.EMITTER_PROFILE_FILE
+    dest.write_text(dump_profile(Profile.model_validate(data)))
+    return dest
 
 
 def _delivered(emit_log: Path) -> int:
