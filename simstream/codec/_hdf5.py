@@ -20,13 +20,19 @@ Decode: h5py parses only the metadata (through a file object that copies nothing
 but what it is asked for) to learn each dataset's chunk offsets, filters, shape
 and dtype. Unfiltered per-event chunks are then read straight from the buffer:
 a zero-copy view when they lie back to back in order, else one copy. When the
-caller passes ``alloc``, data land in its arrays with exactly one copy. Filtered
-data go through h5py/hdf5plugin, after two checks that keep hostile bytes away
-from native decoders: only the filters LCLStreamer writes are accepted, and every
-Bitshuffle chunk's headers must agree with the dataset (``_bitshuffle_guard``;
-hdf5plugin's filter follows them past the chunk's end). A message whose every
-byte outside its data chunks equals an earlier message's is laid out identically,
-so its parsed layout is reused without calling h5py at all.
+caller passes ``alloc``, data land in its arrays with exactly one copy.
+
+Filtered data: only the filters LCLStreamer writes are accepted (deflate,
+shuffle, Bitshuffle; fletcher32). libhdf5 copies a whole chunk out of whatever its
+filters return, so a chunk that comes out short is a heap over-read (SIGSEGV on
+big chunks), and hdf5plugin's Bitshuffle filter follows its chunk's headers past
+the chunk's end. So: gzip data are inflated here, each chunk checked to inflate
+to exactly its size (``_read_deflated``); everything else goes through
+h5py/hdf5plugin only after ``_check_filters`` has proved every chunk comes out at
+its size (Bitshuffle headers by ``_bitshuffle_guard``, a walk over one uint32 per
+block). A message whose every byte outside its data chunks equals an earlier
+message's is laid out identically, so its parsed layout is reused without calling
+h5py at all.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -456,9 +463,14 @@ def _register_filters() -> None:
 def _check_filters(dsid: Any, raw: np.ndarray, path: str) -> None:
     """Refuse a dataset whose filters would run native code on unchecked bytes.
 
-    Every filter must be one of ``_ACCEPTED_FILTERS``; every chunk that the
-    Bitshuffle filter will decode must pass ``_bitshuffle_guard`` (headers against
-    the dataset's chunk shape and element size). Raises CodecError.
+    Every filter must be one of ``_ACCEPTED_FILTERS``. Per chunk, the filters its
+    filter mask leaves active run on read in reverse pipeline order: a chunk that
+    the Bitshuffle filter decodes must pass ``_bitshuffle_guard`` (headers against
+    the dataset's chunk shape and element size) and be its first input; a chunk
+    whose active filters keep their sizes known (none, shuffle, fletcher32) must
+    come out at exactly the chunk's size, because libhdf5 copies a whole chunk out
+    of the pipeline's output whatever its length (a short one: SIGSEGV).
+    Raises CodecError.
     """
     dcpl = dsid.get_create_plist()
     nfilters = dcpl.get_nfilters()
@@ -470,38 +482,147 @@ def _check_filters(dsid: Any, raw: np.ndarray, path: str) -> None:
         if fid not in _ACCEPTED_FILTERS:
             raise CodecError(f"dataset /{path} uses HDF5 filter {fid}, not one LCLStreamer writes")
         ids.append(fid)
-    if bshuf_guard.FILTER_ID not in ids:
-        return
     if ids.count(bshuf_guard.FILTER_ID) > 1:
         raise CodecError(f"dataset /{path} applies the bitshuffle filter twice")
-    index = ids.index(bshuf_guard.FILTER_ID)
     try:
         elem_size = int(dsid.get_type().get_size())
-        cd_values = [int(v) for v in dcpl.get_filter(index)[2]]
         chunk_shape = tuple(int(d) for d in dcpl.get_chunk())
         infos: list[tuple[int, int, int]] = []
         dsid.chunk_iter(lambda c: infos.append((int(c.filter_mask), int(c.byte_offset), int(c.size))))
     except Exception as e:
         raise CodecError(f"dataset /{path}: corrupt chunk index: {_short(e)}") from None
-    try:
-        compression, _block = bshuf_guard.filter_compression(cd_values, elem_size)
-    except CodecError as e:
-        raise CodecError(f"dataset /{path}: {e}") from None
     expected = math.prod(chunk_shape) * elem_size
-    later = sum(1 << j for j in range(index + 1, nfilters))  # decoded before bitshuffle
+    compression = None
+    if bshuf_guard.FILTER_ID in ids:
+        cd_values = [int(v) for v in dcpl.get_filter(ids.index(bshuf_guard.FILTER_ID))[2]]
+        try:
+            compression, _block = bshuf_guard.filter_compression(cd_values, elem_size)
+        except CodecError as e:
+            raise CodecError(f"dataset /{path}: {e}") from None
     buf = raw.data
     for k, (mask, off, size) in enumerate(infos):
-        if mask >> index & 1:
-            continue  # bitshuffle was skipped for this chunk: the filter never sees it
-        if ~mask & later:
-            # its input would be another filter's output, which cannot be checked here
-            raise CodecError(f"dataset /{path}: bitshuffle runs after another filter on read")
-        try:
-            bshuf_guard.check_chunk(
-                buf, off, size, expected=expected, elem_size=elem_size, compression=compression
+        out: int | None = size  # bytes coming out of the filters so far, None once unknown
+        for j in reversed(range(nfilters)):  # read order
+            if mask >> j & 1:
+                continue  # skipped for this chunk when it was written
+            fid = ids[j]
+            if fid == bshuf_guard.FILTER_ID:
+                if out != size:
+                    # its input would be another filter's output, unchecked here
+                    raise CodecError(f"dataset /{path}: bitshuffle runs after another filter on read")
+                assert compression is not None
+                try:
+                    bshuf_guard.check_chunk(
+                        buf, off, size, expected=expected, elem_size=elem_size, compression=compression
+                    )
+                except CodecError as e:
+                    raise CodecError(f"dataset /{path} chunk {k}: {e}") from None
+                out = expected
+            elif fid == h5py.h5z.FILTER_FLETCHER32:
+                out = None if out is None else out - 4
+            elif fid == h5py.h5z.FILTER_DEFLATE:
+                # a deflate stream does not state its length: only inflating tells
+                out = None if out is None else _inflated_size(buf, off, out, expected, path, k)
+        if out is not None and out != expected:
+            raise CodecError(
+                f"dataset /{path} chunk {k}: its filters give {out} bytes, the chunk holds {expected}"
             )
-        except CodecError as e:
-            raise CodecError(f"dataset /{path} chunk {k}: {e}") from None
+
+
+def _inflated_size(buf: memoryview, off: int, nbytes: int, expected: int, path: str, k: int) -> int:
+    """Bytes that libhdf5's deflate filter will make of ``buf[off:off + nbytes]``, at
+    most ``expected + 1`` of them held at once. Raises CodecError if it cannot inflate."""
+    if off < 0 or nbytes < 0 or off + nbytes > len(buf):
+        raise CodecError(f"dataset /{path} chunk {k} lies outside the {len(buf)}-byte message")
+    d = zlib.decompressobj()
+    try:
+        n = len(d.decompress(buf[off : off + nbytes], expected + 1))
+    except zlib.error as e:
+        raise CodecError(f"dataset /{path} chunk {k}: not a deflate stream: {e}") from None
+    if n > expected:
+        raise CodecError(f"dataset /{path} chunk {k} inflates to more than its {expected} bytes")
+    if not d.eof:
+        raise CodecError(f"dataset /{path} chunk {k}: deflate stream ends early")
+    return n
+
+
+_SHUFFLE_DEFLATE = ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE])
+
+
+def _read_deflated(
+    dsid: Any, raw: np.ndarray, lay: DatasetLayout, alloc: Alloc | None
+) -> np.ndarray | None:
+    """gzip / gzip_with_shuffle data inflated here, not by libhdf5; None if the
+    dataset is not such (then ``_check_filters`` and libhdf5 take it).
+
+    A deflate stream's length is known only by inflating it, and libhdf5 copies a
+    whole chunk out of whatever its filter returned (a short stream: SIGSEGV), so
+    checking first would inflate every chunk twice. Here each chunk is inflated
+    once, by Python's zlib, to at most its own size, un-shuffled with numpy and
+    copied into place. Taken only when every chunk of the grid is stored once with
+    all filters applied. Raises CodecError for a chunk that does not inflate to
+    exactly its size.
+    """
+    if lay.dtype.kind not in "biufc" or lay.dtype.hasobject or not lay.shape:
+        return None
+    dcpl = dsid.get_create_plist()
+    ids = [int(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters())]
+    if ids not in _SHUFFLE_DEFLATE:
+        return None
+    try:
+        if int(dsid.get_type().get_size()) != lay.dtype.itemsize:
+            return None
+        chunk = tuple(int(c) for c in dcpl.get_chunk())
+        infos: list[tuple[tuple[int, ...], int, int, int]] = []
+        dsid.chunk_iter(lambda c: infos.append(
+            (tuple(int(o) for o in c.chunk_offset), int(c.filter_mask), int(c.byte_offset), int(c.size))))
+    except Exception:
+        return None  # _check_filters reports it
+    if len(chunk) != len(lay.shape) or min(chunk) < 1:
+        return None
+    grid = math.prod(-(-d // c) for d, c in zip(lay.shape, chunk, strict=True))
+    offsets = {o for o, _m, _off, _n in infos}
+    if len(infos) != grid or len(offsets) != grid or any(m for _o, m, _off, _n in infos):
+        return None
+    if any(x % c or x >= d for o in offsets for x, c, d in zip(o, chunk, lay.shape, strict=True)):
+        return None
+    out = _target(alloc, lay.shape, lay.dtype) if alloc else np.empty(lay.shape, lay.dtype)
+    size = lay.dtype.itemsize
+    expected = math.prod(chunk) * size
+    shuffled = len(ids) == 2 and size > 1
+    whole = chunk[1:] == lay.shape[1:] and chunk[0] == 1  # one event per chunk: a byte range of out
+    flat = out.reshape(-1).view(np.uint8)
+    buf = raw.data
+    for k, (o, _m, off, n) in enumerate(infos):
+        if off < 0 or off + n > len(buf):
+            raise CodecError(f"dataset /{lay.path} chunk {k} lies outside the {len(buf)}-byte message")
+        d = zlib.decompressobj()
+        try:
+            data = d.decompress(buf[off : off + n], expected + 1)
+        except zlib.error as e:
+            raise CodecError(f"dataset /{lay.path} chunk {k}: not a deflate stream: {e}") from None
+        if len(data) != expected or not d.eof:
+            got = "more than" if len(data) > expected else f"{len(data)} of"
+            raise CodecError(f"dataset /{lay.path} chunk {k} inflates to {got} its {expected} bytes")
+        src = np.frombuffer(data, np.uint8)
+        if whole:
+            dst = flat[o[0] * expected : (o[0] + 1) * expected]
+        else:
+            dst = np.empty(expected, np.uint8)
+        if shuffled:
+            # HDF5's shuffle stores byte j of every element together; one strided
+            # column at a time is ~3x faster in numpy than one transposed copy
+            rows, cols = src.reshape(size, -1), dst.reshape(-1, size)
+            for j in range(size):
+                cols[:, j] = rows[j]
+        else:
+            dst[...] = src
+        if whole:
+            continue
+        block = dst.view(lay.dtype).reshape(chunk)
+        region = tuple(slice(x, min(x + c, d)) for x, c, d in zip(o, chunk, lay.shape, strict=True))
+        out[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
+    return out
 
 
 def _read_h5py(
@@ -517,6 +638,9 @@ def _read_h5py(
         dsid = h5py.h5d.open(fh.id, lay.path.encode())
     except Exception as e:
         raise CodecError(f"dataset /{lay.path} cannot be opened: {_short(e)}") from None
+    own = _read_deflated(dsid, raw, lay, alloc)
+    if own is not None:
+        return own
     _check_filters(dsid, raw, lay.path)
     dset = fh[lay.path]
     if lay.dtype.kind not in "biufc" or lay.dtype.hasobject:
