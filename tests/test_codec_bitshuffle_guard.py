@@ -447,3 +447,56 @@ def test_filter_compression(cd: tuple[int, ...], elem_size: int, result: object)
             guard.filter_compression(cd, elem_size)
     else:
         assert guard.filter_compression(cd, elem_size) == result
+
+
+# --------------------------------------------------------------------------
+# the same trust one level up: libhdf5 copies a whole chunk out of whatever the
+# filter pipeline returned, so a chunk that comes out short is a heap over-read
+# (SIGSEGV for a big chunk) whichever filter made it
+
+
+def hostile_file(compression: str, chunk1: bytes, *, mask: int = 0, missing: bool = False,
+                 fletcher32: bool = False) -> bytes:
+    """Two 1 MiB events; event 1's chunk stored as ``chunk1`` with filter mask ``mask``
+    (bytes written as given: h5py's direct chunk write runs no filter)."""
+    shape = (3, 1, 512, 512)
+    if compression == "bitshuffle_lz4":
+        opts: dict[str, object] = {"compression": hdf5plugin.Bitshuffle(cname="lz4")}
+    else:
+        opts = {"compression": "gzip", "shuffle": compression == "gzip_with_shuffle"}
+    b = io.BytesIO()
+    with h5py.File(b, "w") as fh:
+        d = fh.create_dataset(PATH, shape=shape, dtype=np.float32, chunks=(1, 1, 512, 512),
+                              fletcher32=fletcher32, **opts)  # type: ignore[arg-type]
+        d[0] = 1.0
+        if not missing:
+            d[2] = 2.0
+        d.id.write_direct_chunk((1, 0, 0, 0), chunk1, filter_mask=mask)
+    return b.getvalue()
+
+
+def test_chunks_the_pipeline_would_return_short_are_refused() -> None:
+    import zlib
+
+    short = zlib.compress(b"\0" * 64)
+    long = zlib.compress(b"\0" * (4 << 20))
+    cases = [
+        # (what, payload, reason fragment)
+        ("gzip: a short deflate stream", hostile_file("gzip", short), "inflates to 64 of its 1048576 bytes"),
+        ("gzip+shuffle: a short deflate stream", hostile_file("gzip_with_shuffle", short),
+         "inflates to 64 of its 1048576 bytes"),
+        ("gzip: a long deflate stream", hostile_file("gzip", long), "inflates to more than its 1048576"),
+        ("gzip: not deflate", hostile_file("gzip", b"\1" * 300), "chunk 1: not a deflate stream"),
+        ("gzip, a chunk missing: short stream", hostile_file("gzip", short, missing=True),
+         "its filters give 64 bytes, the chunk holds 1048576"),
+        ("gzip+fletcher32: short stream", hostile_file("gzip", short + b"\0" * 4, fletcher32=True),
+         "its filters give 64 bytes, the chunk holds 1048576"),
+        ("gzip: chunk stored unfiltered, short", hostile_file("gzip", b"\0" * 64, mask=1),
+         "its filters give 64 bytes, the chunk holds 1048576"),
+        ("bitshuffle: chunk stored unfiltered, short", hostile_file("bitshuffle_lz4", b"\0" * 6000, mask=1),
+         "its filters give 6000 bytes, the chunk holds 1048576"),
+    ]
+    results = decode_elsewhere([p for _w, p, _r in cases])
+    for (what, _p, fragment), r in zip(cases, results, strict=True):
+        assert r["outcome"] == "codec", (what, r)
+        assert fragment in r["reason"], (what, r["reason"])
