@@ -105,9 +105,12 @@ def mutate(rng: random.Random, pool: list[bytes]) -> tuple[str, bytes]:
 def bitshuffle_fields(msg: bytes) -> list[tuple[int, int]]:
     """(offset, width) of every field the Bitshuffle filter trusts in a good message:
     each chunk's uint64 total and uint32 block size, each block's uint32 compressed
-    size, the filter's id, cd_values count and cd_values. Empty if not Bitshuffle."""
+    size, the filter's id, cd_values count and cd_values; and each chunk's stored
+    size and filter mask in the chunk index (libhdf5 trusts those). Empty if not
+    Bitshuffle."""
     out: list[tuple[int, int]] = []
     infos: list[tuple[int, int]] = []
+    keys: list[bytes] = []
     with h5py.File(io.BytesIO(msg), "r") as fh:
         if "data/data" not in fh:
             return out
@@ -117,6 +120,13 @@ def bitshuffle_fields(msg: bytes) -> list[tuple[int, int]]:
             return out
         _fid, _flags, cd, name = dcpl.get_filter(0)
         dsid.chunk_iter(lambda c: infos.append((c.byte_offset, c.size)))
+        dsid.chunk_iter(lambda c: keys.append(  # a v1 B-tree key: size, mask, offsets
+            struct.pack("<II", c.size, c.filter_mask)
+            + b"".join(struct.pack("<Q", x) for x in (*c.chunk_offset, 0))))
+    for key in keys:
+        at = msg.find(key)
+        if at >= 0:
+            out += [(at, 4), (at + 4, 4)]
     for off, _size in infos:
         out += [(off, 8), (off + 8, 4)]
         total, block = struct.unpack_from(">QI", msg, off)
