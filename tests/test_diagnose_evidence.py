@@ -245,3 +245,27 @@ def test_several_inference_devices_busy_share_is_each_ones_own(tmp_path: Path) -
     # one device only: the share as before, no per-device figure
     single = compute_evidence(load_run(write_handmade(tmp_path / "one"))).figures
     assert "gpu_busy_compute_share_by_device" not in single
+
+
+def test_blocked_share_is_per_rank_and_never_over_one() -> None:
+    """A rank's scheduler waits for SNDHWM room while its writer waits inside a send
+    of an earlier message: the two overlap, so a rank's blocked time is the larger
+    sum, and the share is averaged over ranks (never above 1)."""
+    from simstream.diagnose.evidence import _blocked_share
+
+    nan = float("nan")
+    e = {
+        "rank": np.array([0.0, 0.0, 1.0, 1.0]),
+        "hwm_wait_s": np.array([0.4, 0.5, 0.1, 0.0]),
+        "socket_wait_s": np.array([0.6, 0.6, 0.2, 0.1]),
+        "blocked_s": np.array([1.0, 1.1, 0.3, 0.1]),
+    }
+    sent = np.ones(4, dtype=bool)
+    # rank 0: max(0.9, 1.2) capped at the 1 s span = 1.0; rank 1: max(0.1, 0.3) = 0.3
+    assert _blocked_share(e, sent, 1.0) == pytest.approx((1.0 + 0.3) / 2)
+    # an emit log from before the split: blocked_s, still per rank and capped
+    old = {**e, "hwm_wait_s": np.full(4, nan), "socket_wait_s": np.full(4, nan)}
+    assert _blocked_share(old, sent, 2.0) == pytest.approx((2.0 / 2 + 0.4 / 2) / 2)
+    # messages never sent do not count
+    assert _blocked_share(e, np.array([False, True, False, True]), 1.0) == pytest.approx(
+        (0.6 + 0.1) / 2)

@@ -452,6 +452,26 @@ def compute_evidence(run: RunData) -> Evidence:
     return Evidence(f, s, t0)
 
 
+def _blocked_share(e: dict[str, Any], sent: np.ndarray, span: float) -> float:
+    """The share of each rank's time it was held back by backpressure, averaged over
+    ranks. Per rank the scheduler's waits for SNDHWM room (hwm_wait_s) follow one
+    another, and so do the writer's waits inside socket sends (socket_wait_s), but
+    the two overlap (one message waits for room while an earlier one is being
+    sent), so a rank's blocked time is the larger of its two sums, not their
+    total. Logs without the split (older) fall back to blocked_s."""
+    ranks = e["rank"][sent]
+    hwm, sock = e.get("hwm_wait_s"), e.get("socket_wait_s")
+    if hwm is None or sock is None or not np.isfinite(hwm[sent]).any():
+        hwm, sock = e["blocked_s"], np.zeros_like(e["blocked_s"])
+    hwm, sock = hwm[sent], sock[sent]
+    keys = np.unique(ranks[np.isfinite(ranks)]) if np.isfinite(ranks).any() else np.array([0.0])
+    total = 0.0
+    for r in keys:
+        on = ranks == r if np.isfinite(ranks).any() else np.ones(ranks.shape, dtype=bool)
+        total += min(max(float(np.nansum(hwm[on])), float(np.nansum(sock[on]))), span)
+    return total / (span * len(keys))
+
+
 def _emit_evidence(run: RunData, t0: float, arrivals: np.ndarray,
                    long_gaps: tuple[np.ndarray, np.ndarray], f: dict[str, Any]) -> dict[str, Any]:
     """How the emitter's own record lines up with what arrived."""
@@ -478,7 +498,7 @@ def _emit_evidence(run: RunData, t0: float, arrivals: np.ndarray,
         out["send_rate_while_sending_Bps"] = _r(pct(per_msg, 50), 1)
         us, ue = interval_union(tf[sent], tl[sent])
         out["sending_share"] = _r(_measure(us, ue) / esp)
-        out["blocked_share"] = _r(float(np.nansum(e["blocked_s"][sent])) / esp)
+        out["blocked_share"] = _r(_blocked_share(e, sent, esp))
         lag = tf - ts
         out["schedule_lag"] = _dist(lag[sent])
     # transport latency by (rank, seq)

@@ -148,6 +148,8 @@ def _read_emit(path: Path) -> dict[str, Any]:
         "wire_bytes": num("wire_bytes"),
         "events": num("events"),
         "blocked_s": num("blocked_s"),
+        "hwm_wait_s": num("hwm_wait_s"),
+        "socket_wait_s": num("socket_wait_s"),
         "phase": np.asarray([str(r.get("phase", "")) for r in recs], dtype=str),
         "faults": [list(r.get("faults") or []) for r in recs],
         "outcome": np.asarray([str(r.get("outcome", "")) for r in recs], dtype=str),
