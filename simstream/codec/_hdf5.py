@@ -472,16 +472,18 @@ def _check_filters(dsid: Any, raw: np.ndarray, path: str) -> None:
     of the pipeline's output whatever its length (a short one: SIGSEGV).
     Raises CodecError.
     """
-    dcpl = dsid.get_create_plist()
-    nfilters = dcpl.get_nfilters()
-    if nfilters == 0:
+    try:
+        dcpl = dsid.get_create_plist()
+        filters = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
+    except Exception as e:
+        raise CodecError(f"dataset /{path}: corrupt filter pipeline: {_short(e)}") from None
+    if not filters:
         return
-    ids = []
-    for i in range(nfilters):
-        fid = int(dcpl.get_filter(i)[0])
+    ids = [int(f[0]) for f in filters]
+    nfilters = len(ids)
+    for fid in ids:
         if fid not in _ACCEPTED_FILTERS:
             raise CodecError(f"dataset /{path} uses HDF5 filter {fid}, not one LCLStreamer writes")
-        ids.append(fid)
     if ids.count(bshuf_guard.FILTER_ID) > 1:
         raise CodecError(f"dataset /{path} applies the bitshuffle filter twice")
     try:
@@ -492,9 +494,11 @@ def _check_filters(dsid: Any, raw: np.ndarray, path: str) -> None:
     except Exception as e:
         raise CodecError(f"dataset /{path}: corrupt chunk index: {_short(e)}") from None
     expected = math.prod(chunk_shape) * elem_size
+    if expected >= _MAX_CHUNK_BYTES:
+        raise CodecError(f"dataset /{path} declares {expected}-byte chunks (HDF5's limit is 4 GiB)")
     compression = None
     if bshuf_guard.FILTER_ID in ids:
-        cd_values = [int(v) for v in dcpl.get_filter(ids.index(bshuf_guard.FILTER_ID))[2]]
+        cd_values = [int(v) for v in filters[ids.index(bshuf_guard.FILTER_ID)][2]]
         try:
             compression, _block = bshuf_guard.filter_compression(cd_values, elem_size)
         except CodecError as e:
@@ -546,6 +550,7 @@ def _inflated_size(buf: memoryview, off: int, nbytes: int, expected: int, path: 
     return n
 
 
+_MAX_CHUNK_BYTES = 1 << 32  # HDF5 refuses to write a chunk this big
 _SHUFFLE_DEFLATE = ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE])
 
 
@@ -565,11 +570,11 @@ def _read_deflated(
     """
     if lay.dtype.kind not in "biufc" or lay.dtype.hasobject or not lay.shape:
         return None
-    dcpl = dsid.get_create_plist()
-    ids = [int(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters())]
-    if ids not in _SHUFFLE_DEFLATE:
-        return None
     try:
+        dcpl = dsid.get_create_plist()
+        ids = [int(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters())]
+        if ids not in _SHUFFLE_DEFLATE:
+            return None
         if int(dsid.get_type().get_size()) != lay.dtype.itemsize:
             return None
         chunk = tuple(int(c) for c in dcpl.get_chunk())
@@ -580,6 +585,8 @@ def _read_deflated(
         return None  # _check_filters reports it
     if len(chunk) != len(lay.shape) or min(chunk) < 1:
         return None
+    if math.prod(chunk) * lay.dtype.itemsize >= _MAX_CHUNK_BYTES:
+        return None  # _check_filters reports it
     grid = math.prod(-(-d // c) for d, c in zip(lay.shape, chunk, strict=True))
     offsets = {o for o, _m, _off, _n in infos}
     if len(infos) != grid or len(offsets) != grid or any(m for _o, m, _off, _n in infos):
