@@ -496,6 +496,7 @@ def _check_filters(dsid: Any, raw: np.ndarray, path: str) -> None:
     expected = math.prod(chunk_shape) * elem_size
     if expected >= _MAX_CHUNK_BYTES:
         raise CodecError(f"dataset /{path} declares {expected}-byte chunks (HDF5's limit is 4 GiB)")
+    _check_native_params(filters, elem_size, path)
     compression = None
     if bshuf_guard.FILTER_ID in ids:
         cd_values = [int(v) for v in filters[ids.index(bshuf_guard.FILTER_ID)][2]]
@@ -550,6 +551,20 @@ def _inflated_size(buf: memoryview, off: int, nbytes: int, expected: int, path: 
     return n
 
 
+def _check_native_params(filters: Sequence[Any], elem_size: int, path: str) -> None:
+    """libhdf5's shuffle un-shuffles with the element size in its cd_values and its
+    deflate refuses a level above 9 even to read: a corrupt value there is refused
+    here, so the codec's own inflate and libhdf5 agree. Raises CodecError."""
+    for fid, _flags, cd, _name in filters:
+        if fid == h5py.h5z.FILTER_SHUFFLE and (len(cd) < 1 or cd[0] != elem_size):
+            raise CodecError(
+                f"dataset /{path}: shuffle filter element size {cd[0] if cd else None} "
+                f"disagrees with the dataset's {elem_size}-byte elements"
+            )
+        if fid == h5py.h5z.FILTER_DEFLATE and (len(cd) < 1 or cd[0] > 9):
+            raise CodecError(f"dataset /{path}: deflate level {cd[0] if cd else None} is not 0..9")
+
+
 _MAX_CHUNK_BYTES = 1 << 32  # HDF5 refuses to write a chunk this big
 _SHUFFLE_DEFLATE = ([h5py.h5z.FILTER_DEFLATE], [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE])
 
@@ -572,7 +587,8 @@ def _read_deflated(
         return None
     try:
         dcpl = dsid.get_create_plist()
-        ids = [int(dcpl.get_filter(i)[0]) for i in range(dcpl.get_nfilters())]
+        filters = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
+        ids = [int(f[0]) for f in filters]
         if ids not in _SHUFFLE_DEFLATE:
             return None
         if int(dsid.get_type().get_size()) != lay.dtype.itemsize:
@@ -593,22 +609,33 @@ def _read_deflated(
         return None
     if any(x % c or x >= d for o in offsets for x, c, d in zip(o, chunk, lay.shape, strict=True)):
         return None
+    _check_native_params(filters, lay.dtype.itemsize, lay.path)
+    stored: list[bytes] = []
+    for k, (o, _m, off, n) in enumerate(infos):
+        if off < 0 or off + n > len(raw):
+            raise CodecError(f"dataset /{lay.path} chunk {k} lies outside the {len(raw)}-byte message")
+        try:
+            # the bytes libhdf5's own read finds at this offset: a corrupt chunk index
+            # can list a chunk there that its lookup misses
+            mask, data = dsid.read_direct_chunk(o)
+        except Exception:
+            return None  # libhdf5 reads the fill value there, after _check_filters
+        if mask:
+            return None
+        stored.append(data)
     out = _target(alloc, lay.shape, lay.dtype) if alloc else np.empty(lay.shape, lay.dtype)
     size = lay.dtype.itemsize
     expected = math.prod(chunk) * size
     shuffled = len(ids) == 2 and size > 1
     whole = chunk[1:] == lay.shape[1:] and chunk[0] == 1  # one event per chunk: a byte range of out
     flat = out.reshape(-1).view(np.uint8)
-    buf = raw.data
-    for k, (o, _m, off, n) in enumerate(infos):
-        if off < 0 or off + n > len(buf):
-            raise CodecError(f"dataset /{lay.path} chunk {k} lies outside the {len(buf)}-byte message")
-        d = zlib.decompressobj()
+    for k, ((o, _m, _off, _n), chunk_bytes) in enumerate(zip(infos, stored, strict=True)):
+        z = zlib.decompressobj()
         try:
-            data = d.decompress(buf[off : off + n], expected + 1)
+            data = z.decompress(chunk_bytes, expected + 1)
         except zlib.error as e:
             raise CodecError(f"dataset /{lay.path} chunk {k}: not a deflate stream: {e}") from None
-        if len(data) != expected or not d.eof:
+        if len(data) != expected or not z.eof:
             got = "more than" if len(data) > expected else f"{len(data)} of"
             raise CodecError(f"dataset /{lay.path} chunk {k} inflates to {got} its {expected} bytes")
         src = np.frombuffer(data, np.uint8)
