@@ -351,7 +351,7 @@ def test_random_header_edits_never_crash(batch: list[tuple[int, tuple[Edit, ...]
     shape=st.lists(st.integers(1, 40), min_size=1, max_size=4).map(tuple),
     chunk_fraction=st.floats(0.01, 1.0),
     nelems=st.sampled_from([0, 8, 16, 64, 256, 2048]),
-    cname=st.sampled_from(["lz4", "zstd"]),
+    cname=st.sampled_from(["lz4", "zstd", "none"]),  # none: bitshuffle alone
     seed=st.integers(0, 2**16),
 )
 def test_good_bitshuffle_messages_decode_to_what_was_written(
@@ -500,3 +500,46 @@ def test_chunks_the_pipeline_would_return_short_are_refused() -> None:
     for (what, _p, fragment), r in zip(cases, results, strict=True):
         assert r["outcome"] == "codec", (what, r)
         assert fragment in r["reason"], (what, r["reason"])
+
+
+def test_native_filter_parameters_must_agree_with_the_dataset() -> None:
+    """libhdf5 un-shuffles with the element size in shuffle's cd_values and refuses a
+    deflate level above 9 even to read; the codec inflates gzip itself, so it
+    refuses both as libhdf5 would have read them differently or not at all."""
+    msg = message(*M16, "gzip_with_shuffle")  # uint16: shuffle's cd_values hold 2
+    shuffle_cd, deflate_cd = msg.index(b"shuffle\0") + 8, msg.index(b"deflate\0") + 8
+    assert msg[shuffle_cd:shuffle_cd + 4] == struct.pack("<I", 2)
+    cases = [
+        (patch(msg, shuffle_cd, struct.pack("<I", 4)), "shuffle filter element size 4 disagrees"),
+        (patch(msg, shuffle_cd, struct.pack("<I", 0)), "shuffle filter element size 0 disagrees"),
+        (patch(msg, deflate_cd, struct.pack("<I", 10)), "deflate level 10 is not 0..9"),
+    ]
+    for (_p, fragment), r in zip(cases, decode_elsewhere([p for p, _f in cases]), strict=True):
+        assert r["outcome"] == "codec" and fragment in r["reason"], r
+
+
+def test_a_chunk_the_index_lists_but_a_read_misses_reads_as_libhdf5_reads_it() -> None:
+    """Found by comparing the codec's own inflate with libhdf5's over the seed-0 fuzz
+    inputs: a flipped byte in a chunk's B-tree key (its extra, element-size
+    coordinate) leaves the chunk listed by chunk_iter but not found by a read,
+    which gives the fill value. The codec reads what libhdf5 reads."""
+    m = ((3, 1, 8, 8), "float64")
+    msg = message(*m, "gzip")
+    with h5py.File(io.BytesIO(msg), "r") as fh:
+        c = fh[PATH].id.get_chunk_info_by_coord((1, 0, 0, 0))
+    key = struct.pack("<II", c.size, 0) + struct.pack("<5Q", 1, 0, 0, 0, 0)
+    assert msg.count(key) == 1
+    bad = patch(msg, msg.index(key) + 8 + 4 * 8 + 4, b"\xf9")
+    child = (
+        "import sys, hashlib, io, h5py, hdf5plugin; from simstream import codec\n"
+        "b = sys.stdin.buffer.read()\n"
+        "a = codec.decode(b, fields={'d': '/data/data'})['d']\n"
+        "with h5py.File(io.BytesIO(b), 'r') as fh: r = fh['data/data'][()]\n"
+        "print(hashlib.sha256(a.tobytes()).hexdigest(), hashlib.sha256(r.tobytes()).hexdigest())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], input=bad, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-300:]
+    ours, stock = proc.stdout.decode().split()
+    expected = expected_data(*m).copy()
+    expected[1] = 0.0  # the fill value
+    assert ours == stock == sha(expected)
