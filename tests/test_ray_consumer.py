@@ -271,7 +271,8 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
 def test_simstream_run_fans_the_ranks_in_over_every_address(tmp_path: Path) -> None:
     """`simstream run` with two addresses in the profile and receiver actors: each
     address gets a free port, a receiver actor binds each, the emitter spreads its
-    ranks over both; the report reads the merged run directory."""
+    ranks over both, two inference actors share Q1; the report reads the merged
+    run directory."""
     pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
     from simstream.runner.core import run_profile
 
@@ -285,13 +286,19 @@ def test_simstream_run_fans_the_ranks_in_over_every_address(tmp_path: Path) -> N
         "timeline: {phases: [{name: steady, rate_hz: 200}]}\n"
         "stop: {messages: 20}\n"
         "consumer:\n  model: {kind: synthetic, compute_ms: 1}\n  device: cpu\n"
-        "  queue: {maxsize: 8, backend: ray, shards: 2}\n"
+        "  queue: {maxsize: 8, backend: ray, shards: 2}\n  ray: {inference_actors: 2}\n"
     )
     result = run_profile(profile, tmp_path / "run")
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (s["received"], s["processed"], s["lost"], s["duplicated"]) == (40, 40, 0, 0)
     assert len(s["urls"]) == 2 and s["urls"][0] != s["urls"][1]
     assert [r["puts"] for r in s["ray"]["receivers"]] == [20, 20]
+    # two inference actors shared the batches; each has its own GPU (here CPU) busy share
+    inf = s["ray"]["inference"]
+    assert [i["number"] for i in inf] == [0, 1] and sum(i["batches"] for i in inf) == 40
+    assert set(s["gpu_busy_by_device"]) <= {"0", "1"}
+    assert s["gpu_busy_fraction"] == pytest.approx(
+        sum(s["gpu_busy_by_device"].values()) / len(s["gpu_busy_by_device"]))
     from simstream.diagnose.verdict import VERDICTS
 
     assert result.report["verdict"] in VERDICTS
