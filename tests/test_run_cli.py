@@ -64,6 +64,27 @@ def test_bad_ray_address_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "investigate"])
+def test_queue_backend_reaches_the_consumer(tmp_path: Path, command: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """--queue-backend (with --ray-address) becomes the consumer's flags; a backend
+    that does not exist is a usage error before anything runs."""
+    seen: list[list[str]] = []
+
+    def fake_run_profile(profile_path: Any, out: Any, **kw: Any) -> RunResult:
+        seen.append(list(kw["consumer_args"]))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(run_cli, "run_profile", fake_run_profile)
+    prof = tmp_path / "ok.yaml"
+    prof.write_text(GOOD)
+    argv = [command, "--profile", str(prof), "--out", str(tmp_path / "r"),
+            "--queue-backend", "ray", "--ray-address", "auto"]
+    assert _exit_code(argv) == 1
+    assert seen == [["--queue-backend", "ray", "--ray-address", "auto"]]
+    assert _exit_code([command, "--profile", str(prof), "--queue-backend", "redis"]) == 2
+
+
 @pytest.mark.parametrize(("args", "msg"), [
     (["--capture-snaplen", "128"], "--capture-snaplen needs --capture"),
     (["--capture", "--capture-snaplen", "40"], "--capture-snaplen 40 is below 96 bytes"),

@@ -66,13 +66,21 @@ def _print_verdict(result: RunResult) -> None:
 _RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9_.-]+:\d{1,5})$")
 
 
-def _ray_args(address: str | None) -> list[str]:
-    """The consumer's flags for a Ray address; UsageError when it cannot be one."""
+def _ray_args(address: str | None, backend: str | None = None) -> list[str]:
+    """The consumer's flags for a queue backend and a Ray address; UsageError when
+    the address cannot be one."""
+    out = [] if backend is None else ["--queue-backend", backend]
     if address is None:
-        return []
+        return out
     if not _RAY_ADDRESS.match(address):
         raise UsageError(f"--ray-address {address!r} is not 'auto' or HOST:PORT")
-    return ["--ray-address", address]
+    return [*out, "--ray-address", address]
+
+
+_QUEUE_BACKEND = click.option(
+    "--queue-backend", type=click.Choice(["local", "process", "ray"]), default=None,
+    help="override the profile's consumer.queue.backend (ray: the consumer runs as Ray "
+         "receiver, Q1 and inference actors; with --ray-address on your cluster)")
 
 
 @click.command("run")
@@ -94,8 +102,10 @@ def _ray_args(address: str | None) -> list[str]:
 @click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
               help="with queue backend ray: attach the consumer to a running Ray cluster "
                    "(default: a local Ray instance that starts and stops with the run)")
+@_QUEUE_BACKEND
 def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_shaping: bool,
-        capture: bool, capture_snaplen: int, ray_address: str | None) -> None:
+        capture: bool, capture_snaplen: int, ray_address: str | None,
+        queue_backend: str | None) -> None:
     """Consumer on a free loopback port (or across a kernel-shaped testbed), the
     emitter against it, then the verdict."""
     if duration is not None and duration <= 0:
@@ -109,7 +119,7 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_
         result = run_profile(profile_path, out_dir, duration_s=duration,
                              kernel_shaping=kernel_shaping, capture=capture,
                              capture_snaplen=capture_snaplen, echo=click.echo,
-                             consumer_args=_ray_args(ray_address))
+                             consumer_args=_ray_args(ray_address, queue_backend))
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
@@ -127,15 +137,16 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_
 @click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
               help="with queue backend ray: attach the consumer to a running Ray cluster "
                    "(default: a local Ray instance that starts and stops with the run)")
+@_QUEUE_BACKEND
 def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
-                ray_address: str | None) -> None:
+                ray_address: str | None, queue_backend: str | None) -> None:
     """The investigation's comparative plan: a random-mode run and a socket-mode
     run with identical batch size, model and buffers, then a side-by-side report."""
     profile = load_profile(find_profile(profile_path))
     root = out_dir or default_out_dir(profile, suffix="-investigate")
     dur = duration or profile.stop.duration_s or 30.0
     try:
-        extra = _ray_args(ray_address)
+        extra = _ray_args(ray_address, queue_backend)
         rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur,
                           consumer_args=extra)
         sock = run_profile(profile_path, root / "socket", duration_s=dur, consumer_args=extra)
