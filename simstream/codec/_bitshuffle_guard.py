@@ -18,9 +18,12 @@ total larger than the data (one flipped byte) sends every later block to read a
 cd_values (slot 2); a zero there divides by zero.
 
 The LZ4 and zstd block contents themselves are decoded with LZ4_decompress_safe /
-ZSTD_decompress bounded by the block's ``n`` (hdf5plugin's build; upstream
-bitshuffle's LZ4_decompress_fast is not used), so only the headers need checking:
-a walk over one uint32 per block, no decompression.
+ZSTD_decompress bounded by the block's ``n``, so only the headers need checking: a
+walk over one uint32 per block, no decompression. That holds for the hdf5plugin
+7.1.0 build in use (its bshuf_decompress_lz4_block calls LZ4_decompress_safe);
+bitshuffle's own sources can be built with LZ4_decompress_fast, which reads as far
+as the LZ4 stream says, and against such a build corrupt block contents would need
+a walk over every LZ4 sequence too.
 
 Everything here is a pure function of bytes and integers; each raises CodecError
 with a one-line reason.
