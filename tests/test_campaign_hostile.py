@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import io
 import os
 import resource
@@ -218,9 +219,12 @@ def test_a_process_that_only_decodes_reads_bitshuffle_messages(tmp_path: Path) -
 
 
 # Found by bench/fuzz_decode.py (input 42646 of seed 0: two bit flips in a
-# bitshuffle_lz4 message): hdf5plugin's Bitshuffle filter segfaults decoding its
-# chunk inside libhdf5's read. No check in Python can see it coming; only a worker
-# process contains it.
+# bitshuffle_lz4 message): the flips make a chunk header declare 1728053760
+# uncompressed bytes for a 512-byte chunk, and hdf5plugin's Bitshuffle filter,
+# which trusts that total and walks its blocks past the chunk's end, segfaulted
+# inside libhdf5's read. The codec now checks every Bitshuffle chunk header
+# against the dataset before the filter runs (simstream/codec/_bitshuffle_guard.py)
+# and refuses it as a codec error, in process.
 BITSHUFFLE_SEGFAULT = zlib.decompress(base64.b64decode(
     "eNrr9HBx4+WS4mIAAQ4OBhYGAQZk8B8Knlii8mHyCVCaEUp3QOkVTDBxRrCcBFRcEGo+urqQIFdXkOr/aABmzwNW"
     "CI3qulEwUoCHq2MAiI6A8hWg9AkmVHUpiSWJILo4M7e4pCg1MRctfVqQaC+u9OvBDOFnsBKXfi04RtPvaPrFTL8d"
@@ -251,9 +255,12 @@ BITSHUFFLE_SEGFAULT = zlib.decompress(base64.b64decode(
 
 
 def abort_on_marker(payload: bytes) -> None:
-    """Worker hook: a payload starting with ABORT kills the worker like a native crash."""
+    """Worker hook: a payload starting with ABORT kills the worker like a native crash
+    (SIGABRT), SEGV with a segmentation fault, SLEEP hangs it."""
     if payload[:5] == b"ABORT":
         os.abort()
+    if payload[:4] == b"SEGV":
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, as a native decoder bug would
     if payload[:5] == b"SLEEP":
         time.sleep(60)
 
@@ -305,12 +312,27 @@ def test_a_worker_crash_costs_one_message_and_parsing_goes_on() -> None:
         iso.close()
 
 
-def test_a_native_segfault_in_a_bitshuffle_chunk_costs_one_message() -> None:
-    iso = Parser(FIELDS, ["detector_data"], None, isolation="process")
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_the_fuzz_found_bitshuffle_crash_is_a_codec_error(isolation: str) -> None:
+    """The message that segfaulted hdf5plugin's filter is now refused before the
+    filter runs, in process as in a worker, and the next good one still parses."""
+    parser = Parser(FIELDS, ["detector_data"], None, isolation=isolation)
+    try:
+        with pytest.raises(ParseError, match=r"^codec: dataset /data/data chunk 3: bitshuffle "
+                                             r"chunk header declares 1728053760 uncompressed bytes"):
+            parser.parse(BITSHUFFLE_SEGFAULT)
+        assert parser.parse(message(8, compression="bitshuffle_lz4")).seq == 8
+    finally:
+        parser.close()
+
+
+def test_a_native_segfault_in_a_worker_costs_one_message() -> None:
+    iso = IsolatedParser(FIELDS, ["detector_data"], SHAPE, workers=1, hook=abort_on_marker)
     try:
         with pytest.raises(ParseError, match=r"^crash: parse worker killed by SIGSEGV"):
-            iso.parse(BITSHUFFLE_SEGFAULT)
-        assert iso.parse(message(8, compression="bitshuffle_lz4")).seq == 8
+            iso.parse(b"SEGV" + message(1))
+        assert iso.parse(message(2)).seq == 2
+        assert iso.crashes == 1
     finally:
         iso.close()
 
