@@ -60,13 +60,16 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Benchmarks: each prints its figures with the machine; see BENCHMARKS.md for
-# the ones that need root (bench_shaping) or a GPU (bench_gpu, bench_socket_vs_random).
+# the ones that need root (bench_shaping) or a GPU (bench_gpu, bench_socket_vs_random,
+# bench_scale's figures).
 bench: $(STAMP)
 	$(PY) bench/bench_codec.py
 	$(PY) bench/bench_emit.py
 	$(PY) bench/bench_consumer_overhead.py
 	$(PY) bench/bench_diagnose.py
 	$(PY) bench/bench_queue.py
+	$(PY) bench/bench_ranks.py
+	$(PY) bench/bench_scale.py --cases 1x1x1,2x2x1 --duration 8 --shape 1,256,256
 
 # Not in CI: the bursty profile end to end for SOAK_MINUTES; resident memory and
 # open file descriptors of both programs, every message accounted for.
