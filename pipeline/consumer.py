@@ -300,6 +300,30 @@ def _producer_thread(run: _Run, target: Callable[[], None]) -> threading.Thread:
 # the inference loop
 
 
+def report_progress(records: Any, q1: Any, t_start: float,
+                    on_progress: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], bool]:
+    """Log the live line (and the seed's starvation warning when Q1 is under 30 %
+    full) and pass the snapshot to ``on_progress``. Returns the snapshot and
+    whether it warned."""
+    snap = records.snapshot()
+    depth = q1.depth()
+    util = depth / q1.maxsize
+    elapsed = now() - t_start
+    snap.update(q1_depth=depth, q1_maxsize=q1.maxsize, q1_utilisation=util,
+                elapsed_s=elapsed, final=False,
+                samples_per_s=snap["samples"] / elapsed if elapsed > 0 else None)
+    log.info("batches %d  samples/s %.1f  Q1 %d/%d (%.0f%%)  GPU busy %s",
+             snap["batches"], snap["samples_per_s"] or 0.0, depth, q1.maxsize, util * 100,
+             "-" if snap["gpu_busy"] is None else f"{snap['gpu_busy'] * 100:.0f}%")
+    starved = util < STARVATION_UTILISATION
+    if starved:
+        log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d batches)",
+                    util * 100, depth, q1.maxsize)
+    if on_progress is not None:
+        on_progress(snap)
+    return snap, starved
+
+
 class _Inference:
     def __init__(self, run: _Run, on_progress: Callable[[dict[str, Any]], None] | None) -> None:
         self.run = run
@@ -324,23 +348,9 @@ class _Inference:
 
     def progress(self) -> dict[str, Any]:
         """The live line (and the seed's starvation warning), and ``on_progress``."""
-        run = self.run
-        snap = run.records.snapshot()
-        depth = run.q1.depth()
-        util = depth / run.q1.maxsize
-        elapsed = now() - self.t_start
-        snap.update(q1_depth=depth, q1_maxsize=run.q1.maxsize, q1_utilisation=util,
-                    elapsed_s=elapsed, final=False,
-                    samples_per_s=snap["samples"] / elapsed if elapsed > 0 else None)
-        log.info("batches %d  samples/s %.1f  Q1 %d/%d (%.0f%%)  GPU busy %s",
-                 snap["batches"], snap["samples_per_s"] or 0.0, depth, run.q1.maxsize, util * 100,
-                 "-" if snap["gpu_busy"] is None else f"{snap['gpu_busy'] * 100:.0f}%")
-        if util < STARVATION_UTILISATION:
-            self.starvation_warnings += 1
-            log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d batches)",
-                        util * 100, depth, run.q1.maxsize)
-        if self.on_progress is not None:
-            self.on_progress(snap)
+        snap, starved = report_progress(self.run.records, self.run.q1, self.t_start,
+                                        self.on_progress)
+        self.starvation_warnings += starved
         return snap
 
     def loop(self) -> None:

@@ -347,7 +347,7 @@ def run_ray_consumer(
     """One consumer run on Ray actors into ``out_dir``; returns the summary (as
     :func:`pipeline.consumer.run_consumer`, which calls this). Raises UsageError for
     bad settings (Ray, addresses, devices), RuntimeError when an actor failed."""
-    from .consumer import STARVATION_UTILISATION, summary_extra
+    from .consumer import report_progress, summary_extra
 
     if cfg.mode != "socket":
         raise UsageError("ray.actors needs mode socket (random mode has no receivers)")
@@ -418,21 +418,9 @@ def run_ray_consumer(
                     ray.get([a.input_done.remote() for a in infs])
             elif all(p["done"] for p in inf_polls):
                 break
-            if time.monotonic() - t_progress >= PROGRESS_S:
+            if time.monotonic() - t_progress >= PROGRESS_S and records.batches:
                 t_progress = time.monotonic()
-                snap = records.snapshot()
-                depth = q1.depth()
-                util = depth / q1.maxsize
-                elapsed = now() - t_start
-                snap.update(q1_depth=depth, q1_maxsize=q1.maxsize, q1_utilisation=util,
-                            elapsed_s=elapsed, final=False,
-                            samples_per_s=snap["samples"] / elapsed if elapsed > 0 else None)
-                if snap["batches"] and util < STARVATION_UTILISATION:
-                    starvation_warnings += 1
-                    log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d)",
-                                util * 100, depth, q1.maxsize)
-                if on_progress is not None:
-                    on_progress(snap)
+                starvation_warnings += report_progress(records, q1, t_start, on_progress)[1]
             time.sleep(DRAIN_S)
         inf_results = ray.get([a.result.remote() for a in infs])
         for res in inf_results:
