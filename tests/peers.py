@@ -16,3 +16,36 @@ def push_zmq(url: str, msgs: list[bytes]) -> None:
         s.send(m)
     s.close()
     ctx.term()
+
+
+def consume_while_emitting(consume: list[str], emit: list[str], listen_ports: list[int],
+                           env: dict[str, str], *, listen_s: float = 120.0,
+                           timeout_s: float = 120.0) -> tuple[str, str]:
+    """Start the consumer program ``consume``, wait until every port in
+    ``listen_ports`` listens (none: a connecting consumer), run the emitter program
+    ``emit`` to its end, then wait for the consumer to end on its own (idle
+    timeout). Asserts both exit 0; returns the consumer's (stdout, stderr). Bounded:
+    ``listen_s`` for the ports, ``timeout_s`` for each program; the consumer is
+    killed if it outlives them."""
+    import subprocess
+    import time
+
+    from simstream.runner.procs import is_listening
+
+    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    try:
+        deadline = time.monotonic() + listen_s
+        while not all(is_listening(p) for p in listen_ports):
+            assert consumer.poll() is None, consumer.communicate()
+            assert time.monotonic() < deadline, f"nothing listens on {listen_ports}"
+            time.sleep(0.05)
+        emitter = subprocess.run(emit, capture_output=True, text=True, env=env, timeout=timeout_s)
+        assert emitter.returncode == 0, emitter.stderr
+        stdout, stderr = consumer.communicate(timeout=timeout_s)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.communicate()
+    assert consumer.returncode == 0, stderr
+    return stdout, stderr

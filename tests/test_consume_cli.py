@@ -17,6 +17,7 @@ from pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COL
 from simstream.cli import main
 from simstream.profile import parse_profile
 from simstream.runner.procs import free_port, is_listening
+from tests.peers import consume_while_emitting
 
 PROFILE = """\
 name: tiny
@@ -217,14 +218,6 @@ def test_live_progress_panel_renders_snapshots(tmp_path: Path) -> None:
     assert lines[1].startswith("received 6  processed 6  quarantined 0  lost None")
 
 
-def _wait_listening(port: int, proc: subprocess.Popen, limit_s: float = 60.0) -> None:
-    deadline = time.monotonic() + limit_s
-    while not is_listening(port):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"nothing listens on {port}"
-        time.sleep(0.05)
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize(("kind", "role"), [("zmq", "client"), ("zmq", "server"),
                                             ("tcp", "client"), ("nng", "client")])
@@ -241,20 +234,8 @@ def test_emit_to_consume_every_message_accounted(tmp_path: Path, kind: str, role
     emit = [sys.executable, "-m", "simstream", "emit", "--profile", "steady", "--url", url,
             "--role", role, "--transport", kind, "--count", "25", "--log", str(emit_log),
             "--no-progress"]
-    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=_env())
-    emitter = None
-    try:
-        if role == "client":
-            _wait_listening(port, consumer)
-        emitter = subprocess.run(emit, capture_output=True, text=True, env=_env(), timeout=120)
-        assert emitter.returncode == 0, emitter.stderr
-        stdout, stderr = consumer.communicate(timeout=120)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.communicate()
-    assert consumer.returncode == 0, stderr
+    consume_while_emitting(consume, emit, [port] if role == "client" else [],
+                           _env(), listen_s=60)
     records = [json.loads(line) for line in emit_log.read_text().splitlines() if line.strip()]
     delivered = [r for r in records if r["outcome"] == "delivered"]
     assert len(delivered) == 25

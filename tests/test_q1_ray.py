@@ -26,6 +26,7 @@ from simstream.profile import ProfileError
 ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
 
 from pipeline.q1 import Q1Closed, RayQ1, make_q1  # noqa: E402
+from tests.peers import consume_while_emitting  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -215,22 +216,7 @@ def test_consume_with_ray_queue_accounts_for_every_message(tmp_path: Path, ray_i
                "--out", str(out), "--bind", url]
     emit = [sys.executable, "-m", "simstream", "emit", "--profile", "steady", "--url", url,
             "--role", "client", "--count", "20", "--log", str(emit_log), "--no-progress"]
-    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        while not is_listening(port):
-            assert consumer.poll() is None, consumer.communicate()
-            assert time.monotonic() < deadline, f"nothing listens on {port}"
-            time.sleep(0.05)
-        emitter = subprocess.run(emit, capture_output=True, text=True, env=env, timeout=120)
-        assert emitter.returncode == 0, emitter.stderr
-        stdout, stderr = consumer.communicate(timeout=120)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.communicate()
-    assert consumer.returncode == 0, stderr
+    _, stderr = consume_while_emitting(consume, emit, [port], env, listen_s=90)
     delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
                  if r["outcome"] == "delivered"]
     assert len(delivered) == 20

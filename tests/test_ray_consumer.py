@@ -11,9 +11,7 @@ import csv
 import dataclasses
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from pipeline.ray_consumer import RecordRelay, _end_reason, _merge_q1, _merge_re
 from pipeline.records import BatchTimes, RunRecords
 from simstream.cli import main
 from simstream.profile import ProfileError
+from tests.peers import consume_while_emitting
 
 
 def _fin(index: int, t: float, events: int = 2) -> Finished:
@@ -200,7 +199,7 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
     (one per address) -> Q1 shard actors -> one inference actor (CPU); the driver's
     run directory accounts for every delivered message, per rank."""
     pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
-    from simstream.runner.procs import free_port, is_listening
+    from simstream.runner.procs import free_port
 
     ports = [free_port(), free_port()]
     while ports[1] == ports[0]:
@@ -225,22 +224,7 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
                "--out", str(out)]
     emit = [sys.executable, "-m", "simstream", "emit", "--profile", str(profile),
             "--log", str(emit_log), "--no-progress"]
-    consumer = subprocess.Popen(consume, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not all(is_listening(p) for p in ports):
-            assert consumer.poll() is None, consumer.communicate()
-            assert time.monotonic() < deadline, f"nothing listens on {ports}"
-            time.sleep(0.05)
-        emitter = subprocess.run(emit, capture_output=True, text=True, env=env, timeout=120)
-        assert emitter.returncode == 0, emitter.stderr
-        stdout, stderr = consumer.communicate(timeout=120)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.communicate()
-    assert consumer.returncode == 0, stderr
+    stdout, _ = consume_while_emitting(consume, emit, ports, env)
     delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
                  if r["outcome"] == "delivered"]
     assert len(delivered) == 100
