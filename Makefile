@@ -50,7 +50,7 @@ demo: $(STAMP)
 	$(BIN)/simstream run --profile $(PROFILE)
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not integration"
