@@ -166,6 +166,9 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
     try:
         with _Progress(live) as progress:
             summary = run_consumer(cfg, out, ready=ready, stop=stop, on_progress=progress.update)
+    except RuntimeError as e:  # a stage or an actor failed: what was recorded stays in out
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)

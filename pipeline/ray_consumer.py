@@ -457,6 +457,8 @@ def run_ray_consumer(
         if on_progress is not None:
             on_progress({**summary, "final": True})
         return summary
+    except ray.exceptions.RayActorError as exc:
+        raise RuntimeError(f"a consumer actor died: {exc}") from None
     finally:
         stop.set()
         if sampler is not None:

@@ -63,6 +63,22 @@ def test_bad_url(capsys) -> None:
     assert "--bind" in err and "tcp://HOST:PORT" in err and "\n" not in err
 
 
+def test_a_failed_stage_is_one_error_line_and_exit_1(tmp_path: Path, capsys,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage or Ray actor that fails mid-run (not bad input) exits 1 with one line."""
+    from pipeline import consumer
+    from pipeline.engine import StageError
+
+    def failing(*args: object, **kw: object) -> dict[str, object]:
+        raise StageError("compute", 3, ValueError("boom"))
+
+    monkeypatch.setattr(consumer, "run_consumer", failing)
+    assert exit_code(["consume", "--mode", "random", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "error: compute stage failed on batch 3: ValueError('boom')" in err
+    assert "Traceback" not in err
+
+
 def test_bad_consumer_section_names_the_path(tmp_path: Path, capsys) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("name: bad\nconsumer: {queue: {maxsize: -1}}\n")
