@@ -6,8 +6,10 @@ several, on loopback.
 
 Every case sends ``--total`` uncompressed HDF5 messages of ``--batch`` x ``--shape``
 float32 (LCLStreamer's layout, as fast as the emitter can: no rate, no cap) over
-zmq PUSH to one pyzmq PULL sink in its own process, which counts messages and
-bytes and stamps the first and last arrival. Three layouts per rank count N > 1:
+zmq PUSH to one pyzmq PULL sink in its own process (``--sinks per-rank``: one sink
+process per rank, each rank to its own, so the receiving side does not cap the
+producers), which counts messages and bytes and stamps the first and last
+arrival. Three layouts per rank count N > 1:
 
 - ``one process``: ``simstream emit --ranks N`` (N connections, one process);
 - ``N processes``: N ``simstream emit --ranks 1 --rank-offset i`` started together,
@@ -15,7 +17,7 @@ bytes and stamps the first and last arrival. Three layouts per rank count N > 1:
 - ``--processes N``: one ``simstream emit --ranks N --processes N`` (it starts the N
   emitter processes itself and merges their logs).
 
-Figure: MB/s = bytes / (last arrival - first arrival) at the sink (the emitters'
+Figure: MB/s = bytes / (last arrival - first arrival) at the sinks (the emitters'
 start-up and LCLStreamer's 1 s sleep after connect are outside that window).
 Every emitter writes an emit log; the ``ids`` column counts the distinct (rank,
 seq) pairs delivered according to the logs (it equals the messages sent when
@@ -87,25 +89,37 @@ def delivered_ids(logs: list[Path]) -> int:
     return len(ids)
 
 
-def case(profile_path: Path, ranks: int, layout: str, total: int) -> dict[str, Any]:
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
+def case(prof: Any, ranks: int, layout: str, total: int, per_rank_sinks: bool) -> dict[str, Any]:
+    """One case; with ``per_rank_sinks`` every rank sends to its own sink process
+    (so the receiving side cannot be what limits the producer), else all to one."""
+    n_sinks = ranks if per_rank_sinks else 1
+    ports: list[int] = []
+    while len(ports) < n_sinks:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    urls = [f"tcp://127.0.0.1:{p}" for p in ports]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    sink = subprocess.Popen([sys.executable, "-c", SINK, url, str(total), "120"],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    per = total // ranks
+    sinks = [subprocess.Popen([sys.executable, "-c", SINK, u, str(per * ranks // n_sinks), "120"],
+                              stdout=subprocess.PIPE, text=True, env=env) for u in urls]
     emitters: list[subprocess.Popen[bytes]] = []
     logdir = tempfile.TemporaryDirectory(prefix="bench-ranks-")
     logs: list[Path] = []
+    profile_path = Path(logdir.name) / "ranks.yaml"
+    # ranks reach urls[rank % len(urls)] in every layout
+    profile_path.write_text(dump_profile(prof.with_overrides(
+        {"transport.url": urls[0], "transport.urls": urls if n_sinks > 1 else None})))
     try:
-        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
-        per = total // ranks
+        for sink in sinks:
+            assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
 
         def start(*extra: str) -> None:
             log = Path(logdir.name) / f"emit{len(logs)}.jsonl"
             logs.append(log)
             emitters.append(subprocess.Popen(
                 [sys.executable, "-m", "simstream", "emit", "--profile", str(profile_path),
-                 "--url", url, "--role", "client", "--count", str(per), "--no-progress",
+                 "--role", "client", "--count", str(per), "--no-progress",
                  "--log", str(log), *extra],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
@@ -116,20 +130,25 @@ def case(profile_path: Path, ranks: int, layout: str, total: int) -> dict[str, A
             start("--ranks", str(ranks), "--processes", str(ranks))
         else:
             start("--ranks", str(ranks))
-        out, _ = sink.communicate(timeout=150)
-        r = json.loads(out.strip().splitlines()[-1])
+        results = []
+        for sink in sinks:
+            out, _ = sink.communicate(timeout=150)
+            results.append(json.loads(out.strip().splitlines()[-1]))
         for e in emitters:
             e.wait(timeout=60)
-        span = (r["last"] - r["first"]) if r["first"] is not None else 0.0
+        firsts = [r["first"] for r in results if r["first"] is not None]
+        lasts = [r["last"] for r in results if r["last"] is not None]
+        span = (max(lasts) - min(firsts)) if firsts and lasts else 0.0
+        nbytes = sum(r["bytes"] for r in results)
         name = {"one process": "one process", "N processes": f"{ranks} processes",
                 "--processes N": f"--processes {ranks}"}[layout]
-        return {"ranks": ranks, "layout": name,
-                "messages": r["messages"], "expected": per * ranks, "bytes": r["bytes"],
-                "ids": delivered_ids(logs),
-                "span_s": span, "mb_per_s": r["bytes"] / span / 1e6 if span > 0 else None,
+        return {"ranks": ranks, "layout": name, "sinks": n_sinks,
+                "messages": sum(r["messages"] for r in results), "expected": per * ranks,
+                "bytes": nbytes, "ids": delivered_ids(logs),
+                "span_s": span, "mb_per_s": nbytes / span / 1e6 if span > 0 else None,
                 "emitter_rc": [e.returncode for e in emitters]}
     finally:
-        for p in [sink, *emitters]:
+        for p in [*sinks, *emitters]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -143,6 +162,9 @@ def main() -> None:
     ap.add_argument("--shape", default="1,512,512")
     ap.add_argument("--total", type=int, default=256, help="messages per case, all ranks together")
     ap.add_argument("--repeats", type=int, default=3, help="runs per case; the median is shown")
+    ap.add_argument("--sinks", choices=("one", "per-rank"), default="one",
+                    help="one PULL sink for all ranks, or one sink process per rank (so the "
+                         "receiving side does not cap what the producers can send)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     base = load_profile(find_profile("steady"))
@@ -154,25 +176,23 @@ def main() -> None:
         "stop": {"messages": None, "duration_s": None},
     })
     rows = []
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "ranks.yaml"
-        path.write_text(dump_profile(prof))
-        for n in (int(x) for x in args.ranks.split(",")):
-            for layout in (LAYOUTS if n > 1 else LAYOUTS[:1]):
-                runs = []
-                for _ in range(args.repeats):
-                    runs.append(case(path, n, layout, args.total))
-                    print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-                rates = sorted(x["mb_per_s"] or 0.0 for x in runs)
-                r = dict(runs[0])
-                r.update(mb_per_s=statistics.median(rates), mb_per_s_all=rates,
-                         messages=min(x["messages"] for x in runs),
-                         ids=min(x["ids"] for x in runs))
-                rows.append(r)
+    for n in (int(x) for x in args.ranks.split(",")):
+        for layout in (LAYOUTS if n > 1 else LAYOUTS[:1]):
+            runs = []
+            for _ in range(args.repeats):
+                runs.append(case(prof, n, layout, args.total, args.sinks == "per-rank"))
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            rates = sorted(x["mb_per_s"] or 0.0 for x in runs)
+            r = dict(runs[0])
+            r.update(mb_per_s=statistics.median(rates), mb_per_s_all=rates,
+                     messages=min(x["messages"] for x in runs),
+                     ids=min(x["ids"] for x in runs))
+            rows.append(r)
     nbytes = rows[0]["bytes"] // max(rows[0]["messages"], 1) if rows else 0
     print(f"Machine: {machine()}\n")
     print(f"{args.total} messages per case of {args.batch} x {args.shape} float32, HDF5 "
-          f"uncompressed ({nbytes:,} bytes each), zmq over loopback to one PULL sink.\n")
+          f"uncompressed ({nbytes:,} bytes each), zmq over loopback to "
+          f"{'one PULL sink per rank' if args.sinks == 'per-rank' else 'one PULL sink'}.\n")
     print(f"Median of {args.repeats} runs per case (all runs in brackets).\n")
     print("| ranks | layout | messages | ids | MB/s | runs MB/s | vs 1 rank |")
     print("| ---: | --- | ---: | ---: | ---: | --- | ---: |")
