@@ -99,6 +99,37 @@ def test_release_once_after_h2d_and_pool_recycles():
         np.testing.assert_allclose(f.output, np.full(4, 16 * f.index))
 
 
+def test_a_consumer_engine_keeps_every_host_buffer_its_run_can_hold():
+    """Released host buffers are kept up to what a run holds at once (Q1 full, every
+    parser slot, every engine buffer), so a long run never frees and reallocates
+    them; and the engine keeps nothing per finished batch (a long run's memory
+    must not grow with its length)."""
+    from pipeline.config import consumer_config
+    from pipeline.consumer import _build_engine, host_buffers_needed
+
+    cfg = consumer_config(None, {"queue.maxsize": 5, "parser_threads": 3, "buffers": 2,
+                                 "device": "cpu", "model": {"kind": "noop"}})
+    assert host_buffers_needed(cfg) == 5 + 2 * 3 + 2 + 1
+    with _build_engine(cfg) as engine:
+        assert engine.pool.max_free == 14
+        held = [engine.host_array((2, 4), np.float32) for _ in range(14)]
+        for _, release in held:
+            release()
+        assert len(engine.pool._free) == 14  # noqa: SLF001 - every one kept for reuse
+        def sizes() -> dict[str, int]:
+            return {k: len(v) for k, v in vars(engine).items()
+                    if isinstance(v, list | dict | set | tuple) or hasattr(v, "maxlen")}
+
+        size_before = sizes()
+        for i in range(50):
+            arr, release = engine.host_array((2, 4), np.float32)
+            arr.fill(i)
+            engine.submit(WorkItem(index=i, data=arr, release=release))
+        engine.flush()
+        assert sizes() == size_before  # nothing kept per batch
+        assert engine.pool.stats.allocations == 14  # the 50 batches reused them
+
+
 def test_pool_release_twice_raises():
     with Engine(build_model({"kind": "noop"}), device="cpu") as engine:
         _arr, release = engine.host_array((2, 3), np.float64)
