@@ -30,14 +30,24 @@ def test_every_hypothesis_profile_is_covered() -> None:
     assert bundled == set(EXPECTED)
 
 
+# the other hypotheses on production's engine too: `--queue-backend ray` puts the
+# consumer in Ray receiver, Q1 shard and inference actors
+ON_RAY = ("hypotheses/network-bound", "hypotheses/parse-bound", "hypotheses/consumer-bound")
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_hypothesis_profile_gets_its_verdict(name: str, tmp_path: Path) -> None:
-    if name.endswith("-ray"):
+@pytest.mark.parametrize(("name", "backend"), [(n, None) for n in sorted(EXPECTED)]
+                         + [(n, "ray") for n in ON_RAY])
+def test_hypothesis_profile_gets_its_verdict(name: str, backend: str | None,
+                                             tmp_path: Path) -> None:
+    if name.endswith("-ray") or backend == "ray":
         pytest.importorskip("ray", reason="the ray extra is not installed")
-    result = run_profile(bundled_profiles()[name], tmp_path / "run")
+    args = [] if backend is None else ["--queue-backend", backend]
+    result = run_profile(bundled_profiles()[name], tmp_path / "run", consumer_args=args)
+    if backend is not None:
+        assert result.summary["queue_backend"] == backend and result.summary["ray"]["actors"]
     s = result.summary
     assert result.emitter_rc == 0
     assert s["received"] == s["processed"] + s["quarantined"]
