@@ -459,6 +459,10 @@ def run_ray_consumer(
         return summary
     except ray.exceptions.RayActorError as exc:
         raise RuntimeError(f"a consumer actor died: {exc}") from None
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(
+            "the consumer's actors did not start in time: is the cluster short of GPUs "
+            "or CPUs for them (ray status)?") from None
     finally:
         stop.set()
         if sampler is not None:

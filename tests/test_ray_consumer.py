@@ -287,3 +287,22 @@ def test_simstream_run_fans_the_ranks_in_over_every_address(tmp_path: Path) -> N
 
     assert result.report["verdict"] in VERDICTS
     assert result.report["evidence"]["messages_received"] == 40
+
+
+@pytest.mark.integration
+def test_actors_that_do_not_start_in_time_are_one_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inference actor that cannot start (a cluster short of GPUs, a slow model
+    build) ends the run with a RuntimeError saying so, and nothing is left running."""
+    pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+    import ray
+
+    from pipeline import ray_consumer
+    from simstream.runner.procs import free_port
+
+    monkeypatch.setattr(ray_consumer, "START_TIMEOUT_S", 0.001)
+    cfg = consumer_config(None, {"queue.backend": "ray", "device": "cpu",
+                                 "bind": f"tcp://127.0.0.1:{free_port()}"})
+    with pytest.raises(RuntimeError, match="the consumer's actors did not start in time"):
+        ray_consumer.run_ray_consumer(cfg, tmp_path / "run")
+    assert not ray.is_initialized()  # the run's own Ray was stopped with it
