@@ -49,3 +49,41 @@ def consume_while_emitting(consume: list[str], emit: list[str], listen_ports: li
             consumer.communicate()
     assert consumer.returncode == 0, stderr
     return stdout, stderr
+
+
+class ThreadedConsumer:
+    """``pipeline.consumer.run_consumer(cfg, out)`` in a thread (no warm-up), started
+    at once; ``stop()`` ends it and returns its summary, re-raising what it raised.
+    Bounded: ``start_s`` to be ready, ``stop_s`` to end."""
+
+    def __init__(self, cfg: object, out: object, *, start_s: float = 30.0,
+                 stop_s: float = 30.0) -> None:
+        import threading
+
+        self.cfg = cfg
+        self.out = out
+        self.stop_s = stop_s
+        self.ready = threading.Event()
+        self.stop_ev = threading.Event()
+        self.box: dict[str, object] = {}
+        self.thread = threading.Thread(target=self._body, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(start_s), self.box.get("error", "the consumer did not start")
+
+    def _body(self) -> None:
+        from pipeline.consumer import run_consumer
+
+        try:
+            self.box["summary"] = run_consumer(self.cfg, self.out, ready=self.ready,  # type: ignore[arg-type]
+                                               stop=self.stop_ev, warmup=False)
+        except BaseException as e:
+            self.box["error"] = e
+            self.ready.set()
+
+    def stop(self) -> dict[str, object]:
+        self.stop_ev.set()
+        self.thread.join(self.stop_s)
+        assert not self.thread.is_alive(), "the consumer did not stop"
+        if "error" in self.box:
+            raise self.box["error"]  # type: ignore[misc]
+        return dict(self.box["summary"])  # type: ignore[call-overload]

@@ -43,11 +43,11 @@ from hypothesis.stateful import (
 )
 
 from pipeline.config import consumer_config
-from pipeline.consumer import run_consumer
 from pipeline.records import SequenceLedger
 from simstream.emitter.engine import run_emitter
 from simstream.profile import parse_profile
 from simstream.runner.procs import free_port
+from tests.peers import ThreadedConsumer
 
 SHAPE = [1, 8, 8]
 FAULTS = {
@@ -75,11 +75,10 @@ def _int(v: str) -> int | None:
     return int(v) if v not in ("", None) else None
 
 
-class Consumer:
+class Consumer(ThreadedConsumer):
     """``run_consumer`` in a thread, bound on ``port``."""
 
     def __init__(self, out: Path, transport: str, port: int) -> None:
-        self.out = out
         self.url = f"tcp://127.0.0.1:{port}"
         section = {
             "device": "cpu", "model": {"kind": "noop"}, "buffers": 1, "event_shape": SHAPE,
@@ -88,33 +87,11 @@ class Consumer:
             "random": {"batch_size": 2, "shape": SHAPE, "dtype": "float32"},
             "queue": {"maxsize": 4, "sample_interval_ms": 50},
         }
-        self.cfg = consumer_config(section=section)
-        self.ready = threading.Event()
-        self.stop_ev = threading.Event()
-        self.box: dict[str, Any] = {}
-        self.thread = threading.Thread(target=self._body, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(60), "consumer did not start"
+        super().__init__(consumer_config(section=section), out, start_s=60.0, stop_s=60.0)
         assert "error" not in self.box, self.box.get("error")
-
-    def _body(self) -> None:
-        try:
-            self.box["summary"] = run_consumer(self.cfg, self.out, ready=self.ready,
-                                               stop=self.stop_ev, warmup=False)
-        except BaseException as e:
-            self.box["error"] = e
-            self.ready.set()
 
     def messages(self) -> list[dict[str, str]]:
         return rows(self.out / "messages.csv")
-
-    def stop(self) -> dict[str, Any]:
-        self.stop_ev.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "consumer did not stop"
-        if "error" in self.box:
-            raise self.box["error"]
-        return dict(self.box["summary"])
 
 
 def check_summary_against_records(out: Path, s: dict[str, Any]) -> None:
