@@ -44,7 +44,7 @@ if __package__ in (None, ""):
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from simstream.profile import dump_profile, find_profile, load_profile  # noqa: E402
-from simstream.runner.procs import free_port  # noqa: E402
+from simstream.runner.procs import free_ports  # noqa: E402
 
 SINK = """
 import json, sys, time, zmq
@@ -93,11 +93,7 @@ def case(prof: Any, ranks: int, layout: str, total: int, per_rank_sinks: bool) -
     """One case; with ``per_rank_sinks`` every rank sends to its own sink process
     (so the receiving side cannot be what limits the producer), else all to one."""
     n_sinks = ranks if per_rank_sinks else 1
-    ports: list[int] = []
-    while len(ports) < n_sinks:
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
+    ports = free_ports(n_sinks)
     urls = [f"tcp://127.0.0.1:{p}" for p in ports]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     per = total // ranks

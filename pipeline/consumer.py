@@ -433,6 +433,18 @@ def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reas
     }
 
 
+def device_facts(engine: Any) -> tuple[str, str]:
+    """(device, its description) of an engine, for the summary; an engine without a
+    describable device (a test double) gives its str twice."""
+    device = getattr(engine, "device", "?")
+    try:
+        from pipeline.device import describe
+
+        return str(device), describe(device)  # type: ignore[arg-type]
+    except Exception:
+        return str(device), str(device)
+
+
 def _build_engine(cfg: ConsumerConfig) -> Any:
     from pipeline.engine import Engine
     from pipeline.models import build_model
@@ -528,15 +540,9 @@ def run_consumer(
         sampler = None
         if run.errors:
             raise run.errors[0]
-        device = getattr(engine, "device", "?")
-        try:
-            from pipeline.device import describe
-
-            device_desc = describe(device)  # type: ignore[arg-type]
-        except Exception:
-            device_desc = str(device)
+        device, device_desc = device_facts(engine)
         extra = summary_extra(
-            cfg, t_start=t_start, t_end=t_end, end_reason=run.end_reason, device=str(device),
+            cfg, t_start=t_start, t_end=t_end, end_reason=run.end_reason, device=device,
             device_description=device_desc, q1_stats=q1.stats, reordered=inference.q1_reordered,
             receiver=rx.stats.as_dict() if rx is not None else None,
             starvation_warnings=inference.starvation_warnings,

@@ -200,11 +200,24 @@ class _ShardedQ1:
 
     BACKOFF_S = (0.001, 0.010)
     shards: int
+    capacity: int
+    maxsize: int
     poll_interval_s: float
     stats: Q1Stats
     _put_rr: int
     _get_rr: int
     _closed: bool
+
+    def _setup(self, shards: int, capacity: int, poll_interval_ms: float) -> None:
+        """This side's view of ``shards`` shards of ``capacity`` items: fresh counters."""
+        self.shards = shards
+        self.capacity = capacity
+        self.maxsize = capacity * shards
+        self.poll_interval_s = poll_interval_ms / 1000.0
+        self.stats = Q1Stats()
+        self._put_rr = 0
+        self._get_rr = 0
+        self._closed = False
 
     def _pack(self, item: Any) -> Any:
         return item
@@ -286,11 +299,8 @@ class ProcessQ1(_ShardedQ1):
     def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0) -> None:
         if maxsize < 1 or shards < 1:
             raise ValueError("maxsize and shards must be >= 1")
-        self.shards = min(shards, maxsize)
-        self.capacity = -(-maxsize // self.shards)
-        self.maxsize = self.capacity * self.shards
-        self.poll_interval_s = poll_interval_ms / 1000.0
-        self.stats = Q1Stats()
+        shards = min(shards, maxsize)
+        self._setup(shards, -(-maxsize // shards), poll_interval_ms)
         # A plain child interpreter, not multiprocessing's spawn: spawn re-imports the
         # caller's __main__ (an unguarded script would run twice) and fork copies a
         # process full of threads. The pipes are socketpairs handed down as fds.
@@ -308,9 +318,6 @@ class ProcessQ1(_ShardedQ1):
             p[1].close()
         self._prod, self._cons, self._samp = (Connection(p[0].detach()) for p in pairs)
         self._locks = [threading.Lock() for _ in range(3)]
-        self._put_rr = 0
-        self._get_rr = 0
-        self._closed = False
 
     def _call(self, which: int, msg: tuple[Any, ...]) -> Any:
         conn = (self._prod, self._cons, self._samp)[which]
@@ -379,7 +386,7 @@ class _RayShard:
         if len(self.items) >= self.capacity:
             return False
         host = getattr(item, "host", None)
-        if host is not None and hasattr(host, "t_q1_put_end"):
+        if host is not None:
             # when the batch entered Q1, as the shard saw it (receiver and inference
             # actors of one run meet only here, so the shard is the one to say)
             host.t_q1_put_end = now()
@@ -438,17 +445,11 @@ class RayQ1(_ShardedQ1):
             raise ValueError("maxsize and shards must be >= 1")
         ray = _ray()
         self._ray = ray
-        self.shards = min(shards, maxsize)
-        self.capacity = -(-maxsize // self.shards)
-        self.maxsize = self.capacity * self.shards
-        self.poll_interval_s = poll_interval_ms / 1000.0
-        self.stats = Q1Stats()
+        shards = min(shards, maxsize)
+        self._setup(shards, -(-maxsize // shards), poll_interval_ms)
         self.owns_ray = False
         self.owns_actors = True
         self._actors: list[Any] = []
-        self._put_rr = 0
-        self._get_rr = 0
-        self._closed = False
         if not ray.is_initialized():
             self._init(address, num_cpus)
         elif address is not None:
@@ -474,17 +475,10 @@ class RayQ1(_ShardedQ1):
         ``close`` leaves the shards and Ray alone (their owner closes them)."""
         self = cls.__new__(cls)
         self._ray = _ray()
-        self.shards = len(actors)
-        self.capacity = capacity
-        self.maxsize = capacity * self.shards
-        self.poll_interval_s = poll_interval_ms / 1000.0
-        self.stats = Q1Stats()
+        self._setup(len(actors), capacity, poll_interval_ms)
         self.owns_ray = False
         self.owns_actors = False
         self._actors = list(actors)
-        self._put_rr = 0
-        self._get_rr = 0
-        self._closed = False
         self.address = None
         return self
 

@@ -238,8 +238,7 @@ class InferenceActor(_Actor):
         device it runs on, or ``{"error": message}`` for a usage error (device, model)."""
         import numpy as np
 
-        from .consumer import _build_engine, _Inference, _Run
-        from .device import describe
+        from .consumer import _build_engine, _Inference, _Run, device_facts
 
         cfg = self.cfg.model_copy(update={"device": self.device})
         try:
@@ -255,12 +254,8 @@ class InferenceActor(_Actor):
         inference.progress = lambda: {}  # type: ignore[method-assign]  # the driver reports
         self.run, self.inference = run, inference
         self._start_thread(inference.loop, f"inference-{self.number}")
-        device = getattr(self.engine, "device", "?")
-        try:
-            desc = describe(device)  # type: ignore[arg-type]
-        except Exception:
-            desc = str(device)
-        return {"device": str(device), "device_description": desc}
+        device, desc = device_facts(self.engine)
+        return {"device": device, "device_description": desc}
 
     def input_done(self) -> None:
         """Every receiver is done: drain Q1, flush, end."""

@@ -199,11 +199,9 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
     (one per address) -> Q1 shard actors -> one inference actor (CPU); the driver's
     run directory accounts for every delivered message, per rank."""
     pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
-    from simstream.runner.procs import free_port
+    from simstream.runner.procs import free_ports
 
-    ports = [free_port(), free_port()]
-    while ports[1] == ports[0]:
-        ports[1] = free_port()
+    ports = free_ports(2)
     urls = [f"tcp://127.0.0.1:{p}" for p in ports]
     profile = tmp_path / "two.yaml"
     profile.write_text(

@@ -33,7 +33,7 @@ from simstream.runner.procs import (
     Child,
     LineCount,
     children,
-    free_port,
+    free_ports,
     is_listening,
     settled,
     simstream_argv,
@@ -217,7 +217,7 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
             emit_profile.write_text(dump_profile(kernel.emitter_profile(profile)))
             result.shaping = kernel.shaping_record(tb, name, None, emit_profile)
         else:
-            ports = _free_ports(len(profile.transport.all_urls))
+            ports = free_ports(len(profile.transport.all_urls))
             host = "127.0.0.1"
             emit_profile = path
             applied = kernel.user_space_shaping(profile)
@@ -311,18 +311,6 @@ def _receiver_actors(profile: Profile) -> bool:
 
     cfg = consumer_config(profile)
     return cfg.queue.backend == "ray" and cfg.ray.actors
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports. Raises RuntimeError if none can be found."""
-    ports: list[int] = []
-    for _ in range(100 * n):
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"could not find {n} distinct free ports")
 
 
 def _with_urls(emit_profile: Path, urls: list[str], out: Path) -> Path:

@@ -22,6 +22,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports on ``host`` that nothing listens on right now. Raises
+    RuntimeError if that many cannot be found."""
+    ports: list[int] = []
+    for _ in range(100 * n):
+        p = free_port(host)
+        if p not in ports:
+            ports.append(p)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"could not find {n} distinct free ports")
+
+
 def is_listening(port: int) -> bool:
     """True when some socket on this host LISTENs on ``port`` (read from /proc, so
     nothing connects to the consumer just to find out)."""
