@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-from pipeline.config import consumer_config
-from pipeline.consumer import run_consumer
-from pipeline.models import build_model
 from simstream.clock import now
+from simstream.pipeline.config import consumer_config
+from simstream.pipeline.consumer import run_consumer
+from simstream.pipeline.models import build_model
 from simstream.runner.procs import free_port
 
 PUSHER = """

@@ -49,10 +49,10 @@ import torch
 if __package__ in (None, ""):  # run as a script from a checkout where simstream is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.device import describe, resolve_device  # noqa: E402
-from pipeline.engine import Engine, Finished, WorkItem, busy_intervals, union_seconds  # noqa: E402
-from pipeline.models import build_model  # noqa: E402
 from simstream.clock import now  # noqa: E402
+from simstream.pipeline.device import describe, resolve_device  # noqa: E402
+from simstream.pipeline.engine import Engine, Finished, WorkItem, busy_intervals, union_seconds  # noqa: E402
+from simstream.pipeline.models import build_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

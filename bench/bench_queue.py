@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-from pipeline.config import consumer_config  # noqa: E402
-from pipeline.consumer import Q1Item, run_consumer  # noqa: E402
-from pipeline.q1 import make_q1  # noqa: E402
-from pipeline.records import BatchTimes  # noqa: E402
 from simstream.clock import now  # noqa: E402
+from simstream.pipeline.config import consumer_config  # noqa: E402
+from simstream.pipeline.consumer import Q1Item, run_consumer  # noqa: E402
+from simstream.pipeline.q1 import make_q1  # noqa: E402
+from simstream.pipeline.records import BatchTimes  # noqa: E402
 
 STREAM_MAXSIZE = 16
 

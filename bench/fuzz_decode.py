@@ -39,8 +39,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.parse import ParseError, Parser  # noqa: E402
 from simstream import codec  # noqa: E402
+from simstream.pipeline.parse import ParseError, Parser  # noqa: E402
 
 FIELDS = {"detector_data": "/data/data", "timestamp": "/data/timestamp",
           "simstream_sequence": "/simstream/sequence", "simstream_rank": "/simstream/rank"}

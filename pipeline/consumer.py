@@ -356,7 +356,7 @@ class _Inference:
     def loop(self) -> None:
         run = self.run
         engine = run.engine
-        from pipeline.engine import WorkItem
+        from simstream.pipeline.engine import WorkItem
 
         t_wait: float | None = None
         while True:
@@ -438,7 +438,7 @@ def device_facts(engine: Any) -> tuple[str, str]:
     describable device (a test double) gives its str twice."""
     device = getattr(engine, "device", "?")
     try:
-        from pipeline.device import describe
+        from simstream.pipeline.device import describe
 
         return str(device), describe(device)  # type: ignore[arg-type]
     except Exception:
@@ -446,8 +446,8 @@ def device_facts(engine: Any) -> tuple[str, str]:
 
 
 def _build_engine(cfg: ConsumerConfig) -> Any:
-    from pipeline.engine import Engine
-    from pipeline.models import build_model
+    from simstream.pipeline.engine import Engine
+    from simstream.pipeline.models import build_model
 
     model = build_model(dict(cfg.model))
     return Engine(model, device=cfg.device, buffers=cfg.buffers, autocast_bf16=cfg.autocast_bf16,

@@ -46,7 +46,7 @@ def _worker_main(conn: Any, fields: dict[str, str], expected: list[str],
     """The worker loop: payload in, (header[, array bytes]) out, until EOF."""
     # the parent handles Ctrl-C; a worker must not die of the terminal's SIGINT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from pipeline.parse import ParseError, Parser
+    from simstream.pipeline.parse import ParseError, Parser
 
     parser = Parser(fields, expected, event_shape)
     conn.send(("ready",))
@@ -175,7 +175,7 @@ class IsolatedParser:
 
     def parse(self, payload: bytes | bytearray | memoryview) -> Any:
         """Decode one message in a worker. Raises ParseError (the quarantine reason)."""
-        from pipeline.parse import ParsedBatch, ParseError
+        from simstream.pipeline.parse import ParsedBatch, ParseError
 
         t0 = now()
         w = self._idle.get()

@@ -307,7 +307,7 @@ class ProcessQ1(_ShardedQ1):
         pairs = [socket.socketpair() for _ in range(3)]
         child_fds = [p[1].fileno() for p in pairs]
         code = (
-            "import sys; from pipeline.q1 import _serve_fds; "
+            "import sys; from simstream.pipeline.q1 import _serve_fds; "
             f"_serve_fds({child_fds!r}, {self.shards}, {self.capacity})"
         )
         self._proc = subprocess.Popen(

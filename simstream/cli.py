@@ -25,7 +25,7 @@ from simstream.profile import (
 # subcommand name -> "module:attribute"; imported lazily
 _LAZY = {
     "emit": "simstream.emitter.cli:emit",
-    "consume": "pipeline.cli:consume",
+    "consume": "simstream.pipeline.cli:consume",
     "run": "simstream.runner.cli:run",
     "investigate": "simstream.runner.cli:investigate",
     "diagnose": "simstream.diagnose.cli:diagnose",

@@ -71,7 +71,7 @@ class ThreadedConsumer:
         assert self.ready.wait(start_s), self.box.get("error", "the consumer did not start")
 
     def _body(self) -> None:
-        from pipeline.consumer import run_consumer
+        from simstream.pipeline.consumer import run_consumer
 
         try:
             self.box["summary"] = run_consumer(self.cfg, self.out, ready=self.ready,  # type: ignore[arg-type]

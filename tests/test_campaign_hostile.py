@@ -29,10 +29,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import consumer_config
-from pipeline.isolation import IsolatedParser
-from pipeline.parse import ParsedBatch, ParseError, Parser
 from simstream import codec
+from simstream.pipeline.config import consumer_config
+from simstream.pipeline.isolation import IsolatedParser
+from simstream.pipeline.parse import ParsedBatch, ParseError, Parser
 from simstream.runner.procs import free_port
 from tests.peers import ThreadedConsumer, push_zmq
 
@@ -517,7 +517,7 @@ def test_many_peers_announcing_big_messages_do_not_allocate_them(tmp_path: Path)
 def test_a_big_message_arriving_in_many_reads_is_received_whole(transport: str) -> None:
     """The body buffer grows while a message arrives (it starts small so announced
     lengths cost nothing): a 9 MiB message in many reads still arrives whole."""
-    from pipeline.receiver import StreamReceiver
+    from simstream.pipeline.receiver import StreamReceiver
 
     port = free_port()
     rx = StreamReceiver(transport, f"tcp://127.0.0.1:{port}", "bind", 64 << 20)
@@ -541,7 +541,7 @@ def test_a_big_message_arriving_in_many_reads_is_received_whole(transport: str) 
 @pytest.mark.integration
 def test_a_worker_crash_in_a_live_run_quarantines_that_message_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.consumer as consumer_mod
+    import simstream.pipeline.consumer as consumer_mod
 
     made: list[IsolatedParser] = []
 

@@ -42,9 +42,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pipeline.config import consumer_config
-from pipeline.records import SequenceLedger
 from simstream.emitter.engine import run_emitter
+from simstream.pipeline.config import consumer_config
+from simstream.pipeline.records import SequenceLedger
 from simstream.profile import parse_profile
 from simstream.runner.procs import free_port
 from tests.peers import ThreadedConsumer

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COLUMNS
 from simstream.cli import main
+from simstream.pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COLUMNS
 from simstream.profile import parse_profile
 from simstream.runner.procs import free_port, is_listening
 from tests.peers import consume_while_emitting
@@ -66,8 +66,8 @@ def test_bad_url(capsys) -> None:
 def test_a_failed_stage_is_one_error_line_and_exit_1(tmp_path: Path, capsys,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage or Ray actor that fails mid-run (not bad input) exits 1 with one line."""
-    from pipeline import consumer
-    from pipeline.engine import StageError
+    from simstream.pipeline import consumer
+    from simstream.pipeline.engine import StageError
 
     def failing(*args: object, **kw: object) -> dict[str, object]:
         raise StageError("compute", 3, ValueError("boom"))
@@ -214,9 +214,9 @@ def test_sigint_finishes_and_writes_the_summary(tmp_path: Path) -> None:
 
 
 def test_live_progress_panel_renders_snapshots(tmp_path: Path) -> None:
-    from pipeline.cli import _Progress, summary_lines
-    from pipeline.config import consumer_config
-    from pipeline.consumer import run_consumer
+    from simstream.pipeline.cli import _Progress, summary_lines
+    from simstream.pipeline.config import consumer_config
+    from simstream.pipeline.consumer import run_consumer
 
     cfg = consumer_config(section={
         "mode": "random", "count": 6, "device": "cpu", "model": {"kind": "noop"},

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.config import consumer_config
-from pipeline.consumer import run_consumer
-from pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COLUMNS
 from simstream import codec
+from simstream.pipeline.config import consumer_config
+from simstream.pipeline.consumer import run_consumer
+from simstream.pipeline.records import BATCH_COLUMNS, GPU_COLUMNS, MESSAGE_COLUMNS, Q1_COLUMNS
 from simstream.runner.procs import free_port
 from tests.peers import push_zmq
 
@@ -286,7 +286,7 @@ def test_idle_timeout_ends_the_stream(tmp_path: Path) -> None:
 
 
 def test_random_source_batches() -> None:
-    from pipeline.random_source import RandomSource
+    from simstream.pipeline.random_source import RandomSource
 
     given = []
 

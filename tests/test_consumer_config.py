@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import DEFAULT_URL, ConsumerConfig, consumer_config
+from simstream.pipeline.config import DEFAULT_URL, ConsumerConfig, consumer_config
 from simstream.profile import ProfileError, bundled_profiles, load_profile, parse_profile
 
 

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from pipeline.engine import (
+from simstream.clock import now
+from simstream.errors import UsageError
+from simstream.pipeline.engine import (
     Engine,
     Finished,
     StageError,
@@ -21,10 +23,8 @@ from pipeline.engine import (
     h2d_compute_overlaps,
     union_seconds,
 )
-from pipeline.models import build_model
-from pipeline.pinned import copy_into
-from simstream.clock import now
-from simstream.errors import UsageError
+from simstream.pipeline.models import build_model
+from simstream.pipeline.pinned import copy_into
 
 DTYPES = [np.float64, np.float32, np.int16, np.uint8, np.uint16]
 
@@ -104,8 +104,8 @@ def test_a_consumer_engine_keeps_every_host_buffer_its_run_can_hold():
     parser slot, every engine buffer), so a long run never frees and reallocates
     them; and the engine keeps nothing per finished batch (a long run's memory
     must not grow with its length)."""
-    from pipeline.config import consumer_config
-    from pipeline.consumer import _build_engine, host_buffers_needed
+    from simstream.pipeline.config import consumer_config
+    from simstream.pipeline.consumer import _build_engine, host_buffers_needed
 
     cfg = consumer_config(None, {"queue.maxsize": 5, "parser_threads": 3, "buffers": 2,
                                  "device": "cpu", "model": {"kind": "noop"}})

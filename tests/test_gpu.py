@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import Engine, Finished, StageError, WorkItem, union_seconds
-from pipeline.models import build_model
-from pipeline.pinned import is_pinned
 from simstream.clock import now
+from simstream.pipeline.engine import Engine, Finished, StageError, WorkItem, union_seconds
+from simstream.pipeline.models import build_model
+from simstream.pipeline.pinned import is_pinned
 
 pytestmark = [
     pytest.mark.gpu,

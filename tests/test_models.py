@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engine import Engine, WorkItem
-from pipeline.models import REGISTRY, ModelError, build_model
-from pipeline.models.peaknet import SIZES, PeakNet
 from simstream.clock import now
 from simstream.errors import UsageError
+from simstream.pipeline.engine import Engine, WorkItem
+from simstream.pipeline.models import REGISTRY, ModelError, build_model
+from simstream.pipeline.models.peaknet import SIZES, PeakNet
 
 
 @pytest.fixture(scope="module")

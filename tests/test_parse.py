@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from pipeline.parse import ParseError, Parser
 from simstream import codec
+from simstream.pipeline.parse import ParseError, Parser
 from simstream.profile import DEFAULT_FIELDS
 
 H5_FIELDS = {**DEFAULT_FIELDS, "simstream_sequence": "/simstream/sequence",

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from pipeline.q1 import LocalQ1, ProcessQ1, Q1Closed, Q1Sampler, make_q1
+from simstream.pipeline.q1 import LocalQ1, ProcessQ1, Q1Closed, Q1Sampler, make_q1
 
 
 def test_local_is_fifo_and_counts() -> None:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import consumer_config
 from simstream.cli import main
+from simstream.pipeline.config import consumer_config
 from simstream.profile import ProfileError
 
 ray = pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
 
-from pipeline.q1 import Q1Closed, RayQ1, make_q1  # noqa: E402
+from simstream.pipeline.q1 import Q1Closed, RayQ1, make_q1  # noqa: E402
 from tests.peers import consume_while_emitting  # noqa: E402
 
 

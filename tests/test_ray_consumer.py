@@ -20,11 +20,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.config import consumer_config
-from pipeline.engine import Finished
-from pipeline.ray_consumer import RecordRelay, _end_reason, _merge_q1, _merge_receivers, replay
-from pipeline.records import BatchTimes, RunRecords
 from simstream.cli import main
+from simstream.pipeline.config import consumer_config
+from simstream.pipeline.engine import Finished
+from simstream.pipeline.ray_consumer import (
+    RecordRelay,
+    _end_reason,
+    _merge_q1,
+    _merge_receivers,
+    replay,
+)
+from simstream.pipeline.records import BatchTimes, RunRecords
 from simstream.profile import ProfileError
 from tests.peers import consume_while_emitting
 
@@ -93,7 +99,7 @@ def test_replay_refuses_what_is_not_a_record_call(tmp_path: Path) -> None:
 
 
 def test_relay_keeps_only_the_quarantine_head(tmp_path: Path) -> None:
-    from pipeline.records import QUARANTINE_HEAD_BYTES
+    from simstream.pipeline.records import QUARANTINE_HEAD_BYTES
 
     relay = RecordRelay()
     relay.quarantine(0, bytes(QUARANTINE_HEAD_BYTES + 5), "oversize: big", nbytes=99, t_arrival=1.0)
@@ -181,7 +187,7 @@ def test_cli_two_binds_without_ray_exit_2(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_an_injected_engine_cannot_go_into_actors(tmp_path: Path) -> None:
-    from pipeline.consumer import run_consumer
+    from simstream.pipeline.consumer import run_consumer
 
     cfg = consumer_config(None, {"queue.backend": "ray"})
     with pytest.raises(ValueError, match="set ray.actors false"):
@@ -295,7 +301,7 @@ def test_actors_that_do_not_start_in_time_are_one_clear_error(
     pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
     import ray
 
-    from pipeline import ray_consumer
+    from simstream.pipeline import ray_consumer
     from simstream.runner.procs import free_port
 
     monkeypatch.setattr(ray_consumer, "START_TIMEOUT_S", 0.001)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pipeline.receiver import RawMessage, StreamReceiver, open_receiver
 from simstream.errors import UsageError
+from simstream.pipeline.receiver import RawMessage, StreamReceiver, open_receiver
 from simstream.runner.procs import free_port
 
 pytestmark = pytest.mark.integration
@@ -231,7 +231,7 @@ class TestNng:
 
 
 def test_check_bindable_finds_a_port_in_use_without_keeping_it() -> None:
-    from pipeline.receiver import check_bindable
+    from simstream.pipeline.receiver import check_bindable
 
     with socket.create_server(("127.0.0.1", 0)) as srv:
         port = srv.getsockname()[1]
@@ -245,8 +245,8 @@ def test_check_bindable_finds_a_port_in_use_without_keeping_it() -> None:
 def test_zmq_receiver_sets_the_receive_high_water_mark() -> None:
     import zmq
 
-    from pipeline.config import consumer_config
-    from pipeline.receiver import open_receiver
+    from simstream.pipeline.config import consumer_config
+    from simstream.pipeline.receiver import open_receiver
     from simstream.runner.procs import free_port
 
     assert consumer_config().rcvhwm == 1000  # libzmq's default, as production runs

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.records import (
+from simstream.pipeline.records import (
     BATCH_COLUMNS,
     GPU_COLUMNS,
     MESSAGE_COLUMNS,
@@ -195,7 +195,7 @@ def test_rows_are_on_disk_before_close(tmp_path: Path) -> None:
 
 
 def test_oversize_keeps_only_the_head(tmp_path: Path) -> None:
-    from pipeline.records import QUARANTINE_HEAD_BYTES
+    from simstream.pipeline.records import QUARANTINE_HEAD_BYTES
 
     rec = RunRecords(tmp_path)
     rec.arrival(1.0)
@@ -209,7 +209,7 @@ def test_reservoir_is_exact_below_its_cap_and_bounded_above() -> None:
     import random
     import statistics
 
-    from pipeline.records import Reservoir
+    from simstream.pipeline.records import Reservoir
 
     r = Reservoir(cap=100, rng=random.Random(1))
     for v in range(100):

@@ -128,7 +128,7 @@ def run_profile(
     profile = load_profile(path)
     # the consumer's section too is checked now, before anything starts: a typo
     # there is bad input (exit 2), not a consumer that dies at start-up
-    from pipeline.config import consumer_config
+    from simstream.pipeline.config import consumer_config
 
     consumer_config(profile)
     if mode == "random" and (kernel_shaping or capture):
@@ -307,7 +307,7 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
 
 
 def _receiver_actors(profile: Profile) -> bool:
-    from pipeline.config import consumer_config
+    from simstream.pipeline.config import consumer_config
 
     cfg = consumer_config(profile)
     return cfg.queue.backend == "ray" and cfg.ray.actors
