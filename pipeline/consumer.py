@@ -42,13 +42,12 @@ from .config import ConsumerConfig
 from .parse import ParsedBatch, ParseError, Parser
 from .q1 import Q1Closed, Q1Sampler, make_q1
 from .receiver import RawMessage, check_bindable, open_receiver
-from .records import BatchTimes, RunRecords
+from .records import STARVATION_UTILISATION, BatchTimes, RunRecords
 
 __all__ = ["Q1Item", "run_consumer"]
 
 log = logging.getLogger("pipeline.consumer")
 
-STARVATION_UTILISATION = 0.30  # the seed's threshold for "potential data starvation"
 _POLL_S = 0.05  # how long a blocking call waits before looking at the stop flag
 
 

@@ -26,17 +26,16 @@ import numpy as np
 
 from simstream.clock import now
 from simstream.codec import CodecError, decode
+from simstream.records.contract import SIMSTREAM_FIELDS as CONTRACT_FIELDS
+from simstream.records.contract import field_keys
 
 __all__ = ["HostAlloc", "ParseError", "ParsedBatch", "Parser", "SIMSTREAM_FIELDS"]
 
 HostAlloc = Callable[[tuple[int, ...], Any], tuple[np.ndarray, Callable[[], None]]]
 
 # name -> (HDF5 path, npz key)
-SIMSTREAM_FIELDS = {
-    "simstream_sequence": ("simstream/sequence", "simstream_sequence"),
-    "simstream_rank": ("simstream/rank", "simstream_rank"),
-    "simstream_event": ("simstream/event", "simstream_event"),
-}
+# name -> (its key in a decoded HDF5 message, its npz key): the contract's fields
+SIMSTREAM_FIELDS = {name: field_keys(name) for name in CONTRACT_FIELDS}
 
 
 class ParseError(Exception):

@@ -71,6 +71,7 @@ import numpy as np
 
 from simstream import codec
 from simstream.profile import ProfileError, Source
+from simstream.records.contract import SIMSTREAM_FIELDS
 
 __all__ = [
     "EPOCH_S",
@@ -84,11 +85,6 @@ __all__ = [
 EPOCH_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z: synthetic timestamps start here
 EVENT_RATE_HZ = 120.0  # LCLS repetition rate: event i is stamped EPOCH_S + i / 120
 WAVELENGTH_A = 1.30
-SIMSTREAM_FIELDS = {
-    "simstream_sequence": "/simstream/sequence",
-    "simstream_rank": "/simstream/rank",
-    "simstream_event": "/simstream/event",
-}
 _KNOWN = ("detector_data", "timestamp", "photon_wavelength", *SIMSTREAM_FIELDS)
 _PER_MESSAGE = ("timestamp", *SIMSTREAM_FIELDS)  # rewritten in place in pool mode
 _BACKGROUNDS = 4  # distinct background images in the peaks pool

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from simstream.records.contract import COMPRESSIONS
+
 __all__ = [
     "COMPRESSIONS",
     "DTYPES",
@@ -63,7 +65,6 @@ DTYPES = (
     "int32",
     "int64",
 )
-COMPRESSIONS = ("none", "gzip", "gzip_with_shuffle", "bitshuffle_lz4", "bitshuffle_zstd")
 FAULT_KINDS = ("reset", "truncate", "corrupt", "stall", "duplicate", "slow_close")
 TRIGGERS = ("at_message", "every_messages", "at_s", "every_s", "probability")
 

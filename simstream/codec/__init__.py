@@ -19,11 +19,11 @@ from simstream.codec import _hdf5, _npz
 from simstream.codec._buffers import as_uint8
 from simstream.codec._errors import CodecError
 from simstream.codec._rewrite import Rewriter
+from simstream.records.contract import COMPRESSIONS
 
 __all__ = ["COMPRESSIONS", "FORMATS", "CodecError", "Rewriter", "decode", "encode", "sniff"]
 
 FORMATS = ("hdf5", "npz")
-COMPRESSIONS = ("none", "gzip", "gzip_with_shuffle", "bitshuffle_lz4", "bitshuffle_zstd")
 
 
 def encode(

@@ -36,6 +36,21 @@ from typing import Literal
 
 import numpy as np
 
+from simstream.records.contract import (
+    BATCH_COLUMNS,
+    BATCHES_CSV,
+    EMIT_LOG,
+    GPU_COLUMNS,
+    GPU_CSV,
+    GPU_STREAMS,
+    MESSAGE_COLUMNS,
+    MESSAGES_CSV,
+    Q1_COLUMNS,
+    Q1_CSV,
+    QUARANTINE_DIR,
+    SUMMARY_JSON,
+)
+
 __all__ = ["SCENARIOS", "Scenario", "SimResult", "simulate", "write_run_dir"]
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: any Unix time would do
@@ -287,17 +302,15 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
     rank = ["0"] * n if s.seq else [""] * n
     seq = [str(i) for i in range(n)] if s.seq else [""] * n
     arr = _fmt(c["t_arrival"])
-    with (out / "messages.csv").open("w") as f:
-        f.write("index,rank,seq,nbytes,t_arrival,status,reason\n")
+    with (out / MESSAGES_CSV).open("w") as f:
+        f.write(",".join(MESSAGE_COLUMNS) + "\n")
         f.write("".join(f"{i},{rank[i]},{seq[i]},{s.nbytes},{arr[i]},processed,\n" for i in range(n)))
     fmt = {k_: _fmt(c[k_]) for k_ in ("parse_start", "parse_end", "put_start", "put_end",
                                       "get_start", "get_end", "h2d_start", "h2d_end",
                                       "comp_start", "comp_end", "d2h_start", "d2h_end")}
     nbuf = max(1, s.buffers)
-    with (out / "batches.csv").open("w") as f:
-        f.write("index,rank,seq,events,nbytes,t_arrival,t_parse_start,t_parse_end,"
-                "t_q1_put_start,t_q1_put_end,t_q1_get_start,t_q1_get_end,buffer,"
-                "t_h2d_start,t_h2d_end,t_compute_start,t_compute_end,t_d2h_start,t_d2h_end\n")
+    with (out / BATCHES_CSV).open("w") as f:
+        f.write(",".join(BATCH_COLUMNS) + "\n")
         f.write("".join(
             f"{i},{rank[i]},{seq[i]},{s.events},{s.nbytes},{arr[i]},{fmt['parse_start'][i]},"
             f"{fmt['parse_end'][i]},{fmt['put_start'][i]},{fmt['put_end'][i]},"
@@ -305,11 +318,11 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
             f"{fmt['h2d_end'][i]},{fmt['comp_start'][i]},{fmt['comp_end'][i]},"
             f"{fmt['d2h_start'][i]},{fmt['d2h_end'][i]}\n"
             for i in range(n)))
-    with (out / "gpu.csv").open("w") as f:
-        f.write("stream,buffer,batch_index,t_start,t_end\n")
-        for stream, a, b in (("h2d", "h2d_start", "h2d_end"), ("compute", "comp_start", "comp_end"),
-                             ("d2h", "d2h_start", "d2h_end")):
-            f.write("".join(f"{stream},{i % nbuf},{i},{x},{y}\n"
+    with (out / GPU_CSV).open("w") as f:
+        f.write(",".join(GPU_COLUMNS) + "\n")  # one simulated device: 0
+        for stream, a, b in zip(GPU_STREAMS, ("h2d_start", "comp_start", "d2h_start"),
+                                ("h2d_end", "comp_end", "d2h_end"), strict=True):
+            f.write("".join(f"{stream},{i % nbuf},{i},{x},{y},0\n"
                             for i, x, y in zip(range(n), fmt[a], fmt[b], strict=True)))
     # Q1 depth sampled on a fixed grid: items put and not yet taken
     if n:
@@ -320,19 +333,19 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
         depth = (np.searchsorted(np.sort(c["put_end"]), grid, side="right")
                  - np.searchsorted(np.sort(c["get_end"]), grid, side="right"))
         depth = np.clip(depth, 0, s.q1_maxsize)
-        with (out / "q1.csv").open("w") as f:
-            f.write("t,depth,maxsize\n")
+        with (out / Q1_CSV).open("w") as f:
+            f.write(",".join(Q1_COLUMNS) + "\n")
             f.write("".join(f"{t:.6f},{d},{s.q1_maxsize}\n" for t, d in zip(grid.tolist(), depth.tolist(), strict=True)))
     else:
-        (out / "q1.csv").write_text("t,depth,maxsize\n")
-    (out / "quarantine").mkdir(exist_ok=True)
+        (out / Q1_CSV).write_text(",".join(Q1_COLUMNS) + "\n")
+    (out / QUARANTINE_DIR).mkdir(exist_ok=True)
     summary = {
         "received": n, "processed": n, "quarantined": 0,
         "lost": 0 if s.seq else None, "duplicated": 0 if s.seq else None,
         "reordered": 0 if s.seq else None,
         "mode": s.mode, "simulated": True,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     if res.emit is not None:
         e = res.emit
         names = res.phase_names
@@ -348,7 +361,7 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
                 "blocked_s": round(float(e["blocked_s"][i]), 6), "faults": [],
                 "outcome": "delivered", "url": "tcp://127.0.0.1:12321",
             }))
-        (out / "emit.jsonl").write_text("\n".join(lines) + ("\n" if lines else ""))
+        (out / EMIT_LOG).write_text("\n".join(lines) + ("\n" if lines else ""))
     (out / "scenario.json").write_text(json.dumps(asdict(s), indent=2))
     return out
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from simstream import clock
 from simstream.errors import UsageError
+from simstream.records.contract import field_keys
 
 __all__ = ["Arrival", "ReceiveSummary", "decode_ids", "format_arrival", "receive"]
 
@@ -100,17 +101,16 @@ def decode_ids(buf: Any) -> tuple[int | None, int | None, int | None, str | None
         return None, None, None, f"undecodable: {e}"
     except Exception as e:  # noqa: BLE001 - a receiver must survive any peer bytes
         return None, None, None, f"undecodable: {type(e).__name__}: {e}"
-    seq = rank = None
-    events = None
-    for key, arr in arrays.items():
-        k = key.strip("/").replace("/", "_")
-        if events is None and getattr(arr, "ndim", 0) >= 1:
-            events = int(arr.shape[0])
-        if k == "simstream_sequence" and arr.size:
-            seq = int(arr.reshape(-1)[0])
-        elif k == "simstream_rank" and arr.size:
-            rank = int(arr.reshape(-1)[0])
-    return seq, rank, events, None
+    events = next((int(a.shape[0]) for a in arrays.values() if getattr(a, "ndim", 0) >= 1), None)
+
+    def first(name: str) -> int | None:
+        for key in field_keys(name):
+            arr = arrays.get(key)
+            if arr is not None and arr.size:
+                return int(arr.reshape(-1)[0])
+        return None
+
+    return first("simstream_sequence"), first("simstream_rank"), events, None
 
 
 def format_arrival(a: Arrival, t_start: float, prev_t: float | None) -> str:

@@ -1,0 +1,515 @@
+"""The run directory's writer (docs/formats.md): what every stage measured, and the accounting.
+
+Files: ``messages.csv`` (one row per received message), ``batches.csv`` (one row
+per processed batch), ``q1.csv`` (occupancy samples), ``gpu.csv`` (busy intervals
+per stream), ``quarantine/`` (undecodable messages) and, at the end,
+``summary.json``. Rows are flushed as they are written, so a long run keeps only
+running totals (and a bounded sample of each stage's times, for the medians) in memory and a reader (the runner waiting for the consumer to go
+quiet) sees progress. Times are Unix seconds on ``simstream.clock.now()``.
+
+The accounting (``SequenceLedger``) is a pure function of the arrivals' per-rank
+sequence numbers:
+- lost: per rank, sequence numbers below the highest seen that never arrived;
+- duplicated: arrivals of an already seen (rank, seq);
+- reordered: arrivals with a seq lower than the highest seen so far for that
+  rank that were not duplicates (a late arrival fills a gap).
+All three are None when no message carried a sequence number.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import json
+import math
+import random
+import statistics
+import threading
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simstream.records.contract import (
+    BATCH_COLUMNS,
+    GPU_COLUMNS,
+    GPU_STREAMS,
+    MESSAGE_COLUMNS,
+    Q1_COLUMNS,
+    Q1_HIGH_SHARE,
+    QUARANTINE_DIR,
+    QUARANTINE_HEAD_BYTES,
+    RUN_CSV_COLUMNS,
+    STARVATION_UTILISATION,
+    SUMMARY_JSON,
+    SUMMARY_STAGE_KEYS,
+)
+
+__all__ = [
+    "BATCH_COLUMNS",
+    "GPU_COLUMNS",
+    "MESSAGE_COLUMNS",
+    "QUARANTINE_HEAD_BYTES",
+    "Q1_COLUMNS",
+    "BatchTimes",
+    "Reservoir",
+    "RunRecords",
+    "SequenceLedger",
+    "UnionTracker",
+]
+
+
+class _Gaps:
+    """Disjoint half-open integer intervals [a, b), sorted; the missing seqs of one rank."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.total = 0
+
+    def add(self, a: int, b: int) -> None:
+        # only ever called with a above every stored interval
+        if b <= a:
+            return
+        if self.ends and self.ends[-1] == a:
+            self.ends[-1] = b
+        else:
+            self.starts.append(a)
+            self.ends.append(b)
+        self.total += b - a
+
+    def remove(self, x: int) -> bool:
+        """Take x out; True if it was missing."""
+        i = bisect.bisect_right(self.starts, x) - 1
+        if i < 0 or x >= self.ends[i]:
+            return False
+        a, b = self.starts[i], self.ends[i]
+        self.total -= 1
+        if a == x and b == x + 1:
+            del self.starts[i], self.ends[i]
+        elif a == x:
+            self.starts[i] = x + 1
+        elif b == x + 1:
+            self.ends[i] = x
+        else:
+            self.ends[i] = x
+            self.starts.insert(i + 1, x + 1)
+            self.ends.insert(i + 1, b)
+        return True
+
+
+class SequenceLedger:
+    """Lost / duplicated / reordered from per-rank sequence numbers (module docstring).
+
+    Memory grows with the number of gaps, not of messages. Sequence numbers start
+    at 0 for every rank, so seqs below a rank's first arrival count as lost.
+    """
+
+    def __init__(self) -> None:
+        self._max: dict[int, int] = {}
+        self._gaps: dict[int, _Gaps] = {}
+        self.duplicated = 0
+        self.reordered = 0
+        self.with_seq = 0
+        self.without_seq = 0
+
+    def see(self, rank: int | None, seq: int | None) -> str:
+        """Account one arrival; returns ``new``, ``duplicate``, ``reordered`` or ``unknown``."""
+        if rank is None or seq is None or seq < 0:
+            self.without_seq += 1
+            return "unknown"
+        self.with_seq += 1
+        top = self._max.get(rank, -1)
+        gaps = self._gaps.setdefault(rank, _Gaps())
+        if seq > top:
+            gaps.add(top + 1, seq)
+            self._max[rank] = seq
+            return "new"
+        if gaps.remove(seq):
+            self.reordered += 1
+            return "reordered"
+        self.duplicated += 1
+        return "duplicate"
+
+    @property
+    def has_seq(self) -> bool:
+        return self.with_seq > 0
+
+    @property
+    def lost(self) -> int:
+        return sum(g.total for g in self._gaps.values())
+
+    def counts(self) -> dict[str, int | None]:
+        if not self.has_seq:
+            return {"lost": None, "duplicated": None, "reordered": None}
+        return {"lost": self.lost, "duplicated": self.duplicated, "reordered": self.reordered}
+
+    def ranks(self) -> dict[str, dict[str, int]]:
+        return {
+            str(r): {"max_seq": self._max[r], "lost": self._gaps[r].total} for r in sorted(self._max)
+        }
+
+
+class UnionTracker:
+    """Length of the union of intervals fed in (mostly) start order, O(1) memory."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start: float | None = None
+        self._end: float | None = None
+
+    def add(self, start: float, end: float) -> None:
+        if self._end is None or start > self._end:
+            if self._end is not None and self._start is not None:
+                self.total += self._end - self._start
+            self._start, self._end = start, end
+        else:
+            self._end = max(self._end, end)
+            self._start = min(self._start, start) if self._start is not None else start
+
+    def value(self) -> float:
+        if self._end is None or self._start is None:
+            return self.total
+        return self.total + (self._end - self._start)
+
+
+@dataclass
+class BatchTimes:
+    """What the host side knows about one batch before the engine sees it."""
+
+    index: int
+    rank: int | None
+    seq: int | None
+    events: int
+    nbytes: int
+    t_arrival: float
+    t_parse_start: float | None = None
+    t_parse_end: float | None = None
+    t_q1_put_start: float | None = None
+    t_q1_put_end: float | None = None
+    t_q1_get_start: float | None = None
+    t_q1_get_end: float | None = None
+
+
+class Reservoir:
+    """A uniform sample of at most ``cap`` floats from a stream (Algorithm R), for
+    medians in bounded memory: exact until ``cap`` values, an unbiased sample after.
+    ``rng`` is injected so a run's figures are reproducible."""
+
+    def __init__(self, cap: int = 1 << 16, rng: random.Random | None = None) -> None:
+        self.cap = cap
+        self.values = array("d")
+        self.seen = 0
+        self.rng = rng or random.Random(0)
+
+    def append(self, v: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.cap:
+            self.values.append(v)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.cap:
+                self.values[j] = v
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return v
+
+
+def _last_time(*times: float | None) -> float:
+    """The first of ``times`` that is known (the latest stage a batch went through)."""
+    return next(t for t in times if t is not None)
+
+
+def _median_ms(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return statistics.median(vals) * 1000.0 if vals else None
+
+
+class RunRecords:
+    """Writes the run directory and keeps the running totals for summary.json.
+
+    Thread-safe: the receiver, parser, Q1 sampler and inference threads all report
+    here. ``close(extra)`` writes summary.json and returns it.
+
+    ``streams``: several receivers number their messages in stripes (receiver i of
+    n gives its k-th message index ``k * n + i``); each receiver's arrivals reach
+    the sequence ledger in its own arrival order. ``batch_done``'s ``device`` names
+    the inference device (actor) of a batch; the GPU busy fraction is the mean over
+    devices of each one's busy share.
+    """
+
+    def __init__(self, out_dir: str | Path, streams: int = 1) -> None:
+        if streams < 1:
+            raise ValueError(f"streams {streams} is not >= 1")
+        self.streams = streams
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.qdir = self.dir / QUARANTINE_DIR
+        self.qdir.mkdir(exist_ok=True)
+        self._lock = threading.Lock()
+        self._files = {}
+        self._writers = {}
+        for fname, cols in RUN_CSV_COLUMNS.items():
+            name = fname.removesuffix(".csv")
+            f = (self.dir / fname).open("w", newline="", buffering=1 << 16)
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(cols)
+            f.flush()
+            self._files[name] = f
+            self._writers[name] = w
+        self.ledger = SequenceLedger()
+        self._pending_seq: dict[int, tuple[int | None, int | None]] = {}
+        self._next_seq = list(range(streams))  # per stream, the next index to account
+        self.received = 0
+        self.processed = 0
+        self.quarantined = 0
+        self.reasons: Counter[str] = Counter()
+        self.batches = 0
+        self.samples = 0
+        self.bytes = 0
+        self.first_arrival: float | None = None
+        self.last_arrival: float | None = None
+        self.last_finish: float | None = None
+        self.first_finish: float | None = None
+        self._compute_union: dict[int, UnionTracker] = {}
+        self._compute_sum = 0.0
+        self._stage: dict[str, Reservoir] = {
+k: Reservoir() for k in SUMMARY_STAGE_KEYS}
+        self._q1 = {"samples": 0, "sum": 0.0, "empty": 0, "under_30": 0, "over_80": 0, "maxsize": 0}
+        self._closed = False
+
+    # -- per message -------------------------------------------------------------------
+    def arrival(self, t_arrival: float) -> None:
+        """Every received message, before its fate is known."""
+        with self._lock:
+            self.received += 1
+            if self.first_arrival is None:
+                self.first_arrival = t_arrival
+            self.last_arrival = t_arrival
+
+    def sequence(self, index: int, rank: int | None, seq: int | None) -> None:
+        """Account message ``index``'s (rank, seq) once known (decoded, or None when it
+        could not be). Parsers finish out of order; the ledger is fed in arrival
+        (index) order so "reordered" means reordered on the wire, not by parsing."""
+        with self._lock:
+            self._pending_seq[index] = (rank, seq)
+            stream = index % self.streams
+            nxt = self._next_seq[stream]
+            while nxt in self._pending_seq:
+                r, s = self._pending_seq.pop(nxt)
+                self.ledger.see(r, s)
+                nxt += self.streams
+            self._next_seq[stream] = nxt
+
+    def _flush_sequences(self) -> None:
+        # indices never accounted (dropped at a stop) leave holes: feed the rest in order
+        for i in sorted(self._pending_seq):
+            r, s = self._pending_seq[i]
+            self.ledger.see(r, s)
+        self._pending_seq.clear()
+
+    def quarantine(
+        self,
+        index: int,
+        payload: bytes | bytearray | memoryview | None,
+        reason: str,
+        *,
+        nbytes: int,
+        t_arrival: float,
+        rank: int | None = None,
+        seq: int | None = None,
+    ) -> None:
+        """Save an undecodable message as quarantine/NNNNNN.bin + .json and count it.
+
+        ``payload`` may be None (an oversize body never read) or longer than what is
+        kept (the first QUARANTINE_HEAD_BYTES of an oversize message).
+        """
+        head = b"" if payload is None else bytes(memoryview(payload)[:QUARANTINE_HEAD_BYTES])
+        (self.qdir / f"{index:06d}.bin").write_bytes(head)
+        meta = {
+            "reason": reason, "nbytes": int(nbytes), "saved_bytes": len(head),
+            "t_arrival": t_arrival, "rank": rank, "seq": seq,
+        }
+        (self.qdir / f"{index:06d}.json").write_text(json.dumps(meta) + "\n")
+        with self._lock:
+            self.quarantined += 1
+            self.reasons[reason.split(":")[0]] += 1
+            self._row("messages", (index, rank, seq, nbytes, t_arrival, "quarantined", reason))
+
+    # -- per batch ---------------------------------------------------------------------
+    def batch_done(self, host: BatchTimes, fin: Any, device: int = 0) -> None:
+        """One processed batch: ``host`` its host-side times, ``fin`` the engine's Finished,
+        ``device`` the inference device (actor) number that ran it.
+
+        ``fin``'s times may be None for a stage the consumer does not have (a consumer
+        without a GPU copy: no h2d/d2h): the cells stay empty, the stage is not counted,
+        and the batch finishes at the end of its last recorded stage."""
+        with self._lock:
+            self.processed += 1
+            self.batches += 1
+            self.samples += int(fin.events)
+            self.bytes += int(host.nbytes)
+            self._row("messages", (host.index, host.rank, host.seq, host.nbytes, host.t_arrival,
+                                   "processed", ""))
+            self._row("batches", (
+                host.index, host.rank, host.seq, fin.events, host.nbytes, host.t_arrival,
+                host.t_parse_start, host.t_parse_end, host.t_q1_put_start, host.t_q1_put_end,
+                host.t_q1_get_start, host.t_q1_get_end, fin.buffer, fin.t_h2d_start, fin.t_h2d_end,
+                fin.t_compute_start, fin.t_compute_end, fin.t_d2h_start, fin.t_d2h_end,
+            ))
+            w = self._writers["gpu"]
+            for stream, a, b in zip(GPU_STREAMS, (fin.t_h2d_start, fin.t_compute_start,
+                                                  fin.t_d2h_start),
+                                    (fin.t_h2d_end, fin.t_compute_end, fin.t_d2h_end),
+                                    strict=True):
+                if a is not None and b is not None:
+                    w.writerow((stream, fin.buffer, host.index, _cell(a), _cell(b), device))
+            self._files["gpu"].flush()
+            if fin.t_compute_start is not None and fin.t_compute_end is not None:
+                union = self._compute_union.get(device)
+                if union is None:
+                    union = self._compute_union[device] = UnionTracker()
+                union.add(fin.t_compute_start, fin.t_compute_end)
+                self._compute_sum += fin.t_compute_end - fin.t_compute_start
+            done = _last_time(fin.t_d2h_end, fin.t_compute_end, fin.t_h2d_end,
+                              host.t_q1_get_end, host.t_parse_end, host.t_arrival)
+            if self.first_finish is None:
+                self.first_finish = done
+            self.last_finish = done if self.last_finish is None else max(self.last_finish, done)
+            st = self._stage
+            for key, a, b in (
+                ("parse", host.t_parse_start, host.t_parse_end),
+                ("q1_put", host.t_q1_put_start, host.t_q1_put_end),
+                ("q1_wait", host.t_q1_put_end, host.t_q1_get_end),
+                ("q1_get", host.t_q1_get_start, host.t_q1_get_end),
+                ("h2d", fin.t_h2d_start, fin.t_h2d_end),
+                ("compute", fin.t_compute_start, fin.t_compute_end),
+                ("d2h", fin.t_d2h_start, fin.t_d2h_end),
+                ("latency", host.t_arrival, done),
+            ):
+                if a is not None and b is not None:
+                    st[key].append(b - a)
+
+    # -- Q1 samples --------------------------------------------------------------------
+    def q1_sample(self, t: float, depth: int, maxsize: int) -> None:
+        with self._lock:
+            self._row("q1", (t, depth, maxsize))
+            q = self._q1
+            q["samples"] += 1
+            q["sum"] += depth / maxsize
+            q["maxsize"] = maxsize
+            if depth == 0:
+                q["empty"] += 1
+            if depth < STARVATION_UTILISATION * maxsize:
+                q["under_30"] += 1
+            if depth > Q1_HIGH_SHARE * maxsize:
+                q["over_80"] += 1
+
+    def _row(self, name: str, row: Iterable[Any]) -> None:
+        self._writers[name].writerow([_cell(v) for v in row])
+        self._files[name].flush()
+
+    # -- the end -----------------------------------------------------------------------
+    def gpu_busy_fraction(self) -> float | None:
+        if self.first_arrival is None or self.last_finish is None:
+            return None
+        wall = self.last_finish - self.first_arrival
+        if wall <= 0 or not self._compute_union:
+            return None
+        return statistics.fmean(u.value() for u in self._compute_union.values()) / wall
+
+    def gpu_busy_by_device(self) -> dict[str, float] | None:
+        """Each device's compute busy share of the run (first arrival to last finish)."""
+        if self.first_arrival is None or self.last_finish is None:
+            return None
+        wall = self.last_finish - self.first_arrival
+        if wall <= 0:
+            return None
+        return {str(d): u.value() / wall for d, u in sorted(self._compute_union.items())}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live figures for progress lines (cheap)."""
+        with self._lock:
+            q = self._q1
+            return {
+                "received": self.received, "processed": self.processed,
+                "quarantined": self.quarantined, "batches": self.batches, "samples": self.samples,
+                "bytes": self.bytes, "gpu_busy": self.gpu_busy_fraction(),
+                "q1_mean": q["sum"] / q["samples"] if q["samples"] else None,
+            }
+
+    def close(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """Write summary.json (``extra`` adds run facts: wall_s, device, mode, config, Q1
+        counters...) and close the files. Returns the summary."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("records already closed")
+            self._closed = True
+            self._flush_sequences()
+            for f in self._files.values():
+                f.close()
+            wall = float(extra.get("wall_s") or 0.0)
+            active = (
+                self.last_finish - self.first_arrival
+                if self.last_finish is not None and self.first_arrival is not None else None
+            )
+            span = active if active and active > 0 else wall
+            q = self._q1
+            summary: dict[str, Any] = {
+                "received": self.received,
+                "processed": self.processed,
+                "quarantined": self.quarantined,
+                **self.ledger.counts(),
+                "accounting_ok": self.received == self.processed + self.quarantined,
+                "messages_with_seq": self.ledger.with_seq,
+                "messages_without_seq": self.ledger.without_seq,
+                "quarantine_reasons": dict(self.reasons),
+                "batches": self.batches,
+                "samples": self.samples,
+                "bytes": self.bytes,
+                "first_arrival": self.first_arrival,
+                "last_arrival": self.last_arrival,
+                "last_finish": self.last_finish,
+                "active_s": active,
+                "throughput": {
+                    "batches_per_s": self.batches / span if span else None,
+                    "samples_per_s": self.samples / span if span else None,
+                    "mb_per_s": self.bytes / 1e6 / span if span else None,
+                },
+                "gpu_busy_fraction": self.gpu_busy_fraction(),
+                "gpu_busy_by_device": self.gpu_busy_by_device(),
+                "compute_s": self._compute_sum,
+                "stage_median_ms": {k: _median_ms(v) for k, v in self._stage.items()},
+                "q1": {
+                    "samples": q["samples"],
+                    "maxsize": q["maxsize"] or None,
+                    "mean_occupancy": q["sum"] / q["samples"] if q["samples"] else None,
+                    "share_empty": q["empty"] / q["samples"] if q["samples"] else None,
+                    "share_under_30": q["under_30"] / q["samples"] if q["samples"] else None,
+                    "share_over_80": q["over_80"] / q["samples"] if q["samples"] else None,
+                },
+                "per_rank": self.ledger.ranks(),
+            }
+            for k, v in extra.items():
+                if k == "q1" and isinstance(v, Mapping):
+                    summary["q1"].update(v)
+                else:
+                    summary[k] = v
+            text = json.dumps(summary, indent=2, default=str)
+            tmp = self.dir / (SUMMARY_JSON + ".tmp")
+            tmp.write_text(text + "\n")
+            tmp.replace(self.dir / SUMMARY_JSON)
+            return summary
