@@ -69,7 +69,7 @@ def write_handmade(d: Path, *, q1: bool = True, gpu: bool = True, messages: bool
 
 
 def test_handmade_run_exact_figures(tmp_path: Path) -> None:
-    f = compute_evidence(load_run(write_handmade(tmp_path / "run"))).figures
+    f = compute_evidence(load_run(write_handmade(tmp_path / "run"))).to_json()
     A = pytest.approx
     assert f["span_s"] == A(0.225, abs=1e-5)
     assert f["parse_location"] == "receiver"
@@ -106,7 +106,7 @@ def test_missing_optional_files_rebuild_from_batches(tmp_path: Path) -> None:
     run = load_run(write_handmade(tmp_path / "run", q1=False, gpu=False, messages=False, seq=False))
     assert run.sources["q1"] is False and run.sources["gpu"] is False and run.sources["emit_log"] is False
     assert run.has_seq is False
-    f = compute_evidence(run).figures
+    f = compute_evidence(run).to_json()
     assert f["q1"]["source"] == "batches.csv (rebuilt)"
     assert f["gpu_source"] == "batches.csv"
     assert f["gpu_busy_compute_share"] == pytest.approx(0.030 / 0.225, abs=1e-4)
@@ -177,7 +177,7 @@ def test_max_concurrency() -> None:
 
 
 def test_parse_in_loop_is_located_in_the_loop(tmp_path: Path) -> None:
-    f = compute_evidence(load_run(write_run_dir(SCENARIOS["parse-in-loop"], tmp_path / "r"))).figures
+    f = compute_evidence(load_run(write_run_dir(SCENARIOS["parse-in-loop"], tmp_path / "r"))).to_json()
     assert f["parse_location"] == "inference_loop"
     assert f["per_batch_ms"]["parse_in_loop"] == pytest.approx(40.0, rel=0.05)
     assert f["parse_share_of_loop"] > 0.8
@@ -187,13 +187,13 @@ def test_parse_in_loop_is_located_in_the_loop(tmp_path: Path) -> None:
 def test_parser_threads_are_counted(tmp_path: Path) -> None:
     sc = Scenario(name="threads", phases=[("s", 1.0, 200.0)], parse_ms=15, parser_threads=3,
                   compute_ms=2, duration_s=1.5, jitter=0.0)
-    f = compute_evidence(load_run(write_run_dir(sc, tmp_path / "r"))).figures
+    f = compute_evidence(load_run(write_run_dir(sc, tmp_path / "r"))).to_json()
     assert f["parser_threads_observed"] == 3
     assert f["upstream_busy_share"] > 0.9  # 3 threads x 15 ms = 200/s is what arrives: saturated
 
 
 def test_bursty_long_gaps_coincide_with_emitter_silence(tmp_path: Path) -> None:
-    f = compute_evidence(load_run(write_run_dir(SCENARIOS["bursty-network"], tmp_path / "r"))).figures
+    f = compute_evidence(load_run(write_run_dir(SCENARIOS["bursty-network"], tmp_path / "r"))).to_json()
     lg = f["arrival_long_gaps"]
     assert lg["count"] == 2  # 6 s of 1 s bursts + 1.5 s stalls: two stalls inside the run
     assert lg["longest_s"] == pytest.approx(1.5, abs=0.05)
@@ -207,7 +207,7 @@ def test_bursty_long_gaps_coincide_with_emitter_silence(tmp_path: Path) -> None:
 
 
 def test_bandwidth_cap_shows_as_a_busy_link(tmp_path: Path) -> None:
-    f = compute_evidence(load_run(write_run_dir(SCENARIOS["network"], tmp_path / "r"))).figures
+    f = compute_evidence(load_run(write_run_dir(SCENARIOS["network"], tmp_path / "r"))).to_json()
     em = f["emitter"]
     assert em["sending_share"] > 0.95
     assert em["send_rate_while_sending_Bps"] * 8 == pytest.approx(80e6, rel=0.01)
@@ -216,7 +216,7 @@ def test_bandwidth_cap_shows_as_a_busy_link(tmp_path: Path) -> None:
 
 
 def test_backpressure_shows_as_a_blocked_emitter(tmp_path: Path) -> None:
-    f = compute_evidence(load_run(write_run_dir(SCENARIOS["consumer"], tmp_path / "r"))).figures
+    f = compute_evidence(load_run(write_run_dir(SCENARIOS["consumer"], tmp_path / "r"))).to_json()
     assert f["emitter"]["blocked_share"] > 0.3
     assert f["q1"]["share_over_80pct"] > 0.8
     assert f["gpu_busy_compute_share"] > 0.9
@@ -238,12 +238,12 @@ def test_several_inference_devices_busy_share_is_each_ones_own(tmp_path: Path) -
     # batch i ran on device i % 2
     rows = [lines[0] + ",device"] + [f"{ln},{int(ln.split(',')[2]) % 2}" for ln in lines[1:]]
     (d / "gpu.csv").write_text("\n".join(rows) + "\n")
-    f = compute_evidence(load_run(d)).figures
+    f = compute_evidence(load_run(d)).to_json()
     per = f["gpu_busy_compute_share_by_device"]
     assert len(per) == 2 and sum(per) == pytest.approx(0.030 / 0.225, abs=1e-3)
     assert f["gpu_busy_compute_share"] == pytest.approx(0.030 / 0.225 / 2, abs=1e-3)
     # one device only: the share as before, no per-device figure
-    single = compute_evidence(load_run(write_handmade(tmp_path / "one"))).figures
+    single = compute_evidence(load_run(write_handmade(tmp_path / "one"))).to_json()
     assert "gpu_busy_compute_share_by_device" not in single
 
 

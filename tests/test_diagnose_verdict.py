@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simstream.diagnose.evidence import compute_evidence
+from simstream.diagnose.figures import (
+    Counts,
+    DeviceFigures,
+    EmitterFigures,
+    EmitterSending,
+    Figures,
+    LoopFigures,
+    Q1Figures,
+    UpstreamFigures,
+)
 from simstream.diagnose.load import load_run
 from simstream.diagnose.report import diagnose_run
 from simstream.diagnose.simulate import SCENARIOS, Scenario, write_run_dir
@@ -22,9 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def verdict_of(sc: Scenario, d: Path) -> tuple[str, float, dict[str, Any]]:
-    ev = compute_evidence(load_run(write_run_dir(sc, d))).figures
-    v, c, _ = decide(ev)
-    return v, c, ev
+    ev = compute_evidence(load_run(write_run_dir(sc, d)))
+    v, c, _ = decide(ev.figures)
+    return v, c, ev.to_json()
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
@@ -100,19 +111,21 @@ def test_profile_in_the_run_dir_is_ignored(tmp_path: Path, profile: str | None) 
 
 
 def test_no_processed_batches(tmp_path: Path) -> None:
-    assert decide({"batches_processed": 0, "messages_received": 0})[0] == "network"
-    assert decide({"batches_processed": 0, "messages_received": 5, "quarantined": 5})[0] == "parse"
+    assert decide(Figures(counts=Counts(batches_processed=0, messages_received=0)))[0] == "network"
+    assert decide(Figures(counts=Counts(batches_processed=0, messages_received=5, quarantined=5)))[0] == "parse"
 
 
 def test_blocked_emitter_with_full_q1_lowers_network_confidence() -> None:
-    ev = {"batches_processed": 10, "loop_busy_share": 0.3, "upstream_busy_share": 0.2,
-          "q1": {"share_under_30pct": 1.0}, "gpu_idle_share_waiting_on_empty_q1": 1.0}
+    ev = Figures(counts=Counts(batches_processed=10), loop=LoopFigures(busy_share=0.3),
+                 upstream=UpstreamFigures(busy_share=0.2), q1=Q1Figures(share_under_30pct=1.0),
+                 device=DeviceFigures(idle_share_waiting_on_empty_q1=1.0))
+    blocked = EmitterFigures(sending=EmitterSending(blocked_share=0.6))
     v1, c1, _ = decide(ev)
-    v2, c2, _ = decide({**ev, "emitter": {"blocked_share": 0.6}})
+    v2, c2, _ = decide(replace(ev, emitter=blocked))
     assert v1 == v2 == "network"
     assert c2 == c1  # blocked with Q1 empty: a full socket on a slow link
-    v3, c3, reasons = decide({**ev, "q1": {"share_under_30pct": 0.2, "share_over_80pct": 0.6},
-                              "emitter": {"blocked_share": 0.6}})
+    v3, c3, reasons = decide(replace(ev, q1=Q1Figures(share_under_30pct=0.2, share_over_80pct=0.6),
+                                     emitter=blocked))
     assert v3 == "network" and c3 < c1
     assert "blocked by backpressure" in reasons[-1]
 
@@ -120,7 +133,7 @@ def test_blocked_emitter_with_full_q1_lowers_network_confidence() -> None:
 def test_recommendations_are_quantitative(tmp_path: Path) -> None:
     ev = compute_evidence(load_run(write_run_dir(SCENARIOS["bursty-network"], tmp_path / "b"))).figures
     recs = recommendations(ev, "network")
-    need = math.ceil(ev["arrival_long_gaps"]["longest_s"] * ev["capacity_bps"])
+    need = math.ceil((ev.arrivals.long_gaps.longest_s or 0) * (ev.capacity.bps or 0))
     assert any(f"A Q1 of {need} batches" in r for r in recs)
     ev = compute_evidence(load_run(write_run_dir(SCENARIOS["parse-in-loop"], tmp_path / "p"))).figures
     recs = recommendations(ev, "parse")

@@ -24,11 +24,32 @@ Decompositions that matter for the verdict:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from simstream.diagnose.figures import (
+    ArrivalFigures,
+    CapacityFigures,
+    CostFigures,
+    Counts,
+    DeviceFigures,
+    Dist,
+    EmitterFigures,
+    EmitterGaps,
+    EmitterSending,
+    Figures,
+    LongGaps,
+    LoopFigures,
+    LoopTime,
+    ParseFigures,
+    PerBatchMs,
+    Q1Figures,
+    UpstreamFigures,
+    UpstreamTime,
+    figures_json,
+)
 from simstream.diagnose.load import RunData
 
 __all__ = ["Evidence", "compute_evidence", "interval_union", "ks_statistic", "pct"]
@@ -41,12 +62,16 @@ LONG_GAP_MIN_S = 0.010
 
 @dataclass
 class Evidence:
-    """``figures``: JSON-ready numbers (report.json's ``evidence``);
-    ``series``: arrays for plots and the trace (relative seconds)."""
+    """``figures``: the typed figures (``figures.Figures``); ``series``: arrays for
+    plots and the trace (relative seconds); ``t0``: the Unix time they start at."""
 
-    figures: dict[str, Any]
+    figures: Figures
     series: dict[str, Any] = field(default_factory=dict)
     t0: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """report.json's ``evidence`` object."""
+        return figures_json(self.figures)
 
 
 def pct(x: np.ndarray, q: float) -> float | None:
@@ -144,23 +169,40 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.max(np.abs(fa - fb)))
 
 
-def _dist(x: np.ndarray) -> dict[str, float | None]:
+def _dist(x: np.ndarray) -> Dist:
     """p50/p90/p99/max/mean in ms, and the count."""
     x = x[np.isfinite(x)]
-    return {
-        "count": int(x.size),
-        "mean_ms": _ms(float(x.mean())) if x.size else None,
-        "p50_ms": _ms(pct(x, 50)),
-        "p90_ms": _ms(pct(x, 90)),
-        "p99_ms": _ms(pct(x, 99)),
-        "max_ms": _ms(float(x.max())) if x.size else None,
-    }
+    return Dist(
+        count=int(x.size),
+        mean_ms=_ms(float(x.mean())) if x.size else None,
+        p50_ms=_ms(pct(x, 50)),
+        p90_ms=_ms(pct(x, 90)),
+        p99_ms=_ms(pct(x, 99)),
+        max_ms=_ms(float(x.max())) if x.size else None,
+    )
 
 
-def compute_evidence(run: RunData) -> Evidence:
-    """Every figure of report.json's ``evidence`` and the series for the plots."""
+@dataclass
+class _Base:
+    """The batches in get order, relative to ``t0``, with the run's span and the
+    per-batch stage durations (seconds) every family starts from."""
+
+    B: dict[str, np.ndarray]
+    n: int
+    t0: float
+    t_start: float
+    t_end: float
+    arrivals: np.ndarray
+    msg_bytes: np.ndarray | None
+    dur: dict[str, np.ndarray]
+
+    @property
+    def span(self) -> float:
+        return max(self.t_end - self.t_start, 1e-9)
+
+
+def _t0(run: RunData) -> float:
     b = run.batches
-    n = run.n_batches
     cand = [b["t_arrival"], b["t_q1_get_start"], b["t_compute_start"]]
     if run.messages is not None and "t_arrival" in run.messages:
         cand.append(run.messages["t_arrival"])
@@ -168,12 +210,26 @@ def compute_evidence(run: RunData) -> Evidence:
         cand += [run.emit["t_sched"], run.emit["t_first_byte"]]
     finite = [c[np.isfinite(c)] for c in cand if c.size]
     finite = [c for c in finite if c.size]
-    t0 = float(min(c.min() for c in finite)) if finite else 0.0
+    return float(min(c.min() for c in finite)) if finite else 0.0
 
+
+def _durations(B: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stage durations (s); the get split into waiting for the put and its own cost."""
+    d = {"parse": B["t_parse_end"] - B["t_parse_start"], "put": B["t_q1_put_end"] - B["t_q1_put_start"],
+         "get": B["t_q1_get_end"] - B["t_q1_get_start"], "h2d": B["t_h2d_end"] - B["t_h2d_start"],
+         "compute": B["t_compute_end"] - B["t_compute_start"], "d2h": B["t_d2h_end"] - B["t_d2h_start"]}
+    wait = np.clip(np.fmin(B["t_q1_put_end"], B["t_q1_get_end"]) - B["t_q1_get_start"], 0, None)
+    d["get_wait"] = np.where(np.isfinite(wait), wait, np.where(np.isfinite(d["get"]), 0.0, np.nan))
+    d["get_over"] = d["get"] - d["get_wait"]
+    return d
+
+
+def _base(run: RunData) -> _Base:
+    b, n = run.batches, run.n_batches
+    t0 = _t0(run)
     order = np.argsort(np.where(np.isfinite(b["t_q1_get_start"]), b["t_q1_get_start"],
                                 b["t_compute_start"]), kind="stable")
     B = {k: (v[order] - t0 if k.startswith("t_") else v[order]) for k, v in b.items()}
-
     # message arrivals (all received, processed or not)
     if run.messages is not None and run.messages.get("t_arrival", np.empty(0)).size:
         arrivals = np.sort(run.messages["t_arrival"][np.isfinite(run.messages["t_arrival"])]) - t0
@@ -182,29 +238,18 @@ def compute_evidence(run: RunData) -> Evidence:
         arrivals = np.sort(B["t_arrival"][np.isfinite(B["t_arrival"])])
         msg_bytes = B["nbytes"]
     received = int(arrivals.size)
-
-    f: dict[str, Any] = {"batches_processed": n, "messages_received": received}
-    s: dict[str, Any] = {"batches": B, "arrivals": arrivals}
     ends = B["t_d2h_end"] if np.isfinite(B["t_d2h_end"]).any() else B["t_compute_end"]
     t_start = float(arrivals[0]) if received else (float(np.nanmin(B["t_compute_start"])) if n else 0.0)
     t_end = float(np.nanmax(ends)) if n and np.isfinite(ends).any() else (
         float(arrivals[-1]) if received else t_start)
-    span = max(t_end - t_start, 1e-9)
-    f["span_s"] = _r(span)
-    s["t_start"], s["t_end"] = t_start, t_end
+    return _Base(B, n, t0, t_start, t_end, arrivals, msg_bytes, _durations(B))
 
-    # --- stage durations (s)
-    parse = B["t_parse_end"] - B["t_parse_start"]
-    put = B["t_q1_put_end"] - B["t_q1_put_start"]
-    get = B["t_q1_get_end"] - B["t_q1_get_start"]
-    h2d = B["t_h2d_end"] - B["t_h2d_start"]
-    comp = B["t_compute_end"] - B["t_compute_start"]
-    d2h = B["t_d2h_end"] - B["t_d2h_start"]
-    get_wait = np.clip(np.fmin(B["t_q1_put_end"], B["t_q1_get_end"]) - B["t_q1_get_start"], 0, None)
-    get_wait = np.where(np.isfinite(get_wait), get_wait, np.where(np.isfinite(get), 0.0, np.nan))
-    get_over = get - get_wait
 
-    # where parsing happens
+def _parse_where(base: _Base) -> tuple[ParseFigures, np.ndarray, np.ndarray, int]:
+    """Where parsing happens: after the get (in the loop) or before the put (the
+    receiver's threads). Returns the figures, the per-batch parse time in the loop
+    and in the receiver, and the receiver's thread count."""
+    B, parse, n = base.B, base.dur["parse"], base.n
     has_parse = np.isfinite(parse)
     loc = "none"
     if has_parse.any():
@@ -219,237 +264,280 @@ def compute_evidence(run: RunData) -> Evidence:
     parse_loop = np.where(has_parse, parse, 0.0) if loc == "inference_loop" else np.zeros(n)
     parse_recv = np.where(has_parse, parse, 0.0) if loc in ("receiver", "unknown") else np.zeros(n)
     threads = max(1, max_concurrency(B["t_parse_start"], B["t_parse_end"])) if loc != "inference_loop" else 1
-    f["parse_location"] = loc
-    f["parser_threads_observed"] = threads if loc != "inference_loop" and has_parse.any() else (1 if loc == "inference_loop" else 0)
+    observed = threads if loc != "inference_loop" and has_parse.any() else (1 if loc == "inference_loop" else 0)
+    return ParseFigures(loc, observed), parse_loop, parse_recv, threads
 
-    # Q1 maxsize and occupancy
+
+def _q1_depth(run: RunData, base: _Base) -> tuple[np.ndarray, np.ndarray, int | None, str]:
+    """Q1 depth samples (relative t, depth), the recorded maxsize and the source."""
     q1 = run.q1
-    maxsize = None
     if q1 is not None and q1.get("t", np.empty(0)).size:
-        qt = q1["t"] - t0
-        qd = q1["depth"]
-        qm = q1.get("maxsize", np.full(qt.size, np.nan))
-        if np.isfinite(qm).any() and np.nanmax(qm) > 0:
-            maxsize = int(np.nanmax(qm))
-        q_src = "q1.csv"
-    else:
-        # no samples: rebuild depth on a 10 ms grid from the puts and gets
-        qt = np.arange(t_start, t_end + 0.01, 0.01)
-        pe = np.sort(B["t_q1_put_end"][np.isfinite(B["t_q1_put_end"])])
-        ge = np.sort(B["t_q1_get_end"][np.isfinite(B["t_q1_get_end"])])
-        qd = (np.searchsorted(pe, qt, side="right") - np.searchsorted(ge, qt, side="right")).astype(float)
-        q_src = "batches.csv (rebuilt)"
+        qm = q1.get("maxsize", np.full(q1["t"].size, np.nan))
+        maxsize = int(np.nanmax(qm)) if np.isfinite(qm).any() and np.nanmax(qm) > 0 else None
+        return q1["t"] - base.t0, q1["depth"], maxsize, "q1.csv"
+    # no samples: rebuild depth on a 10 ms grid from the puts and gets
+    B = base.B
+    qt = np.arange(base.t_start, base.t_end + 0.01, 0.01)
+    pe = np.sort(B["t_q1_put_end"][np.isfinite(B["t_q1_put_end"])])
+    ge = np.sort(B["t_q1_get_end"][np.isfinite(B["t_q1_get_end"])])
+    qd = (np.searchsorted(pe, qt, side="right") - np.searchsorted(ge, qt, side="right")).astype(float)
+    return qt, qd, None, "batches.csv (rebuilt)"
+
+
+def _q1(run: RunData, base: _Base) -> tuple[Q1Figures, np.ndarray, np.ndarray]:
+    """Q1 occupancy figures, and the depth series (t, depth)."""
+    qt, qd, maxsize, src = _q1_depth(run, base)
     if maxsize is None:
         maxsize = int(np.nanmax(qd)) if qd.size and np.isfinite(qd).any() and np.nanmax(qd) > 0 else 1
-    win = (qt >= t_start) & (qt <= t_end) & np.isfinite(qd)
+    win = (qt >= base.t_start) & (qt <= base.t_end) & np.isfinite(qd)
     if not win.any():
         win = np.isfinite(qd)
-    frac = qd[win] / maxsize if maxsize else qd[win]
-    f["q1"] = {
-        "source": q_src,
-        "maxsize": maxsize,
-        "samples": int(win.sum()),
-        "mean_depth": _r(float(np.mean(qd[win]))) if win.any() else None,
-        "mean_occupancy": _r(float(np.mean(frac))) if win.any() else None,
-        "share_empty": _r(float(np.mean(qd[win] <= 0))) if win.any() else None,
-        "share_under_30pct": _r(float(np.mean(frac < 0.3))) if win.any() else None,
-        "share_over_80pct": _r(float(np.mean(frac > 0.8))) if win.any() else None,
-        "share_full": _r(float(np.mean(qd[win] >= maxsize))) if win.any() else None,
-    }
-    s["q1_t"], s["q1_depth"], s["q1_maxsize"] = qt, qd, maxsize
+    d = qd[win]
+    frac = d / maxsize if maxsize else d
 
-    # put blocked on a full Q1 vs its own cost
-    put_block = np.zeros(n)
-    if n and np.isfinite(put).any():
-        pe_order = np.argsort(np.where(np.isfinite(B["t_q1_put_end"]), B["t_q1_put_end"], np.inf), kind="stable")
-        ge_in_put_order = B["t_q1_get_end"][pe_order]
-        slot = np.full(n, -np.inf)
-        if n > maxsize:
-            slot[maxsize:] = ge_in_put_order[: n - maxsize]
-        blk = np.zeros(n)
-        blk[pe_order] = np.clip(
-            np.fmin(slot, B["t_q1_put_end"][pe_order]) - B["t_q1_put_start"][pe_order], 0, None)
-        put_block = np.where(np.isfinite(blk), blk, 0.0)
-    put_over = put - put_block
+    def share(x: np.ndarray) -> float | None:
+        return _r(float(np.mean(x))) if win.any() else None
 
-    # --- busy shares
-    ws, we = _clip(B["t_q1_get_start"], B["t_q1_get_start"] + get_wait, t_start, t_end)
+    return Q1Figures(
+        source=src, maxsize=maxsize, samples=int(win.sum()), mean_depth=share(d),
+        mean_occupancy=share(frac), share_empty=share(d <= 0), share_under_30pct=share(frac < 0.3),
+        share_over_80pct=share(frac > 0.8), share_full=share(d >= maxsize)), qt, qd
+
+
+def _put_block(base: _Base, maxsize: int) -> np.ndarray:
+    """Per batch, the part of its put spent blocked on a full Q1 (s)."""
+    B, n, put = base.B, base.n, base.dur["put"]
+    if not (n and np.isfinite(put).any()):
+        return np.zeros(n)
+    pe_order = np.argsort(np.where(np.isfinite(B["t_q1_put_end"]), B["t_q1_put_end"], np.inf), kind="stable")
+    ge_in_put_order = B["t_q1_get_end"][pe_order]
+    slot = np.full(n, -np.inf)
+    if n > maxsize:
+        slot[maxsize:] = ge_in_put_order[: n - maxsize]
+    blk = np.zeros(n)
+    blk[pe_order] = np.clip(np.fmin(slot, B["t_q1_put_end"][pe_order]) - B["t_q1_put_start"][pe_order], 0, None)
+    return np.where(np.isfinite(blk), blk, 0.0)
+
+
+def _busy(base: _Base, q1f: Q1Figures, parse_loop: np.ndarray, parse_recv: np.ndarray, threads: int,
+          put_over: np.ndarray) -> tuple[LoopFigures, UpstreamFigures, tuple[np.ndarray, np.ndarray]]:
+    """The loop's and the receiver side's busy shares and where their time went;
+    also the loop's waits on an empty Q1 as intervals."""
+    span, get_wait = base.span, base.dur["get_wait"]
+    ws, we = _clip(base.B["t_q1_get_start"], base.B["t_q1_get_start"] + get_wait, base.t_start, base.t_end)
     wait_total = _measure(ws, we)
     if np.isfinite(get_wait).any():
-        u_loop = 1.0 - wait_total / span
-        u_loop_src = "q1 get waits"
+        u_loop, src = 1.0 - wait_total / span, "q1 get waits"
     else:
-        u_loop = 1.0 - (f["q1"]["share_empty"] or 0.0)
-        u_loop_src = "q1 empty share"
-    up_work = np.nansum(parse_recv) + np.nansum(np.where(np.isfinite(put_over), put_over, 0.0))
-    u_up = up_work / (threads * span)
+        u_loop, src = 1.0 - (q1f.share_empty or 0.0), "q1 empty share"
+    put_own = np.where(np.isfinite(put_over), put_over, 0.0)
+    u_up = (np.nansum(parse_recv) + np.nansum(put_own)) / (threads * span)
     # where the loop's busy time went (totals, so rare long costs such as a
     # polling get's sleep count in full, which medians would hide)
     busy_total = max(span - wait_total, 0.0)
-    q_get = float(np.nansum(np.clip(get_over, 0, None)))
+    q_get = float(np.nansum(np.clip(base.dur["get_over"], 0, None)))
     p_loop = float(np.nansum(parse_loop))
-    f["loop_time_s"] = {
-        "busy": _r(busy_total),
-        "wait_on_empty_q1": _r(wait_total),
-        "q1_get_overhead": _r(q_get),
-        "parse": _r(p_loop),
-        "inference": _r(max(busy_total - q_get - p_loop, 0.0)),
-    }
-    f["upstream_time_s"] = {
-        "threads": threads,
-        "parse": _r(float(np.nansum(parse_recv))),
-        "q1_put_overhead": _r(float(np.nansum(np.clip(np.where(np.isfinite(put_over), put_over, 0.0), 0, None)))),
-    }
-    f["loop_busy_share"] = _r(u_loop)
-    f["loop_busy_source"] = u_loop_src
-    f["loop_wait_on_empty_q1_s"] = _r(wait_total)
-    f["upstream_busy_share"] = _r(u_up)
+    loop = LoopFigures(
+        busy_share=_r(u_loop), busy_source=src, wait_on_empty_q1_s=_r(wait_total),
+        time_s=LoopTime(busy=_r(busy_total), wait_on_empty_q1=_r(wait_total), q1_get_overhead=_r(q_get),
+                        parse=_r(p_loop), inference=_r(max(busy_total - q_get - p_loop, 0.0))))
+    up = UpstreamFigures(busy_share=_r(u_up), time_s=UpstreamTime(
+        threads=threads, parse=_r(float(np.nansum(parse_recv))),
+        q1_put_overhead=_r(float(np.nansum(np.clip(put_own, 0, None))))))
+    return loop, up, (ws, we)
 
-    # --- GPU timeline
-    g = run.gpu
+
+def _device_intervals(run: RunData, base: _Base) -> tuple[Any, ...]:
+    """(compute starts, compute ends, all starts, all ends, device per compute or
+    None, source) relative to t0."""
+    g, B, t0 = run.gpu, base.B, base.t0
     if g is not None and g.get("t_start", np.empty(0)).size and "stream" in g:
-        # gpu.csv is the GPU's own record (it may hold intervals no batch row has)
+        # gpu.csv is the device's own record (it may hold intervals no batch row has)
         is_c = g["stream"] == 1
-        c_s, c_e = g["t_start"][is_c] - t0, g["t_end"][is_c] - t0
-        all_s, all_e = g["t_start"] - t0, g["t_end"] - t0
-        dev_c: np.ndarray | None = g["device"][is_c] if "device" in g else None
-        f["gpu_source"] = "gpu.csv"
-    else:
-        c_s, c_e = B["t_compute_start"], B["t_compute_end"]
-        all_s = np.concatenate([B["t_h2d_start"], B["t_compute_start"], B["t_d2h_start"]])
-        all_e = np.concatenate([B["t_h2d_end"], B["t_compute_end"], B["t_d2h_end"]])
-        dev_c = None
-        f["gpu_source"] = "batches.csv"
+        dev = g["device"][is_c] if "device" in g else None
+        return (g["t_start"][is_c] - t0, g["t_end"][is_c] - t0, g["t_start"] - t0, g["t_end"] - t0,
+                dev, "gpu.csv")
+    all_s = np.concatenate([B["t_h2d_start"], B["t_compute_start"], B["t_d2h_start"]])
+    all_e = np.concatenate([B["t_h2d_end"], B["t_compute_end"], B["t_d2h_end"]])
+    return B["t_compute_start"], B["t_compute_end"], all_s, all_e, None, "batches.csv"
+
+
+def _device(run: RunData, base: _Base, waits: tuple[np.ndarray, np.ndarray],
+            streams_overlap: bool, series: dict[str, Any]) -> DeviceFigures:
+    """The inference device's busy shares and idle gaps (adds plot series)."""
+    c_s, c_e, all_s, all_e, dev_c, src = _device_intervals(run, base)
+    t_start, t_end, span = base.t_start, base.t_end, base.span
     cs, ce = _clip(*interval_union(c_s, c_e), t_start, t_end)
     busy_c = _measure(cs, ce)
     devices = np.unique(dev_c) if dev_c is not None else np.empty(0)
+    by_device = None
     if dev_c is not None and devices.size > 1:
         # several inference devices (Ray actors): the busy share is each one's own,
         # averaged; the idle gaps below are those of the union (no device busy)
-        per = []
-        for d in devices:
-            on = dev_c == d
-            per.append(_measure(*_clip(*interval_union(c_s[on], c_e[on]), t_start, t_end)))
-        f["gpu_busy_compute_share_by_device"] = [_r(b / span) for b in per]
+        per = [_measure(*_clip(*interval_union(c_s[dev_c == d], c_e[dev_c == d]), t_start, t_end))
+               for d in devices]
+        by_device = [_r(x / span) for x in per]
         busy_c = float(np.mean(per))
     as_, ae = _clip(*interval_union(all_s, all_e), t_start, t_end)
-    f["gpu_busy_compute_share"] = _r(busy_c / span)
-    f["gpu_busy_any_stream_share"] = _r(_measure(as_, ae) / span)
     gaps = cs[1:] - ce[:-1] if cs.size > 1 else np.empty(0)
-    f["gpu_idle_gaps"] = _dist(gaps)
     if gaps.size:
         g_at = int(np.argmax(gaps))
-        s["longest_gap"] = (float(ce[g_at]), float(cs[g_at + 1]))
+        series["longest_gap"] = (float(ce[g_at]), float(cs[g_at + 1]))
     idle_s = np.concatenate([[t_start], ce])
     idle_e = np.concatenate([cs, [t_end]])
     keep = idle_e > idle_s
     idle = (idle_s[keep], idle_e[keep])
     idle_total = _measure(*idle)
-    on_empty = _intersection_measure(idle, (ws, we)) if idle_total > 0 else 0.0
-    f["gpu_idle_s"] = _r(idle_total)
-    f["gpu_idle_share_waiting_on_empty_q1"] = _r(on_empty / idle_total) if idle_total > 0 else None
-    s["compute_union"] = (cs, ce)
+    on_empty = _intersection_measure(idle, waits) if idle_total > 0 else 0.0
+    series["compute_union"] = (cs, ce)
+    return DeviceFigures(
+        source=src, busy_compute_share=_r(busy_c / span), busy_any_stream_share=_r(_measure(as_, ae) / span),
+        busy_compute_share_by_device=by_device, idle_gaps=_dist(gaps), idle_s=_r(idle_total),
+        idle_share_waiting_on_empty_q1=_r(on_empty / idle_total) if idle_total > 0 else None,
+        streams_overlap=streams_overlap)
 
-    # --- rates and capacity
+
+def _arrivals(base: _Base, series: dict[str, Any]) -> ArrivalFigures:
+    """Arrival and processing rates, burstiness and long gaps (adds series)."""
+    arrivals, received = base.arrivals, int(base.arrivals.size)
     arr_span = float(arrivals[-1] - arrivals[0]) if received > 1 else 0.0
-    f["arrival_rate_bps"] = _r((received - 1) / arr_span if arr_span > 0 else None)
-    f["throughput_bps"] = _r(n / span if n else 0.0)
     ia = np.diff(arrivals)
     ia_mean = float(ia.mean()) if ia.size else 0.0
-    f["interarrival"] = _dist(ia)
-    f["interarrival_cv"] = _r(float(ia.std() / ia_mean)) if ia.size > 1 and ia_mean > 0 else None
     long_thr = max(LONG_GAP_FACTOR * float(np.median(ia)), LONG_GAP_MIN_S) if ia.size else LONG_GAP_MIN_S
     long_idx = np.nonzero(ia > long_thr)[0]
-    f["arrival_long_gaps"] = {
-        "threshold_ms": _ms(long_thr),
-        "count": int(long_idx.size),
-        "total_s": _r(float(ia[long_idx].sum())) if long_idx.size else 0.0,
-        "longest_s": _r(float(ia.max())) if ia.size else None,
-    }
-    s["long_gaps"] = (arrivals[long_idx], arrivals[long_idx + 1]) if long_idx.size else (np.empty(0), np.empty(0))
+    series["long_gaps"] = ((arrivals[long_idx], arrivals[long_idx + 1]) if long_idx.size
+                           else (np.empty(0), np.empty(0)))
+    mb = base.msg_bytes
+    nb = mb[np.isfinite(mb)] if mb is not None else np.empty(0)
+    return ArrivalFigures(
+        rate_bps=_r((received - 1) / arr_span if arr_span > 0 else None),
+        throughput_bps=_r(base.n / base.span if base.n else 0.0),
+        interarrival=_dist(ia),
+        interarrival_cv=_r(float(ia.std() / ia_mean)) if ia.size > 1 and ia_mean > 0 else None,
+        long_gaps=LongGaps(
+            threshold_ms=_ms(long_thr), count=int(long_idx.size),
+            total_s=_r(float(ia[long_idx].sum())) if long_idx.size else 0.0,
+            longest_s=_r(float(ia.max())) if ia.size else None),
+        achieved_byte_rate_Bps=_r(float(nb.sum()) / arr_span, 1) if arr_span > 0 and nb.size else None)
 
-    med = {k: _med(v) for k, v in (("parse", parse), ("put", put), ("get", get),
-                                   ("get_overhead", get_over), ("put_overhead", put_over),
-                                   ("h2d", h2d), ("compute", comp), ("d2h", d2h))}
-    # async GPU: the loop takes the next batch before this one's D2H is done
+
+@dataclass
+class _Cycle:
+    """The loop's cycle: measured while fed, or modelled from stage medians (s)."""
+
+    med: dict[str, float | None]
+    gpu_async: bool
+    gpu_cycle: float
+    host: float
+    model_cycle: float
+    cycle: float
+    source: str
+
+
+def _cycle(base: _Base, parse_loop: np.ndarray, put_over: np.ndarray, in_loop: bool) -> _Cycle:
+    B, n, d = base.B, base.n, base.dur
+    med = {k: _med(v) for k, v in (("parse", d["parse"]), ("put", d["put"]), ("get", d["get"]),
+                                   ("get_overhead", d["get_over"]), ("put_overhead", put_over),
+                                   ("h2d", d["h2d"]), ("compute", d["compute"]), ("d2h", d["d2h"]))}
+    # async device: the loop takes the next batch before this one's D2H is done
     nxt = B["t_q1_get_start"][1:] if n > 1 else np.empty(0)
     ov = nxt < B["t_d2h_end"][:-1] - 1e-6 if n > 1 else np.empty(0, dtype=bool)
     gpu_async = bool(np.mean(ov) > 0.5) if ov.size else True
     streams = [med[k] or 0.0 for k in ("h2d", "compute", "d2h")]
-    host = (med["get_overhead"] or 0.0) + (_med(parse_loop) or 0.0 if loc == "inference_loop" else 0.0)
+    host = (med["get_overhead"] or 0.0) + (_med(parse_loop) or 0.0 if in_loop else 0.0)
     gpu_cycle = max(streams) if gpu_async else sum(streams)
     model_cycle = max(host, gpu_cycle) if gpu_async else host + gpu_cycle
+    get_wait = d["get_wait"]
     fed = (get_wait[1:] <= 1e-4) & (get_wait[:-1] <= 1e-4) if n > 1 else np.empty(0, dtype=bool)
     fed_cycles = np.diff(B["t_q1_get_start"])[fed] if n > 1 else np.empty(0)
     fed_cycles = fed_cycles[np.isfinite(fed_cycles) & (fed_cycles > 0)]
     if fed_cycles.size >= max(10, 0.05 * n):
-        cycle = float(np.median(fed_cycles))
-        cap_src = "measured: loop cycle while Q1 held a batch"
-    else:
-        cycle = model_cycle
-        cap_src = "stage times: max(host part, busiest stream)" if gpu_async else "stage times: sum (serial)"
-    cap = 1.0 / cycle if cycle > 0 else None
-    # what the loop could do if parsing left it
-    host_np = med["get_overhead"] or 0.0
-    cycle_np = max(host_np, gpu_cycle) if gpu_async else host_np + gpu_cycle
-    f["capacity_without_loop_parse_bps"] = _r(1.0 / cycle_np if cycle_np > 0 else None)
-    f["gpu_streams_overlap"] = gpu_async
-    f["capacity_bps"] = _r(cap)
-    f["capacity_source"] = cap_src
-    f["capacity_from_stage_times_bps"] = _r(1.0 / model_cycle if model_cycle > 0 else None)
-    f["arrival_vs_capacity"] = _r(f["arrival_rate_bps"] / cap) if cap and f["arrival_rate_bps"] else None
-    up_cost = (_med(parse_recv) or 0.0) + (med["put_overhead"] or 0.0)
-    f["upstream_capacity_bps"] = _r(threads / up_cost if up_cost > 0 else None)
+        return _Cycle(med, gpu_async, gpu_cycle, host, model_cycle, float(np.median(fed_cycles)),
+                      "measured: loop cycle while Q1 held a batch")
+    src = "stage times: max(host part, busiest stream)" if gpu_async else "stage times: sum (serial)"
+    return _Cycle(med, gpu_async, gpu_cycle, host, model_cycle, model_cycle, src)
 
-    f["per_batch_ms"] = {
-        "parse": _ms(med["parse"]),
-        "parse_in_loop": _ms(_med(parse_loop)) if loc == "inference_loop" else 0.0,
-        "q1_put": _ms(med["put"]),
-        "q1_put_overhead": _ms(med["put_overhead"]),
-        "q1_get": _ms(med["get"]),
-        "q1_get_overhead": _ms(med["get_overhead"]),
-        "q1_op_overhead": _ms((med["put_overhead"] or 0.0) + (med["get_overhead"] or 0.0)),
-        "h2d": _ms(med["h2d"]),
-        "compute": _ms(med["compute"]),
-        "d2h": _ms(med["d2h"]),
-        "gpu_cycle": _ms(gpu_cycle),
-        "loop_host": _ms(host),
+
+def _capacity(cy: _Cycle, arrival_rate: float | None) -> CapacityFigures:
+    cap = 1.0 / cy.cycle if cy.cycle > 0 else None
+    # what the loop could do if parsing left it
+    host_np = cy.med["get_overhead"] or 0.0
+    cycle_np = max(host_np, cy.gpu_cycle) if cy.gpu_async else host_np + cy.gpu_cycle
+    return CapacityFigures(
+        bps=_r(cap), source=cy.source,
+        from_stage_times_bps=_r(1.0 / cy.model_cycle if cy.model_cycle > 0 else None),
+        without_loop_parse_bps=_r(1.0 / cycle_np if cycle_np > 0 else None),
+        arrival_vs_capacity=_r(arrival_rate / cap) if cap and arrival_rate else None)
+
+
+def _costs(base: _Base, cy: _Cycle, parse_loop: np.ndarray, put_over: np.ndarray, loop: LoopFigures,
+           in_loop: bool) -> CostFigures:
+    med, d = cy.med, base.dur
+    pb = PerBatchMs(
+        parse=_ms(med["parse"]), parse_in_loop=_ms(_med(parse_loop)) if in_loop else 0.0,
+        q1_put=_ms(med["put"]), q1_put_overhead=_ms(med["put_overhead"]),
+        q1_get=_ms(med["get"]), q1_get_overhead=_ms(med["get_overhead"]),
+        q1_op_overhead=_ms((med["put_overhead"] or 0.0) + (med["get_overhead"] or 0.0)),
+        h2d=_ms(med["h2d"]), compute=_ms(med["compute"]), d2h=_ms(med["d2h"]),
+        gpu_cycle=_ms(cy.gpu_cycle), loop_host=_ms(cy.host),
         # the part of the measured loop cycle that is neither parse nor Q1 get:
         # submitting to the inference stage (staging copies, waiting for a buffer)
-        "loop_inference": _ms(max(cycle - host, 0.0)) if cap_src.startswith("measured") else None,
-    }
+        loop_inference=_ms(max(cy.cycle - cy.host, 0.0)) if cy.source.startswith("measured") else None)
     c_ms = med["compute"] or 0.0
-    f["parse_vs_compute"] = _r((med["parse"] or 0.0) / c_ms) if c_ms > 0 and med["parse"] is not None else None
-    f["queue_op_vs_compute"] = _r(((med["put_overhead"] or 0.0) + (med["get_overhead"] or 0.0)) / c_ms) if c_ms > 0 else None
-    f["parse_share_of_loop"] = _r(p_loop / busy_total) if loc == "inference_loop" and busy_total > 0 else 0.0
-    f["stage_distributions"] = {"h2d": _dist(h2d), "compute": _dist(comp), "d2h": _dist(d2h),
-                                "parse": _dist(parse), "q1_get_overhead": _dist(get_over),
-                                "q1_put_overhead": _dist(put_over)}
-    f["starvation"] = bool((f["gpu_busy_any_stream_share"] or 0) < 0.9 and (
-        (f["q1"]["share_under_30pct"] or 0) > 0.3 or (f["q1"]["share_empty"] or 0) > 0.2))
+    busy_total = loop.time_s.busy or 0.0
+    return CostFigures(
+        per_batch_ms=pb,
+        parse_vs_compute=_r((med["parse"] or 0.0) / c_ms) if c_ms > 0 and med["parse"] is not None else None,
+        queue_op_vs_compute=_r(((med["put_overhead"] or 0.0) + (med["get_overhead"] or 0.0)) / c_ms)
+        if c_ms > 0 else None,
+        parse_share_of_loop=_r(float(np.nansum(parse_loop)) / busy_total) if in_loop and busy_total > 0 else 0.0,
+        stage_distributions={"h2d": _dist(d["h2d"]), "compute": _dist(d["compute"]), "d2h": _dist(d["d2h"]),
+                             "parse": _dist(d["parse"]), "q1_get_overhead": _dist(d["get_over"]),
+                             "q1_put_overhead": _dist(put_over)})
+
+
+def compute_evidence(run: RunData) -> Evidence:
+    """Every figure of report.json's ``evidence`` and the series for the plots."""
+    base = _base(run)
+    B, d = base.B, base.dur
+    series: dict[str, Any] = {"batches": B, "arrivals": base.arrivals,
+                              "t_start": base.t_start, "t_end": base.t_end}
+    parse_f, parse_loop, parse_recv, threads = _parse_where(base)
+    in_loop = parse_f.location == "inference_loop"
+    q1f, qt, qd = _q1(run, base)
+    series["q1_t"], series["q1_depth"], series["q1_maxsize"] = qt, qd, q1f.maxsize
+    put_block = _put_block(base, q1f.maxsize)
+    put_over = d["put"] - put_block
+    loop, up, waits = _busy(base, q1f, parse_loop, parse_recv, threads, put_over)
+    cy = _cycle(base, parse_loop, put_over, in_loop)
+    device = _device(run, base, waits, cy.gpu_async, series)
+    arrivals = _arrivals(base, series)
+    capacity = _capacity(cy, arrivals.rate_bps)
+    up_cost = (_med(parse_recv) or 0.0) + (cy.med["put_overhead"] or 0.0)
+    up = replace(up, capacity_bps=_r(threads / up_cost if up_cost > 0 else None))
+    costs = _costs(base, cy, parse_loop, put_over, loop, in_loop)
+    costs = replace(costs, starvation=bool((device.busy_any_stream_share or 0) < 0.9 and (
+        (q1f.share_under_30pct or 0) > 0.3 or (q1f.share_empty or 0) > 0.2)))
     # waits counted from the first arrival: the loop's wait for the very first batch
     # is start-up, not starvation
     wait_in_run = np.clip(np.fmin(B["t_q1_put_end"], B["t_q1_get_end"])
-                          - np.fmax(B["t_q1_get_start"], t_start), 0, None)
-    s.update({"parse": parse, "put": put, "get": get, "get_wait": get_wait, "get_over": get_over,
-              "get_wait_in_run": np.where(np.isfinite(wait_in_run), wait_in_run, 0.0),
-              "put_block": put_block, "put_over": put_over, "h2d": h2d, "compute": comp, "d2h": d2h,
-              "queue_time": B["t_q1_get_end"] - B["t_q1_put_start"], "capacity_bps": cap})
-
-    # bytes
-    nb = msg_bytes[np.isfinite(msg_bytes)] if msg_bytes is not None else np.empty(0)
-    f["achieved_byte_rate_Bps"] = _r(float(nb.sum()) / arr_span, 1) if arr_span > 0 and nb.size else None
-
+                          - np.fmax(B["t_q1_get_start"], base.t_start), 0, None)
+    series.update({"parse": d["parse"], "put": d["put"], "get": d["get"], "get_wait": d["get_wait"],
+                   "get_over": d["get_over"], "get_wait_in_run": np.where(np.isfinite(wait_in_run), wait_in_run, 0.0),
+                   "put_block": put_block, "put_over": put_over, "h2d": d["h2d"], "compute": d["compute"],
+                   "d2h": d["d2h"], "queue_time": B["t_q1_get_end"] - B["t_q1_put_start"],
+                   "capacity_bps": 1.0 / cy.cycle if cy.cycle > 0 else None})
+    emitter = None
     if run.emit is not None:
-        f["emitter"] = _emit_evidence(run, t0, arrivals, s["long_gaps"], f)
-        s["emit"] = {k: (v - t0 if k.startswith("t_") else v) for k, v in run.emit.items()
-                     if isinstance(v, np.ndarray)}
-    else:
-        f["emitter"] = None
-    f["consumer_side_only"] = run.emit is None
-    f["sequence_numbers"] = run.has_seq
-    f["quarantined"] = int(run.summary.get("quarantined") or run.quarantined_files or 0)
-    return Evidence(f, s, t0)
+        emitter = _emit_evidence(run, base.t0, base.arrivals, series["long_gaps"], arrivals.achieved_byte_rate_Bps)
+        series["emit"] = {k: (v - base.t0 if k.startswith("t_") else v) for k, v in run.emit.items()
+                          if isinstance(v, np.ndarray)}
+    counts = Counts(batches_processed=base.n, messages_received=int(base.arrivals.size), span_s=_r(base.span),
+                    quarantined=int(run.summary.get("quarantined") or run.quarantined_files or 0),
+                    sequence_numbers=run.has_seq, consumer_side_only=run.emit is None)
+    figures = Figures(counts=counts, parse=parse_f, q1=q1f, loop=loop, upstream=up, device=device,
+                      arrivals=arrivals, capacity=capacity, costs=costs, emitter=emitter)
+    return Evidence(figures, series, base.t0)
 
 
 def _blocked_share(e: dict[str, Any], sent: np.ndarray, span: float) -> float:
@@ -472,8 +560,77 @@ def _blocked_share(e: dict[str, Any], sent: np.ndarray, span: float) -> float:
     return total / (span * len(keys))
 
 
+def _emit_sending(e: dict[str, Any], tf: np.ndarray, tl: np.ndarray, ts: np.ndarray, sent: np.ndarray,
+                  achieved_Bps: float | None) -> EmitterSending:
+    """Rates, sending and blocked shares over the emitter's own span."""
+    lo, hi = float(tf[sent].min()), float(tl[sent].max())
+    esp = max(hi - lo, 1e-9)
+    wb = e["wire_bytes"][sent]
+    emitted_Bps = _r(float(np.nansum(wb)) / esp, 1)
+    sch = np.sort(ts[np.isfinite(ts)])
+    sd = (tl - tf)[sent]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_msg = np.where(sd > 0, wb / sd, np.nan)
+    us, ue = interval_union(tf[sent], tl[sent])
+    return EmitterSending(
+        emitted_byte_rate_Bps=emitted_Bps,
+        emitted_rate_bps=_r(float(sent.sum()) / esp),
+        offered_rate_bps=_r((sch.size - 1) / float(sch[-1] - sch[0])) if sch.size > 1 and sch[-1] > sch[0] else None,
+        achieved_vs_emitted_bytes=_r(achieved_Bps / emitted_Bps) if achieved_Bps and emitted_Bps else None,
+        send_rate_while_sending_Bps=_r(pct(per_msg, 50), 1),
+        sending_share=_r(_measure(us, ue) / esp),
+        blocked_share=_r(_blocked_share(e, sent, esp)),
+        schedule_lag=_dist((tf - ts)[sent]))
+
+
+def _transport_latency(run: RunData, e: dict[str, Any]) -> Dist:
+    """Last byte sent to arrival, matched by (rank, seq)."""
+    key_e = e["rank"] * 1e9 + e["seq"]
+    b = run.batches
+    key_b = b["rank"] * 1e9 + b["seq"]
+    ok = np.isfinite(key_b)
+    order = np.argsort(key_e, kind="stable")
+    ke = key_e[order]
+    pos = np.clip(np.searchsorted(ke, key_b[ok]), 0, max(ke.size - 1, 0))
+    match = ke[pos] == key_b[ok] if ke.size else np.zeros(0, dtype=bool)
+    return _dist((b["t_arrival"][ok] - e["t_last_byte"][order][pos])[match])
+
+
+def _emit_gaps(e: dict[str, Any], tf: np.ndarray, tl: np.ndarray, ts: np.ndarray, sent: np.ndarray,
+               ga: np.ndarray, gb: np.ndarray) -> EmitterGaps:
+    """What the emitter was doing during each long arrival gap [ga, gb]."""
+    glen = np.maximum(gb - ga, 1e-12)
+    so = np.sort(ts[np.isfinite(ts)])
+    # silent: the part of the gap before the emitter's next scheduled message
+    j = np.searchsorted(so, ga, side="right")
+    nxt = np.where(j < so.size, so[np.clip(j, 0, max(so.size - 1, 0))], np.inf) if so.size else np.full(ga.size, np.inf)
+    silent_frac = np.clip((np.minimum(nxt, gb) - ga) / glen, 0, 1)
+    send_frac = _coverage(interval_union(tf[sent], tl[sent]), ga, gb) / glen
+    blk = sent & np.isfinite(e["blocked_s"]) & (e["blocked_s"] > 0)
+    blocked_frac = _coverage(interval_union((tf - e["blocked_s"])[blk], tf[blk]), ga, gb) / glen
+    fault_stall = np.array(["stall" in fl for fl in e["faults"]], dtype=bool)
+    st = np.sort(tf[fault_stall & np.isfinite(tf)])
+    fs = (np.searchsorted(st, gb, side="right") - np.searchsorted(st, ga, side="left")) > 0
+    silent = (silent_frac >= 0.5) | fs
+    blocked = ~silent & (blocked_frac >= 0.5)
+    flight = ~silent & ~blocked & (send_frac >= 0.5)
+    # the phase of the emitter's last message before each gap
+    sch = np.argsort(ts, kind="stable")
+    k = np.clip(np.searchsorted(ts[sch], ga, side="right") - 1, 0, None)
+    names, counts = np.unique(e["phase"][sch][k], return_counts=True)
+    return EmitterGaps(
+        count=int(ga.size),
+        share_emitter_silent=_r(float(np.mean(silent))),
+        share_emitter_blocked=_r(float(np.mean(blocked))),
+        share_bytes_in_flight=_r(float(np.mean(flight))),
+        share_other=_r(float(np.mean(~silent & ~blocked & ~flight))),
+        share_fault_stall=_r(float(np.mean(fs))),
+        silent_time_share=_r(float(np.sum(silent_frac * glen) / np.sum(glen))),
+        phase_before_gap={str(a): int(c) for a, c in zip(names, counts, strict=True)})
+
+
 def _emit_evidence(run: RunData, t0: float, arrivals: np.ndarray,
-                   long_gaps: tuple[np.ndarray, np.ndarray], f: dict[str, Any]) -> dict[str, Any]:
+                   long_gaps: tuple[np.ndarray, np.ndarray], achieved_Bps: float | None) -> EmitterFigures:
     """How the emitter's own record lines up with what arrived."""
     e = run.emit
     assert e is not None
@@ -481,68 +638,9 @@ def _emit_evidence(run: RunData, t0: float, arrivals: np.ndarray,
     tl = e["t_last_byte"] - t0
     ts = e["t_sched"] - t0
     sent = np.isfinite(tf) & np.isfinite(tl)
-    out: dict[str, Any] = {"attempts": int(ts.size), "completed": int(sent.sum())}
-    if sent.any():
-        lo, hi = float(tf[sent].min()), float(tl[sent].max())
-        esp = max(hi - lo, 1e-9)
-        wb = e["wire_bytes"][sent]
-        out["emitted_byte_rate_Bps"] = _r(float(np.nansum(wb)) / esp, 1)
-        out["emitted_rate_bps"] = _r(float(sent.sum()) / esp)
-        sch = np.sort(ts[np.isfinite(ts)])
-        out["offered_rate_bps"] = _r((sch.size - 1) / float(sch[-1] - sch[0])) if sch.size > 1 and sch[-1] > sch[0] else None
-        ach = f.get("achieved_byte_rate_Bps")
-        out["achieved_vs_emitted_bytes"] = _r(ach / out["emitted_byte_rate_Bps"]) if ach and out["emitted_byte_rate_Bps"] else None
-        sd = (tl - tf)[sent]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_msg = np.where(sd > 0, wb / sd, np.nan)
-        out["send_rate_while_sending_Bps"] = _r(pct(per_msg, 50), 1)
-        us, ue = interval_union(tf[sent], tl[sent])
-        out["sending_share"] = _r(_measure(us, ue) / esp)
-        out["blocked_share"] = _r(_blocked_share(e, sent, esp))
-        lag = tf - ts
-        out["schedule_lag"] = _dist(lag[sent])
-    # transport latency by (rank, seq)
-    if run.has_seq and sent.any():
-        key_e = e["rank"] * 1e9 + e["seq"]
-        b = run.batches
-        key_b = b["rank"] * 1e9 + b["seq"]
-        ok = np.isfinite(key_b)
-        order = np.argsort(key_e, kind="stable")
-        ke = key_e[order]
-        pos = np.clip(np.searchsorted(ke, key_b[ok]), 0, max(ke.size - 1, 0))
-        match = ke[pos] == key_b[ok] if ke.size else np.zeros(0, dtype=bool)
-        lat = (b["t_arrival"][ok] - e["t_last_byte"][order][pos])[match]
-        out["last_byte_to_arrival"] = _dist(lat)
-    # long arrival gaps: what the emitter was doing meanwhile
     ga, gb = long_gaps
-    if ga.size:
-        glen = np.maximum(gb - ga, 1e-12)
-        so = np.sort(ts[np.isfinite(ts)])
-        # silent: the part of the gap before the emitter's next scheduled message
-        j = np.searchsorted(so, ga, side="right")
-        nxt = np.where(j < so.size, so[np.clip(j, 0, max(so.size - 1, 0))], np.inf) if so.size else np.full(ga.size, np.inf)
-        silent_frac = np.clip((np.minimum(nxt, gb) - ga) / glen, 0, 1)
-        send_frac = _coverage(interval_union(tf[sent], tl[sent]), ga, gb) / glen
-        blk = sent & np.isfinite(e["blocked_s"]) & (e["blocked_s"] > 0)
-        blocked_frac = _coverage(interval_union((tf - e["blocked_s"])[blk], tf[blk]), ga, gb) / glen
-        fault_stall = np.array(["stall" in fl for fl in e["faults"]], dtype=bool)
-        st = np.sort(tf[fault_stall & np.isfinite(tf)])
-        fs = (np.searchsorted(st, gb, side="right") - np.searchsorted(st, ga, side="left")) > 0
-        silent = (silent_frac >= 0.5) | fs
-        blocked = ~silent & (blocked_frac >= 0.5)
-        flight = ~silent & ~blocked & (send_frac >= 0.5)
-        out["long_gaps"] = {
-            "count": int(ga.size),
-            "share_emitter_silent": _r(float(np.mean(silent))),
-            "share_emitter_blocked": _r(float(np.mean(blocked))),
-            "share_bytes_in_flight": _r(float(np.mean(flight))),
-            "share_other": _r(float(np.mean(~silent & ~blocked & ~flight))),
-            "share_fault_stall": _r(float(np.mean(fs))),
-            "silent_time_share": _r(float(np.sum(silent_frac * glen) / np.sum(glen))),
-        }
-        # the phase of the emitter's last message before each gap
-        sch = np.argsort(ts, kind="stable")
-        k = np.clip(np.searchsorted(ts[sch], ga, side="right") - 1, 0, None)
-        names, counts = np.unique(e["phase"][sch][k], return_counts=True)
-        out["long_gaps"]["phase_before_gap"] = {str(a): int(c) for a, c in zip(names, counts, strict=True)}
-    return out
+    return EmitterFigures(
+        attempts=int(ts.size), completed=int(sent.sum()),
+        sending=_emit_sending(e, tf, tl, ts, sent, achieved_Bps) if sent.any() else None,
+        last_byte_to_arrival=_transport_latency(run, e) if run.has_seq and sent.any() else None,
+        long_gaps=_emit_gaps(e, tf, tl, ts, sent, ga, gb) if ga.size else None)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from simstream.diagnose.evidence import Evidence, compute_evidence, ks_statistic, pct
+from simstream.diagnose.figures import EmitterFigures, Figures, LoopTime
 from simstream.diagnose.load import RunData, load_run
 from simstream.diagnose.verdict import decide, recommendations, summary_text
 
@@ -47,67 +48,71 @@ def _num(x: Any, unit: str = "", nd: int = 2) -> str:
     return f"{float(x):.{nd}f}{unit}"
 
 
-def _loop_split(lt: dict[str, Any]) -> str:
-    busy = lt.get("busy") or 0.0
+def _loop_split(lt: LoopTime) -> str:
+    busy = lt.busy or 0.0
     if busy <= 0:
         return ""
-    return (f", of which parsing {_pc((lt.get('parse') or 0) / busy)}, Q1 get "
-            f"{_pc((lt.get('q1_get_overhead') or 0) / busy)}, inference stage "
-            f"{_pc((lt.get('inference') or 0) / busy)}")
+    return (f", of which parsing {_pc((lt.parse or 0) / busy)}, Q1 get "
+            f"{_pc((lt.q1_get_overhead or 0) / busy)}, inference stage "
+            f"{_pc((lt.inference or 0) / busy)}")
 
 
-def key_evidence(ev: dict[str, Any]) -> list[str]:
+def _emitter_line(em: EmitterFigures) -> str:
+    sd = em.sending
+    rate = sd.emitted_byte_rate_Bps if sd else None
+    line = (f"emitter: {_num(rate / 1e6 if rate else None, ' MB/s')} "
+            f"emitted, achieved/emitted {_num(sd.achieved_vs_emitted_bytes if sd else None)}, sending "
+            f"{_pc(sd.sending_share if sd else None)}, blocked by backpressure "
+            f"{_pc(sd.blocked_share if sd else None)} of its time")
+    lg = em.long_gaps
+    if lg is not None:
+        line += (f"; long arrival gaps while the emitter was silent {_pc(lg.share_emitter_silent)}, "
+                 f"blocked {_pc(lg.share_emitter_blocked)}, bytes in flight {_pc(lg.share_bytes_in_flight)}")
+    return line
+
+
+def key_evidence(f: Figures) -> list[str]:
     """The handful of figures shown next to the verdict."""
-    q1 = ev.get("q1") or {}
-    pb = ev.get("per_batch_ms") or {}
-    gaps = ev.get("gpu_idle_gaps") or {}
+    q1, pb, dev, arr = f.q1, f.costs.per_batch_ms, f.device, f.arrivals
+    gaps = dev.idle_gaps
     lines = [
-        f"Q1 occupancy: mean {_pc(q1.get('mean_occupancy'))} of {q1.get('maxsize')}; empty "
-        f"{_pc(q1.get('share_empty'))}, under 30 % {_pc(q1.get('share_under_30pct'))}, over 80 % "
-        f"{_pc(q1.get('share_over_80pct'))} of the time",
-        f"arrival rate {_num(ev.get('arrival_rate_bps'), '/s', 1)} vs consumer capacity "
-        f"{_num(ev.get('capacity_bps'), '/s', 1)} (processed {_num(ev.get('throughput_bps'), '/s', 1)})",
-        f"inference loop busy {_pc(ev.get('loop_busy_share'))} (waited on an empty Q1 the rest)"
-        + _loop_split(ev.get("loop_time_s") or {})
-        + f"; receiver-side parser threads busy {_pc(ev.get('upstream_busy_share'))}",
-        f"GPU busy {_pc(ev.get('gpu_busy_any_stream_share'))} (compute {_pc(ev.get('gpu_busy_compute_share'))}); "
-        f"idle gaps p50 {_num(gaps.get('p50_ms'), ' ms')}, p90 {_num(gaps.get('p90_ms'), ' ms')}, "
-        f"max {_num(gaps.get('max_ms'), ' ms')} ({gaps.get('count', 0)} gaps); "
-        f"{_pc(ev.get('gpu_idle_share_waiting_on_empty_q1'))} of idle time waiting on an empty Q1",
-        f"per batch: parse {_num(pb.get('parse'), ' ms')} ({ev.get('parse_location')}), Q1 put+get "
-        f"overhead {_num(pb.get('q1_op_overhead'), ' ms')}, H2D {_num(pb.get('h2d'), ' ms')}, compute "
-        f"{_num(pb.get('compute'), ' ms')}, D2H {_num(pb.get('d2h'), ' ms')}",
-        f"arrival burstiness: inter-arrival CV {_num(ev.get('interarrival_cv'))}; "
-        f"{(ev.get('arrival_long_gaps') or {}).get('count', 0)} long gaps, longest "
-        f"{_num((ev.get('arrival_long_gaps') or {}).get('longest_s'), ' s')}",
+        f"Q1 occupancy: mean {_pc(q1.mean_occupancy)} of {q1.maxsize}; empty "
+        f"{_pc(q1.share_empty)}, under 30 % {_pc(q1.share_under_30pct)}, over 80 % "
+        f"{_pc(q1.share_over_80pct)} of the time",
+        f"arrival rate {_num(arr.rate_bps, '/s', 1)} vs consumer capacity "
+        f"{_num(f.capacity.bps, '/s', 1)} (processed {_num(arr.throughput_bps, '/s', 1)})",
+        f"inference loop busy {_pc(f.loop.busy_share)} (waited on an empty Q1 the rest)"
+        + _loop_split(f.loop.time_s)
+        + f"; receiver-side parser threads busy {_pc(f.upstream.busy_share)}",
+        f"GPU busy {_pc(dev.busy_any_stream_share)} (compute {_pc(dev.busy_compute_share)}); "
+        f"idle gaps p50 {_num(gaps.p50_ms, ' ms')}, p90 {_num(gaps.p90_ms, ' ms')}, "
+        f"max {_num(gaps.max_ms, ' ms')} ({gaps.count} gaps); "
+        f"{_pc(dev.idle_share_waiting_on_empty_q1)} of idle time waiting on an empty Q1",
+        f"per batch: parse {_num(pb.parse, ' ms')} ({f.parse.location}), Q1 put+get "
+        f"overhead {_num(pb.q1_op_overhead, ' ms')}, H2D {_num(pb.h2d, ' ms')}, compute "
+        f"{_num(pb.compute, ' ms')}, D2H {_num(pb.d2h, ' ms')}",
+        f"arrival burstiness: inter-arrival CV {_num(arr.interarrival_cv)}; "
+        f"{arr.long_gaps.count} long gaps, longest {_num(arr.long_gaps.longest_s, ' s')}",
     ]
-    em = ev.get("emitter")
-    if em:
-        lg = em.get("long_gaps") or {}
-        line = (f"emitter: {_num(em.get('emitted_byte_rate_Bps', 0) / 1e6 if em.get('emitted_byte_rate_Bps') else None, ' MB/s')} "
-                f"emitted, achieved/emitted {_num(em.get('achieved_vs_emitted_bytes'))}, sending "
-                f"{_pc(em.get('sending_share'))}, blocked by backpressure {_pc(em.get('blocked_share'))} of its time")
-        if lg:
-            line += (f"; long arrival gaps while the emitter was silent {_pc(lg.get('share_emitter_silent'))}, "
-                     f"blocked {_pc(lg.get('share_emitter_blocked'))}, bytes in flight {_pc(lg.get('share_bytes_in_flight'))}")
-        lines.append(line)
+    if f.emitter is not None:
+        lines.append(_emitter_line(f.emitter))
     else:
         lines.append("no emit log: verdict from consumer-side data only"
-                     + ("" if ev.get("sequence_numbers") else " (no sequence numbers either)"))
+                     + ("" if f.counts.sequence_numbers else " (no sequence numbers either)"))
     return lines
 
 
-def network_detail(ev: dict[str, Any]) -> str:
+def network_detail(f: Figures) -> str:
     """For a network verdict, which side: the producer's own pace, the link, or
     unknown without an emit log."""
-    em = ev.get("emitter")
-    if not em:
+    em = f.emitter
+    if em is None:
         return "unknown: no emit log (producer and network cannot be told apart)"
-    lg = em.get("long_gaps") or {}
-    if (em.get("sending_share") or 0) > 0.8:
+    silent = (em.long_gaps.share_emitter_silent or 0) if em.long_gaps else 0
+    if em.sending_share > 0.8:
         # blocked time inside the sends is a full socket on a slow link: still the link
         return "link: the emitter was sending most of the time, the bytes could not go faster"
-    if (lg.get("share_emitter_silent") or 0) >= 0.5 or (em.get("sending_share") or 0) < 0.5:
+    if silent >= 0.5 or em.sending_share < 0.5:
         return "producer: the emitter itself sent no faster (its schedule and stalls)"
     return "mixed: the emitter was partly sending, partly idle"
 
@@ -124,7 +129,7 @@ def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
         "reasons": reasons,
         "key_evidence": key_evidence(f),
         "recommendations": recommendations(f, verdict),
-        "evidence": f,
+        "evidence": ev.to_json(),
         "data_sources": {**run.sources, "profile_read": False},
         "run_dir": str(run.root),
     }
@@ -349,69 +354,64 @@ def _mean_ms(x: np.ndarray) -> float:
     return float(x.mean() * 1e3) if x.size else 0.0
 
 
-def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Random vs socket side by side: is the buffered inference stage the same in
-    both modes, and where does the socket run lose time? Writes compare.json,
-    compare.md, compare.html and plots/compare_*.png into out_dir; returns the
-    compare.json dict (keys ``answer``, ``summary``, ``same_inference_stage``,
-    ``stages``, ``where_time_goes``, ``gap``, ``random``, ``socket``).
-    Raises NotARunDir for either directory."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    evs: dict[str, Evidence] = {}
-    verdicts: dict[str, dict[str, Any]] = {}
-    for mode, d in (("random", random_dir), ("socket", socket_dir)):
-        run = load_run(d)
-        ev = compute_evidence(run)
-        evs[mode] = ev
-        v, c, _ = decide(ev.figures)
-        f = ev.figures
-        verdicts[mode] = {
-            "run_dir": str(d), "verdict": v, "confidence": c,
-            "throughput_bps": f["throughput_bps"], "capacity_bps": f["capacity_bps"],
-            "gpu_busy_share": f["gpu_busy_any_stream_share"],
-            "q1_mean_occupancy": (f["q1"] or {}).get("mean_occupancy"),
-            "loop_busy_share": f["loop_busy_share"],
-        }
-    stages = {st: _stage_compare(evs["random"].series[st], evs["socket"].series[st])
-              for st in ("h2d", "compute", "d2h")}
-    same = all(s["same"] for s in stages.values())
+_WHERE_LABELS = {
+    "parse_ms": "parsing", "q1_wait_empty_ms": "waiting on an empty Q1 (data not there yet)",
+    "q1_get_op_ms": "Q1 get overhead", "q1_put_op_ms": "Q1 put overhead",
+    "h2d_ms": "H2D", "compute_ms": "compute", "d2h_ms": "D2H",
+}
 
-    def per_batch(ev: Evidence) -> dict[str, float]:
-        s = ev.series
-        cs, ce = s["compute_union"]
-        gaps = cs[1:] - ce[:-1] if cs.size > 1 else np.empty(0)
-        n = max(s["parse"].size, 1)
-        return {
-            "parse_ms": _mean_ms(s["parse"]),
-            "q1_wait_empty_ms": _mean_ms(s["get_wait_in_run"]),
-            "q1_get_op_ms": _mean_ms(s["get_over"]),
-            "q1_put_op_ms": _mean_ms(s["put_over"]),
-            "h2d_ms": _mean_ms(s["h2d"]),
-            "compute_ms": _mean_ms(s["compute"]),
-            "d2h_ms": _mean_ms(s["d2h"]),
-            "gpu_idle_per_batch_ms": float(gaps[gaps > 0].sum() * 1e3 / n) if gaps.size else 0.0,
-        }
 
-    where = {m: {k: round(v, 4) for k, v in per_batch(ev).items()} for m, ev in evs.items()}
-    labels = {
-        "parse_ms": "parsing", "q1_wait_empty_ms": "waiting on an empty Q1 (data not there yet)",
-        "q1_get_op_ms": "Q1 get overhead", "q1_put_op_ms": "Q1 put overhead",
-        "h2d_ms": "H2D", "compute_ms": "compute", "d2h_ms": "D2H",
+def _run_line(run_dir: str | Path, ev: Evidence) -> dict[str, Any]:
+    """One mode's verdict and headline figures for compare.json."""
+    v, c, _ = decide(ev.figures)
+    f = ev.figures
+    return {
+        "run_dir": str(run_dir), "verdict": v, "confidence": c,
+        "throughput_bps": f.arrivals.throughput_bps, "capacity_bps": f.capacity.bps,
+        "gpu_busy_share": f.device.busy_any_stream_share,
+        "q1_mean_occupancy": f.q1.mean_occupancy,
+        "loop_busy_share": f.loop.busy_share,
     }
-    deltas = {k: where["socket"][k] - where["random"][k] for k in labels}
+
+
+def _per_batch(ev: Evidence) -> dict[str, float]:
+    """Mean ms per batch in each place the loop's time goes."""
+    s = ev.series
+    cs, ce = s["compute_union"]
+    gaps = cs[1:] - ce[:-1] if cs.size > 1 else np.empty(0)
+    n = max(s["parse"].size, 1)
+    return {
+        "parse_ms": _mean_ms(s["parse"]),
+        "q1_wait_empty_ms": _mean_ms(s["get_wait_in_run"]),
+        "q1_get_op_ms": _mean_ms(s["get_over"]),
+        "q1_put_op_ms": _mean_ms(s["put_over"]),
+        "h2d_ms": _mean_ms(s["h2d"]),
+        "compute_ms": _mean_ms(s["compute"]),
+        "d2h_ms": _mean_ms(s["d2h"]),
+        "gpu_idle_per_batch_ms": float(gaps[gaps > 0].sum() * 1e3 / n) if gaps.size else 0.0,
+    }
+
+
+def _gap(where: dict[str, dict[str, float]], verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Where the socket run loses the most time per batch against random mode."""
+    deltas = {k: where["socket"][k] - where["random"][k] for k in _WHERE_LABELS}
     gap_key = max(deltas, key=lambda k: deltas[k])
     thr_r = verdicts["random"]["throughput_bps"] or 0.0
     thr_s = verdicts["socket"]["throughput_bps"] or 0.0
-    gap = {
+    return {
         "stage": gap_key,
-        "description": labels[gap_key],
+        "description": _WHERE_LABELS[gap_key],
         "extra_ms_per_batch": round(deltas[gap_key], 4),
         "deltas_ms_per_batch": {k: round(v, 4) for k, v in deltas.items()},
         "throughput_ratio_socket_vs_random": round(thr_s / thr_r, 4) if thr_r else None,
         # a gap smaller than 0.05 ms or 5 % of random mode's per-batch time is noise
-        "found": deltas[gap_key] > max(0.05, 0.05 * sum(where["random"][k] for k in labels)),
+        "found": deltas[gap_key] > max(0.05, 0.05 * sum(where["random"][k] for k in _WHERE_LABELS)),
     }
+
+
+def _compare_texts(stages: dict[str, dict[str, Any]], same: bool, gap: dict[str, Any],
+                   verdicts: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    """The answer (same inference stage?) and the summary paragraph."""
     if same:
         answer = ("Yes: the buffered inference stage is the same in both modes (H2D/compute/D2H "
                   + ", ".join(f"{k} median {v['random_p50_ms']} vs {v['socket_p50_ms']} ms, KS {v['ks']}"
@@ -421,14 +421,74 @@ def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str 
         answer = ("No: the buffered inference stage differs between the modes in "
                   + ", ".join(f"{k} (median {stages[k]['random_p50_ms']} vs {stages[k]['socket_p50_ms']} ms, "
                               f"KS {stages[k]['ks']})" for k in diff) + ".")
+    thr_r = verdicts["random"]["throughput_bps"] or 0.0
+    thr_s = verdicts["socket"]["throughput_bps"] or 0.0
+    ratio = gap["throughput_ratio_socket_vs_random"]
     summary = (
         f"Socket mode processed {thr_s:.1f} batches/s against {thr_r:.1f}/s in random mode"
-        + (f" ({gap['throughput_ratio_socket_vs_random']:.0%})" if gap["throughput_ratio_socket_vs_random"] else "")
-        + (f". The socket run loses most time in {labels[gap_key]}: {deltas[gap_key]:+.2f} ms per batch "
-           "over random mode" if gap["found"] else ". No stage costs the socket run measurably more per batch")
+        + (f" ({ratio:.0%})" if ratio else "")
+        + (f". The socket run loses most time in {gap['description']}: {gap['extra_ms_per_batch']:+.2f} ms per "
+           "batch over random mode" if gap["found"] else ". No stage costs the socket run measurably more per batch")
         + f". Socket-mode verdict: {verdicts['socket']['verdict']} "
         f"(confidence {verdicts['socket']['confidence']:.2f}); random mode: {verdicts['random']['verdict']}."
     )
+    return answer, summary
+
+
+def _write_compare_md(result: dict[str, Any], plots: dict[str, Path], out: Path) -> None:
+    stages, where, verdicts = result["stages"], result["where_time_goes"], (result["random"], result["socket"])
+    md = ["# Random vs socket mode", "", f"**{result['answer']}**", "", result["summary"], "",
+          "## Buffered inference stage", "", "| stage | random p50 | socket p50 | random p90 | socket p90 | KS | same |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    md += [f"| {k} | {v['random_p50_ms']} | {v['socket_p50_ms']} | {v['random_p90_ms']} | {v['socket_p90_ms']} | "
+           f"{v['ks']} | {'yes' if v['same'] else 'no'} |" for k, v in stages.items()]
+    md += ["", "## Where the time goes (mean ms per batch)", "", "| | random | socket | socket - random |",
+           "| --- | --- | --- | --- |"]
+    md += [f"| {_WHERE_LABELS.get(k, k)} | {where['random'][k]} | {where['socket'][k]} | "
+           f"{where['socket'][k] - where['random'][k]:+.3f} |" for k in where["random"]]
+    md += ["", "## Runs", "", "| | random | socket |", "| --- | --- | --- |"]
+    md += [f"| {k} | {verdicts[0][k]} | {verdicts[1][k]} |" for k in verdicts[0]]
+    md += ["", "## Plots", ""] + [f"![{n}]({p.relative_to(out).as_posix()})" for n, p in plots.items()] + [""]
+    (out / "compare.md").write_text("\n".join(md))
+
+
+def _write_compare_html(result: dict[str, Any], plots: dict[str, Path], out: Path) -> None:
+    e = html.escape
+    stages, where = result["stages"], result["where_time_goes"]
+    trs = "".join(
+        f"<tr><td>{e(k)}</td><td>{v['random_p50_ms']}</td><td>{v['socket_p50_ms']}</td><td>{v['random_p90_ms']}</td>"
+        f"<td>{v['socket_p90_ms']}</td><td>{v['ks']}</td><td>{'yes' if v['same'] else 'no'}</td></tr>"
+        for k, v in stages.items())
+    wrows = "".join(
+        f"<tr><td>{e(_WHERE_LABELS.get(k, k))}</td><td>{where['random'][k]}</td><td>{where['socket'][k]}</td>"
+        f"<td>{where['socket'][k] - where['random'][k]:+.3f}</td></tr>" for k in where["random"])
+    body = (f"<h1>Random vs socket mode</h1><p><b>{e(result['answer'])}</b></p><p>{e(result['summary'])}</p>"
+            "<h2>Buffered inference stage</h2><table><tr><th>stage</th><th>random p50 ms</th><th>socket p50 ms</th>"
+            f"<th>random p90 ms</th><th>socket p90 ms</th><th>KS</th><th>same</th></tr>{trs}</table>"
+            "<h2>Where the time goes (mean ms per batch)</h2><table><tr><th></th><th>random</th><th>socket</th>"
+            f"<th>socket - random</th></tr>{wrows}</table>"
+            + "".join(f"<h3>{e(n)}</h3><img alt=\"{e(n)}\" src=\"{_img_b64(p)}\">" for n, p in plots.items()))
+    (out / "compare.html").write_text(_html_page("simstream: random vs socket", body))
+
+
+def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Random vs socket side by side: is the buffered inference stage the same in
+    both modes, and where does the socket run lose time? Writes compare.json,
+    compare.md, compare.html and plots/compare_*.png into out_dir; returns the
+    compare.json dict (keys ``answer``, ``summary``, ``same_inference_stage``,
+    ``stages``, ``where_time_goes``, ``gap``, ``random``, ``socket``).
+    Raises NotARunDir for either directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = {"random": random_dir, "socket": socket_dir}
+    evs = {mode: compute_evidence(load_run(d)) for mode, d in dirs.items()}
+    verdicts = {mode: _run_line(dirs[mode], ev) for mode, ev in evs.items()}
+    stages = {st: _stage_compare(evs["random"].series[st], evs["socket"].series[st])
+              for st in ("h2d", "compute", "d2h")}
+    same = all(s["same"] for s in stages.values())
+    where = {m: {k: round(v, 4) for k, v in _per_batch(ev).items()} for m, ev in evs.items()}
+    gap = _gap(where, verdicts)
+    answer, summary = _compare_texts(stages, same, gap, verdicts)
     result: dict[str, Any] = {
         "answer": answer, "summary": summary, "same_inference_stage": same, "stages": stages,
         "where_time_goes": where, "gap": gap, "random": verdicts["random"], "socket": verdicts["socket"],
@@ -439,34 +499,6 @@ def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str 
     result["files"] = {"compare.json": str(out / "compare.json"), "compare.md": str(out / "compare.md"),
                        "compare.html": str(out / "compare.html")} | {f"plots/{p.name}": str(p) for p in plots.values()}
     (out / "compare.json").write_text(json.dumps(result, indent=2, default=_json_default))
-
-    md = ["# Random vs socket mode", "", f"**{answer}**", "", summary, "",
-          "## Buffered inference stage", "", "| stage | random p50 | socket p50 | random p90 | socket p90 | KS | same |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
-    md += [f"| {k} | {v['random_p50_ms']} | {v['socket_p50_ms']} | {v['random_p90_ms']} | {v['socket_p90_ms']} | "
-           f"{v['ks']} | {'yes' if v['same'] else 'no'} |" for k, v in stages.items()]
-    md += ["", "## Where the time goes (mean ms per batch)", "", "| | random | socket | socket - random |",
-           "| --- | --- | --- | --- |"]
-    md += [f"| {labels.get(k, k)} | {where['random'][k]} | {where['socket'][k]} | "
-           f"{where['socket'][k] - where['random'][k]:+.3f} |" for k in where["random"]]
-    md += ["", "## Runs", "", "| | random | socket |", "| --- | --- | --- |"]
-    md += [f"| {k} | {verdicts['random'][k]} | {verdicts['socket'][k]} |" for k in verdicts["random"]]
-    md += ["", "## Plots", ""] + [f"![{n}]({p.relative_to(out).as_posix()})" for n, p in plots.items()] + [""]
-    (out / "compare.md").write_text("\n".join(md))
-
-    e = html.escape
-    trs = "".join(
-        f"<tr><td>{e(k)}</td><td>{v['random_p50_ms']}</td><td>{v['socket_p50_ms']}</td><td>{v['random_p90_ms']}</td>"
-        f"<td>{v['socket_p90_ms']}</td><td>{v['ks']}</td><td>{'yes' if v['same'] else 'no'}</td></tr>"
-        for k, v in stages.items())
-    wrows = "".join(
-        f"<tr><td>{e(labels.get(k, k))}</td><td>{where['random'][k]}</td><td>{where['socket'][k]}</td>"
-        f"<td>{where['socket'][k] - where['random'][k]:+.3f}</td></tr>" for k in where["random"])
-    body = (f"<h1>Random vs socket mode</h1><p><b>{e(answer)}</b></p><p>{e(summary)}</p>"
-            "<h2>Buffered inference stage</h2><table><tr><th>stage</th><th>random p50 ms</th><th>socket p50 ms</th>"
-            f"<th>random p90 ms</th><th>socket p90 ms</th><th>KS</th><th>same</th></tr>{trs}</table>"
-            "<h2>Where the time goes (mean ms per batch)</h2><table><tr><th></th><th>random</th><th>socket</th>"
-            f"<th>socket - random</th></tr>{wrows}</table>"
-            + "".join(f"<h3>{e(n)}</h3><img alt=\"{e(n)}\" src=\"{_img_b64(p)}\">" for n, p in plots.items()))
-    (out / "compare.html").write_text(_html_page("simstream: random vs socket", body))
+    _write_compare_md(result, plots, out)
+    _write_compare_html(result, plots, out)
     return result

@@ -111,6 +111,32 @@ def _track(lines: list[str], name: str, label: str, pid: int, tid: int, sort: in
         lines += _complete(name, pid, t, start[m], end[m], batch[m])
 
 
+def _emitter_lines(em: dict[str, np.ndarray]) -> list[str]:
+    """The emitter's sends, one trace thread per rank."""
+    out: list[str] = []
+    out += _meta(PID_EMITTER, None, "emitter", 0)
+    rank = np.nan_to_num(em["rank"], nan=0).astype(int)
+    for r in sorted(set(rank.tolist())):
+        m = rank == r
+        out += _meta(PID_EMITTER, r, f"rank {r}", r)
+        tf, tl = em["t_first_byte"][m], em["t_last_byte"][m]
+        okm = np.isfinite(tf) & np.isfinite(tl)
+        ph = em["phase"][m][okm].tolist()
+        oc = em["outcome"][m][okm].tolist()
+        wb = np.nan_to_num(em["wire_bytes"][m][okm], nan=-1).astype(np.int64).tolist()
+        bl = np.nan_to_num(em["blocked_s"][m][okm], nan=0.0).tolist()
+        sq = np.nan_to_num(em["seq"][m][okm], nan=-1).astype(np.int64).tolist()
+        quoted: dict[str, str] = {}  # phase/outcome names are user text: escape each once
+        for t1, t2, p, o, w, bs, q in zip(tf[okm].tolist(), tl[okm].tolist(), ph, oc, wb, bl, sq, strict=True):
+            qp = quoted.get(p) or quoted.setdefault(p, json.dumps(p))
+            qo = quoted.get(o) or quoted.setdefault(o, json.dumps(o))
+            out.append(
+                f'{{"ph":"X","name":"send","pid":{PID_EMITTER},"tid":{r},"ts":{t1 * 1e6:.3f},'
+                f'"dur":{max(t2 - t1, 0.0) * 1e6:.3f},"args":{{"seq":{q},"wire_bytes":{w},'
+                f'"blocked_s":{bs:.6f},"phase":{qp},"outcome":{qo}}}}}')
+    return out
+
+
 def write_trace(ev: Evidence, path: Path) -> Path:
     """Write trace.json; returns the path."""
     s = ev.series
@@ -140,7 +166,7 @@ def write_trace(ev: Evidence, path: Path) -> Path:
     if cs.size > 1:
         ev_lines += _meta(PID_GPU, TID_GPU_IDLE, "compute idle", 99)
         ev_lines += _complete("compute idle", PID_GPU, TID_GPU_IDLE, ce[:-1], cs[1:])
-    loc = ev.figures.get("parse_location")
+    loc = ev.figures.parse.location
     if np.isfinite(b["t_parse_start"]).any():
         if loc == "inference_loop":
             ev_lines += _meta(PID_CONSUMER, TID_LOOP_PARSE, "inference loop: parse", 22)
@@ -175,26 +201,7 @@ def write_trace(ev: Evidence, path: Path) -> Path:
 
     em = s.get("emit")
     if em is not None:
-        ev_lines += _meta(PID_EMITTER, None, "emitter", 0)
-        rank = np.nan_to_num(em["rank"], nan=0).astype(int)
-        for r in sorted(set(rank.tolist())):
-            m = rank == r
-            ev_lines += _meta(PID_EMITTER, r, f"rank {r}", r)
-            tf, tl = em["t_first_byte"][m], em["t_last_byte"][m]
-            okm = np.isfinite(tf) & np.isfinite(tl)
-            ph = em["phase"][m][okm].tolist()
-            oc = em["outcome"][m][okm].tolist()
-            wb = np.nan_to_num(em["wire_bytes"][m][okm], nan=-1).astype(np.int64).tolist()
-            bl = np.nan_to_num(em["blocked_s"][m][okm], nan=0.0).tolist()
-            sq = np.nan_to_num(em["seq"][m][okm], nan=-1).astype(np.int64).tolist()
-            quoted: dict[str, str] = {}  # phase/outcome names are user text: escape each once
-            for t1, t2, p, o, w, bs, q in zip(tf[okm].tolist(), tl[okm].tolist(), ph, oc, wb, bl, sq, strict=True):
-                qp = quoted.get(p) or quoted.setdefault(p, json.dumps(p))
-                qo = quoted.get(o) or quoted.setdefault(o, json.dumps(o))
-                ev_lines.append(
-                    f'{{"ph":"X","name":"send","pid":{PID_EMITTER},"tid":{r},"ts":{t1 * 1e6:.3f},'
-                    f'"dur":{max(t2 - t1, 0.0) * 1e6:.3f},"args":{{"seq":{q},"wire_bytes":{w},'
-                    f'"blocked_s":{bs:.6f},"phase":{qp},"outcome":{qo}}}}}')
+        ev_lines += _emitter_lines(em)
 
     other = json.dumps({"t0_unix_s": ev.t0, "verdict_source": "simstream diagnose"})
     with path.open("w") as f:

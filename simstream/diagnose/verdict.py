@@ -43,7 +43,8 @@ alone, and says so.
 from __future__ import annotations
 
 import math
-from typing import Any
+
+from simstream.diagnose.figures import Figures
 
 __all__ = ["LOOP_SATURATED", "UPSTREAM_SATURATED", "VERDICTS", "decide", "recommendations", "summary_text"]
 
@@ -52,17 +53,12 @@ LOOP_SATURATED = 0.85
 UPSTREAM_SATURATED = 0.85
 
 
-def _g(d: dict[str, Any] | None, *path: str, default: float = 0.0) -> float:
-    cur: Any = d
-    for p in path:
-        if not isinstance(cur, dict) or cur.get(p) is None:
-            return default
-        cur = cur[p]
-    try:
-        v = float(cur)
-    except (TypeError, ValueError):
-        return default
-    return v if math.isfinite(v) else default
+def _v(x: float | None) -> float:
+    """A figure as a number: 0 when it was not measured."""
+    if x is None:
+        return 0.0
+    v = float(x)
+    return v if math.isfinite(v) else 0.0
 
 
 def _dominance(top: float, second: float) -> float:
@@ -77,146 +73,134 @@ def _clamp(x: float, lo: float = 0.0, hi: float = 1.0) -> float:
     return max(lo, min(hi, x))
 
 
-def decide(ev: dict[str, Any]) -> tuple[str, float, list[str]]:
-    """(verdict, confidence, reasons) from the evidence figures."""
-    pb = ev.get("per_batch_ms") or {}
-    q1 = ev.get("q1") or {}
-    u_loop = _g(ev, "loop_busy_share")
-    u_up = _g(ev, "upstream_busy_share")
-    full = _g(q1, "share_over_80pct")
-    low = _g(q1, "share_under_30pct")
-    idle_empty = _g(ev, "gpu_idle_share_waiting_on_empty_q1")
-    reasons: list[str] = []
+def _loop_bound(f: Figures, u_loop: float) -> tuple[str, float, list[str]]:
+    """Rule 1: the loop is saturated; the largest share of its busy time decides."""
+    lt = f.loop.time_s
+    costs = {"parse": _v(lt.parse), "queue": _v(lt.q1_get_overhead), "consumer": _v(lt.inference)}
+    ranked = sorted(costs.items(), key=lambda kv: kv[1], reverse=True)
+    verdict = ranked[0][0]
+    reasons = [
+        f"the inference loop was busy {u_loop:.0%} of the run (waited on an empty Q1 only "
+        f"{1 - u_loop:.0%}): it is the limit",
+        f"the loop's busy time went to: parsing inside the loop {costs['parse']:.2f}, "
+        f"Q1 get overhead {costs['queue']:.2f}, the inference stage (submit, copies, "
+        f"compute pacing) {costs['consumer']:.2f} (s in all)"]
+    primary = _clamp((u_loop - LOOP_SATURATED) / (1 - LOOP_SATURATED))
+    dom = _dominance(ranked[0][1], ranked[1][1])
+    conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * _v(f.q1.share_over_80pct)
+    return verdict, round(_clamp(conf, 0.05, 0.99), 3), reasons
 
-    if ev.get("batches_processed", 0) == 0:
-        if ev.get("messages_received", 0) and ev.get("quarantined", 0):
-            return "parse", 0.3, ["no batch was processed: every received message failed to decode"]
-        return "network", 0.3, ["no batch was processed: nothing usable arrived"]
 
-    if u_loop >= LOOP_SATURATED:
-        lt = ev.get("loop_time_s") or {}
-        if lt:
-            costs = {"parse": _g(lt, "parse"), "queue": _g(lt, "q1_get_overhead"),
-                     "consumer": _g(lt, "inference")}
-            unit = "s in all"
-        else:
-            costs = {"parse": _g(pb, "parse_in_loop"), "queue": _g(pb, "q1_get_overhead"),
-                     "consumer": max(_g(pb, "gpu_cycle"), _g(pb, "loop_inference"))}
-            unit = "ms per batch"
-        ranked = sorted(costs.items(), key=lambda kv: kv[1], reverse=True)
-        verdict = ranked[0][0]
-        reasons.append(
-            f"the inference loop was busy {u_loop:.0%} of the run (waited on an empty Q1 only "
-            f"{1 - u_loop:.0%}): it is the limit")
-        reasons.append(
-            f"the loop's busy time went to: parsing inside the loop {costs['parse']:.2f}, "
-            f"Q1 get overhead {costs['queue']:.2f}, the inference stage (submit, copies, "
-            f"compute pacing) {costs['consumer']:.2f} ({unit})")
-        primary = _clamp((u_loop - LOOP_SATURATED) / (1 - LOOP_SATURATED))
-        dom = _dominance(ranked[0][1], ranked[1][1])
-        corr = full
-        conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * corr
-        return verdict, round(_clamp(conf, 0.05, 0.99), 3), reasons
+def _upstream_bound(f: Figures, u_up: float) -> tuple[str, float, list[str]]:
+    """Rule 2: the receiver's parser threads are saturated; parse vs put cost decides."""
+    ut = f.upstream.time_s
+    costs = {"parse": _v(ut.parse), "queue": _v(ut.q1_put_overhead)}
+    verdict = max(costs, key=lambda k: costs[k])
+    other = min(costs.values())
+    reasons = [
+        f"the receiver's parser threads ({f.parse.threads_observed}) were busy "
+        f"{u_up:.0%} of the run: parsing {costs['parse']:.2f} + Q1 put overhead "
+        f"{costs['queue']:.2f} (s in all)"]
+    primary = _clamp((u_up - UPSTREAM_SATURATED) / (1 - UPSTREAM_SATURATED))
+    dom = _dominance(costs[verdict], other)
+    conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * _v(f.q1.share_under_30pct)
+    return verdict, round(_clamp(conf, 0.05, 0.99), 3), reasons
 
-    reasons.append(
-        f"the inference loop waited on an empty Q1 {1 - u_loop:.0%} of the run (busy {u_loop:.0%}): "
-        "it starves")
-    if u_up >= UPSTREAM_SATURATED:
-        ut = ev.get("upstream_time_s") or {}
-        if ut:
-            costs = {"parse": _g(ut, "parse"), "queue": _g(ut, "q1_put_overhead")}
-        else:
-            costs = {"parse": _g(pb, "parse") if ev.get("parse_location") != "inference_loop" else 0.0,
-                     "queue": _g(pb, "q1_put_overhead")}
-        verdict = max(costs, key=lambda k: costs[k])
-        other = min(costs.values())
-        reasons.append(
-            f"the receiver's parser threads ({ev.get('parser_threads_observed', 1)}) were busy "
-            f"{u_up:.0%} of the run: parsing {costs['parse']:.2f} + Q1 put overhead "
-            f"{costs['queue']:.2f} ({'s in all' if ut else 'ms per batch'})")
-        primary = _clamp((u_up - UPSTREAM_SATURATED) / (1 - UPSTREAM_SATURATED))
-        dom = _dominance(costs[verdict], other)
-        conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * low
-        return verdict, round(_clamp(conf, 0.05, 0.99), 3), reasons
 
-    reasons.append(
+def _arrival_bound(f: Figures, u_loop: float, u_up: float) -> tuple[str, float, list[str]]:
+    """Rule 3: nothing in the consumer was saturated: arrivals set the pace."""
+    reasons = [
         f"the upstream side was busy only {u_up:.0%}: nothing in the consumer was saturated, "
-        "arrivals set the pace")
-    avc = ev.get("arrival_vs_capacity")
+        "arrivals set the pace"]
+    avc = f.capacity.arrival_vs_capacity
     if avc is not None:
         reasons.append(f"arrivals ran at {avc:.0%} of the consumer's capacity")
     primary = _clamp((LOOP_SATURATED - max(u_loop, u_up)) / 0.5)
-    corr = 0.5 * low + 0.5 * idle_empty
+    corr = 0.5 * _v(f.q1.share_under_30pct) + 0.5 * _v(f.device.idle_share_waiting_on_empty_q1)
     conf = 0.4 + 0.35 * primary + 0.25 * corr
-    em = ev.get("emitter") or {}
+    full = _v(f.q1.share_over_80pct)
+    blocked = f.emitter.blocked_share if f.emitter else 0.0
     # an emitter blocked while Q1 was full is consumer backpressure, which contradicts
     # this verdict; blocked while Q1 sat empty is a full socket on a slow link, which fits it
-    if _g(em, "blocked_share") > 0.3 and full > 0.3:
+    if blocked > 0.3 and full > 0.3:
         conf -= 0.2
-        reasons.append(f"yet the emitter was blocked by backpressure {_g(em, 'blocked_share'):.0%} of its "
+        reasons.append(f"yet the emitter was blocked by backpressure {blocked:.0%} of its "
                        f"time and Q1 was over 80 % full {full:.0%} of the run")
     return "network", round(_clamp(conf, 0.05, 0.99), 3), reasons
+
+
+def decide(f: Figures) -> tuple[str, float, list[str]]:
+    """(verdict, confidence, reasons) from the evidence figures."""
+    if f.counts.batches_processed == 0:
+        if f.counts.messages_received and f.counts.quarantined:
+            return "parse", 0.3, ["no batch was processed: every received message failed to decode"]
+        return "network", 0.3, ["no batch was processed: nothing usable arrived"]
+    u_loop, u_up = _v(f.loop.busy_share), _v(f.upstream.busy_share)
+    if u_loop >= LOOP_SATURATED:
+        return _loop_bound(f, u_loop)
+    starve = (f"the inference loop waited on an empty Q1 {1 - u_loop:.0%} of the run (busy {u_loop:.0%}): "
+              "it starves")
+    if u_up >= UPSTREAM_SATURATED:
+        verdict, conf, reasons = _upstream_bound(f, u_up)
+    else:
+        verdict, conf, reasons = _arrival_bound(f, u_loop, u_up)
+    return verdict, conf, [starve, *reasons]
 
 
 def _fmt_rate(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}/s"
 
 
-def recommendations(ev: dict[str, Any], verdict: str) -> list[str]:
-    """Quantitative advice, most useful first."""
-    out: list[str] = []
-    pb = ev.get("per_batch_ms") or {}
-    cap = ev.get("capacity_bps")
-    arr = ev.get("arrival_rate_bps")
-    q1 = ev.get("q1") or {}
-    maxsize = q1.get("maxsize")
-    longest = _g(ev, "arrival_long_gaps", "longest_s")
-    parse_ms = _g(pb, "parse")
-    compute_ms = _g(pb, "compute")
-    loc = ev.get("parse_location")
-    if not ev.get("batches_processed"):
-        if ev.get("messages_received"):
-            return ["Every received message was quarantined: see quarantine/*.json for the reasons "
-                    "(format mismatch, e.g. HDF5 sent to an npz-only parser, or a partial batch)."]
-        return ["Nothing arrived: check that the producer ran and reached the consumer's address "
-                "(role client/server, port), then run again."]
-
-    if verdict == "network":
-        em = ev.get("emitter") or {}
+def _network_recs(f: Figures) -> list[str]:
+    out = [
+        f"Arrivals ({_fmt_rate(f.arrivals.rate_bps)}) are below what the consumer can take "
+        f"({_fmt_rate(f.capacity.bps)}): speed up the producer or the link (more ranks/streams, a "
+        "faster network, less data per batch, e.g. compression), not the consumer."]
+    em = f.emitter
+    if em is None:
+        return out
+    lg = em.long_gaps
+    if lg is not None:
         out.append(
-            f"Arrivals ({_fmt_rate(arr)}) are below what the consumer can take ({_fmt_rate(cap)}): "
-            "speed up the producer or the link (more ranks/streams, a faster network, less data "
-            "per batch, e.g. compression), not the consumer.")
-        if em.get("long_gaps"):
-            lg = em["long_gaps"]
-            out.append(
-                f"Of {lg['count']} long arrival gaps, {lg['share_emitter_silent']:.0%} fell while the "
-                f"emitter sent nothing (producer stalls), {lg['share_bytes_in_flight']:.0%} while bytes "
-                "were in flight (link too slow).")
-        if em.get("send_rate_while_sending_Bps") and _g(em, "sending_share") > 0.8:
-            out.append(
-                f"The emitter was sending {_g(em, 'sending_share'):.0%} of the time at "
-                f"{_g(em, 'send_rate_while_sending_Bps') * 8 / 1e6:.0f} Mbit/s: the link is saturated "
-                "(a bandwidth cap).")
+            f"Of {lg.count} long arrival gaps, {_v(lg.share_emitter_silent):.0%} fell while the "
+            f"emitter sent nothing (producer stalls), {_v(lg.share_bytes_in_flight):.0%} while bytes "
+            "were in flight (link too slow).")
+    rate = em.sending.send_rate_while_sending_Bps if em.sending else None
+    if rate and em.sending_share > 0.8:
+        out.append(
+            f"The emitter was sending {em.sending_share:.0%} of the time at "
+            f"{rate * 8 / 1e6:.0f} Mbit/s: the link is saturated (a bandwidth cap).")
+    return out
+
+
+def _stall_recs(f: Figures, verdict: str) -> list[str]:
+    """How deep Q1 would have to be to ride out the longest arrival stall."""
+    longest = _v(f.arrivals.long_gaps.longest_s)
+    cap, arr, maxsize = f.capacity.bps, f.arrivals.rate_bps, f.q1.maxsize
     stalls_matter = verdict == "network" or (
-        verdict == "consumer" and _g(ev, "gpu_idle_share_waiting_on_empty_q1") > 0.3)
-    if longest > 0 and cap and stalls_matter and _g(ev, "arrival_long_gaps", "count") > 0:
-        need = int(math.ceil(longest * cap))
-        cur = f" (Q1 maxsize is {maxsize})" if maxsize else ""
-        if arr and arr < 0.95 * cap and verdict == "network":
-            out.append(
-                f"A Q1 of {need} batches would ride out the longest stall ({longest:.2f} s at "
+        verdict == "consumer" and _v(f.device.idle_share_waiting_on_empty_q1) > 0.3)
+    if not (longest > 0 and cap and stalls_matter and f.arrivals.long_gaps.count > 0):
+        return []
+    need = int(math.ceil(longest * cap))
+    cur = f" (Q1 maxsize is {maxsize})" if maxsize else ""
+    if arr and arr < 0.95 * cap and verdict == "network":
+        return [f"A Q1 of {need} batches would ride out the longest stall ({longest:.2f} s at "
                 f"{cap:.1f} batches/s){cur}, but only if the producer's average rate exceeded the "
-                "consumer's; it does not, so depth alone will not end the starvation.")
-        else:
-            out.append(
-                f"A Q1 of {need} batches{cur} would ride out the longest observed arrival stall "
-                f"({longest:.2f} s at the consumption rate of {cap:.1f} batches/s).")
-    cap_np = ev.get("capacity_without_loop_parse_bps") if loc == "inference_loop" else cap
+                "consumer's; it does not, so depth alone will not end the starvation."]
+    return [f"A Q1 of {need} batches{cur} would ride out the longest observed arrival stall "
+            f"({longest:.2f} s at the consumption rate of {cap:.1f} batches/s)."]
+
+
+def _parse_recs(f: Figures, verdict: str) -> list[str]:
+    """Parser threads needed, and moving parsing out of the loop."""
+    out: list[str] = []
+    pb = f.costs.per_batch_ms
+    parse_ms, compute_ms, loc = _v(pb.parse), _v(pb.compute), f.parse.location
+    cap_np = f.capacity.without_loop_parse_bps if loc == "inference_loop" else f.capacity.bps
     if parse_ms > 0 and cap_np:
-        em = ev.get("emitter") or {}
+        em = f.emitter
         # an emitter that was never held back sends on its own schedule: that rate is real demand
-        offered = _g(em, "offered_rate_bps") if em and _g(em, "blocked_share") < 0.05 else 0.0
+        offered = _v(em.sending.offered_rate_bps) if em and em.sending and em.blocked_share < 0.05 else 0.0
         target = min(offered, cap_np) if offered else cap_np
         basis = ("the producer's offered rate" if offered and offered < cap_np
                  else "what the rest of the inference stage can take")
@@ -224,36 +208,52 @@ def recommendations(ev: dict[str, Any], verdict: str) -> list[str]:
         out.append(
             f"Parsing takes {parse_ms:.2f} ms per batch; feeding {target:.1f} batches/s ({basis}) needs "
             f"{threads} parser thread(s)"
-            + (f" (observed {ev.get('parser_threads_observed')})." if loc == "receiver" else "."))
+            + (f" (observed {f.parse.threads_observed})." if loc == "receiver" else "."))
     if loc == "inference_loop" and parse_ms > 0:
-        share = _g(ev, "parse_share_of_loop")
+        share = _v(f.costs.parse_share_of_loop)
         if verdict == "parse" or share > 0.2:
             out.append(
                 f"Move parsing out of the inference loop into receiver-side parser threads: it took "
                 f"{share:.0%} of the loop's busy time ({parse_ms:.2f} ms vs {compute_ms:.2f} ms compute per batch), "
                 "and the GPU waits for it.")
-    if verdict == "queue":
-        out.append(
-            f"Q1 put/get cost {_g(pb, 'q1_op_overhead'):.2f} ms per batch against {compute_ms:.2f} ms of "
-            "compute: use an in-process queue, put/get whole batches (fewer, larger items), or poll "
-            "less coarsely.")
-    if verdict == "consumer":
-        h2d, cyc = _g(pb, "h2d"), _g(pb, "gpu_cycle")
-        out.append(
-            f"The inference stage is the limit at {_fmt_rate(cap)} (GPU cycle {cyc:.2f} ms per batch); "
-            "Q1 stays full. Faster model (bf16/compile), more GPUs or larger batches raise the rate; "
-            "the producer and network are not to blame.")
-        if cyc > 0 and h2d >= 0.5 * cyc:
-            out.append(
-                f"H2D takes {h2d:.2f} of {cyc:.2f} ms: copy the batch in one pinned transfer "
-                "instead of pinning sample by sample.")
     return out
 
 
-def summary_text(ev: dict[str, Any], verdict: str, confidence: float) -> str:
+def _stage_recs(f: Figures, verdict: str) -> list[str]:
+    pb = f.costs.per_batch_ms
+    compute_ms = _v(pb.compute)
+    if verdict == "queue":
+        return [f"Q1 put/get cost {_v(pb.q1_op_overhead):.2f} ms per batch against {compute_ms:.2f} ms of "
+                "compute: use an in-process queue, put/get whole batches (fewer, larger items), or poll "
+                "less coarsely."]
+    if verdict != "consumer":
+        return []
+    h2d, cyc = _v(pb.h2d), _v(pb.gpu_cycle)
+    out = [f"The inference stage is the limit at {_fmt_rate(f.capacity.bps)} (GPU cycle {cyc:.2f} ms per batch); "
+           "Q1 stays full. Faster model (bf16/compile), more GPUs or larger batches raise the rate; "
+           "the producer and network are not to blame."]
+    if cyc > 0 and h2d >= 0.5 * cyc:
+        out.append(f"H2D takes {h2d:.2f} of {cyc:.2f} ms: copy the batch in one pinned transfer "
+                   "instead of pinning sample by sample.")
+    return out
+
+
+def recommendations(f: Figures, verdict: str) -> list[str]:
+    """Quantitative advice, most useful first."""
+    if not f.counts.batches_processed:
+        if f.counts.messages_received:
+            return ["Every received message was quarantined: see quarantine/*.json for the reasons "
+                    "(format mismatch, e.g. HDF5 sent to an npz-only parser, or a partial batch)."]
+        return ["Nothing arrived: check that the producer ran and reached the consumer's address "
+                "(role client/server, port), then run again."]
+    out = _network_recs(f) if verdict == "network" else []
+    return out + _stall_recs(f, verdict) + _parse_recs(f, verdict) + _stage_recs(f, verdict)
+
+
+def summary_text(f: Figures, verdict: str, confidence: float) -> str:
     """One plain-language paragraph."""
-    q1 = ev.get("q1") or {}
-    busy = _g(ev, "gpu_busy_any_stream_share")
+    q1 = f.q1
+    busy = _v(f.device.busy_any_stream_share)
     what = {
         "network": "data arrives slower than the consumer can take it, so the limit is the "
                    "producer or the network between them",
@@ -263,15 +263,15 @@ def summary_text(ev: dict[str, Any], verdict: str, confidence: float) -> str:
                     "fed all the time",
     }[verdict]
     src = ("from the consumer's records alone (no emit log"
-           + (", no sequence numbers" if not ev.get("sequence_numbers") else "") + ")"
-           if ev.get("consumer_side_only") else "from the consumer's records and the emit log")
+           + (", no sequence numbers" if not f.counts.sequence_numbers else "") + ")"
+           if f.counts.consumer_side_only else "from the consumer's records and the emit log")
     return (
         f"Verdict {verdict} (confidence {confidence:.2f}), {src}: {what}. "
-        f"The consumer processed {ev.get('batches_processed', 0)} batches at "
-        f"{_fmt_rate(ev.get('throughput_bps'))} against a capacity of {_fmt_rate(ev.get('capacity_bps'))}; "
-        f"arrivals came at {_fmt_rate(ev.get('arrival_rate_bps'))}. "
-        f"The GPU was busy {busy:.0%} of the time; Q1 was on average {_g(q1, 'mean_occupancy'):.0%} full, "
-        f"empty {_g(q1, 'share_empty'):.0%} and under 30 % {_g(q1, 'share_under_30pct'):.0%} of the time; "
-        f"{_g(ev, 'gpu_idle_share_waiting_on_empty_q1'):.0%} of the GPU's idle time was spent waiting on an "
+        f"The consumer processed {f.counts.batches_processed} batches at "
+        f"{_fmt_rate(f.arrivals.throughput_bps)} against a capacity of {_fmt_rate(f.capacity.bps)}; "
+        f"arrivals came at {_fmt_rate(f.arrivals.rate_bps)}. "
+        f"The GPU was busy {busy:.0%} of the time; Q1 was on average {_v(q1.mean_occupancy):.0%} full, "
+        f"empty {_v(q1.share_empty):.0%} and under 30 % {_v(q1.share_under_30pct):.0%} of the time; "
+        f"{_v(f.device.idle_share_waiting_on_empty_q1):.0%} of the GPU's idle time was spent waiting on an "
         "empty Q1."
     )
