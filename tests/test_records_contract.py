@@ -127,7 +127,7 @@ def test_one_definition_imported_everywhere(module: str, name: str, contract_nam
 
 
 def test_the_contract_and_the_writers_import_without_numpy_torch_or_pyzmq() -> None:
-    code = ("import sys, simstream.records; "
+    code = ("import sys, simstream.records, simstream.probe; "
             "print(sorted(m for m in ('numpy', 'torch', 'zmq') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
