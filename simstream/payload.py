@@ -33,8 +33,8 @@ Content (``source.content``):
   around the beam centre and a solvent ring, Poisson-like counts in ADU) from a
   small precomputed pool, plus ``source.peaks_per_event`` Gaussian Bragg-like
   spots per event, so compression ratios and parse costs are realistic.
-- ``random``: incompressible noise (floats uniform in [0, 1), as LCLStreamer's
-  GenericRandomNumpyArray; integers over the dtype's whole range).
+- ``random``: noise as LCLStreamer's GenericRandomNumpyArray makes it: floats
+  uniform in [0, 1); integers ``randint(0, 255)``, i.e. 0..254 whatever the dtype.
 - ``constant``: every value 1.
 - ``replay``: events of the detector dataset of real HDF5 or npz file(s)
   (``source.replay_path``; dataset path / key ``fields["detector_data"]``), cycled,
@@ -42,6 +42,16 @@ Content (``source.content``):
 
 Images are in ADU; integer dtypes get the counts rounded and clipped to the
 dtype's range.
+
+Padding (``source.pad_from: [h, w]``, LCLStreamer's PeaknetPreprocessingPipeline):
+the content is made at h x w and zero-padded to the last two dimensions of
+``source.shape`` (``source.pad_style`` center or bottom-right), as ``numpy.pad``
+with zeros does there. npz messages then carry ``detector_data_original_shape``
+(int32 [B, C, h, w]) as the numpy branch's pipeline adds it.
+
+``source.timestamp: random`` / ``source.wavelength: random`` draw those per event
+as the numpy branch's GenericRandomTimestamp (uniform in [1.6e9, 1.7e9) s) and
+GenericRandomWavelength (uniform in [0.1, 10) Å) do, seeded per event.
 
 Determinism: the same source, seed, rank and sequence number give a
 byte-identical payload (every random draw is seeded from (seed, rank, event);
@@ -148,6 +158,7 @@ class MessageFactory:
         self._scalars = _scalars(source)
         self._content = _content(source, seed, rank, self.fields)
         self._per_message = [n for n in _PER_MESSAGE if n in self.fields]
+        self._pool_mode = bool(source.pool)
         self._pool: list[codec.Rewriter] = []
         if source.pool:
             full = source.pool
@@ -177,10 +188,16 @@ class MessageFactory:
 
     # -- arrays
 
+    def _timestamps(self, events: np.ndarray) -> np.ndarray:
+        if self.source.timestamp == "random":
+            return np.array([_rng(self.seed, self.rank, int(e), 4).uniform(1.6e9, 1.7e9)
+                             for e in events], dtype=np.float64)
+        return EPOCH_S + events / EVENT_RATE_HZ
+
     def _per_message_values(self, seq: int, n: int) -> dict[str, np.ndarray]:
         events = seq * self.batch_size + np.arange(n, dtype=np.int64)
         values: dict[str, np.ndarray] = {
-            "timestamp": EPOCH_S + events / EVENT_RATE_HZ,
+            "timestamp": self._timestamps(events),
             "simstream_sequence": np.full(n, seq, dtype=np.int64),
             "simstream_rank": np.full(n, self.rank, dtype=np.int32),
             "simstream_event": events,
@@ -191,11 +208,12 @@ class MessageFactory:
         events = seq * self.batch_size + np.arange(n, dtype=np.int64)
         out: dict[str, np.ndarray] = {"detector_data": np.asarray(self._content(events))}
         if "photon_wavelength" in self.fields:
-            out["photon_wavelength"] = np.array(
-                [WAVELENGTH_A + 0.002 * _rng(self.seed, self.rank, int(e), 3).standard_normal()
-                 for e in events],
-                dtype=np.float64,
-            )
+            if self.source.wavelength == "random":
+                waves = [_rng(self.seed, self.rank, int(e), 3).uniform(0.1, 10.0) for e in events]
+            else:
+                waves = [WAVELENGTH_A + 0.002 * _rng(self.seed, self.rank, int(e), 3).standard_normal()
+                         for e in events]
+            out["photon_wavelength"] = np.array(waves, dtype=np.float64)
         for name in self.fields:
             if name not in _KNOWN:
                 value = self._scalars.get(name, 0.0)
@@ -223,12 +241,20 @@ class MessageFactory:
 
     def _encode(self, arrays: dict[str, np.ndarray]) -> bytes:
         s = self.source
+        original_shapes = None
+        if s.format == "npz" and s.pad_from is not None:
+            n = len(arrays["detector_data"])
+            channels = int(np.prod(s.shape[:-2], dtype=np.int64)) if len(s.shape) > 2 else 1
+            original_shapes = {"detector_data": [n, channels, *s.pad_from]}
         return codec.encode(
             arrays,
             format=s.format,
             fields=self.fields,
             compression=s.compression,
             compression_level=s.compression_level,
+            # a pool rewrites the per-message fields in place: they stay unfiltered
+            filter_per_event=not self._pool_mode,
+            original_shapes=original_shapes,
         )
 
     def message(self, seq: int) -> Message:
@@ -271,6 +297,10 @@ def _content(
 ) -> Callable[[np.ndarray], np.ndarray]:
     shape = tuple(source.shape)
     dtype = np.dtype(source.dtype)
+    if source.pad_from is not None:
+        inner = _content(source.model_copy(update={"shape": [*shape[:-2], *source.pad_from],
+                                                   "pad_from": None}), seed, rank, fields)
+        return _Padded(inner, shape, dtype, tuple(source.pad_from), source.pad_style)
     if source.content == "peaks":
         return _Peaks(shape, dtype, source.peaks_per_event, seed, rank)
     if source.content == "random":
@@ -357,8 +387,24 @@ class _Peaks:
         return _to_dtype(out.reshape(len(events), *self.shape), self.dtype, integral=True)
 
 
+class _Padded:
+    """Content made at (h, w) and zero-padded to the shape's last two dimensions."""
+
+    def __init__(self, inner: Callable[[np.ndarray], np.ndarray], shape: tuple[int, ...],
+                 dtype: np.dtype, hw: tuple[int, int], style: str) -> None:
+        self.inner, self.shape, self.dtype = inner, shape, dtype
+        dh, dw = shape[-2] - hw[0], shape[-1] - hw[1]
+        top, left = (dh // 2, dw // 2) if style == "center" else (0, 0)
+        self.window = (slice(top, top + hw[0]), slice(left, left + hw[1]))
+
+    def __call__(self, events: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(events), *self.shape), dtype=self.dtype)
+        out[(..., *self.window)] = self.inner(events)
+        return out
+
+
 class _Random:
-    """Incompressible noise."""
+    """Noise as LCLStreamer's GenericRandomNumpyArray makes it."""
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, seed: int, rank: int) -> None:
         self.shape, self.dtype, self.seed, self.rank = shape, dtype, seed, rank
@@ -371,8 +417,9 @@ class _Random:
                 gen = np.float64 if self.dtype == np.float64 else np.float32
                 out[i] = rng.random(self.shape, dtype=gen)
             else:
-                info = np.iinfo(self.dtype)
-                out[i] = rng.integers(info.min, info.max, size=self.shape, dtype=self.dtype, endpoint=True)
+                # randint(low=0, high=255).astype(dtype): 0..254 in every integer dtype
+                # (int8 wraps 128..254 round to negative values, as astype does)
+                out[i] = rng.integers(0, 255, size=self.shape, dtype=np.uint8).astype(self.dtype)
         return out
 
 

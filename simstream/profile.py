@@ -34,6 +34,7 @@ __all__ = [
     "COMPRESSIONS",
     "DTYPES",
     "FAULT_KINDS",
+    "TARGET_CONSUMERS",
     "Fault",
     "NetworkConditions",
     "NetworkOverride",
@@ -66,6 +67,7 @@ DTYPES = (
     "int64",
 )
 FAULT_KINDS = ("reset", "truncate", "corrupt", "stall", "duplicate", "slow_close")
+TARGET_CONSUMERS = ("simstream", "peaknet-pipeline-ray")
 TRIGGERS = ("at_message", "every_messages", "at_s", "every_s", "probability")
 
 DEFAULT_FIELDS = {
@@ -125,6 +127,23 @@ class Source(_Model):
         description="values of extra per-event scalar fields (LCLStreamer IntValue/FloatValue); "
         "int -> int64, float -> float64",
     )
+    pad_from: list[int] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[H, W] of the detector images before padding (LCLStreamer's "
+        "PeaknetPreprocessingPipeline): content is made at this size and zero-padded to "
+        "shape's last two dimensions; null = no padding",
+    )
+    pad_style: Literal["center", "bottom-right"] = Field(
+        "center", description="where the padding goes (pad_from): center | bottom-right"
+    )
+    timestamp: Literal["clock", "random"] = Field(
+        "clock", description="clock = a fixed epoch + event / 120 Hz; random = uniform in "
+        "[1.6e9, 1.7e9) s per event (LCLStreamer's GenericRandomTimestamp)",
+    )
+    wavelength: Literal["steady", "random"] = Field(
+        "steady", description="steady = ~1.30 A with a small spread; random = uniform in "
+        "[0.1, 10) A per event (LCLStreamer's GenericRandomWavelength)",
+    )
 
     @field_validator("shape")
     @classmethod
@@ -159,6 +178,15 @@ class Source(_Model):
                 f"format npz supports compression none or gzip (savez_compressed), "
                 f"not {self.compression!r}"
             )
+        if self.pad_from is not None:
+            h, w = self.pad_from
+            if len(self.shape) < 2:
+                raise ValueError("pad_from needs a shape with at least two dimensions")
+            if not (1 <= h <= self.shape[-2] and 1 <= w <= self.shape[-1]):
+                raise ValueError(
+                    f"pad_from {self.pad_from} does not fit the padded images "
+                    f"{self.shape[-2]}x{self.shape[-1]} (shape's last two dimensions)"
+                )
         return self
 
     @property
@@ -180,7 +208,17 @@ class Transport(_Model):
     )
     url: str = "tcp://127.0.0.1:12321"
     urls: list[str] | None = Field(
-        None, description="several addresses; ranks are spread over them round robin"
+        None, description="several addresses, used as url_spread says"
+    )
+    url_spread: Literal["rank", "message"] = Field(
+        "rank", description="rank = each rank uses one of urls (round robin over ranks); "
+        "message = every rank uses all urls and sends its messages over them in turn "
+        "(one ZMQ PUSH socket on several endpoints, as LCLStreamer does)",
+    )
+    close: Literal["graceful", "abrupt"] = Field(
+        "graceful", description="at the end of the stream: graceful = queued messages are "
+        "sent first (within the drain time-out); abrupt = the socket closes at once and "
+        "messages still queued are lost (LCLStreamer's LINGER 0)",
     )
     sndhwm: int = Field(5, ge=1, description="messages queued for a peer that is not reading")
     ranks: int = Field(1, ge=1, le=1024, description="independent connections, one per MPI rank")
@@ -228,7 +266,13 @@ class Transport(_Model):
 
     @model_validator(mode="after")
     def _role_url(self) -> Transport:
-        if self.role == "server" and self.ranks > 1 and len(self.all_urls) < self.ranks:
+        if self.url_spread == "message" and self.role == "server" and self.ranks > 1:
+            raise ValueError(
+                "url_spread message with role server binds every url in each rank: "
+                "use one rank, role client, or url_spread rank"
+            )
+        if (self.role == "server" and self.ranks > 1 and self.url_spread == "rank"
+                and len(self.all_urls) < self.ranks):
             raise ValueError(
                 f"role server with {self.ranks} ranks needs {self.ranks} addresses in "
                 f"transport.urls (each rank binds its own), got {len(self.all_urls)}"
@@ -370,6 +414,10 @@ class Profile(_Model):
     stop: Stop = Field(default_factory=Stop)
     consumer: dict[str, Any] = Field(
         default_factory=dict, description="read by the consumer side (pipeline/)"
+    )
+    target_consumer: Literal[TARGET_CONSUMERS] | None = Field(  # type: ignore[valid-type]
+        None, description="the consumer this stream is meant for; emit warns before "
+        "sending what it is known not to take (docs/lclstreamer.md)",
     )
 
     @model_validator(mode="after")

@@ -33,6 +33,8 @@ def encode(
     fields: Mapping[str, str] | None = None,
     compression: str = "none",
     compression_level: int = 3,
+    filter_per_event: bool = True,
+    original_shapes: Mapping[str, Any] | None = None,
 ) -> bytes:
     """One message (a complete HDF5 or npz file) from one batch.
 
@@ -40,8 +42,11 @@ def encode(
     ``fields``: name -> HDF5 dataset path (or npz key); names it does not list use
     the name itself. ``compression``: none | gzip | gzip_with_shuffle |
     bitshuffle_lz4 | bitshuffle_zstd (npz: none | gzip); ``compression_level``:
-    gzip 0..9, bitshuffle_zstd's zstd level. Arrays of one value per event (shape
-    (B,)) are never filtered (see ``_hdf5``).
+    gzip 0..9, bitshuffle_zstd's zstd level. Compression applies to every array, as
+    LCLStreamer's serializers do; ``filter_per_event=False`` leaves arrays of one
+    value per event (shape (B,)) unfiltered, so ``Rewriter`` can replace them.
+    ``original_shapes`` (npz only): name -> shape, written as an int32
+    ``KEY_original_shape`` member (the numpy branch's ``detector_data_original_shape``).
 
     Raises ValueError for arrays that do not form a batch, an unknown format or
     compression, or paths that collide.
@@ -54,9 +59,13 @@ def encode(
         raise ValueError(f"format npz supports compression none or gzip, not {compression!r}")
     items = _batch_items(arrays, fields, hdf5=format == "hdf5")
     if format == "npz":
-        return _npz.encode(items, compressed=compression == "gzip")
+        keys = {name: path for name, path in ((n, (fields or {}).get(n, n)) for n in arrays)}
+        shapes = {keys.get(n, n): s for n, s in (original_shapes or {}).items()}
+        return _npz.encode(items, compressed=compression == "gzip",
+                           filter_per_event=filter_per_event, original_shapes=shapes)
     try:
-        return _hdf5.encode(items, compression, compression_level)
+        return _hdf5.encode(items, compression, compression_level,
+                            filter_per_event=filter_per_event)
     except (ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
         raise ValueError(f"cannot encode as HDF5: {e}") from None
 

@@ -5,16 +5,18 @@ One complete HDF5 file per message; one dataset per field at its path, shape
 by h5py with its defaults, as the serializer does.
 
 Encode, uncompressed: for a fixed (paths, event shapes, dtypes, B) the file layout
-never changes, so a template is built once with h5py (chunks allocated at creation,
-never filled), each chunk's byte offset is read back (``get_chunk_info``), and an
-encode is the template's metadata bytes plus the arrays copied to their offsets:
-one pass over the data. A partial last batch is another B, hence another template.
+never changes, so a template is built once with h5py (h5py's defaults for a chunked
+dataset, as LCLStreamer's files have them: space allocated incrementally, fill
+value written if set; every chunk is written once, so all are allocated), each
+chunk's byte offset is read back (``get_chunk_info``), and an encode is the
+template's metadata bytes plus the arrays copied to their offsets: one pass over
+the data. A partial last batch is another B, hence another template.
 
-Encode, compressed: h5py with the filter, per message (chunk sizes vary). Datasets
-of one value per event (shape (B,)) stay unfiltered: a filter on a 1..8-byte chunk
-only adds its own header, and unfiltered they sit at fixed offsets, which lets a
-pool of pre-encoded messages get new sequence numbers and timestamps in place
-(see ``Rewriter``).
+Encode, compressed: h5py with the filter, per message (chunk sizes vary), on every
+dataset, as LCLStreamer does. With ``filter_per_event=False`` datasets of one value
+per event (shape (B,)) stay unfiltered, so they sit at fixed offsets and a pool of
+pre-encoded messages can get new sequence numbers and timestamps in place (see
+``Rewriter``).
 
 Decode: h5py parses only the metadata (through a file object that copies nothing
 but what it is asked for) to learn each dataset's chunk offsets, filters, shape
@@ -269,13 +271,10 @@ def _build_template(spec: tuple[tuple[str, tuple[int, ...], str], ...]) -> _Temp
             b, "w", alignment_threshold=_ALIGN_THRESHOLD, alignment_interval=_ALIGN
         ) as fh:
             for path, shape, dtype in spec:
-                dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-                # every chunk gets its address now, so offsets are final; no fill
-                # pass, the encoder writes each data byte once
-                dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-                dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+                # h5py's defaults (alloc time INCR, fill time IFSET) as in LCLStreamer's
+                # files; writing every chunk allocates it, so the offsets are final
                 d = fh.create_dataset(
-                    path, shape=shape, dtype=np.dtype(dtype), chunks=(1, *shape[1:]), dcpl=dcpl
+                    path, shape=shape, dtype=np.dtype(dtype), chunks=(1, *shape[1:])
                 )
                 d[...] = 0  # the file image then holds every allocated byte
         image = np.frombuffer(b.getvalue(), dtype=np.uint8)
@@ -321,7 +320,8 @@ def _write_dataset(out: np.ndarray, lay: DatasetLayout, arr: np.ndarray) -> None
 
 
 def encode(
-    items: Sequence[tuple[str, np.ndarray]], compression: str, level: int
+    items: Sequence[tuple[str, np.ndarray]], compression: str, level: int,
+    *, filter_per_event: bool = True,
 ) -> bytes:
     """One HDF5 message from (dataset path, array) pairs of one batch."""
     opts = filter_options(compression, level)
@@ -343,7 +343,7 @@ def encode(
                     dtype=a.dtype,
                     chunks=(1, *a.shape[1:]),
                     data=a,
-                    **(opts if a.ndim > 1 else {}),
+                    **(opts if a.ndim > 1 or filter_per_event else {}),
                 )
         return b.getvalue()
 

@@ -1,11 +1,13 @@
 """npz messages: LCLStreamer's numpy branch (``np.savez`` / ``np.savez_compressed``).
 
-Each array is one ``KEY.npy`` member, plus ``KEY_original_shape`` (int64) as the
-branch writes. Members are written with a fixed date (1980-01-01) so a message is
-a pure function of its arrays. With compression (``gzip``: deflate, zlib's default
-level, as ``savez_compressed``) arrays of one value per event (shape (B,)) stay
-stored: deflating eight bytes only adds overhead, and stored they can be rewritten
-in place (``Rewriter``; the member's CRC is then fixed up). ``numpy.load`` with
+Each array is one ``KEY.npy`` member; ``original_shapes`` adds
+``KEY_original_shape`` (int32, e.g. [B, C, H, W] before padding) for the keys it
+names, as the branch's PeakNet pipeline adds ``detector_data_original_shape``.
+Members are written with a fixed date (1980-01-01) so a message is a pure function
+of its arrays. With compression (``gzip``: deflate, zlib's default level, as
+``savez_compressed``) every member is deflated; with ``filter_per_event=False``
+arrays of one value per event (shape (B,)) stay stored so they can be rewritten in
+place (``Rewriter``; the member's CRC is then fixed up). ``numpy.load`` with
 ``allow_pickle=False`` reads every message.
 
 Decode reads stored members straight from the buffer (a view, after checking the
@@ -36,12 +38,15 @@ _DATE = (1980, 1, 1, 0, 0, 0)
 Alloc = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
-def encode(items: Sequence[tuple[str, np.ndarray]], compressed: bool) -> bytes:
-    """One npz message from (key, array) pairs."""
+def encode(items: Sequence[tuple[str, np.ndarray]], compressed: bool, *,
+           filter_per_event: bool = True,
+           original_shapes: Mapping[str, Sequence[int]] | None = None) -> bytes:
+    """One npz message from (key, array) pairs (``original_shapes``: key -> shape)."""
     members: list[tuple[str, np.ndarray, bool]] = [
-        (key, a, compressed and a.ndim > 1) for key, a in items
+        (key, a, compressed and (a.ndim > 1 or filter_per_event)) for key, a in items
     ]
-    members += [(key + ORIGINAL_SHAPE, np.array(a.shape, dtype=np.int64), False) for key, a in items]
+    members += [(key + ORIGINAL_SHAPE, np.array(shape, dtype=np.int32), compressed)
+                for key, shape in (original_shapes or {}).items()]
     with io.BytesIO() as b:
         with zipfile.ZipFile(b, "w", allowZip64=True) as zf:
             for key, a, deflate in members:

@@ -66,8 +66,10 @@ def _dry_run(p: Profile, log_path: str | None) -> None:
     if _endless(p):
         raise UsageError("the profile never stops (no stop.messages, stop.duration_s or "
                          "source.total_events): give --count or --duration for a dry run")
-    urls = p.transport.all_urls
+    from simstream.emitter.engine import rank_urls_of
+
     first = p.transport.rank_offset
+    sent: dict[int, int] = {}
     merged = heapq.merge(*(iter_schedule(p, r) for r in range(first, first + p.transport.ranks)),
                          key=lambda x: (x.t_sched, x.rank))
     as_json = log_path is not None
@@ -78,7 +80,10 @@ def _dry_run(p: Profile, log_path: str | None) -> None:
             if n >= DRY_RUN_MAX_LINES:
                 click.echo(f"(dry run stopped after {DRY_RUN_MAX_LINES} lines)", err=True)
                 break
-            url = urls[planned.rank % len(urls)]
+            urls = rank_urls_of(p, planned.rank)
+            k = sent.get(planned.rank, 0)
+            sent[planned.rank] = k + 1
+            url = urls[k % len(urls)]
             out.write(format_planned(planned, as_json=as_json, url=url) + "\n")
             n += 1
     finally:
@@ -206,19 +211,29 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
               help="start a pyzmq PULL receiver on a free 127.0.0.1 port and emit to it")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="live table (default: when stderr is a terminal)")
+@click.option("--close", "close", type=click.Choice(["graceful", "abrupt"]),
+              help="end of stream (transport.close): graceful = queued messages go first; "
+                   "abrupt = close at once, as LCLStreamer (LINGER 0), losing the queue")
+@click.option("--url-spread", "url_spread", type=click.Choice(["rank", "message"]),
+              help="several urls (transport.url_spread): one per rank, or every rank "
+                   "sends its messages over all of them in turn (LCLStreamer)")
 def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str | None,
          ranks: int | None, processes: int | None, rank_offset: int | None, seed: int | None,
          count: int | None, duration: float | None, log_path: str | None, dry_run: bool,
-         lclstreamer_config: str | None, loopback: bool, show_progress: bool | None) -> None:
+         lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
+         close: str | None, url_spread: str | None) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
     overrides = {"transport.role": role, "transport.kind": kind, "transport.ranks": ranks,
                  "transport.processes": processes, "transport.rank_offset": rank_offset,
-                 "seed": seed, "stop.messages": count, "stop.duration_s": duration}
+                 "seed": seed, "stop.messages": count, "stop.duration_s": duration,
+                 "transport.close": close, "transport.url_spread": url_spread}
     p = build_profile(profile_arg, lclstreamer_config, overrides)
     if url is not None:
         p = _with_url(p, url)
+    for line in preflight_warnings(p):
+        click.echo(f"warning: {line}", err=True)
     tp = p.transport
-    if tp.role == "server" and tp.ranks > len(tp.all_urls):
+    if tp.role == "server" and tp.url_spread == "rank" and tp.ranks > len(tp.all_urls):
         raise UsageError(f"role server with {tp.ranks} ranks needs {tp.ranks} addresses in "
                          f"transport.urls (each rank binds its own); got {len(tp.all_urls)}")
     if dry_run:
@@ -251,6 +266,32 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
                 click.echo(line)
     if code:
         sys.exit(code)
+
+
+def preflight_warnings(p: Profile) -> list[str]:
+    """What the profile's ``target_consumer`` is known not to take (docs/lclstreamer.md)."""
+    if p.target_consumer != "peaknet-pipeline-ray":
+        return []
+    from simstream.schedule import messages_per_rank
+
+    who = "target_consumer peaknet-pipeline-ray (HEAD fb315e2)"
+    out = []
+    src = p.source
+    if src.format != "npz":
+        out.append(f"{who} parses only npz; source.format {src.format} messages will fail "
+                   f"to parse there")
+    n, last = messages_per_rank(p)
+    if n is not None and last < src.batch_size:
+        out.append(f"{who} raises on a batch smaller than its batch size: the last message "
+                   f"holds {last} of {src.batch_size} events "
+                   f"(source.total_events {src.total_events})")
+    if src.format == "npz" and len(src.shape) != 3:
+        out.append(f"{who} expects (B, C, H, W) detector data; source.shape {src.shape} "
+                   f"makes {len(src.shape) + 1} dimensions")
+    if p.transport.role == "server":
+        out.append(f"{who} binds (0.0.0.0, all interfaces): role server cannot meet it; "
+                   f"use role client")
+    return out
 
 
 def _with_url(p: Profile, url: str) -> Profile:

@@ -12,6 +12,15 @@ Nothing is forgotten: every attempt ends in one record (``delivered``,
 ``cut`` or ``lost``), including messages in flight or still queued when the
 run is stopped (Ctrl-C, a drain timeout) or when the peer disconnects.
 
+End of stream (``transport.close``): ``graceful`` lets the queue drain (within
+the drain time-out); ``abrupt`` closes as soon as the schedule is over, as
+LCLStreamer does (LINGER 0): the message being written and those still queued
+are lost, and their records say so in ``at_close`` (``in_flight``/``queued``).
+
+Several urls (``transport.url_spread``): ``rank`` gives each rank one url;
+``message`` opens every url in every rank and sends message k of the rank on
+url k mod len(urls), as one ZMQ PUSH socket on several endpoints does.
+
 Times: trio's clock drives sleeping (virtual in tests, with MockClock);
 records carry ``wall_clock()`` Unix seconds (``simstream.clock.now``).
 """
@@ -41,6 +50,7 @@ from simstream.timing import (
 __all__ = [
     "EmitResult",
     "RankStats",
+    "rank_urls_of",
     "SenderFactory",
     "default_message_factory",
     "default_sender_factory",
@@ -139,6 +149,12 @@ class RankStats:
     phase: str = ""
     queued: int = 0
     planned_end: str | None = None
+    #: messages discarded by the end-of-stream close, as (seq, "in_flight"|"queued")
+    tail: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def lost_at_tail(self) -> int:
+        return len(self.tail)
 
     @property
     def attempts(self) -> int:
@@ -208,7 +224,7 @@ class _Run:
 
 def _record(run: _Run, item: _Item, url: str, *, outcome: str, t_first: float | None = None,
             t_last: float | None = None, wire_bytes: int = 0, socket_wait_s: float = 0.0,
-            ) -> Record:
+            at_close: str | None = None) -> Record:
     p = item.planned
     return {
         "rank": p.rank,
@@ -228,6 +244,8 @@ def _record(run: _Run, item: _Item, url: str, *, outcome: str, t_first: float | 
         "faults": p.fault_names,
         "outcome": outcome,
         "url": url,
+        # lost because the stream's end closed the socket: "in_flight" or "queued"
+        "at_close": at_close,
     }
 
 
@@ -322,30 +340,45 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
             await trio.sleep_until(run.t0 + stop_s)
 
 
-async def _writer(run: _Run, rank: int, url: str, sender: Any,
-                  recv_ch: trio.MemoryReceiveChannel[_Item]) -> None:
+async def _writer(run: _Run, rank: int, links: list[tuple[str, Any]],
+                  recv_ch: trio.MemoryReceiveChannel[_Item], closing: trio.Event) -> None:
+    """Sends the rank's queue; message k goes on ``links[k % len(links)]`` (url, sender)."""
     stats = run.rank_stats(rank)
     t_idle = trio.current_time()  # when the previous attempt finished (trio time)
     current: _Item | None = None
+    k = 0
+    url = links[0][0]
     async with recv_ch:
         try:
             async for item in recv_ch:
                 current = item
+                url, sender = links[k % len(links)]
+                k += 1
                 await _send_one(run, rank, url, sender, item, stats, t_idle)
                 current = None
                 t_idle = trio.current_time()
         finally:
-            # stopped (Ctrl-C, drain timeout): what was in flight or queued is lost, and said so
+            # stopped (Ctrl-C, drain timeout, an abrupt close): what was in flight or
+            # queued is lost, and said so; after the schedule's end it is the tail
+            tail = closing.is_set()
             if current is not None:
-                run.emit(_record(run, current, url, outcome="lost"))
+                run.emit(_record(run, current, url, outcome="lost",
+                                 at_close="in_flight" if tail else None))
                 stats.lost += 1
+                if tail:
+                    stats.tail.append((current.planned.seq, "in_flight"))
             while True:
                 try:
                     left = recv_ch.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-                run.emit(_record(run, left, url, outcome="lost"))
+                left_url = links[k % len(links)][0]
+                k += 1
+                run.emit(_record(run, left, left_url, outcome="lost",
+                                 at_close="queued" if tail else None))
                 stats.lost += 1
+                if tail:
+                    stats.tail.append((left.planned.seq, "queued"))
             stats.queued = 0
 
 
@@ -449,12 +482,12 @@ async def run_emitter(
     recorded, then propagates.
     """
     tp = profile.transport
-    urls = tp.all_urls
     # rank ids are global (MPI) ids: the payload's rank, the log's, the seed of every
     # random stream and the URL choice all use them, so a rank is the same rank
     # whichever emitter process runs it
-    stats = [RankStats(rank=r, url=urls[r % len(urls)])
-             for r in range(tp.rank_offset, tp.rank_offset + tp.ranks)]
+    rank_urls = {r: rank_urls_of(profile, r)
+                 for r in range(tp.rank_offset, tp.rank_offset + tp.ranks)}
+    stats = [RankStats(rank=r, url=",".join(u)) for r, u in rank_urls.items()]
     if stats_out is not None:
         stats_out[:] = stats
     records = 0
@@ -466,14 +499,17 @@ async def run_emitter(
             on_record(rec)
 
     async with contextlib.AsyncExitStack() as stack:
-        senders = []
+        senders: list[list[tuple[str, Any]]] = []
         for st in stats:
-            cm = sender_factory(tp.kind, tp.role, st.url,
-                                connect_timeout_s=tp.connect_timeout_s,
-                                backoff_ms=(float(tp.reconnect_backoff_ms[0]),
-                                            float(tp.reconnect_backoff_ms[1])),
-                                on_event=on_event)
-            senders.append(await stack.enter_async_context(_open(cm)))
+            links = []
+            for url in rank_urls[st.rank]:
+                cm = sender_factory(tp.kind, tp.role, url,
+                                    connect_timeout_s=tp.connect_timeout_s,
+                                    backoff_ms=(float(tp.reconnect_backoff_ms[0]),
+                                                float(tp.reconnect_backoff_ms[1])),
+                                    on_event=on_event)
+                links.append((url, await stack.enter_async_context(_open(cm))))
+            senders.append(links)
         # payload factories are built (pools encoded) before the clock starts
         # and each rank's first message too: the start must not wait for an encode
         factories = []
@@ -496,7 +532,7 @@ async def run_emitter(
             async with trio.open_nursery() as nursery:
                 for st, sender, factory, first in zip(stats, senders, factories, firsts,
                                                       strict=True):
-                    nursery.start_soon(_rank_pair, run, st.rank, st.url, sender,
+                    nursery.start_soon(_rank_pair, run, st.rank, sender,
                                        factory, first, messages_in_thread, drain_timeout_s)
         except trio.Cancelled:
             result.interrupted = True
@@ -514,12 +550,21 @@ def _first_message(factory: Any, profile: Profile, rank: int) -> Any:
     return factory.message(0)
 
 
-async def _rank_pair(run: _Run, rank: int, url: str, sender: Any, factory: Any, first: Any,
-                     in_thread: bool, drain_timeout_s: float | None) -> None:
+def rank_urls_of(profile: Profile, rank: int) -> list[str]:
+    """The urls rank ``rank`` (a global id) sends on (``transport.url_spread``)."""
+    urls = profile.transport.all_urls
+    if profile.transport.url_spread == "message":
+        return urls
+    return [urls[rank % len(urls)]]
+
+
+async def _rank_pair(run: _Run, rank: int, links: list[tuple[str, Any]], factory: Any,
+                     first: Any, in_thread: bool, drain_timeout_s: float | None) -> None:
     send_ch, recv_ch = trio.open_memory_channel[_Item](run.profile.transport.sndhwm)
+    closing = trio.Event()
 
     def log_lost(item: _Item) -> None:
-        run.emit(_record(run, item, url, outcome="lost"))
+        run.emit(_record(run, item, links[0][0], outcome="lost"))
         run.rank_stats(rank).lost += 1
 
     async with trio.open_nursery() as nursery:
@@ -527,11 +572,17 @@ async def _rank_pair(run: _Run, rank: int, url: str, sender: Any, factory: Any, 
 
         async def writer() -> None:
             with writer_scope:
-                await _writer(run, rank, url, sender, recv_ch)
+                await _writer(run, rank, links, recv_ch, closing)
 
         nursery.start_soon(writer)
         await _scheduler(run, rank, factory.message, send_ch, in_thread=in_thread,
                          log_lost=log_lost, first=first)
+        closing.set()
+        if run.profile.transport.close == "abrupt":
+            # LINGER 0: the socket closes now; the message being written and the
+            # queue are dropped (the writer records them as the tail)
+            writer_scope.cancel()
+            return
         # the schedule is over: queued messages still go, within the drain timeout
         if run.drain_deadline is not None:
             writer_scope.deadline = run.drain_deadline

@@ -127,4 +127,10 @@ def summary_lines(result: EmitResult) -> list[str]:
                f"{tot['cut']}, lost {tot['lost']}; {tot['nbytes'] / 1e6:.1f} MB in {el:.2f} s = "
                f"{tot['nbytes'] / el / 1e6:.1f} MB/s; blocked {tot['blocked_s']:.2f} s"
                + ("; interrupted" if result.interrupted else ""))
+    tail = [(s.rank, seq, where) for s in result.ranks for seq, where in s.tail]
+    if tail:
+        shown = ", ".join(f"rank {r} seq {q} ({w})" for r, q, w in tail[:16])
+        more = f", ... {len(tail) - 16} more" if len(tail) > 16 else ""
+        out.append(f"lost_at_tail {len(tail)}: still queued or being written when the "
+                   f"stream closed (transport.close abrupt): {shown}{more}")
     return out

@@ -117,6 +117,7 @@ Q1_HIGH_SHARE = 0.80
 EMIT_LOG_KEYS = (
     "rank", "seq", "phase", "t_sched", "t_first_byte", "t_last_byte", "nbytes",
     "wire_bytes", "events", "blocked_s", "hwm_wait_s", "socket_wait_s", "faults", "outcome", "url",
+    "at_close",
 )
 EMIT_OUTCOMES = ("delivered", "cut", "lost")
 

@@ -18,7 +18,7 @@ from simstream.records.emitlog import parse_log_lines
 __all__ = ["read_emit_columns", "read_gpu", "read_messages", "read_numeric_csv"]
 
 _MESSAGE_TEXT = ("status", "reason")  # messages.csv's text columns
-_EMIT_TEXT = ("phase", "faults", "outcome", "url")  # the emit log's non-numeric keys
+_EMIT_TEXT = ("phase", "faults", "outcome", "url", "at_close")  # the emit log's non-numeric keys
 
 
 def _fill_empty(body: str) -> str:
