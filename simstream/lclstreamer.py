@@ -10,18 +10,27 @@ WIRE.md) onto a Profile, so a site's own config drives the emitter
 - ``data_sources``: one ``GenericRandomNumpyArray {array_shape: "20,2",
   array_dtype}`` -> the detector (shape, dtype, ``content: random``);
   ``IntValue``/``FloatValue {value}`` -> extra per-event scalar fields
-  (values in ``source.scalars`` where the profile model has that key).
+  (values in ``source.scalars`` where the profile model has that key);
+  the numpy branch's ``GenericRandomTimestamp`` / ``GenericRandomWavelength`` ->
+  ``source.timestamp: random`` / ``source.wavelength: random`` under that name.
 - ``processing_pipeline``: ``BatchProcessingPipeline {batch_size}`` or
   ``PeaknetPreprocessingPipeline {batch_size, target_height, target_width,
   pad_style, add_channel_dim, num_channels}`` -> batch size, and for PeakNet the
-  padded shape [C, H, W] (or [H, W] without the channel dimension).
+  padded shape [C, H, W] (or [H, W] without the channel dimension) with
+  ``source.pad_from`` the detector's [H, W] (zero padding) and ``pad_style``.
 - ``data_serializer``: ``HDF5BinarySerializer {compression_level, compression,
   fields}`` -> format hdf5, compression (``bitshuffle_with_lz4`` ->
   ``bitshuffle_lz4`` and so on; ``zfp`` refused), dataset paths. The npz branch's
   ``NumpyBinarySerializer {use_compression}`` -> format npz.
 - ``data_handlers``: ``BinaryDataStreamingDataHandler {urls, role, library,
-  socket_type}`` -> transport (kind zmq or nng, role, urls); file-writing
-  handlers are ignored.
+  socket_type}`` -> transport (kind zmq, role (default server, as LCLStreamer's
+  parameter model), urls with ``url_spread: message``: one PUSH socket on every
+  url round-robins messages over them); file-writing handlers are ignored.
+  ``library: nng`` is accepted with a warning (``warnings``): LCLStreamer's main
+  refuses it since nng was removed in March 2026.
+
+The stream ends as LCLStreamer's does: ``transport.close: abrupt`` (LINGER 0),
+SNDHWM 5.
 
 Every problem raises ProfileError naming the path in the LCLStreamer file
 (e.g. ``data_serializer.compression: 'zfp' ...``).
@@ -36,7 +45,15 @@ import yaml
 
 from simstream.profile import DTYPES, Profile, ProfileError, Source, parse_profile
 
-__all__ = ["profile_from_lclstreamer_config"]
+__all__ = ["profile_from_lclstreamer_config", "warnings_for"]
+
+#: what the last import noticed that the user should hear (printed by ``emit``)
+_WARNINGS: dict[str, list[str]] = {}
+
+
+def warnings_for(path: str | Path) -> list[str]:
+    """Warnings noticed while importing ``path`` (e.g. ``library: nng``)."""
+    return list(_WARNINGS.get(str(Path(path)), []))
 
 _TOP = (
     "source_identifier",
@@ -65,6 +82,7 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.warnings: list[str] = []
 
     def fail(self, path: str, msg: str) -> ProfileError:
         return ProfileError([f"{path}: {msg}"], self.source)
@@ -115,6 +133,7 @@ def profile_from_lclstreamer_config(path: str | Path) -> Profile:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ProfileError([f"{where}YAML syntax: {getattr(e, 'problem', None) or e}"], src) from None
     r = _Reader(src)
+    _WARNINGS[src] = r.warnings
     top = r.mapping(data, "(top level)")
     r.keys(top, "", _TOP)
     for key in ("event_source", "data_sources", "processing_pipeline", "data_serializer"):
@@ -122,9 +141,10 @@ def profile_from_lclstreamer_config(path: str | Path) -> Profile:
             raise r.fail(key, "required key is missing")
 
     total_events = _event_source(r, top["event_source"])
-    detector, scalars = _data_sources(r, top["data_sources"])
-    batch_size, shape = _pipeline(r, top["processing_pipeline"], detector["shape"])
-    fmt, compression, level, fields = _serializer(r, top["data_serializer"], detector["name"], scalars)
+    detector, scalars, generated = _data_sources(r, top["data_sources"])
+    batch_size, shape, pad = _pipeline(r, top["processing_pipeline"], detector["shape"])
+    fmt, compression, level, fields = _serializer(
+        r, top["data_serializer"], detector["name"], scalars, generated)
     transport = _handlers(r, top.get("data_handlers") or [])
 
     source: dict[str, Any] = {
@@ -138,6 +158,9 @@ def profile_from_lclstreamer_config(path: str | Path) -> Profile:
         "fields": fields,
         "total_events": total_events,
         "pool": None,
+        **pad,
+        **{("timestamp" if k == "timestamp" else "wavelength"): "random"
+           for k in generated.values()},
     }
     if "scalars" in Source.model_fields:
         source["scalars"] = {n: v for n, v in scalars.items() if n in fields}
@@ -162,10 +185,17 @@ def _event_source(r: _Reader, value: Any) -> int:
     return r.integer(node, "number_of_events_to_generate", "event_source")
 
 
-def _data_sources(r: _Reader, value: Any) -> tuple[dict[str, Any], dict[str, int | float]]:
+_GENERATED = {"GenericRandomTimestamp": "timestamp", "GenericRandomWavelength": "photon_wavelength"}
+
+
+def _data_sources(
+    r: _Reader, value: Any
+) -> tuple[dict[str, Any], dict[str, int | float], dict[str, str]]:
+    """(detector, scalar name -> value, generated source name -> simstream field)."""
     sources = r.mapping(value, "data_sources")
     detector: dict[str, Any] | None = None
     scalars: dict[str, int | float] = {}
+    generated: dict[str, str] = {}
     for name, spec in sources.items():
         path = f"data_sources.{name}"
         t, node = r.typed(spec, path)
@@ -177,6 +207,11 @@ def _data_sources(r: _Reader, value: Any) -> tuple[dict[str, Any], dict[str, int
                 )
             r.keys(node, path, ("type", "array_shape", "array_dtype"))
             detector = {"name": name, "shape": _shape(r, node, path), "dtype": _dtype(r, node, path)}
+        elif t in _GENERATED:
+            r.keys(node, path, ("type",))
+            if _GENERATED[t] in generated.values():
+                raise r.fail(path, f"a second {t} source; simstream sends one")
+            generated[name] = _GENERATED[t]
         elif t in ("IntValue", "FloatValue"):
             r.keys(node, path, ("type", "value"))
             if "value" not in node:
@@ -190,11 +225,12 @@ def _data_sources(r: _Reader, value: Any) -> tuple[dict[str, Any], dict[str, int
         else:
             raise r.fail(
                 f"{path}.type",
-                f"{t!r} is not supported; use GenericRandomNumpyArray, IntValue or FloatValue",
+                f"{t!r} is not supported; use GenericRandomNumpyArray, IntValue, FloatValue, "
+                "GenericRandomTimestamp or GenericRandomWavelength",
             )
     if detector is None:
         raise r.fail("data_sources", "no GenericRandomNumpyArray source to act as the detector")
-    return detector, scalars
+    return detector, scalars, generated
 
 
 def _shape(r: _Reader, node: dict[str, Any], path: str) -> list[int]:
@@ -226,15 +262,21 @@ def _dtype(r: _Reader, node: dict[str, Any], path: str) -> str:
     return name
 
 
-def _pipeline(r: _Reader, value: Any, shape: list[int]) -> tuple[int, list[int]]:
+def _pipeline(
+    r: _Reader, value: Any, shape: list[int]
+) -> tuple[int, list[int], dict[str, Any]]:
+    """(batch size, per-event shape sent, padding keys of the source)."""
     t, node = r.typed(value, "processing_pipeline")
     path = "processing_pipeline"
     if t == "BatchProcessingPipeline":
         r.keys(node, path, ("type", "batch_size"))
-        return r.integer(node, "batch_size", path), shape
+        return r.integer(node, "batch_size", path), shape, {}
     if t == "PeaknetPreprocessingPipeline":
+        # num_channels: main; merge_batch_and_channel and the normalisation keys: the
+        # numpy branch (normalisation changes values, not the layout: not emulated)
         allowed = ("type", "batch_size", "target_height", "target_width", "pad_style",
-                   "add_channel_dim", "num_channels")
+                   "add_channel_dim", "num_channels", "merge_batch_and_channel",
+                   "apply_normalization", "norm_eps", "norm_check_nan", "norm_scale_variance")
         r.keys(node, path, allowed)
         batch = r.integer(node, "batch_size", path)
         h = r.integer(node, "target_height", path)
@@ -246,26 +288,41 @@ def _pipeline(r: _Reader, value: Any, shape: list[int]) -> tuple[int, list[int]]
         if not isinstance(add, bool):
             raise r.fail(f"{path}.add_channel_dim", f"{add!r} is not true or false")
         channels = r.integer(node, "num_channels", path) if "num_channels" in node else 1
-        if len(shape) >= 2 and (shape[-2] > h or shape[-1] > w):
+        if node.get("merge_batch_and_channel"):
+            raise r.fail(f"{path}.merge_batch_and_channel",
+                         "true is not supported (it reshapes (B, C, H, W) to (B*C, 1, H, W))")
+        if node.get("apply_normalization"):
+            r.warnings.append(f"{path}.apply_normalization: true is not emulated; the "
+                              "images are sent unnormalised (same shapes and dtypes)")
+        if len(shape) != 2:
+            raise r.fail(f"{path}.type", f"PeakNet pads 2-D images; the detector's shape is {shape}")
+        if shape[-2] > h or shape[-1] > w:
             raise r.fail(
                 f"{path}.target_height",
                 f"the detector's {shape[-2]}x{shape[-1]} images do not fit a {h}x{w} pad",
             )
-        return batch, ([channels, h, w] if add else [h, w])
+        pad = {"pad_from": list(shape[-2:]), "pad_style": style}
+        return batch, ([channels, h, w] if add else [h, w]), pad
     raise r.fail(
         f"{path}.type", f"{t!r} is not supported; use BatchProcessingPipeline or PeaknetPreprocessingPipeline"
     )
 
 
 def _serializer(
-    r: _Reader, value: Any, detector: str, scalars: dict[str, int | float]
+    r: _Reader, value: Any, detector: str, scalars: dict[str, int | float],
+    generated: dict[str, str],
 ) -> tuple[str, str, int, dict[str, str]]:
     t, node = r.typed(value, "data_serializer")
     path = "data_serializer"
     if t == "NumpyBinarySerializer":
         r.keys(node, path, ("type", "use_compression"))
-        fields = {"detector_data": detector, **{n: n for n in scalars}}
-        return "npz", "gzip" if node.get("use_compression") else "none", 3, fields
+        # every source goes in, under its own name (savez(**arrays))
+        fields = {"detector_data": detector, **{f: n for n, f in generated.items()},
+                  **{n: n for n in scalars}}
+        use = node.get("use_compression", True)  # the branch's default
+        if not isinstance(use, bool):
+            raise r.fail(f"{path}.use_compression", f"{use!r} is not true or false")
+        return "npz", "gzip" if use else "none", 3, fields
     if t != "HDF5BinarySerializer":
         raise r.fail(
             f"{path}.type", f"{t!r} is not supported; use HDF5BinarySerializer (or NumpyBinarySerializer)"
@@ -289,6 +346,8 @@ def _serializer(
             raise r.fail(f"{path}.fields.{name}", f"{target!r} is not a dataset path")
         if name == detector:
             fields["detector_data"] = target
+        elif name in generated:
+            fields[generated[name]] = target
         elif name in scalars:
             fields[name] = target
         else:
@@ -321,9 +380,18 @@ def _handlers(r: _Reader, value: Any) -> dict[str, Any]:
         library = node.get("library", "zmq")
         if library not in ("zmq", "nng"):
             raise r.fail(f"{path}.library", f"{library!r} is not one of zmq, nng")
+        if library == "nng":
+            r.warnings.append(
+                f"{path}.library: nng is accepted here, but LCLStreamer's main refuses it "
+                "(its nng support was removed in March 2026; only zmq is left)")
         if node.get("socket_type", "push") != "push":
             raise r.fail(f"{path}.socket_type", f"{node['socket_type']!r} is not push")
-        transport = {"kind": library, "role": role, "url": urls[0]}
+        # LCLStreamer's handler: SNDHWM 5, LINGER 0 (an abrupt close), and one PUSH
+        # socket on every url, which ZMQ round-robins messages over
+        transport = {"kind": library, "role": role, "url": urls[0], "sndhwm": 5,
+                     "close": "abrupt", "url_spread": "message"}
         if len(urls) > 1:
             transport["urls"] = list(urls)
+    if not transport:
+        transport = {"close": "abrupt", "sndhwm": 5}
     return transport

@@ -513,3 +513,35 @@ def test_every_planned_attempt_ends_in_exactly_one_record(prof: Any, link: float
             assert r["outcome"] in ("delivered", "cut")
             assert r["t_first_byte"] >= r["t_sched"] - 1e-9
             assert (r["outcome"] == "cut") == bool({"reset", "truncate"} & set(r["faults"]))
+
+
+def test_url_spread_message_round_robins_one_rank_over_every_url() -> None:
+    # LCLStreamer: one PUSH socket connected to two urls sends 8 messages 4 and 4
+    urls = ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"]
+    prof = profile(transport={"urls": urls, "url_spread": "message"}, stop={"messages": 8})
+    records, _, transport = emit(prof)
+    assert [u for _, _, u in transport.opened] == urls
+    by_seq = {r["seq"]: r["url"] for r in records}
+    assert [by_seq[s] for s in range(8)] == urls * 4
+    assert [len(s.sent) for s in transport.senders] == [4, 4]
+
+
+@pytest.mark.parametrize("close", ["abrupt", "graceful"])
+def test_end_of_stream_close_abrupt_drops_the_tail_graceful_drains_it(close: str) -> None:
+    # 10 messages produced at once over a link that takes 10 ms each, SNDHWM 3
+    prof = profile(transport={"sndhwm": 3, "close": close}, stop={"messages": 10})
+    records, out, transport = emit(prof, transport=FakeTransport(link_bytes_per_s=100_000),
+                                   nbytes=1000 - OVERHEAD)
+    assert sorted(r["seq"] for r in records) == list(range(10))
+    result = out["result"]
+    if close == "graceful":
+        assert all(r["outcome"] == "delivered" and r["at_close"] is None for r in records)
+        assert result.ranks[0].tail == []
+        return
+    tail = {r["seq"]: r["at_close"] for r in records if r["at_close"] is not None}
+    # the producer's last put leaves one being written and SNDHWM queued: all dropped
+    assert tail == {6: "in_flight", 7: "queued", 8: "queued", 9: "queued"}
+    assert all(r["outcome"] == "lost" for r in records if r["seq"] in tail)
+    assert all(r["outcome"] == "delivered" for r in records if r["seq"] not in tail)
+    assert result.ranks[0].lost_at_tail == 4 and len(transport.senders[0].sent) == 6
+    assert out["end"] == pytest.approx(0.06)  # closed as the last message was queued

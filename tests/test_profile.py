@@ -62,7 +62,9 @@ def test_every_bundled_profile_validates(name: str) -> None:
 
 def test_lclstreamer_default_matches_lclstreamer() -> None:
     p = load_profile(find_profile("lclstreamer-default"))
-    assert p.transport.role == "client"
+    # the parameter model's default role; LINGER 0 closes abruptly; one socket on all urls
+    assert p.transport.role == "server"
+    assert p.transport.close == "abrupt" and p.transport.url_spread == "message"
     assert p.transport.sndhwm == 5
     assert p.transport.url.endswith(":12321")
     assert p.source.format == "hdf5" and p.source.compression == "none"

@@ -40,7 +40,11 @@ def build_profile(profile_arg: str | None, lclstreamer_config: str | None,
     if lclstreamer_config is not None:
         from simstream.lclstreamer import profile_from_lclstreamer_config
 
+        from simstream.lclstreamer import warnings_for
+
         base = profile_from_lclstreamer_config(lclstreamer_config)
+        for line in warnings_for(lclstreamer_config):
+            click.echo(f"warning: {line}", err=True)
         if profile_arg is not None:
             raise UsageError("give either --profile or --lclstreamer-config, not both")
     elif profile_arg is None:
