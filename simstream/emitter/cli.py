@@ -38,9 +38,7 @@ def build_profile(profile_arg: str | None, lclstreamer_config: str | None,
                   overrides: dict[str, Any]) -> Profile:
     """The profile the flags ask for. Raises ProfileError / UsageError (exit 2)."""
     if lclstreamer_config is not None:
-        from simstream.lclstreamer import profile_from_lclstreamer_config
-
-        from simstream.lclstreamer import warnings_for
+        from simstream.lclstreamer import profile_from_lclstreamer_config, warnings_for
 
         base = profile_from_lclstreamer_config(lclstreamer_config)
         for line in warnings_for(lclstreamer_config):
