@@ -51,6 +51,7 @@ from simstream.diagnose.figures import (
     figures_json,
 )
 from simstream.diagnose.load import RunData
+from simstream.records.contract import Q1_HIGH_SHARE, STARVATION_UTILISATION
 
 __all__ = ["Evidence", "compute_evidence", "interval_union", "ks_statistic", "pct"]
 
@@ -300,8 +301,9 @@ def _q1(run: RunData, base: _Base) -> tuple[Q1Figures, np.ndarray, np.ndarray]:
 
     return Q1Figures(
         source=src, maxsize=maxsize, samples=int(win.sum()), mean_depth=share(d),
-        mean_occupancy=share(frac), share_empty=share(d <= 0), share_under_30pct=share(frac < 0.3),
-        share_over_80pct=share(frac > 0.8), share_full=share(d >= maxsize)), qt, qd
+        mean_occupancy=share(frac), share_empty=share(d <= 0),
+        share_under_30pct=share(frac < STARVATION_UTILISATION),
+        share_over_80pct=share(frac > Q1_HIGH_SHARE), share_full=share(d >= maxsize)), qt, qd
 
 
 def _put_block(base: _Base, maxsize: int) -> np.ndarray:
