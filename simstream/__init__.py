@@ -14,8 +14,10 @@ Layout (where a change belongs):
 - ``diagnose``     verdicts, reports, plots and traces from a run directory.
 - ``cli``          the ``simstream`` command; thin, delegates to the modules.
 
-The consumer side (receiver, parse, Q1, GPU executor) is the sibling package
-``pipeline``; it needs torch, the producer side does not.
+The consumer side (receiver, parse, Q1, GPU executor) is ``simstream.pipeline``
+(the repository's top-level ``pipeline/``); it needs the ``consumer`` extra
+(torch, pyzmq, pynng), the producer side does not. The bundled profiles are
+package data under ``simstream/profiles`` (the repository's ``profiles/``).
 """
 
 __version__ = "0.1.0"

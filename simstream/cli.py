@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from simstream import __version__
 from simstream.errors import UsageError
 from simstream.profile import (
     ProfileError,
@@ -71,7 +72,8 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="simstream")
+@click.version_option(__version__, "--version", prog_name="simstream",
+                      message="%(prog)s %(version)s")
 def cli() -> None:
     """A fake LCLStreamer and a measured GPU consumer, to find why inference starves."""
 

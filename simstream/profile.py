@@ -598,19 +598,25 @@ def profile_schema() -> dict[str, Any]:
 
 
 def profiles_dir() -> Path:
-    """The folder of bundled profiles (the repository's ``profiles/``)."""
+    """The folder of bundled profiles: package data of ``simstream`` (in a checkout,
+    ``simstream/profiles`` is a link to the repository's ``profiles/``).
+    ``SIMSTREAM_PROFILES`` names another folder."""
     import os
+    from importlib.resources import files
 
     env = os.environ.get("SIMSTREAM_PROFILES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "profiles"
+    # a regular install (wheel, editable, checkout on the path) is on the file system
+    return Path(str(files("simstream").joinpath("profiles")))
 
 
 def bundled_profiles() -> dict[str, Path]:
     """Bundled profile name -> path; hypotheses are named ``hypotheses/NAME``."""
     root = profiles_dir()
     out: dict[str, Path] = {}
+    if not root.is_dir():
+        return out
     for p in sorted(root.rglob("*.yaml")):
         out[p.relative_to(root).with_suffix("").as_posix()] = p
     return out
