@@ -205,7 +205,7 @@ FLAG_CASES: list[tuple[list[str], str]] = [
     (["emit"], "--profile"),
     (["emit", "--profile", "no-such-profile"], "no-such-profile"),
     (["emit", "--profile", "steady", "--log", "/no/such/dir/e.jsonl"], "--log"),
-    (["emit", "--profile", "steady", "--loopback", "--transport", "nng"], "--loopback"),
+    (["emit", "--profile", "steady", "--loopback", "--url", "tcp://127.0.0.1:5555"], "--loopback"),
     (["consume", "--bind", "tcp://127.0.0.1:1", "--connect", "tcp://127.0.0.1:2"],
      "--bind and --connect"),
     (["consume", "--bind", "127.0.0.1:5555"], "--bind"),

@@ -89,7 +89,7 @@ def test_lclstreamer_config_is_a_base_profile(capsys: Any) -> None:
     (["emit"], "--profile is required"),
     (["emit", "--profile", "steady", "--count", "0"], "0"),
     (["emit", "--profile", "steady", "--url", "http://x"], "transport.url"),
-    (["emit", "--profile", "steady", "--loopback", "--transport", "nng"], "--loopback"),
+    (["emit", "--profile", "steady", "--loopback", "--url", "tcp://127.0.0.1:5555"], "--loopback"),
     (["emit", "--profile", "steady", "--log", "/no/such/dir/x.jsonl"], "does not exist"),
     (["emit", "--profile", "steady", "--role", "server", "--ranks", "2"], "needs 2 addresses"),
 ])

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 BLOCK = """
@@ -56,3 +58,15 @@ def test_consume_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
     assert cp.returncode == 1
     assert "Traceback" not in cp.stderr
     assert "pip install 'simstream[consumer]'" in cp.stderr
+
+
+@pytest.mark.integration
+def test_loopback_needs_no_pyzmq() -> None:
+    """The loopback receiver speaks ZMTP through simstream.wire, not pyzmq."""
+    cp = run_blocked(
+        "from simstream.cli import main\n"
+        "main(['emit', '--profile', 'steady', '--loopback', '--count', '3', '--ranks', '2'])\n"
+    )
+    assert cp.returncode == 0, cp.stderr
+    assert "received 6 messages" in cp.stdout and "0 undecodable, 0 duplicated" in cp.stdout
+    assert "delivered 6, cut 0, lost 0" in cp.stdout

@@ -210,7 +210,8 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
 @click.option("--lclstreamer-config", type=click.Path(dir_okay=False),
               help="a real LCLStreamer YAML config as the base profile")
 @click.option("--loopback", is_flag=True,
-              help="start a pyzmq PULL receiver on a free 127.0.0.1 port and emit to it")
+              help="start a receiver (simstream's own, no pyzmq needed) on a free "
+                   "127.0.0.1 port and emit to it")
 @click.option("--progress/--no-progress", "show_progress", default=None,
               help="live table (default: when stderr is a terminal)")
 @click.option("--close", "close", type=click.Choice(["graceful", "abrupt"]),
@@ -250,6 +251,9 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
 
     receiver = None
     if loopback:
+        if url is not None or role == "server":
+            raise UsageError("--loopback chooses its own address and connects to it: "
+                             "drop --url / --role server")
         receiver = _start_loopback(p)
         p = _with_url(p.with_overrides({"transport.role": "client"}), receiver["url"])
     tty = False if loopback else show_progress
@@ -308,17 +312,15 @@ def _with_url(p: Profile, url: str) -> Profile:
 
 
 def _start_loopback(p: Profile) -> dict[str, Any]:
-    from simstream.emitter.receiver import receive
+    from simstream.emitter.receiver import listen
 
-    if p.transport.kind != "zmq":
-        raise UsageError(f"--loopback receives with pyzmq: it needs --transport zmq, "
-                         f"not {p.transport.kind}")
     box: dict[str, Any] = {"ready": threading.Event(), "stop": threading.Event()}
 
     def target() -> None:
         try:
-            box["summary"] = receive(
-                "tcp://127.0.0.1:0", bind=True, idle_timeout_s=1.0, ready=box["ready"],
+            box["summary"] = listen(
+                "tcp://127.0.0.1:0", kind=p.transport.kind, idle_timeout_s=1.0,
+                ready=box["ready"],
                 stop=box["stop"], echo=lambda s: click.echo(s),
                 on_bound=lambda u: box.__setitem__("url", u))
         except BaseException as e:  # noqa: BLE001 - reported by the main thread

@@ -1,6 +1,10 @@
-"""A small pyzmq PULL receiver: what arrived, and when (the loopback demo).
+"""A small receiver: what arrived, and when (the loopback demo).
 
-Not the consumer (that is ``pipeline``): it only timestamps each message,
+``listen`` speaks the three transports through simstream's own sans-IO wire
+layer (``simstream.wire``), so a producer-only install needs no pyzmq for
+``emit --loopback``; ``receive`` is the same on a real pyzmq PULL socket.
+
+Not the consumer (that is ``simstream.pipeline``): it only timestamps each message,
 decodes it with ``simstream.codec`` to read the simstream sequence and rank,
 and prints one line per message with the gap since the previous one. Gaps
 longer than ``stall_gap_s`` (100 ms) split the stream into bursts; the summary
@@ -9,6 +13,8 @@ lists them, so the demo shows the profile's bursts and stalls as they arrive.
 
 from __future__ import annotations
 
+import selectors
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +24,7 @@ from simstream import clock
 from simstream.errors import UsageError
 from simstream.records.contract import field_keys
 
-__all__ = ["Arrival", "ReceiveSummary", "decode_ids", "format_arrival", "receive"]
+__all__ = ["Arrival", "ReceiveSummary", "decode_ids", "format_arrival", "listen", "receive"]
 
 STALL_GAP_S = 0.1
 
@@ -208,4 +214,143 @@ def receive(
             t_last = t
     finally:
         sock.close(linger=0)
+    return summary
+
+
+def listen(
+    url: str,
+    *,
+    kind: str = "zmq",
+    count: int | None = None,
+    idle_timeout_s: float = 2.0,
+    on_message: Callable[[Arrival], None] | None = None,
+    echo: Callable[[str], None] | None = print,
+    ready: threading.Event | None = None,
+    stop: threading.Event | None = None,
+    max_wait_s: float = 3600.0,
+    decode: bool = True,
+    on_bound: Callable[[str], None] | None = None,
+) -> ReceiveSummary:
+    """``receive`` without pyzmq: a listening TCP socket whose peers (any number, one
+    per rank) are spoken to with ``simstream.wire`` as a PULL socket of ``kind``
+    ("zmq": ZMTP 3.x, "nng": SP push0/pull0, "tcp": 8-byte length prefix).
+
+    Same stop rules and summary as ``receive``. A peer that breaks the protocol is
+    dropped with one line on ``echo``; the others go on. Raises UsageError if the
+    address cannot be bound or ``kind`` is unknown.
+    """
+    from simstream.wire import NEED_DATA, ConnectionClosed, Message, RemoteProtocolError
+    from simstream.wire import new_connection as wire_connection
+    from simstream.wire.errors import LocalProtocolError
+
+    try:
+        wire_connection(kind, "PULL")
+    except LocalProtocolError as e:
+        raise UsageError(str(e)) from None
+    if decode:
+        from simstream import codec  # noqa: F401 - imported now, not on the first message
+    if not url.startswith("tcp://") or ":" not in url[6:]:
+        raise UsageError(f"receiver address {url!r}: expected tcp://HOST:PORT")
+    host, _, port_s = url[6:].rpartition(":")
+    host = host.strip("[]")
+    summary = ReceiveSummary(t_start=clock.now())
+    try:
+        lsock = socket.create_server((host, int(port_s)), family=socket.AF_INET6
+                                     if ":" in host else socket.AF_INET, backlog=64)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"receiver cannot bind {url}: {e}") from None
+    sel = selectors.DefaultSelector()
+    peers: dict[socket.socket, Any] = {}
+    try:
+        lsock.setblocking(False)
+        sel.register(lsock, selectors.EVENT_READ)
+        bound_host = f"[{host}]" if ":" in host else host
+        summary.bound_url = f"tcp://{bound_host}:{lsock.getsockname()[1]}"
+        if on_bound is not None:
+            on_bound(summary.bound_url)
+        if ready is not None:
+            ready.set()
+        t_last: float | None = None
+        prev_t: float | None = None
+        deadline = summary.t_start + max_wait_s
+
+        def drop(sock: socket.socket) -> None:
+            sel.unregister(sock)
+            peers.pop(sock, None)
+            sock.close()
+
+        while count is None or len(summary.arrivals) < count:
+            now = clock.now()
+            if now >= deadline:
+                break
+            idle_from = t_last
+            if stop is not None and stop.is_set():
+                idle_from = t_last if t_last is not None else now - idle_timeout_s
+            if idle_from is not None and now - idle_from >= idle_timeout_s:
+                break
+            for key, _ in sel.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is lsock:
+                    try:
+                        peer, _addr = lsock.accept()
+                    except BlockingIOError:
+                        continue
+                    peer.settimeout(10.0)  # for the few handshake bytes we owe it
+                    conn = wire_connection(kind, "PULL", as_server=True)
+                    try:
+                        peer.sendall(conn.initiate())
+                    except OSError:
+                        peer.close()
+                        continue
+                    peers[peer] = conn
+                    sel.register(peer, selectors.EVENT_READ)
+                    continue
+                conn = peers[sock]
+                try:
+                    data = sock.recv(1 << 20)
+                except OSError:
+                    data = b""
+                conn.receive_data(data)
+                try:
+                    while True:
+                        event = conn.next_event()
+                        owed = conn.data_to_send()
+                        if owed:
+                            sock.sendall(owed)
+                        if event is NEED_DATA:
+                            break
+                        if isinstance(event, ConnectionClosed):
+                            if event.unprocessed_bytes and echo is not None:
+                                echo(f"peer closed part-way through a message "
+                                     f"({event.unprocessed_bytes} bytes discarded)")
+                            drop(sock)
+                            break
+                        if not isinstance(event, Message):
+                            continue
+                        t = clock.now()
+                        buf = event.payload
+                        if decode:
+                            seq, rank, events, err = decode_ids(buf)
+                        else:
+                            seq = rank = events = None
+                            err = None
+                        a = Arrival(len(summary.arrivals), t, len(buf), seq, rank, events, err)
+                        summary.arrivals.append(a)
+                        if echo is not None:
+                            echo(format_arrival(a, summary.t_start, prev_t))
+                        if on_message is not None:
+                            on_message(a)
+                        prev_t = t_last = t
+                except RemoteProtocolError as e:
+                    if echo is not None:
+                        echo(f"peer dropped: {e}")
+                    drop(sock)
+                except OSError:
+                    drop(sock)
+    finally:
+        for sock in list(peers):
+            sock.close()
+        sel.close()
+        lsock.close()
     return summary
