@@ -32,6 +32,8 @@ import numpy as np
 
 from simstream.clock import now
 
+from .decode import Decoder, ParsedBatch, ParseError
+
 __all__ = ["IsolatedParser", "WorkerHook"]
 
 #: called in the worker with the payload before it is decoded (tests use it to crash
@@ -46,9 +48,7 @@ def _worker_main(conn: Any, fields: dict[str, str], expected: list[str],
     """The worker loop: payload in, (header[, array bytes]) out, until EOF."""
     # the parent handles Ctrl-C; a worker must not die of the terminal's SIGINT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from simstream.pipeline.parse import ParseError, Parser
-
-    parser = Parser(fields, expected, event_shape)
+    parser = Decoder(fields, expected, event_shape)
     conn.send(("ready",))
     while True:
         try:
@@ -117,7 +117,7 @@ class _Worker:
 class IsolatedParser:
     """``Parser``'s ``parse`` contract, each decode in a worker process.
 
-    ``fields``, ``expected``, ``event_shape``, ``host_alloc``: as ``pipeline.parse.Parser``.
+    ``fields``, ``expected``, ``event_shape``, ``host_alloc``: as ``pipeline.decode.Decoder``.
     ``workers``: processes (at most that many messages decode at once).
     ``timeout_s``: longest decode of one message before its worker is killed.
     ``hook``: see ``WorkerHook`` (tests only).
@@ -173,10 +173,8 @@ class IsolatedParser:
         if not closed:
             self._spawn()
 
-    def parse(self, payload: bytes | bytearray | memoryview) -> Any:
+    def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
         """Decode one message in a worker. Raises ParseError (the quarantine reason)."""
-        from simstream.pipeline.parse import ParsedBatch, ParseError
-
         t0 = now()
         w = self._idle.get()
         healthy = False

@@ -47,8 +47,13 @@ from simstream.clock import now
 from simstream.errors import UsageError
 
 from .config import ConsumerConfig
+from .context import StageContext
+from .inference import InferenceLoop, build_engine, report_progress, warm_up
+from .ingest import parse_in_actor, parse_in_receiver
 from .q1 import Q1Sampler, Q1Stats, RayQ1
+from .receiver import check_bindable, open_receiver
 from .records import QUARANTINE_HEAD_BYTES, RunRecords
+from .summary import device_facts, summary_extra
 
 __all__ = ["InferenceActor", "ReceiverActor", "RecordRelay", "replay", "run_ray_consumer"]
 
@@ -115,7 +120,7 @@ class _HostArrays:
     into, reused once Ray has serialised the batch into its object store."""
 
     def __init__(self, keep: int) -> None:
-        from .pinned import PinnedPool
+        from .pinned import PinnedPool  # torch
 
         self.pool = PinnedPool(pin=False, max_free=keep)
 
@@ -172,9 +177,6 @@ class ReceiverActor(_Actor):
 
     def start(self) -> str | None:
         """Bind (or connect) and start receiving; a usage error's message, or None."""
-        from .consumer import _parse_in_actor, _parse_in_receiver, _Run
-        from .receiver import check_bindable, open_receiver
-
         cfg = self.cfg
         try:
             if cfg.role == "bind":
@@ -184,10 +186,10 @@ class ReceiverActor(_Actor):
         except UsageError as exc:
             return str(exc)
         # a batch's buffer is free again once its put has serialised it
-        self.run = _Run(cfg, self.relay, self.q1, _HostArrays(2 * cfg.parser_threads + 1),
+        self.run = StageContext(cfg, self.relay, self.q1, _HostArrays(2 * cfg.parser_threads + 1),
                         self.stop_event,
                         stripe=self.stripe, track_put_end=False)
-        target = _parse_in_receiver if cfg.parse_in == "receiver" else _parse_in_actor
+        target = parse_in_receiver if cfg.parse_in == "receiver" else parse_in_actor
         self._start_thread(lambda: target(self.run, self.rx), f"receiver-{self.stripe[0]}")
         return None
 
@@ -236,22 +238,17 @@ class InferenceActor(_Actor):
     def start(self, warmup: bool = True) -> dict[str, Any]:
         """Build and warm the engine, then start taking batches from Q1. Returns the
         device it runs on, or ``{"error": message}`` for a usage error (device, model)."""
-        import numpy as np
-
-        from .consumer import _build_engine, _Inference, _Run, device_facts
-
         cfg = self.cfg.model_copy(update={"device": self.device})
         try:
-            self.engine = _build_engine(cfg)
+            self.engine = build_engine(cfg)
         except UsageError as exc:
             return {"error": str(exc)}
-        if warmup and hasattr(self.engine, "warmup"):
-            rc = cfg.random
-            self.engine.warmup((rc.batch_size, *rc.shape), np.dtype(rc.dtype), batches=cfg.buffers)
-        run = _Run(cfg, self.relay, self.q1, self.engine, self.stop_event, track_put_end=False)
-        inference = _Inference(run, None)
-        inference.device = self.number
-        inference.progress = lambda: {}  # type: ignore[method-assign]  # the driver reports
+        if warmup:
+            warm_up(self.engine, cfg)
+        run = StageContext(cfg, self.relay, self.q1, self.engine, self.stop_event,
+                           track_put_end=False)
+        # the driver reports progress
+        inference = InferenceLoop(run, None, device=self.number, report=False)
         self.run, self.inference = run, inference
         self._start_thread(inference.loop, f"inference-{self.number}")
         device, desc = device_facts(self.engine)
@@ -342,8 +339,6 @@ def run_ray_consumer(
     """One consumer run on Ray actors into ``out_dir``; returns the summary (as
     :func:`pipeline.consumer.run_consumer`, which calls this). Raises UsageError for
     bad settings (Ray, addresses, devices), RuntimeError when an actor failed."""
-    from .consumer import report_progress, summary_extra
-
     if cfg.mode != "socket":
         raise UsageError("ray.actors needs mode socket (random mode has no receivers)")
     stop = stop or threading.Event()
@@ -415,7 +410,8 @@ def run_ray_consumer(
                 break
             if time.monotonic() - t_progress >= PROGRESS_S and records.batches:
                 t_progress = time.monotonic()
-                starvation_warnings += report_progress(records, q1, t_start, on_progress)[1]
+                starvation_warnings += report_progress(records, q1, t_start, on_progress,
+                                                       now())[1]
             time.sleep(DRAIN_S)
         inf_results = ray.get([a.result.remote() for a in infs])
         for res in inf_results:

@@ -541,7 +541,7 @@ def test_a_big_message_arriving_in_many_reads_is_received_whole(transport: str) 
 @pytest.mark.integration
 def test_a_worker_crash_in_a_live_run_quarantines_that_message_only(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import simstream.pipeline.consumer as consumer_mod
+    import simstream.pipeline.context as context_mod
 
     made: list[IsolatedParser] = []
 
@@ -554,7 +554,7 @@ def test_a_worker_crash_in_a_live_run_quarantines_that_message_only(
                              timeout_s=float(settings.get("timeout_s", 30.0)))
             made.append(self)
 
-    monkeypatch.setattr(consumer_mod, "Parser", CrashingIsolatedParser)
+    monkeypatch.setattr(context_mod, "Parser", CrashingIsolatedParser)
     c = LiveConsumer(tmp_path, transport="tcp", parser_threads=1)
     try:
         send_stream(c.port, [message(0), b"ABORT" + message(1), message(2)], "tcp")

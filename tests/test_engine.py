@@ -105,12 +105,12 @@ def test_a_consumer_engine_keeps_every_host_buffer_its_run_can_hold():
     them; and the engine keeps nothing per finished batch (a long run's memory
     must not grow with its length)."""
     from simstream.pipeline.config import consumer_config
-    from simstream.pipeline.consumer import _build_engine, host_buffers_needed
+    from simstream.pipeline.inference import build_engine, host_buffers_needed
 
     cfg = consumer_config(None, {"queue.maxsize": 5, "parser_threads": 3, "buffers": 2,
                                  "device": "cpu", "model": {"kind": "noop"}})
     assert host_buffers_needed(cfg) == 5 + 2 * 3 + 2 + 1
-    with _build_engine(cfg) as engine:
+    with build_engine(cfg) as engine:
         assert engine.pool.max_free == 14
         held = [engine.host_array((2, 4), np.float32) for _ in range(14)]
         for _, release in held:

@@ -1,0 +1,177 @@
+"""Decode: one received message -> one batch in host memory the engine can copy from.
+
+``Decoder.parse`` decodes HDF5 or npz (found from the magic bytes; npz is never
+loaded with pickle) with ``simstream.codec``, the detector array landing straight
+in the engine's host memory (pinned on CUDA) through ``alloc``, so the data is
+copied once between the socket buffer and the H2D. Both layouts the real producer
+sends are accepted: (B, H, W) and (B, C, H, W); a partial last batch (any B >= 1)
+too.
+
+simstream's own per-message fields (``/simstream/sequence``, ``/simstream/rank``
+in HDF5, ``simstream_sequence``, ``simstream_rank`` in npz) give (rank, seq) for
+the accounting; a real LCLStreamer message lacks them, and then both are None.
+
+Anything unusable raises ``ParseError`` with a one-line reason that begins with a
+category (``codec:``, ``missing field:``, ``shape:``, ``batch:``) so quarantine
+reasons can be counted by kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simstream.clock import now
+from simstream.codec import CodecError, decode
+from simstream.records.contract import SIMSTREAM_FIELDS as CONTRACT_FIELDS
+from simstream.records.contract import field_keys
+
+__all__ = ["SIMSTREAM_FIELDS", "Decoder", "HostAlloc", "ParseError", "ParsedBatch"]
+
+HostAlloc = Callable[[tuple[int, ...], Any], tuple[np.ndarray, Callable[[], None]]]
+
+# name -> (its key in a decoded HDF5 message, its npz key): the contract's fields
+SIMSTREAM_FIELDS = {name: field_keys(name) for name in CONTRACT_FIELDS}
+
+
+class ParseError(Exception):
+    """A message that cannot become a batch; ``str()`` is the quarantine reason.
+    ``rank``/``seq`` are set when they could be read before the failure."""
+
+    def __init__(self, reason: str, rank: int | None = None, seq: int | None = None) -> None:
+        super().__init__(reason)
+        self.rank = rank
+        self.seq = seq
+
+
+@dataclass
+class ParsedBatch:
+    """One batch ready for the engine. ``data`` is (B, ...); ``release`` returns its
+    memory to the pool (the engine calls it after H2D). Times: Unix seconds."""
+
+    data: np.ndarray
+    release: Callable[[], None] | None
+    rank: int | None
+    seq: int | None
+    events: int
+    t_parse_start: float
+    t_parse_end: float
+
+
+def _key(path: str) -> str:
+    return path.strip("/")
+
+
+def _first_int(a: np.ndarray | None) -> int | None:
+    if a is None or a.size == 0 or a.dtype.kind not in "iu":
+        return None
+    return int(a.reshape(-1)[0])
+
+
+class Decoder:
+    """Decodes messages into host memory from ``host_alloc`` (``engine.host_array``),
+    in the calling thread.
+
+    ``fields``: name -> dataset path / npz key (``detector_data`` required).
+    ``expected``: names every message must carry. ``event_shape``: the expected
+    per-event shape, or None to accept any (B, H, W) / (B, C, H, W).
+    Thread-safe (one Decoder may serve a pool of threads). ``pipeline.parse.Parser``
+    runs it here or in worker processes (``pipeline.isolation``).
+    """
+
+    def __init__(
+        self,
+        fields: Mapping[str, str],
+        expected: Sequence[str] = ("detector_data",),
+        event_shape: Sequence[int] | None = None,
+        host_alloc: HostAlloc | None = None,
+    ) -> None:
+        self.fields = dict(fields)
+        self.expected = list(expected)
+        self.event_shape = tuple(event_shape) if event_shape else None
+        self.host_alloc = host_alloc
+
+    def _shape_ok(self, shape: tuple[int, ...]) -> bool:
+        if len(shape) not in (3, 4) or shape[0] < 1:
+            return False
+        if self.event_shape is None:
+            return True
+        ev = shape[1:]
+        want = self.event_shape
+        # (C=1, H, W) on one side and (H, W) on the other are the same images
+        squeeze = tuple(d for i, d in enumerate(want) if not (d == 1 and i < len(want) - 2))
+        got = tuple(d for i, d in enumerate(ev) if not (d == 1 and i < len(ev) - 2))
+        return ev == want or got == squeeze
+
+    def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
+        """Decode one message. Raises ParseError (the reason) for anything unusable."""
+        t0 = now()
+        held: list[tuple[np.ndarray, Callable[[], None]]] = []
+
+        def alloc(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+            # only images go to the (pinned) pool; per-event scalars stay in plain memory
+            if self.host_alloc is None or len(shape) < 2:
+                return np.empty(shape, dtype)
+            arr, release = self.host_alloc(tuple(shape), dtype)
+            held.append((arr, release))
+            return arr
+
+        def release_all(keep: np.ndarray | None = None) -> Callable[[], None] | None:
+            kept = None
+            for arr, rel in held:
+                if keep is not None and arr is keep and kept is None:
+                    kept = rel
+                else:
+                    rel()
+            held.clear()
+            return kept
+
+        try:
+            arrays = decode(payload, alloc=alloc)
+        except CodecError as e:
+            release_all()
+            raise ParseError(f"codec: {e}") from None
+        except (ValueError, TypeError, OSError, MemoryError) as e:
+            release_all()
+            raise ParseError(f"codec: {type(e).__name__}: {e}") from None
+
+        def field(name: str) -> np.ndarray | None:
+            path = self.fields.get(name)
+            if path is not None:
+                a = arrays.get(_key(path))
+                if a is not None:
+                    return a
+            if name in SIMSTREAM_FIELDS:
+                h5, npz = SIMSTREAM_FIELDS[name]
+                return arrays.get(h5, arrays.get(npz))
+            return arrays.get(name)
+
+        rank = _first_int(field("simstream_rank"))
+        seq = _first_int(field("simstream_sequence"))
+        missing = [n for n in self.expected if field(n) is None]
+        if missing:
+            release_all()
+            have = ", ".join(sorted(arrays)) or "none"
+            raise ParseError(f"missing field: {', '.join(missing)} (message has: {have})", rank, seq)
+        data = field("detector_data")
+        if data is None:
+            release_all()
+            raise ParseError("missing field: detector_data", rank, seq)
+        if not self._shape_ok(tuple(data.shape)):
+            release_all()
+            want = f"(B, {', '.join(map(str, self.event_shape))})" if self.event_shape else "(B, H, W) or (B, C, H, W)"
+            raise ParseError(f"shape: detector_data is {tuple(data.shape)}, expected {want}", rank, seq)
+        if data.dtype.kind not in "biuf":
+            release_all()
+            raise ParseError(f"shape: detector_data has dtype {data.dtype}, not numeric", rank, seq)
+        lengths = {n: a.shape[0] for n, a in arrays.items() if a.ndim >= 1}
+        if len(set(lengths.values())) > 1:
+            release_all()
+            raise ParseError(f"batch: fields disagree on the batch size {lengths}", rank, seq)
+        release = release_all(keep=data)
+        if release is None and not (data.flags.c_contiguous and data.flags.writeable):
+            data = np.ascontiguousarray(data)
+        return ParsedBatch(data, release, rank, seq, int(data.shape[0]), t0, now())
