@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from simstream.emitter.log import read_log
-from simstream.emitter.receiver import ReceiveSummary, decode_ids, receive
+from simstream.emitter.sink import ReceiveSummary, decode_ids, receive
 
 pytestmark = pytest.mark.integration
 

@@ -327,7 +327,7 @@ def emit_cmd(*args: str) -> list[str]:
 
 
 def by_rank_seq(messages: list[bytes]) -> dict[tuple[int, int], bytes]:
-    from simstream.emitter.receiver import decode_ids
+    from simstream.emitter.sink import decode_ids
 
     out = {}
     for m in messages:

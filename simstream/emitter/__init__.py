@@ -2,7 +2,7 @@
 
 Layout: ``engine`` (trio tasks per rank: scheduler -> SNDHWM channel -> writer),
 ``log`` (the emit log, docs/formats.md), ``progress`` (live display and
-summary), ``cli`` (the click command), ``receiver`` (a small pyzmq PULL
+summary), ``cli`` (the click command), ``sink`` (a small pyzmq PULL
 receiver for the loopback demo), ``split`` (ranks and an aggregate cap over
 several processes; pure), ``processes`` (``--processes``: child emitters, signal
 forwarding) and ``merge`` (their part logs into one emit log). The maths it runs on lives in

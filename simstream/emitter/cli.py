@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from simstream.emitter.processes import PARENT_ENV, run_processes
 from simstream.errors import UsageError
 from simstream.profile import Profile, find_profile, load_profile
 
@@ -29,8 +30,7 @@ __all__ = ["emit", "build_profile"]
 #: a dry run prints at most this many lines (a long profile's schedule is long)
 DRY_RUN_MAX_LINES = 1_000_000
 
-#: set by ``--processes`` in its children: the parent's pid, watched every PARENT_POLL_S
-PARENT_ENV = "SIMSTREAM_EMIT_PARENT"
+#: how often a ``--processes`` child checks that its parent (PARENT_ENV) is alive
 PARENT_POLL_S = 0.5
 
 
@@ -258,8 +258,6 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
         p = _with_url(p.with_overrides({"transport.role": "client"}), receiver["url"])
     tty = False if loopback else show_progress
     if p.transport.processes > 1:
-        from simstream.emitter.processes import run_processes
-
         code = run_processes(p, log_path, echo=lambda line, err: click.echo(line, err=err))
     else:
         code = _run(p, log_path, tty=tty)
@@ -312,7 +310,7 @@ def _with_url(p: Profile, url: str) -> Profile:
 
 
 def _start_loopback(p: Profile) -> dict[str, Any]:
-    from simstream.emitter.receiver import listen
+    from simstream.emitter.sink import listen
 
     box: dict[str, Any] = {"ready": threading.Event(), "stop": threading.Event()}
 

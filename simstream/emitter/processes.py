@@ -35,12 +35,15 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from simstream.emitter.cli import PARENT_ENV
 from simstream.emitter.merge import LogMerger, MergeReport
 from simstream.emitter.split import Share, process_profile, split_cap, split_ranks
 from simstream.profile import Profile, dump_profile
 
-__all__ = ["Totals", "part_paths", "run_processes"]
+__all__ = ["PARENT_ENV", "Totals", "part_paths", "run_processes"]
+
+#: set in every child: the parent's pid, which the child watches (it ends when the
+#: parent is gone)
+PARENT_ENV = "SIMSTREAM_EMIT_PARENT"
 
 #: how often the parent merges the part logs and checks on its children (seconds)
 POLL_S = 0.1

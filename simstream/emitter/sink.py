@@ -1,4 +1,4 @@
-"""A small receiver: what arrived, and when (the loopback demo).
+"""The loopback sink: a small receiver, what arrived and when (the demo).
 
 ``listen`` speaks the three transports through simstream's own sans-IO wire
 layer (``simstream.wire``), so a producer-only install needs no pyzmq for
