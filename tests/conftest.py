@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", max_examples=50, deadline=None)
@@ -12,3 +15,28 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=2000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+# A thread that is not a daemon and outlives its test keeps the interpreter
+# alive after the last test: the suite then never exits and CI runs into its
+# time limit with every test green. Each test gets a few seconds to let its
+# threads end; one still running afterwards fails that test by name.
+_THREAD_GRACE_S = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads():
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + _THREAD_GRACE_S
+    while True:
+        leaked = [
+            t for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.daemon
+        ]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, "non-daemon threads outlived the test: " + ", ".join(
+        t.name for t in leaked
+    )
