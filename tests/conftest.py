@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -40,3 +41,27 @@ def _no_leaked_threads():
     assert not leaked, "non-daemon threads outlived the test: " + ", ".join(
         t.name for t in leaked
     )
+
+
+def pytest_unconfigure(config):
+    """The last word on hangs at exit: a non-daemon thread or a child process
+    still alive when the session ends would make the interpreter wait for it
+    forever (threading and multiprocessing join them at exit). Name them and
+    end the run as failed instead of hanging until CI's limit."""
+    import multiprocessing
+
+    deadline = time.monotonic() + 10.0
+    while True:
+        threads = [
+            t for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon
+        ]
+        children = [p for p in multiprocessing.active_children() if not p.daemon]
+        if not (threads or children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if threads or children:
+        names = [f"thread {t.name}" for t in threads] + [f"process {p.name}" for p in children]
+        sys.stderr.write("the suite left running (it would never exit): " + ", ".join(names) + "\n")
+        sys.stderr.flush()
+        os._exit(3)
