@@ -122,15 +122,15 @@ def test_same_value_ranges_and_zero_padding(name: str) -> None:
                 ours_inside = oa[:, ~pad] if pad.any() else oa
                 if ra.dtype.kind in "iu":
                     # randint(0, 255): 0..254 whatever the dtype
-                    assert 0 <= ours_inside.min() and ours_inside.max() <= 254
-                    assert 0 <= inside.min() and inside.max() <= 254
+                    assert ours_inside.min() >= 0 and ours_inside.max() <= 254
+                    assert inside.min() >= 0 and inside.max() <= 254
                 else:
-                    assert 0 <= ours_inside.min() and ours_inside.max() < 1
-                    assert 0 <= inside.min() and inside.max() < 1
+                    assert ours_inside.min() >= 0 and ours_inside.max() < 1
+                    assert inside.min() >= 0 and inside.max() < 1
             elif key == "timestamp":  # GenericRandomTimestamp
-                assert ((1.6e9 <= oa) & (oa < 1.7e9)).all() and ((1.6e9 <= ra) & (ra < 1.7e9)).all()
+                assert ((oa >= 1.6e9) & (oa < 1.7e9)).all() and ((ra >= 1.6e9) & (ra < 1.7e9)).all()
             elif key == "photon_wavelength":  # GenericRandomWavelength
-                assert ((0.1 <= oa) & (oa < 10)).all() and ((0.1 <= ra) & (ra < 10)).all()
+                assert ((oa >= 0.1) & (oa < 10)).all() and ((ra >= 0.1) & (ra < 10)).all()
             else:  # IntValue / FloatValue: the configured constant
                 assert oa.dtype == ra.dtype and (oa == ra).all()
 

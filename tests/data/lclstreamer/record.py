@@ -185,7 +185,7 @@ def record_slow_reader(src: str, runs: int) -> None:
         got: list[int] = []
         done = threading.Event()
 
-        def reader() -> None:
+        def reader(pull: Any, got: list[int], done: threading.Event) -> None:
             pull.setsockopt(zmq.RCVTIMEO, 3000)
             try:
                 while True:
@@ -196,7 +196,7 @@ def record_slow_reader(src: str, runs: int) -> None:
                 pass
             done.set()
 
-        th = threading.Thread(target=reader, daemon=True)
+        th = threading.Thread(target=reader, args=(pull, got, done), daemon=True)
         th.start()
         h = _handler(src, [url])
         for i in range(21):
