@@ -17,7 +17,7 @@ import pytest
 from simstream.cli import main
 from simstream.emitter.cli import build_profile
 from simstream.emitter.log import LOG_KEYS, read_log
-from simstream.profile import ProfileError
+from simstream.profile import ProfileError, find_profile, load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = """
@@ -209,3 +209,25 @@ def test_url_flag_replaces_a_list_of_urls(tmp_path: Path, capsys: Any) -> None:
     assert rc == 0
     urls = {json.loads(x)["url"] for x in log.read_text().splitlines()}
     assert urls == {"tcp://127.0.0.1:6000"}
+
+
+def test_target_consumer_preflight_warnings() -> None:
+    from simstream.emitter.cli import preflight_warnings
+
+    p = load_profile(find_profile("peaknet-1920"))
+    assert p.target_consumer == "peaknet-pipeline-ray" and preflight_warnings(p) == []
+    bad = p.with_overrides({"source.format": "hdf5", "source.total_events": 801,
+                            "transport.role": "server"})
+    text = "\n".join(preflight_warnings(bad))
+    assert "parses only npz" in text and "holds 1 of 8 events" in text and "binds" in text
+    assert preflight_warnings(bad.with_overrides({"target_consumer": "simstream"})) == []
+
+
+def test_emit_flags_close_and_url_spread_and_the_warnings_on_stderr(capsys: Any) -> None:
+    rc, out, err = run_main(["emit", "--profile", "peaknet-1920", "--count", "2", "--role",
+                             "server", "--close", "abrupt", "--url-spread", "message",
+                             "--dry-run"], capsys)
+    assert rc == 0 and "warning: target_consumer peaknet-pipeline-ray" in err
+    rc, _, err = run_main(["emit", "--profile", "steady", "--close", "sudden", "--dry-run"],
+                          capsys)
+    assert rc == 2 and "sudden" in err

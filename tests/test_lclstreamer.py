@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simstream.lclstreamer import profile_from_lclstreamer_config
+from simstream.lclstreamer import profile_from_lclstreamer_config, warnings_for
 from simstream.profile import ProfileError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lclstreamer-internal.yaml"
@@ -110,6 +110,8 @@ def test_peaknet_pipeline_gives_channels_height_width(tmp_path: Path) -> None:
     )
     prof = profile_from_lclstreamer_config(write(tmp_path, text))
     assert (prof.source.batch_size, prof.source.shape) == (16, [1, 512, 512])
+    # the 20x2 images are zero-padded into 512x512, as numpy.pad with zeros
+    assert (prof.source.pad_from, prof.source.pad_style) == ([20, 2], "center")
     no_channel = text.replace("add_channel_dim: true", "add_channel_dim: false")
     assert profile_from_lclstreamer_config(write(tmp_path, no_channel)).source.shape == [512, 512]
 
@@ -120,9 +122,18 @@ def test_streaming_handler_gives_the_transport(tmp_path: Path) -> None:
         "          - tcp://127.0.0.1:12321\n          - tcp://127.0.0.1:12322\n"
         "      role: server\n      library: nng\n      socket_type: push\n"
     )
-    prof = profile_from_lclstreamer_config(write(tmp_path, BASE + handler))
+    path = write(tmp_path, BASE + handler)
+    prof = profile_from_lclstreamer_config(path)
     t = prof.transport
     assert (t.kind, t.role, t.urls) == ("nng", "server", ["tcp://127.0.0.1:12321", "tcp://127.0.0.1:12322"])
+    # LCLStreamer's handler: SNDHWM 5, LINGER 0, one socket on every url
+    assert (t.sndhwm, t.close, t.url_spread) == (5, "abrupt", "message")
+    assert any("removed in March 2026" in w for w in warnings_for(path))
+    # no role given: the parameter model's default, server; zmq gives no warning
+    plain = path.parent / "plain.yaml"
+    plain.write_text(BASE + handler.replace("      role: server\n", "").replace("nng", "zmq"))
+    assert profile_from_lclstreamer_config(plain).transport.role == "server"
+    assert warnings_for(plain) == []
 
 
 @pytest.mark.parametrize(
@@ -160,3 +171,23 @@ def test_the_mapped_profile_generates_messages(tmp_path: Path) -> None:
     out = codec.decode(f.message(0).payload, fields=f.fields)
     assert out["detector_data"].shape == (10, 20, 2)
     assert out["int"].shape == (10,) and out["float"].shape == (10,)
+
+
+def test_npz_branch_example_with_generated_timestamp_and_wavelength(tmp_path: Path) -> None:
+    # the npz branch's own example (lclstreamer-random-to-sdfada-numpy.yaml), smaller
+    text = BASE.replace(
+        "    random:\n        type: GenericRandomNumpyArray",
+        "    timestamp:\n        type: GenericRandomTimestamp\n"
+        "    photon_wavelength:\n        type: GenericRandomWavelength\n"
+        "    random:\n        type: GenericRandomNumpyArray",
+    ).replace("array_shape: 20,2", "array_shape: 6,5")
+    text = text[: text.index("data_serializer:")] + (
+        "data_serializer:\n    type: NumpyBinarySerializer\n    use_compression: true\n")
+    text = text.replace("    type: BatchProcessingPipeline\n    batch_size: 10\n",
+                        "    type: PeaknetPreprocessingPipeline\n    batch_size: 8\n"
+                        "    target_height: 8\n    target_width: 8\n    add_channel_dim: true\n")
+    prof = profile_from_lclstreamer_config(write(tmp_path, text))
+    s = prof.source
+    assert (s.format, s.compression, s.timestamp, s.wavelength) == ("npz", "gzip", "random", "random")
+    assert s.fields["timestamp"] == "timestamp" and s.fields["photon_wavelength"] == "photon_wavelength"
+    assert (s.shape, s.pad_from) == ([1, 8, 8], [6, 5])
