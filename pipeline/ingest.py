@@ -63,9 +63,9 @@ def receive(ctx: StageContext, rx: Any, on_message: Callable[[RawMessage, int], 
         index = next(ctx.indices)
         n += 1
         ctx.records.arrival(msg.t_arrival)
-        if msg.oversize:
+        if msg.oversize or msg.reject:
             ctx.records.sequence(index, None, None)
-            ctx.quarantine(index, msg.payload,
+            ctx.quarantine(index, msg.payload, msg.reject or
                            f"oversize: {msg.nbytes} bytes > max_message_bytes {cfg.max_message_bytes}",
                            msg.nbytes, msg.t_arrival)
         else:

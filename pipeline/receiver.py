@@ -57,6 +57,8 @@ class RawMessage:
     t_arrival: float
     peer: str = ""
     oversize: bool = False
+    # set when the message is refused as received (e.g. multi-part): the quarantine reason
+    reject: str | None = None
 
 
 @dataclass
@@ -66,13 +68,18 @@ class ReceiverStats:
     oversize: int = 0
     connections: int = 0
     cut: int = 0  # connections that closed part-way through a message
+    multipart: int = 0  # zmq messages of more than one frame (quarantined)
+    # zmq: connections libzmq closed (a peer leaving, or one sending a message over
+    # max_message_bytes: libzmq drops it at its size header, before buffering it)
+    disconnects: int = 0
     protocol_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "messages": self.messages, "bytes": self.bytes, "oversize": self.oversize,
-            "connections": self.connections, "cut": self.cut,
+            "connections": self.connections, "cut": self.cut, "multipart": self.multipart,
+            "disconnects": self.disconnects,
             "protocol_errors": self.protocol_errors, "errors": self.errors[-10:],
         }
 
@@ -121,6 +128,10 @@ class ZmqReceiver(Receiver):
         # messages libzmq reads ahead per connection while the consumer is busy:
         # part of the backpressure chain, and of the consumer's memory in bursts
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        # libzmq refuses a bigger message at its size header and drops that connection,
+        # so an oversize message is never buffered (no count of its own: see disconnects)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self._mon = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         host, _ = split_url(url)
         if ":" in host:
             self._sock.setsockopt(zmq.IPV6, 1)
@@ -135,23 +146,36 @@ class ZmqReceiver(Receiver):
 
     def recv(self, timeout_s: float) -> RawMessage | None:
         zmq = self._zmq
-        if not self._sock.poll(int(max(timeout_s, 0) * 1000), zmq.POLLIN):
+        got = self._sock.poll(int(max(timeout_s, 0) * 1000), zmq.POLLIN)
+        while self._mon.poll(0):
+            self._mon.recv_multipart()
+            self.stats.disconnects += 1
+        if not got:
             return None
         frames = self._sock.recv_multipart(copy=False)
         t = now()
-        if len(frames) == 1:
-            payload: bytes | memoryview = frames[0].buffer
-        else:
-            payload = b"".join(f.bytes for f in frames)
-        n = len(payload)
+        payload: bytes | memoryview = frames[0].buffer
+        n = sum(len(f.buffer) for f in frames)
         self.stats.messages += 1
         self.stats.bytes += n
+        if len(frames) > 1:
+            # LCLStreamer sends one frame per message: joining frames would hide the
+            # second batch's sequence number inside the first
+            self.stats.multipart += 1
+            return RawMessage(memoryview(payload)[:HEAD_KEEP], n, t, reject=(
+                f"multipart: {len(frames)} frames ({', '.join(str(len(f.buffer)) for f in frames[:8])}"
+                f"{', ...' if len(frames) > 8 else ''} bytes); LCLStreamer sends one frame "
+                f"per message"))
         if n > self.max_message_bytes:
             self.stats.oversize += 1
             return RawMessage(memoryview(payload)[:HEAD_KEEP], n, t, oversize=True)
         return RawMessage(payload, n, t)
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._sock.disable_monitor()
+        with contextlib.suppress(Exception):
+            self._mon.close(linger=0)
         with contextlib.suppress(Exception):
             self._sock.close(linger=0)
         with contextlib.suppress(Exception):

@@ -19,8 +19,10 @@ All three are None when no message carried a sequence number.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import json
+import logging
 import math
 import random
 import statistics
@@ -46,6 +48,20 @@ from simstream.records.contract import (
     SUMMARY_JSON,
     SUMMARY_STAGE_KEYS,
 )
+
+log = logging.getLogger("pipeline.records")
+
+# quarantine/ keeps at most this many messages and bytes; beyond, messages are still
+# counted (summary.json, messages.csv rows with their reasons) but not saved
+QUARANTINE_MAX_FILES = 1000
+QUARANTINE_MAX_BYTES = 64 << 20
+# a sequence number more than this far above its rank's highest (or, for a rank's
+# first arrival, above 0) is out of the window: counted apart, kept out of
+# lost/reordered (one forged 2^62 must not make every later arrival "reordered")
+SEQ_WINDOW = 1 << 24
+# disk space held back at the start and given up just before summary.json is
+# written, so a full disk still gets its summary
+SUMMARY_RESERVE_BYTES = 256 << 10
 
 __all__ = [
     "BATCH_COLUMNS",
@@ -107,21 +123,27 @@ class SequenceLedger:
     at 0 for every rank, so seqs below a rank's first arrival count as lost.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = SEQ_WINDOW) -> None:
         self._max: dict[int, int] = {}
         self._gaps: dict[int, _Gaps] = {}
+        self.window = window
         self.duplicated = 0
         self.reordered = 0
         self.with_seq = 0
         self.without_seq = 0
+        self.out_of_window = 0
 
     def see(self, rank: int | None, seq: int | None) -> str:
-        """Account one arrival; returns ``new``, ``duplicate``, ``reordered`` or ``unknown``."""
+        """Account one arrival; returns ``new``, ``duplicate``, ``reordered``,
+        ``out_of_window`` (more than ``window`` above the rank's highest) or ``unknown``."""
         if rank is None or seq is None or seq < 0:
             self.without_seq += 1
             return "unknown"
         self.with_seq += 1
         top = self._max.get(rank, -1)
+        if seq - top > self.window:
+            self.out_of_window += 1
+            return "out_of_window"
         gaps = self._gaps.setdefault(rank, _Gaps())
         if seq > top:
             gaps.add(top + 1, seq)
@@ -251,7 +273,10 @@ class RunRecords:
     devices of each one's busy share.
     """
 
-    def __init__(self, out_dir: str | Path, streams: int = 1) -> None:
+    def __init__(self, out_dir: str | Path, streams: int = 1, *,
+                 quarantine_max_files: int = QUARANTINE_MAX_FILES,
+                 quarantine_max_bytes: int = QUARANTINE_MAX_BYTES,
+                 seq_window: int = SEQ_WINDOW) -> None:
         if streams < 1:
             raise ValueError(f"streams {streams} is not >= 1")
         self.streams = streams
@@ -259,6 +284,23 @@ class RunRecords:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.qdir = self.dir / QUARANTINE_DIR
         self.qdir.mkdir(exist_ok=True)
+        self.quarantine_max_files = quarantine_max_files
+        self.quarantine_max_bytes = quarantine_max_bytes
+        self.quarantine_saved = 0
+        self.quarantine_saved_bytes = 0
+        self.quarantine_not_saved = 0
+        # the first write that failed (ENOSPC...): bulky files stop, counting goes on
+        self.disk_error: str | None = None
+        self.disk_errors = 0
+        self._broken: set[str] = set()
+        self._reserve = self.dir / ".summary-reserve"
+        try:
+            with self._reserve.open("wb") as f:
+                f.truncate(0)
+                f.write(b"\0" * SUMMARY_RESERVE_BYTES)
+        except OSError as e:
+            self._disk_failed(f"reserving space for summary.json: {e}")
+            self._reserve.unlink(missing_ok=True)
         self._lock = threading.Lock()
         self._files = {}
         self._writers = {}
@@ -270,7 +312,7 @@ class RunRecords:
             f.flush()
             self._files[name] = f
             self._writers[name] = w
-        self.ledger = SequenceLedger()
+        self.ledger = SequenceLedger(seq_window)
         self._pending_seq: dict[int, tuple[int | None, int | None]] = {}
         self._next_seq = list(range(streams))  # per stream, the next index to account
         self.received = 0
@@ -332,22 +374,54 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
         rank: int | None = None,
         seq: int | None = None,
     ) -> None:
-        """Save an undecodable message as quarantine/NNNNNN.bin + .json and count it.
+        """Count an undecodable message and save it as quarantine/NNNNNN.bin + .json.
 
         ``payload`` may be None (an oversize body never read) or longer than what is
-        kept (the first QUARANTINE_HEAD_BYTES of an oversize message).
+        kept (the first QUARANTINE_HEAD_BYTES of an oversize message). Past
+        ``quarantine_max_files`` messages or ``quarantine_max_bytes``, or once a write
+        failed (a full disk), the message is counted with its reason but not saved.
         """
-        head = b"" if payload is None else bytes(memoryview(payload)[:QUARANTINE_HEAD_BYTES])
-        (self.qdir / f"{index:06d}.bin").write_bytes(head)
-        meta = {
-            "reason": reason, "nbytes": int(nbytes), "saved_bytes": len(head),
-            "t_arrival": t_arrival, "rank": rank, "seq": seq,
-        }
-        (self.qdir / f"{index:06d}.json").write_text(json.dumps(meta) + "\n")
+        reason = reason if len(reason) <= 500 else reason[:497] + "..."
+        size = 0 if payload is None else min(len(memoryview(payload).cast("B")), QUARANTINE_HEAD_BYTES)
         with self._lock:
             self.quarantined += 1
             self.reasons[reason.split(":")[0]] += 1
             self._row("messages", (index, rank, seq, nbytes, t_arrival, "quarantined", reason))
+            save = (self.disk_error is None
+                    and self.quarantine_saved < self.quarantine_max_files
+                    and self.quarantine_saved_bytes + size <= self.quarantine_max_bytes)
+            if save:
+                self.quarantine_saved += 1
+                self.quarantine_saved_bytes += size
+            else:
+                self.quarantine_not_saved += 1
+        if not save:
+            return
+        head = b"" if payload is None else bytes(memoryview(payload).cast("B")[:QUARANTINE_HEAD_BYTES])
+        meta = {
+            "reason": reason, "nbytes": int(nbytes), "saved_bytes": len(head),
+            "t_arrival": t_arrival, "rank": rank, "seq": seq,
+        }
+        files = (self.qdir / f"{index:06d}.bin", self.qdir / f"{index:06d}.json")
+        try:
+            files[0].write_bytes(head)
+            files[1].write_text(json.dumps(meta) + "\n")
+        except OSError as e:
+            for f in files:
+                with contextlib.suppress(OSError):
+                    f.unlink(missing_ok=True)
+            with self._lock:
+                self.quarantine_saved -= 1
+                self.quarantine_saved_bytes -= size
+                self.quarantine_not_saved += 1
+                self._disk_failed(f"quarantine/{files[0].name}: {e}")
+
+    def _disk_failed(self, what: str) -> None:
+        self.disk_errors += 1
+        if self.disk_error is None:
+            self.disk_error = what
+            log.error("cannot write the run directory (%s): counting goes on, bulky files "
+                      "stop; summary.json is still written", what)
 
     # -- per batch ---------------------------------------------------------------------
     def batch_done(self, host: BatchTimes, fin: Any, device: int = 0) -> None:
@@ -370,14 +444,12 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                 host.t_q1_get_start, host.t_q1_get_end, fin.buffer, fin.t_h2d_start, fin.t_h2d_end,
                 fin.t_compute_start, fin.t_compute_end, fin.t_d2h_start, fin.t_d2h_end,
             ))
-            w = self._writers["gpu"]
             for stream, a, b in zip(GPU_STREAMS, (fin.t_h2d_start, fin.t_compute_start,
                                                   fin.t_d2h_start),
                                     (fin.t_h2d_end, fin.t_compute_end, fin.t_d2h_end),
                                     strict=True):
                 if a is not None and b is not None:
-                    w.writerow((stream, fin.buffer, host.index, _cell(a), _cell(b), device))
-            self._files["gpu"].flush()
+                    self._row("gpu", (stream, fin.buffer, host.index, a, b, device))
             if fin.t_compute_start is not None and fin.t_compute_end is not None:
                 union = self._compute_union.get(device)
                 if union is None:
@@ -419,8 +491,14 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                 q["over_80"] += 1
 
     def _row(self, name: str, row: Iterable[Any]) -> None:
-        self._writers[name].writerow([_cell(v) for v in row])
-        self._files[name].flush()
+        if name in self._broken:
+            return
+        try:
+            self._writers[name].writerow([_cell(v) for v in row])
+            self._files[name].flush()
+        except OSError as e:
+            self._broken.add(name)
+            self._disk_failed(f"{name}.csv: {e}")
 
     # -- the end -----------------------------------------------------------------------
     def gpu_busy_fraction(self) -> float | None:
@@ -459,8 +537,13 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                 raise RuntimeError("records already closed")
             self._closed = True
             self._flush_sequences()
-            for f in self._files.values():
-                f.close()
+            for name, f in self._files.items():
+                try:
+                    f.close()
+                except OSError as e:
+                    self._disk_failed(f"{name}.csv: {e}")
+                    with contextlib.suppress(OSError):
+                        f.close()
             wall = float(extra.get("wall_s") or 0.0)
             active = (
                 self.last_finish - self.first_arrival
@@ -468,15 +551,22 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
             )
             span = active if active and active > 0 else wall
             q = self._q1
+            problems = self._accounting_problems()
             summary: dict[str, Any] = {
                 "received": self.received,
                 "processed": self.processed,
                 "quarantined": self.quarantined,
                 **self.ledger.counts(),
-                "accounting_ok": self.received == self.processed + self.quarantined,
+                "accounting_ok": not problems,
+                "accounting_problems": problems,
+                "seq_out_of_window": self.ledger.out_of_window,
                 "messages_with_seq": self.ledger.with_seq,
                 "messages_without_seq": self.ledger.without_seq,
                 "quarantine_reasons": dict(self.reasons),
+                "quarantine_saved": self.quarantine_saved,
+                "quarantine_not_saved": self.quarantine_not_saved,
+                "disk_error": self.disk_error,
+                "disk_errors": self.disk_errors,
                 "batches": self.batches,
                 "samples": self.samples,
                 "bytes": self.bytes,
@@ -509,7 +599,31 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                 else:
                     summary[k] = v
             text = json.dumps(summary, indent=2, default=str)
+            self._reserve.unlink(missing_ok=True)
             tmp = self.dir / (SUMMARY_JSON + ".tmp")
-            tmp.write_text(text + "\n")
-            tmp.replace(self.dir / SUMMARY_JSON)
+            try:
+                tmp.write_text(text + "\n")
+                tmp.replace(self.dir / SUMMARY_JSON)
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                raise RuntimeError(
+                    f"cannot write {self.dir / SUMMARY_JSON}: {e}"
+                    + (f" (first write error: {self.disk_error})" if self.disk_error else "")
+                ) from None
             return summary
+
+    def _accounting_problems(self) -> list[str]:
+        """Why the figures do not add up (empty when they do)."""
+        out = []
+        if self.received != self.processed + self.quarantined:
+            out.append(f"received {self.received} != processed {self.processed} + "
+                       f"quarantined {self.quarantined}")
+        seen = self.ledger.with_seq + self.ledger.without_seq
+        if seen != self.received:
+            out.append(f"{seen} messages reached the sequence accounting, {self.received} "
+                       f"were received")
+        if self.ledger.out_of_window:
+            out.append(f"{self.ledger.out_of_window} sequence numbers more than "
+                       f"{self.ledger.window} above their rank's highest (forged or corrupt)")
+        return out
