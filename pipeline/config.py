@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simstream.profile import DEFAULT_FIELDS, DTYPES, Profile, ProfileError, _check_url, split_url
@@ -208,6 +210,13 @@ class ConsumerConfig(_Model):
         unknown = [n for n in self.expected_fields if n not in self.fields]
         if unknown:
             raise ValueError(f"expected_fields names {unknown} absent from fields")
+        rc = self.random
+        per_batch = rc.batch_size * math.prod(rc.shape) * np.dtype(rc.dtype).itemsize
+        if self.mode == "random" and per_batch > self.max_message_bytes:
+            raise ValueError(
+                f"random mode's batch would hold {per_batch} bytes (batch_size {rc.batch_size} "
+                f"x shape {rc.shape} x {rc.dtype}), more than max_message_bytes "
+                f"{self.max_message_bytes}; raise consumer.max_message_bytes if you mean it")
         return self
 
     @property

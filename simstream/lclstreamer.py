@@ -43,7 +43,14 @@ from typing import Any
 
 import yaml
 
-from simstream.profile import DTYPES, Profile, ProfileError, Source, parse_profile
+from simstream.profile import (
+    DTYPES,
+    Profile,
+    ProfileError,
+    Source,
+    parse_profile,
+    safe_load_bounded,
+)
 
 __all__ = ["profile_from_lclstreamer_config", "warnings_for"]
 
@@ -123,7 +130,7 @@ def profile_from_lclstreamer_config(path: str | Path) -> Profile:
     p = Path(path)
     src = str(p)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = safe_load_bounded(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ProfileError([f"{p}: no such file"], src) from None
     except (OSError, UnicodeDecodeError) as e:

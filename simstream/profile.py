@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +73,12 @@ FAULT_KINDS = ("reset", "truncate", "corrupt", "stall", "duplicate", "slow_close
 TARGET_CONSUMERS = ("simstream", "peaknet-pipeline-ray")
 TRIGGERS = ("at_message", "every_messages", "at_s", "every_s", "probability")
 
+# source.max_message_bytes' default: what the consumer accepts by default
+DEFAULT_MAX_MESSAGE_BYTES = 2 << 30
+# a profile's YAML may not expand (aliases followed) to more values than this: an
+# alias bomb is refused before anything walks the expanded tree
+MAX_YAML_NODES = 100_000
+
 DEFAULT_FIELDS = {
     "detector_data": "/data/data",
     "timestamp": "/data/timestamp",
@@ -106,7 +115,12 @@ class Source(_Model):
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
     content: Literal["random", "peaks", "constant", "replay"] = "peaks"
     replay_path: str | list[str] | None = Field(
-        None, description="HDF5/npz file(s) to replay when content: replay"
+        None, description="HDF5/npz file(s) to replay when content: replay (regular files)"
+    )
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=1,
+        description="bound on one message's detector data (batch_size x shape x dtype), "
+        "checked at validation; raise it for messages this big on purpose",
     )
     format: Literal["hdf5", "npz"] = "hdf5"
     compression: Literal[COMPRESSIONS] = "none"  # type: ignore[valid-type]
@@ -167,10 +181,30 @@ class Source(_Model):
             seen[path] = name
         return v
 
+    @field_validator("replay_path")
+    @classmethod
+    def _regular_files(cls, v: str | list[str] | None) -> str | list[str] | None:
+        # stat only (never open): a FIFO named here would block whoever opens it
+        for p in [v] if isinstance(v, str) else (v or []):
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue  # a missing file is reported when the replay opens it
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{_short(p)} is {_file_kind(st.st_mode)}, not a regular file")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Source:
         if self.content == "replay" and not self.replay_path:
             raise ValueError("content: replay needs replay_path")
+        per_message = self.batch_size * math.prod(self.shape) * _itemsize(self.dtype)
+        if per_message > self.max_message_bytes:
+            raise ValueError(
+                f"one message would hold {per_message} bytes of detector data (batch_size "
+                f"{self.batch_size} x shape {self.shape} x {self.dtype}), more than "
+                f"max_message_bytes {self.max_message_bytes}; set source.max_message_bytes "
+                f"higher if you mean it")
         if self.compression in ("gzip", "gzip_with_shuffle") and self.compression_level > 9:
             raise ValueError(f"compression_level {self.compression_level} is not <= 9 for gzip")
         if self.format == "npz" and self.compression not in ("none", "gzip"):
@@ -454,7 +488,35 @@ class Profile(_Model):
 # loading and error messages
 
 
+MAX_VALUE_CHARS = 120  # a value quoted in an error message is cut to this
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return int(np.dtype(dtype).itemsize)
+
+
 def _fmt_value(v: Any) -> str:
+    text = _fmt_value_whole(v)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 3] + "..."
+
+
+def _fmt_value_whole(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
@@ -574,13 +636,65 @@ def load_profile(path: str | Path) -> Profile:
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError([f"{p}: cannot read: {e}"], str(p)) from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_bounded(text)
+    except RecursionError:
+        raise ProfileError([f"{p}: YAML nested too deeply"], str(p)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ProfileError([f"{where}YAML syntax: {problem}"], str(p)) from None
     return parse_profile(data, source=str(p))
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Values in ``node`` with every alias followed, counted in time linear in the
+    distinct nodes (memoized), stopping past ``limit``. Raises yaml.YAMLError for a
+    recursive alias."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise yaml.YAMLError("an alias refers to the node that holds it (recursive)")
+        busy.add(key)
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += size(child)
+                if total > limit:
+                    break
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k) + size(v)
+                if total > limit:
+                    break
+        busy.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(node)
+
+
+def safe_load_bounded(text: str, limit: int = MAX_YAML_NODES) -> Any:
+    """``yaml.safe_load`` that refuses a document expanding (aliases followed) to more
+    than ``limit`` values. Raises yaml.YAMLError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node, limit)
+        if n > limit:
+            raise yaml.YAMLError(
+                f"the document expands to more than {limit} values once its aliases are "
+                f"followed (an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def dump_profile(profile: Profile) -> str:

@@ -278,6 +278,8 @@ def profiles(draw: st.DrawFn) -> dict[str, Any]:
         "source": {
             "batch_size": draw(st.integers(1, 64)),
             "shape": draw(st.lists(st.integers(1, 2048), min_size=1, max_size=3)),
+            # up to 64 x 2048^3 x 8 bytes: the bound is raised explicitly
+            "max_message_bytes": 1 << 43,
             "dtype": draw(st.sampled_from(DTYPES)),
             "content": draw(st.sampled_from(["random", "peaks", "constant"])),
             "format": fmt,

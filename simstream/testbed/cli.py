@@ -239,7 +239,7 @@ def _wait_until(deadline: float, child: subprocess.Popen[bytes] | None) -> bool:
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def exec_(name: str, side: str, cmd: tuple[str, ...]) -> None:
     """Run CMD inside the producer's or consumer's namespace (after --)."""
-    prod, cons = namespace_names(validate_name(name))
+    prod, cons = namespace_names(_valid_name(name))
     ns = prod if side == "producer" else cons
     if ns not in leftovers(name).namespaces:
         raise UsageError(f"no testbed {name!r} is up (simstream testbed up --name {name} --detach)")
@@ -269,6 +269,13 @@ def status() -> None:
         click.echo(f"leftover link {ln} (simstream testbed down --all)")
 
 
+def _valid_name(name: str) -> str:
+    try:
+        return validate_name(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 @testbed.command("down")
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="every testbed and leftover (ssb- prefix)")
@@ -278,6 +285,8 @@ def down(name: str | None, all_: bool, iface: str | None) -> None:
     """Remove a testbed (NAME), every leftover (--all), or shaping on a named interface."""
     if sum(x is not None and x is not False for x in (name, all_ or None, iface)) != 1:
         raise UsageError("give exactly one of NAME, --all or --i-know-iface IF")
+    if name is not None:
+        _valid_name(name)
     offer = probe()
     if not offer.privileged:
         raise UsageError("testbed down needs root or CAP_NET_ADMIN")
@@ -286,10 +295,11 @@ def down(name: str | None, all_: bool, iface: str | None) -> None:
         click.echo(f"root qdisc removed from {iface}" if cp.returncode == 0
                    else f"{iface}: {cp.stderr.strip()}")
         return
-    if name is not None:
-        validate_name(name)
     t0 = clock.now()
     found, errors = cleanup_all(None if all_ else name)
+    if found.killed:
+        click.echo(f"ended {len(found.killed)} processes inside the namespaces "
+                   f"(pids {', '.join(map(str, found.killed[:20]))})")
     for ns in found.namespaces:
         click.echo(f"removed namespace {ns}")
     for ln in found.links:

@@ -106,7 +106,7 @@ def validate_name(name: str) -> str:
     """A testbed name: 1-24 of a-z 0-9 _ starting with a letter or digit. Raises ValueError."""
     if not _NAME_RE.match(name):
         raise ValueError(
-            f"testbed name {name!r} is invalid: use 1-24 characters a-z, 0-9 or _ "
+            f"testbed name {name[:40]!r}{'...' if len(name) > 40 else ''} is invalid: use 1-24 characters a-z, 0-9 or _ "
             f"(it becomes part of namespace names)"
         )
     return name
@@ -316,6 +316,7 @@ class Testbed:
             self._shaped = False
         # deleting a namespace deletes its veth end, the peer and the qdiscs on them
         for ns in reversed(self._created):
+            kill_namespace_processes(ns)  # deleting it would leave them running
             cp = run_cmd(["ip", "netns", "del", ns])
             if cp.returncode != 0 and ns in _namespaces():
                 errors.append(cp.stderr.strip())
@@ -423,6 +424,7 @@ def _host_links() -> list[str]:
 class Leftovers:
     namespaces: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)  # pids ended inside the namespaces
 
     def __bool__(self) -> bool:
         return bool(self.namespaces or self.links)
@@ -439,14 +441,42 @@ def leftovers(name: str | None = None) -> Leftovers:
     )
 
 
+def kill_namespace_processes(ns: str, grace_s: float = 2.0) -> list[int]:
+    """End every process inside network namespace ``ns`` (``ip netns pids``): SIGTERM,
+    then SIGKILL after ``grace_s``. Deleting a namespace does not end its processes
+    (a consumer left by a killed runner keeps running inside it). Returns the pids."""
+    import os
+    import signal
+    import time
+
+    def pids() -> list[int]:
+        cp = run_cmd(["ip", "netns", "pids", ns])
+        return [int(x) for x in cp.stdout.split() if x.isdigit()] if cp.returncode == 0 else []
+
+    first = pids()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = pids()
+        if not left:
+            break
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and pids():
+            time.sleep(0.05)
+    return first
+
+
 def cleanup_all(name: str | None = None) -> tuple[Leftovers, list[str]]:
-    """Remove one testbed's namespaces, or every ``ssb-`` namespace and link.
+    """Remove one testbed's namespaces, or every ``ssb-`` namespace and link, after
+    ending the processes inside them.
 
     Returns (what was found, errors). Only names with the prefix are touched.
     """
     found = leftovers(name)
     errors = []
     for ns in found.namespaces:
+        found.killed.extend(kill_namespace_processes(ns))
         cp = run_cmd(["ip", "netns", "del", ns])
         if cp.returncode != 0:
             errors.append(f"{ns}: {cp.stderr.strip()}")
