@@ -3,8 +3,9 @@
 Settings come from the profile's ``consumer:`` section (every key has a default),
 overridden by flags. Progress goes to stderr: a live rich panel on a terminal,
 plain lines otherwise (one every ``log_every_batches`` batches); the final
-summary goes to stdout. SIGINT ends receiving; what was received is still
-processed and recorded (a second SIGINT aborts).
+summary goes to stdout. SIGINT or SIGTERM ends receiving; what was received is
+still processed and recorded, summary.json written, and the exit status is 130
+(SIGINT) or 143 (SIGTERM); a second SIGINT aborts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import click
 
 from simstream.errors import UsageError
+from simstream.outdir import prepare_run_dir
 from simstream.profile import _check_url, find_profile, load_profile
 
 from .config import consumer_config
@@ -119,12 +121,16 @@ class _Progress:
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="end of stream after S seconds of silence")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="run directory (default runs/consume-<timestamp>)")
+              help="run directory (default runs/consume-<timestamp>); must be new or empty")
+@click.option("--force", is_flag=True,
+              help="--out may hold an earlier run: its files are removed first")
+@click.option("--in-run", "in_run", is_flag=True, hidden=True,
+              help="--out was prepared by `simstream run` (it holds the run's profile)")
 def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None,
             transport: str | None, mode: str | None, device: str | None, buffers: int | None,
             parse_in: str | None, parser_threads: int | None, queue_backend: str | None,
             ray_address: str | None, count: int | None, duration: float | None, idle_timeout: float | None,
-            out_dir: Path | None) -> None:
+            out_dir: Path | None, force: bool = False, in_run: bool = False) -> None:
     """Receive -> parse -> Q1 -> N-way buffered inference, every stage measured."""
     if bind and connect is not None:
         raise UsageError("--bind and --connect are exclusive: give one")
@@ -139,23 +145,29 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
         "idle_timeout_s": idle_timeout,
     })
     out = out_dir or Path("runs") / f"consume-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and (out / "summary.json").exists() and not (out / "profile.yaml").exists():
-        click.echo(f"note: {out} holds an earlier consumer run; its files are replaced", err=True)
+    if not in_run:
+        prepare_run_dir(out, force=force)
 
     live = sys.stderr.isatty()
     logging.basicConfig(level=logging.WARNING if live else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     stop = threading.Event()
     ready = threading.Event()
-    previous = None
+    got: list[int] = []  # the signals that asked for a stop
+    previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        def on_sigint(signum: int, frame: Any) -> None:
-            if stop.is_set():
+        def on_signal(signum: int, frame: Any) -> None:
+            # SIGINT or SIGTERM: an orderly stop (what is in hand is processed and
+            # recorded); a second SIGINT aborts, a repeated SIGTERM changes nothing
+            if stop.is_set() and signum == signal.SIGINT and signal.SIGINT in got:
                 raise KeyboardInterrupt
-            stop.set()
-            click.echo("interrupted: finishing what was received", err=True)
+            got.append(signum)
+            if not stop.is_set():
+                stop.set()
+                click.echo(f"{signal.Signals(signum).name}: finishing what was received", err=True)
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
     from .consumer import run_consumer
 
     where = (f"{cfg.role} {cfg.transport} {', '.join(cfg.urls)}" if cfg.mode == "socket"
@@ -170,7 +182,10 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     for line in summary_lines(summary, out):
         click.echo(line)
+    if got:
+        # the shell's convention: 128 + the signal's number (130 SIGINT, 143 SIGTERM)
+        sys.exit(128 + got[0])

@@ -130,6 +130,9 @@ _EXTRAS = {"torch": "consumer", "zmq": "consumer", "pynng": "consumer", "matplot
 
 
 def main(argv: list[str] | None = None) -> Any:
+    from simstream.runner.procs import die_with_parent_from_env
+
+    die_with_parent_from_env()
     try:
         return cli.main(args=argv, prog_name="simstream", standalone_mode=False)
     except click.exceptions.Abort:

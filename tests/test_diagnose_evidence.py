@@ -114,7 +114,7 @@ def test_missing_optional_files_rebuild_from_batches(tmp_path: Path) -> None:
     assert f["sequence_numbers"] is False
 
 
-@pytest.mark.parametrize("missing", [["summary.json"], ["batches.csv"], ["summary.json", "batches.csv"]])
+@pytest.mark.parametrize("missing", [["batches.csv"], ["summary.json", "batches.csv"]])
 def test_not_a_run_dir_names_what_is_missing(tmp_path: Path, missing: list[str]) -> None:
     d = write_handmade(tmp_path / "run")
     for m in missing:
@@ -123,6 +123,23 @@ def test_not_a_run_dir_names_what_is_missing(tmp_path: Path, missing: list[str])
         load_run(d)
     for m in missing:
         assert m in str(e.value)
+
+
+def test_a_run_cut_short_is_rebuilt_from_its_csv_files(tmp_path: Path) -> None:
+    """A consumer killed before summary.json: the counts come from the rows it flushed."""
+    from simstream.diagnose import diagnose_run
+
+    d = write_handmade(tmp_path / "run")
+    (d / "summary.json").unlink()
+    run = load_run(d)
+    assert run.cut_short and run.summary["cut_short"]
+    assert run.summary["received"] == 3 and run.summary["processed"] == 3
+    assert run.summary["batches"] == 3 and run.summary["samples"] == 24
+    assert run.summary["accounting_ok"] is False
+    assert "cut short" in run.sources["summary"]
+    report = diagnose_run(d, plots=False, trace=False)
+    assert report["cut_short"] and report["summary"].startswith("The run was cut short")
+    assert "cut short" in (d / "report.md").read_text()
 
 
 def test_bad_summary_is_a_usage_error(tmp_path: Path) -> None:

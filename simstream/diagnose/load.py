@@ -7,11 +7,15 @@ diagnosis needs. Only the measurements are read: ``summary.json``, ``batches.csv
 what was measured, not on what was asked for.
 
 Raises NotARunDir (a UsageError: exit status 2 on the command line) when the
-directory lacks ``summary.json`` or ``batches.csv``, naming what is missing.
+directory lacks ``batches.csv``, naming what is missing. A directory without
+``summary.json`` is a run that was cut short (its consumer killed): the summary's
+counts are rebuilt from ``messages.csv``, ``batches.csv`` and ``q1.csv``, and
+``RunData.cut_short`` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +60,7 @@ class RunData:
     emit: dict[str, Any] | None = None
     quarantined_files: int = 0
     sources: dict[str, Any] = field(default_factory=dict)
+    cut_short: bool = False  # no summary.json: rebuilt from the CSV files
 
     @property
     def n_batches(self) -> int:
@@ -74,15 +79,18 @@ def load_run(root: str | Path) -> RunData:
     if not root.is_dir():
         raise NotARunDir(f"{root}: not a directory")
     missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
-    if missing:
+    cut_short = missing == [SUMMARY_JSON]
+    if missing and not cut_short:
         inside = sorted(p.name for p in root.iterdir()
                         if p.is_dir() and all((p / n).is_file() for n in REQUIRED_FILES))
         hint = f" (it holds run directories: {', '.join(inside)})" if inside else ""
         raise NotARunDir(f"{root} is not a run directory: missing {', '.join(missing)}{hint}")
-    try:
-        summary = json.loads((root / SUMMARY_JSON).read_text())
-    except json.JSONDecodeError as e:
-        raise NotARunDir(f"{root / SUMMARY_JSON}: not valid JSON ({e})") from None
+    summary: Any = {}
+    if not cut_short:
+        try:
+            summary = json.loads((root / SUMMARY_JSON).read_text())
+        except json.JSONDecodeError as e:
+            raise NotARunDir(f"{root / SUMMARY_JSON}: not valid JSON ({e})") from None
     if not isinstance(summary, dict):
         raise NotARunDir(f"{root / SUMMARY_JSON}: not a JSON object")
     try:
@@ -97,7 +105,7 @@ def load_run(root: str | Path) -> RunData:
         batches.setdefault(c, np.full(n, np.nan))
 
     sources: dict[str, Any] = {"summary": True, "batches": True}
-    run = RunData(root=root, summary=summary, batches=batches, sources=sources)
+    run = RunData(root=root, summary=summary, batches=batches, sources=sources, cut_short=cut_short)
     for name, attr, reader in (
         (MESSAGES_CSV, "messages", read_messages),
         (Q1_CSV, "q1", read_numeric_csv),
@@ -125,4 +133,54 @@ def load_run(root: str | Path) -> RunData:
     run.quarantined_files = len(list(qdir.glob("*.bin"))) if qdir.is_dir() else 0
     sources["quarantine"] = qdir.is_dir()
     sources["sequence_numbers"] = run.has_seq
+    if cut_short:
+        run.summary = rebuild_summary(run)
+        sources["summary"] = ("missing: the run was cut short; counts rebuilt from messages.csv, "
+                              "batches.csv and q1.csv")
     return run
+
+
+def _statuses(path: Path) -> dict[str, int]:
+    import csv
+
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError), path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            st = row.get("status") or ""
+            counts[st] = counts.get(st, 0) + 1
+    return counts
+
+
+def rebuild_summary(run: RunData) -> dict[str, Any]:
+    """What summary.json would have said, from the rows the consumer flushed before it
+    stopped (a torn last row is not counted)."""
+    b = run.batches
+    st = _statuses(run.root / MESSAGES_CSV)
+    received = sum(st.values())
+
+    def fin(a: np.ndarray) -> np.ndarray:
+        return a[np.isfinite(a)]
+
+    arr = fin(b["t_arrival"])
+    d2h = fin(b["t_d2h_end"])
+    out: dict[str, Any] = {
+        "cut_short": True,
+        "end_reason": "cut short (no summary.json)",
+        "received": received,
+        "processed": st.get("processed", 0),
+        "quarantined": st.get("quarantined", 0),
+        "accounting_ok": False,
+        "accounting_problems": ["the run was cut short: counts rebuilt from the CSV files"],
+        "batches": int(b["t_arrival"].size),
+        "samples": int(np.nansum(b["events"])),
+        "bytes": int(np.nansum(b["nbytes"])),
+        "first_arrival": float(arr.min()) if arr.size else None,
+        "last_arrival": float(arr.max()) if arr.size else None,
+        "last_finish": float(d2h.max()) if d2h.size else None,
+    }
+    if run.q1 is not None and "depth" in run.q1 and run.q1["depth"].size:
+        depth, size = run.q1["depth"], run.q1.get("maxsize")
+        if size is not None and np.all(size > 0):
+            out["q1"] = {"samples": int(depth.size), "maxsize": int(size.max()),
+                         "mean_occupancy": float(np.mean(depth / size))}
+    return out

@@ -125,7 +125,10 @@ def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
         "verdict": verdict,
         "confidence": confidence,
         "network_detail": network_detail(f) if verdict == "network" else None,
-        "summary": summary_text(f, verdict, confidence),
+        "summary": ("The run was cut short (no summary.json): figures rebuilt from the "
+                    "CSV files the consumer flushed. " if run.cut_short else "")
+        + summary_text(f, verdict, confidence),
+        "cut_short": run.cut_short,
         "reasons": reasons,
         "key_evidence": key_evidence(f),
         "recommendations": recommendations(f, verdict),

@@ -2,8 +2,8 @@
 
 Exit status: 0 done; 1 the peer could not be reached within
 ``transport.connect_timeout_s`` (after retrying with backoff); 2 bad input
-(invalid profile, bad flag, address in use); 130 interrupted (the log is
-still complete and flushed). With ``--processes P`` > 1 the ranks run in P
+(invalid profile, bad flag, address in use); 130 interrupted by SIGINT, 143 by
+SIGTERM (an orderly stop either way: the log is still complete and flushed). With ``--processes P`` > 1 the ranks run in P
 child emitters (``simstream.emitter.processes``) and the status is the first
 failing child's, or 1 when their merged log misses a line.
 """
@@ -16,13 +16,13 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import click
 
 from simstream.emitter.processes import PARENT_ENV, run_processes
 from simstream.errors import UsageError
+from simstream.outdir import check_log_file
 from simstream.profile import Profile, find_profile, load_profile
 
 __all__ = ["emit", "build_profile"]
@@ -137,7 +137,7 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
     return None
 
 
-async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> tuple[Any, bool]:
+async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> tuple[Any, int]:
     """Run the engine with the log, the progress display and signal handling."""
     import trio
 
@@ -156,13 +156,15 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
 
     result: Any = None
     run_scope = trio.CancelScope()
+    caught: list[int] = []
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def watch_signals() -> None:
-                    async for _ in signals:
+                    async for sig in signals:
                         # a clean stop: the engine records what was queued or in flight
+                        caught.append(int(sig))
                         run_scope.cancel()
                         return
 
@@ -178,7 +180,10 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
     finally:
         if log is not None:
             log.close()  # flushed even on Ctrl-C or an error
-    interrupted = run_scope.cancelled_caught
+    # the exit status for the stop: 128 + the signal (130 SIGINT, 143 SIGTERM); a
+    # parent gone counts as SIGTERM's
+    interrupted = (128 + (caught[0] if caught else signal.SIGTERM)
+                   if run_scope.cancelled_caught else 0)
     if result is None:
         from simstream.emitter.engine import EmitResult
 
@@ -239,13 +244,11 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     if tp.role == "server" and tp.url_spread == "rank" and tp.ranks > len(tp.all_urls):
         raise UsageError(f"role server with {tp.ranks} ranks needs {tp.ranks} addresses in "
                          f"transport.urls (each rank binds its own); got {len(tp.all_urls)}")
+    if log_path is not None:
+        check_log_file(log_path)
     if dry_run:
         _dry_run(p, log_path)
         return
-    if log_path is not None:
-        parent = Path(log_path).resolve().parent
-        if not parent.is_dir():
-            raise UsageError(f"--log {log_path}: folder {parent} does not exist")
     if _endless(p) and not sys.stderr.isatty():
         click.echo("emit: the profile never stops; Ctrl-C (SIGINT) ends it", err=True)
 
@@ -367,4 +370,4 @@ def _run(p: Profile, log_path: str | None, *, tty: bool | None) -> int:
         click.echo(line, err=False)
     if log_path:
         click.echo(f"emit log: {log_path}")
-    return 130 if interrupted else 0
+    return int(interrupted)

@@ -14,7 +14,7 @@ process with threads), each with its share of the rank ids
 - merges the part logs into the one ``--log`` file while they run
   (:class:`simstream.emitter.merge.LogMerger`), counting every line.
 
-Exit status as for one process: 0 done, 130 interrupted, else the status of
+Exit status as for one process: 0 done, 130 / 143 interrupted (SIGINT / SIGTERM), else the status of
 the first child that failed (1: peer unreachable, 2: bad input), or 1 when
 the merged log is missing lines.
 """
@@ -49,7 +49,7 @@ PARENT_ENV = "SIMSTREAM_EMIT_PARENT"
 POLL_S = 0.1
 
 #: statuses of a child stopped by a forwarded signal (not a failure)
-INTERRUPTED = (130, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
+INTERRUPTED = (128 + signal.SIGINT, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGTERM)
 
 
 def part_paths(log_path: str | Path, processes: int) -> list[Path]:
@@ -227,5 +227,5 @@ def _verdict(children: list[_Child], failed: _Child | None, report: MergeReport,
         return 1
     if sig or any(c.returncode in INTERRUPTED and c.returncode != 0 for c in children):
         echo("emit: interrupted", True)
-        return 130
+        return 128 + (sig or signal.SIGINT)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import click
 from simstream.errors import UsageError
 from simstream.profile import find_profile, load_profile
 from simstream.runner.core import RunResult, default_out_dir, run_profile
+from simstream.runner.procs import Interrupted, orderly_signals
 
 
 def _print_shaping(shaping: dict[str, Any]) -> None:
@@ -88,6 +90,8 @@ _QUEUE_BACKEND = click.option(
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="run directory (default runs/<profile>-<timestamp>)")
 @click.option("--duration", type=float, default=None, help="override stop.duration_s")
+@click.option("--force", is_flag=True,
+              help="--out may hold an earlier run: its files are removed first")
 @click.option("--kernel-shaping", is_flag=True,
               help="run consumer and emitter in two network namespaces and let the kernel "
                    "(tc tbf/htb/netem) shape the link instead of the emitter; needs root or "
@@ -103,8 +107,8 @@ _QUEUE_BACKEND = click.option(
               help="with queue backend ray: attach the consumer to a running Ray cluster "
                    "(default: a local Ray instance that starts and stops with the run)")
 @_QUEUE_BACKEND
-def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_shaping: bool,
-        capture: bool, capture_snaplen: int, ray_address: str | None,
+def run(profile_path: str, out_dir: Path | None, duration: float | None, force: bool,
+        kernel_shaping: bool, capture: bool, capture_snaplen: int, ray_address: str | None,
         queue_backend: str | None) -> None:
     """Consumer on a free loopback port (or across a kernel-shaped testbed), the
     emitter against it, then the verdict."""
@@ -115,15 +119,25 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, kernel_
     if capture_snaplen and capture_snaplen < 96:
         raise UsageError(f"--capture-snaplen {capture_snaplen} is below 96 bytes: "
                          f"TCP headers would be cut")
+    out = out_dir or default_out_dir(load_profile(find_profile(profile_path)))
     try:
-        result = run_profile(profile_path, out_dir, duration_s=duration,
-                             kernel_shaping=kernel_shaping, capture=capture,
-                             capture_snaplen=capture_snaplen, echo=click.echo,
-                             consumer_args=_ray_args(ray_address, queue_backend))
+        with orderly_signals():
+            result = run_profile(profile_path, out, duration_s=duration,
+                                 kernel_shaping=kernel_shaping, capture=capture,
+                                 capture_snaplen=capture_snaplen, echo=click.echo,
+                                 consumer_args=_ray_args(ray_address, queue_backend), force=force)
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
+        click.echo(f"the run's records (and report, if one could be made) are in {out}", err=True)
         sys.exit(1)
+    except Interrupted as e:  # before the run directory was ready
+        click.echo(f"{e}: stopped; what was recorded is in {out}", err=True)
+        sys.exit(e.exit_code)
     _print_verdict(result)
+    if result.interrupted is not None:
+        click.echo(f"interrupted by {signal.Signals(result.interrupted).name}: the run was "
+                   f"cut short; its records and report are in {result.out_dir}", err=True)
+        sys.exit(128 + result.interrupted)
     if result.verify_failed:
         click.echo("capture verification FAILED: see verify.json and report.md", err=True)
         sys.exit(1)

@@ -19,6 +19,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from typing import Any
 
 from simstream import clock
 from simstream.errors import UsageError
+from simstream.outdir import prepare_run_dir
 from simstream.profile import Profile, dump_profile, find_profile, load_profile, split_url
 from simstream.runner import kernel
 from simstream.runner.procs import (
     Child,
+    Interrupted,
     LineCount,
     children,
     free_ports,
@@ -62,6 +65,9 @@ class RunResult:
     # verify.json when the run was captured (--capture), else None
     verify: dict[str, Any] | None = None
     port: int = 0  # the stream's TCP port
+    # SIGINT or SIGTERM stopped the run (its number); the records and report are
+    # still written
+    interrupted: int | None = None
 
     @property
     def verify_failed(self) -> bool:
@@ -84,7 +90,7 @@ def run_duration_s(profile: Profile) -> float:
 def _consumer_argv(profile_path: Path, out: Path, urls: list[str], bind: bool, mode: str,
                    extra: list[str]) -> list[str]:
     argv = simstream_argv(
-        "consume", "--profile", str(profile_path), "--out", str(out), "--mode", mode,
+        "consume", "--profile", str(profile_path), "--out", str(out), "--in-run", "--mode", mode,
     )
     if mode == "socket":
         for url in urls:
@@ -107,6 +113,7 @@ def run_profile(
     capture: bool = False,
     capture_snaplen: int = 0,
     echo: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Run one experiment. ``mode="random"`` runs the consumer alone on batches it
     generates (no emitter) for the profile's duration.
@@ -117,7 +124,8 @@ def run_profile(
     stream's port, checked afterwards into DIR/verify.json (``capture_snaplen``
     > 0 keeps only each packet's first bytes: rates are checked, message
     framing is not, and the file stays small). ``echo`` receives
-    progress lines (testbed, phase changes).
+    progress lines (testbed, phase changes). ``out_dir`` must be new or empty
+    (``force``: an earlier run's files there are removed first).
 
     Raises UsageError (missing privileges, a flag that does not fit the mode),
     ProfileError, and RuntimeError when a child fails to start or exits with an
@@ -137,11 +145,46 @@ def run_profile(
     if capture and not kernel.can_capture():
         raise UsageError("--capture needs root or CAP_NET_RAW to open a packet socket; "
                          "run as root, or leave out --capture")
-    out = out_dir or default_out_dir(profile)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_dir(out_dir or default_out_dir(profile), force=force)
     (out / "profile.yaml").write_text(dump_profile(profile))
     result = RunResult(out_dir=out, mode=mode)
 
+    failure: RuntimeError | None = None
+    try:
+        _run_children(path, profile, out, result, mode=mode, duration_s=duration_s,
+                      consumer_args=consumer_args, emitter_args=emitter_args, offer=offer,
+                      capture=capture, capture_snaplen=capture_snaplen, say=say)
+    except Interrupted as e:
+        result.interrupted = e.signum
+        say(f"{signal.Signals(e.signum).name}: the run was stopped; its children finished "
+            f"and wrote their records")
+    except RuntimeError as e:
+        failure = e  # a child failed: what it recorded is still diagnosed below
+
+    summary_path = out / "summary.json"
+    if summary_path.exists():
+        result.summary = json.loads(summary_path.read_text())
+    if capture and failure is None and result.interrupted is None:
+        # before the diagnosis, so the report carries the verification table
+        result.verify, _ = kernel.verify_run(out, profile, result.port)
+    if diagnose:
+        from simstream.diagnose import NotARunDir, diagnose_run
+
+        try:
+            result.report = diagnose_run(out)
+        except NotARunDir as e:
+            if failure is None and result.interrupted is None:
+                raise
+            say(f"no report: {e}")
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _run_children(path: Path, profile: Profile, out: Path, result: RunResult, *, mode: str,
+                  duration_s: float | None, consumer_args: list[str] | None,
+                  emitter_args: list[str] | None, offer: Any, capture: bool,
+                  capture_snaplen: int, say: Callable[[str], None]) -> None:
     if mode == "random":
         dur = duration_s or run_duration_s(profile)
         with children() as procs:
@@ -160,18 +203,6 @@ def run_profile(
         _socket_run(path, profile, out, result, duration_s=duration_s,
                     consumer_args=consumer_args or [], emitter_args=emitter_args or [],
                     kernel_offer=offer, capture=capture, snaplen=capture_snaplen, say=say)
-
-    summary_path = out / "summary.json"
-    if summary_path.exists():
-        result.summary = json.loads(summary_path.read_text())
-    if capture:
-        # before the diagnosis, so the report carries the verification table
-        result.verify, _ = kernel.verify_run(out, profile, result.port)
-    if diagnose:
-        from simstream.diagnose import diagnose_run
-
-        result.report = diagnose_run(out)
-    return result
 
 
 def _quiet(_: str) -> None:
@@ -285,9 +316,19 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 # written even when a change failed or the run was stopped midway
                 result.shaping = kernel.shaping_record(tb, tb.name, timeline, emit_profile)
                 _write_json(out / kernel.SHAPING_FILE, result.shaping)
-        result.emitter_rc = emitter.wait(max(0.0, limit - (time.monotonic() - t_mono)))
-        if result.emitter_rc is None:
-            result.emitter_rc = emitter.interrupt()
+        # the emitter's end, or the consumer's death (then the emitter is stopped: it
+        # would send into nothing until its own time-outs)
+        while (rc := emitter.wait(0.2)) is None:
+            if consumer.returncode is not None:
+                say(f"the consumer exited ({consumer.returncode}) before the emitter was "
+                    f"done: stopping the emitter")
+                result.emitter_rc = emitter.interrupt(grace_s=10)
+                break
+            if time.monotonic() - t_mono > limit:
+                result.emitter_rc = emitter.interrupt()
+                break
+        else:
+            result.emitter_rc = rc
         if consumer.returncode is None:
             drained = _drained(out)
             try:

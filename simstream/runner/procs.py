@@ -50,6 +50,61 @@ def is_listening(port: int) -> bool:
     return False
 
 
+# a child started by ``Child`` finds its parent's pid here and dies with it
+PARENT_PID_ENV = "SIMSTREAM_DIE_WITH_PARENT"
+_PR_SET_PDEATHSIG = 1
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM reached the runner: stop the run in order."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def orderly_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, once: later ones
+    are only recorded (in the yielded list), so the stop in progress (children
+    asked to finish, records written, the testbed removed) is not itself cut short."""
+    got: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        got.append(signum)
+        if len(got) == 1:
+            raise Interrupted(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def die_with_parent_from_env() -> None:
+    """In a child started by ``Child``: get SIGTERM when the parent dies (Linux
+    PR_SET_PDEATHSIG), so a runner killed with SIGKILL leaves no consumer or emitter
+    behind. SIGTERM is an orderly stop for both. No-op elsewhere."""
+    parent = os.environ.pop(PARENT_PID_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def simstream_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "simstream", *args]
 
@@ -62,9 +117,13 @@ class Child:
         self.argv = list(argv)
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})
+        # its own process group: a terminal's Ctrl-C reaches the runner only, which
+        # stops the children in order (they die with it if it is killed: see
+        # die_with_parent_from_env)
         self.proc = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, process_group=0,
         )
 
     @property
@@ -86,10 +145,13 @@ class Child:
                 self.proc.wait(5)
         return int(self.proc.returncode)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 30.0) -> None:
+        """SIGTERM (an orderly stop: the child finishes and writes its records), then
+        SIGKILL after ``grace_s``; always reaped."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            if self.wait(5) is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            if self.wait(grace_s) is None:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
