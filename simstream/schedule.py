@@ -110,6 +110,10 @@ class Schedule:
     profile: Profile
     rank: int = 0
     link_estimate_mbps: float = DEFAULT_LINK_ESTIMATE_MBPS
+    #: changes made while the run goes on (``simstream.emitter.control.LiveConditions``):
+    #: live network fields, a live rate and injected faults, read as each message is
+    #: planned; None for a schedule that is the profile's alone
+    live: Any = None
     end_reason: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +139,9 @@ class Schedule:
         self._pending: deque[PlannedSend] = deque()
         self._virtual_now = 0.0
         self._event_nbytes = p.source.event_nbytes
+        self._last_offered: float | None = None
+        # after a live rate ends, the timeline's times before this one are skipped
+        self._resume_after: float | None = None
 
     # -- public
 
@@ -142,6 +149,15 @@ class Schedule:
     def shift_s(self) -> float:
         """Total stall time inserted so far (seconds)."""
         return self._shift
+
+    def delay(self, by_s: float) -> None:
+        """Move everything not yet planned later by ``by_s`` seconds (a pause)."""
+        if by_s > 0:
+            self._shift += by_s
+            if self._last_offered is not None:
+                self._last_offered += by_s
+            if self._resume_after is not None:
+                self._resume_after += by_s
 
     def next(self, now: float | None = None) -> PlannedSend | None:
         """The next planned attempt, or None when the schedule is over.
@@ -174,6 +190,9 @@ class Schedule:
     def _next_offer(self, now: float | None) -> tuple[PhaseWindow, float, float] | None:
         """(window, offered time, clock time for triggers/stop) of the next message."""
         stop_s = self.profile.stop.duration_s
+        live_rate = self.live.rate_hz if self.live is not None else None
+        if live_rate is not None:
+            return self._next_live_offer(live_rate, now)
         if all(ph.rate_hz == 0 for ph in self.profile.timeline.phases):
             self._end("silent")  # every phase is silent: nothing will ever go
             return None
@@ -207,8 +226,33 @@ class Schedule:
                 self._advance_window()
                 continue
             t = tau + self._shift
+            if self._resume_after is not None:
+                if t <= self._resume_after:
+                    continue  # offered while a live rate was in force
+                self._resume_after = None
             return w, t, t
         raise RuntimeError("schedule found no message in 10^6 windows")  # pragma: no cover
+
+    def _next_live_offer(self, rate_hz: float, now: float | None
+                         ) -> tuple[PhaseWindow, float, float] | None:
+        """The next offer at a live rate: 1/rate after the previous one (or now, for
+        the first); the timeline's phases still pass by the clock (names, network)."""
+        last = self._last_offered
+        t_now = self._virtual_now if now is None else now
+        t = max(t_now, 0.0) if last is None else last + 1.0 / rate_hz
+        for _ in range(1_000_000):  # bounded: each pass consumes a window
+            w = self._window
+            if w is None:
+                self._end("timeline")
+                return None
+            if w.end_s is not None and t >= w.end_s + self._shift:
+                self._advance_window()
+                continue
+            # when the live rate ends, the timeline goes on after this message
+            self._times = None
+            self._resume_after = t
+            return w, t, t
+        raise RuntimeError("schedule found no window in 10^6")  # pragma: no cover
 
     def _strikes(self, rule: FaultRule, seq: int) -> bool:
         trig = rule.trigger
@@ -241,6 +285,14 @@ class Schedule:
                 self._shift += st.shift_s  # type: ignore[attr-defined]
                 t_offered += st.shift_s  # type: ignore[attr-defined]
                 t_clock += st.shift_s  # type: ignore[attr-defined]
+        injected = self.live.take_faults(self.rank) if self.live is not None else []
+        for spec in injected:
+            if spec.kind == "stall":
+                st = make_fault(spec, self._rng_fault)
+                faults.append(st)
+                self._shift += st.shift_s  # type: ignore[attr-defined]
+                t_offered += st.shift_s  # type: ignore[attr-defined]
+                t_clock += st.shift_s  # type: ignore[attr-defined]
         for _ in range(1000):  # a shift can bring the next time occurrence into reach
             moved = False
             for ts in self._time_rules:
@@ -267,7 +319,12 @@ class Schedule:
             if ts.rule.kind != "stall" and self._time_strikes(ts, t_clock):
                 # several occurrences before one message collapse into one strike
                 faults.append(make_fault(ts.rule.spec, self._rng_fault))
+        for spec in injected:
+            if spec.kind != "stall":
+                faults.append(make_fault(spec, self._rng_fault))
         net = effective_network(self.profile.network, w.phase.network)
+        if self.live is not None:
+            net = effective_network(net, self.live.network)
         delay = JitterModel.from_network(net).draw_s(self._rng_jitter)
         t_sched = preserve_order(t_offered + delay, self._prev_t_sched)
         self._prev_t_sched = t_sched
@@ -291,6 +348,7 @@ class Schedule:
                 bandwidth_mbps=net.bandwidth_mbps,
             ))
         self._seq += 1
+        self._last_offered = t_offered
         link_mbps = net.bandwidth_mbps or self.link_estimate_mbps
         copies = 2 if dup else 1
         self._virtual_now = (max(self._virtual_now, t_sched)

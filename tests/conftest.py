@@ -65,3 +65,9 @@ def pytest_unconfigure(config):
         sys.stderr.write("the suite left running (it would never exit): " + ", ".join(names) + "\n")
         sys.stderr.flush()
         os._exit(3)
+
+# simstream's own pytest plugin (fixtures simstream_emitter, simstream_consumer,
+# simstream_run). Installed, it is already loaded through its pytest11 entry point,
+# registered under this same name, so this line is then a no-op; in a checkout
+# used through PYTHONPATH it loads the plugin.
+pytest_plugins = ["simstream.testing"]

@@ -137,8 +137,10 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
     return None
 
 
-async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> tuple[Any, int]:
-    """Run the engine with the log, the progress display and signal handling."""
+async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
+                     control: tuple[str, int] | None = None) -> tuple[Any, int]:
+    """Run the engine with the log, the progress display, signal handling and, with
+    ``control`` (host, port), the live control API."""
     import trio
 
     from simstream.emitter.engine import RankStats, run_emitter
@@ -157,6 +159,16 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
     result: Any = None
     run_scope = trio.CancelScope()
     caught: list[int] = []
+    live = server = None
+    if control is not None:
+        from simstream.emitter.control import ControlServer, LiveConditions
+
+        first = p.transport.rank_offset
+        live = LiveConditions(list(range(first, first + p.transport.ranks)))
+        server = ControlServer(live, *control)
+        # stderr, flushed: a test harness reads this line to find a port chosen by the OS
+        click.echo(f"emit: control API on {server.start()}", err=True)
+        sys.stderr.flush()
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
@@ -175,9 +187,12 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
                     nursery.start_soon(_watch_parent, int(parent), run_scope)
                 with run_scope:
                     result = await run_emitter(p, on_record=on_record,
-                                               on_event=_on_transport_event, stats_out=stats)
+                                               on_event=_on_transport_event, stats_out=stats,
+                                               live=live)
                 nursery.cancel_scope.cancel()
     finally:
+        if server is not None:
+            server.close()
         if log is not None:
             log.close()  # flushed even on Ctrl-C or an error
     # the exit status for the stop: 128 + the signal (130 SIGINT, 143 SIGTERM); a
@@ -225,12 +240,29 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None) -> t
 @click.option("--url-spread", "url_spread", type=click.Choice(["rank", "message"]),
               help="several urls (transport.url_spread): one per rank, or every rank "
                    "sends its messages over all of them in turn (LCLStreamer)")
+@click.option("--control", "control_addr", metavar="HOST:PORT",
+              help="serve the live control API (HTTP JSON: GET /status, POST /network, "
+                   "/faults, /rate, /pause, /resume; docs/testing.md) on this loopback "
+                   "address; port 0 picks a free one, printed on stderr")
+@click.option("--control-any-host", is_flag=True,
+              help="let --control listen on a non-loopback address (the API has no "
+                   "authentication: anyone who reaches it steers the emitter)")
 def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str | None,
          ranks: int | None, processes: int | None, rank_offset: int | None, seed: int | None,
          count: int | None, duration: float | None, log_path: str | None, dry_run: bool,
          lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
-         close: str | None, url_spread: str | None) -> None:
+         close: str | None, url_spread: str | None,
+         control_addr: str | None, control_any_host: bool) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
+    control = None
+    if control_addr is not None:
+        from simstream.emitter.control import parse_control_address
+
+        control = parse_control_address(control_addr, any_host=control_any_host)
+        if dry_run:
+            raise UsageError("--control steers a running emitter; a --dry-run sends nothing")
+    elif control_any_host:
+        raise UsageError("--control-any-host goes with --control HOST:PORT")
     overrides = {"transport.role": role, "transport.kind": kind, "transport.ranks": ranks,
                  "transport.processes": processes, "transport.rank_offset": rank_offset,
                  "seed": seed, "stop.messages": count, "stop.duration_s": duration,
@@ -252,6 +284,9 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     if _endless(p) and not sys.stderr.isatty():
         click.echo("emit: the profile never stops; Ctrl-C (SIGINT) ends it", err=True)
 
+    if control is not None and p.transport.processes > 1:
+        raise UsageError("--control steers one emitter process; it does not go with "
+                         f"{p.transport.processes} processes (--processes 1)")
     receiver = None
     if loopback:
         if url is not None or role == "server":
@@ -263,7 +298,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     if p.transport.processes > 1:
         code = run_processes(p, log_path, echo=lambda line, err: click.echo(line, err=err))
     else:
-        code = _run(p, log_path, tty=tty)
+        code = _run(p, log_path, tty=tty, control=control)
     if receiver is not None:
         receiver["stop"].set()
         receiver["thread"].join(timeout=30.0)
@@ -339,7 +374,8 @@ def _start_loopback(p: Profile) -> dict[str, Any]:
     return box
 
 
-def _run(p: Profile, log_path: str | None, *, tty: bool | None) -> int:
+def _run(p: Profile, log_path: str | None, *, tty: bool | None,
+         control: tuple[str, int] | None = None) -> int:
     import trio
 
     from simstream.emitter.progress import summary_lines
@@ -351,7 +387,8 @@ def _run(p: Profile, log_path: str | None, *, tty: bool | None) -> int:
     switch = sys.getswitchinterval()
     sys.setswitchinterval(min(switch, 0.0005))
     try:
-        result, interrupted = trio.run(functools.partial(_emit_main, p, log_path, tty=tty))
+        result, interrupted = trio.run(functools.partial(_emit_main, p, log_path, tty=tty,
+                                                         control=control))
     except BaseException as e:  # noqa: BLE001 - unwrapped below; the rest re-raised
         hit = _find(e, (AddressInUse, UsageError))
         if hit is not None:

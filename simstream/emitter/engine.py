@@ -28,6 +28,8 @@ records carry ``wall_clock()`` Unix seconds (``simstream.clock.now``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -199,6 +201,8 @@ class _Run:
     notes: list[tuple[int, str]] = field(default_factory=list)
     #: trio time after which queued or blocked messages are given up (stop + drain)
     drain_deadline: float | None = None
+    #: live changes (``simstream.emitter.control.LiveConditions``), or None
+    live: Any = None
 
     def rank_stats(self, rank: int) -> RankStats:
         """The totals of the rank with this (global) id."""
@@ -206,7 +210,11 @@ class _Run:
 
     @property
     def capped(self) -> bool:
-        """Whether any phase (or the base network section) caps the bandwidth."""
+        """Whether any phase (or the base network section, or a live change) caps the
+        bandwidth."""
+        if self.live is not None and self.live.network is not None \
+                and self.live.network.bandwidth_mbps is not None:
+            return True
         return self.profile.network.bandwidth_mbps is not None or any(
             ph.network is not None and ph.network.bandwidth_mbps is not None
             for ph in self.profile.timeline.phases
@@ -253,9 +261,17 @@ def _cap_now(run: _Run) -> float | None:
     """The cap in force now (Mbit/s), by the clock: the link's cap changes at the
     phase boundary, as a kernel shaper's does, whichever phase a message that is
     still being sent was scheduled in."""
+    return _network_now(run).bandwidth_mbps
+
+
+def _network_now(run: _Run) -> Any:
+    """The network conditions in force now: base, the phase's by the clock, live changes."""
     w = phase_at(run.profile.timeline, trio.current_time() - run.t0)
     override = w.phase.network if w is not None else None
-    return effective_network(run.profile.network, override).bandwidth_mbps
+    net = effective_network(run.profile.network, override)
+    if run.live is not None:
+        net = effective_network(net, run.live.network)
+    return net
 
 
 def _make_gate(run: _Run, rank: int) -> tuple[Gate | None, int]:
@@ -293,7 +309,7 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                      send_ch: trio.MemorySendChannel[_Item], *, in_thread: bool,
                      log_lost: Callable[[_Item], None], first: Any = None) -> None:
     stats = run.rank_stats(rank)
-    sched = Schedule(run.profile, rank)
+    sched = Schedule(run.profile, rank, live=run.live)
     stop_s = run.profile.stop.duration_s
     message: Any = first
     async with send_ch:
@@ -312,6 +328,12 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                 else:
                     message = make_message(planned.seq)
             await sleep_until_precise(run.t0 + planned.t_sched)
+            if run.live is not None and run.live.paused:
+                # paused: this message and the schedule after it move later by the pause
+                waited = await run.live.wait_resumed()
+                sched.delay(waited)
+                planned = dataclasses.replace(planned, t_offered=planned.t_offered + waited,
+                                              t_sched=planned.t_sched + waited)
             attempt = Attempt(message.payload)
             for f in planned.faults:
                 attempt = f.apply(attempt)
@@ -460,6 +482,7 @@ async def run_emitter(
     drain_timeout_s: float | None = 10.0,
     messages_in_thread: bool = True,
     stats_out: list[RankStats] | None = None,
+    live: Any = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> EmitResult:
     """Run the profile's emitter to its stop condition; return the per-rank totals.
@@ -471,7 +494,9 @@ async def run_emitter(
     emit-log record as the attempt ends. ``drain_timeout_s``: after the
     schedule ends, how long queued messages may take to go before they are
     logged as lost (None: wait for ever). ``stats_out``: a list filled with the
-    live :class:`RankStats` (for a progress display).
+    live :class:`RankStats` (for a progress display). ``live``: a
+    ``simstream.emitter.control.LiveConditions`` whose changes (network fields,
+    rate, pause, injected faults) the run follows from each rank's next message.
 
     Ranks: the ids ``transport.rank_offset`` .. ``rank_offset + ranks - 1``, all in
     this process (``transport.processes`` is the command line's business: it
@@ -523,7 +548,10 @@ async def run_emitter(
                 first = _first_message(f, profile, st.rank)
             factories.append(f)
             firsts.append(first)
-        run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats)
+        run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats,
+                   live=live)
+        if live is not None:
+            live.attach([st.rank for st in stats], functools.partial(_live_status, run))
         if profile.stop.duration_s is not None and drain_timeout_s is not None:
             run.drain_deadline = run.t0 + profile.stop.duration_s + drain_timeout_s
         task_status.started(run.unix0)
@@ -540,6 +568,8 @@ async def run_emitter(
         finally:
             result.t_end = wall_clock()
             result.records = records
+            if live is not None:
+                live.finished = True
     return result
 
 
@@ -588,6 +618,25 @@ async def _rank_pair(run: _Run, rank: int, links: list[tuple[str, Any]], factory
             writer_scope.deadline = run.drain_deadline
         elif drain_timeout_s is not None:
             writer_scope.deadline = trio.current_time() + drain_timeout_s
+
+
+def _live_status(run: _Run) -> dict[str, Any]:
+    """What the control API's GET /status adds: conditions in force now and counters."""
+    elapsed = trio.current_time() - run.t0
+    w = phase_at(run.profile.timeline, elapsed)
+    counters = {k: sum(getattr(st, k) for st in run.stats)
+                for k in ("delivered", "cut", "lost", "nbytes", "queued")}
+    counters["attempts"] = counters["delivered"] + counters["cut"] + counters["lost"]
+    counters["blocked_s"] = round(sum(st.blocked_s for st in run.stats), 6)
+    return {
+        "elapsed_s": round(elapsed, 6),
+        "phase": w.phase.name if w is not None else None,
+        "network": _network_now(run).model_dump(),
+        "counters": counters,
+        "ranks": [{"rank": st.rank, "url": st.url, "phase": st.phase, "delivered": st.delivered,
+                   "cut": st.cut, "lost": st.lost, "queued": st.queued,
+                   "ended": st.planned_end} for st in run.stats],
+    }
 
 
 def expected_messages(profile: Profile) -> float:
