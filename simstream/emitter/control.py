@@ -66,6 +66,8 @@ __all__ = [
 MAX_BODY_BYTES = 64 * 1024
 #: faults that may wait for a rank's next message; more is a runaway client
 MAX_PENDING_FAULTS = 1000
+#: the counters GET /status gives (totals over the ranks)
+COUNTERS = ("delivered", "cut", "lost", "nbytes", "queued", "attempts", "blocked_s")
 #: keys that choose *when* a profile fault strikes; an injected fault strikes now
 _TRIGGER_KEYS = ("at_message", "every_messages", "at_s", "every_s", "probability")
 
@@ -244,6 +246,9 @@ class LiveConditions:
         }
         if self._status is not None:
             base.update(self._status())
+        else:  # not started yet (building its first messages, connecting)
+            base.update({"elapsed_s": 0.0, "phase": None, "network": None,
+                         "counters": dict.fromkeys(COUNTERS, 0), "ranks": []})
         return base
 
 
