@@ -42,6 +42,7 @@ def test_producer_modules_import_without_consumer_packages() -> None:
     cp = run_blocked(
         "import simstream.emitter.engine, simstream.payload, simstream.codec, simstream.transport\n"
         "import simstream.lclstreamer, simstream.profile, simstream.wire.zmtp\n"
+        "import simstream.testing, simstream.emitter.control\n"
         "from simstream.cli import main\n"
         "main(['profiles', 'validate', 'profiles/bursty.yaml'])\n"
     )

@@ -67,6 +67,7 @@ __all__ = [
     "simstream_consumer",
     "simstream_emitter",
     "simstream_run",
+    "quiet_after_s",
 ]
 
 
@@ -175,30 +176,73 @@ def simstream_consumer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
 
 
 @pytest.fixture
-def simstream_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def simstream_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Factory: ``simstream_run(profile, *, count=None, duration=None,
-    device="cpu", **overrides)`` runs one experiment as ``simstream run`` does
-    (consumer and emitter as separate programs on a free loopback port, then the
-    diagnosis, without plots) and returns its :class:`RunReport`. Every process
-    is stopped before it returns or raises."""
+    device="cpu", timeout=300.0, **overrides)`` runs one experiment end to end:
+    the measured consumer bound on a free loopback port, the emitter sending to
+    it, both as separate programs; the consumer ends by itself once the stream
+    has been quiet for longer than any gap the profile plans; then the
+    diagnosis (``simstream diagnose``, without plots or trace) of the run directory
+    (the consumer's records, ``emit.jsonl``, ``profile.yaml``). Returns a
+    :class:`RunReport`. Every process is stopped before it returns or raises;
+    TimeoutError after ``timeout`` seconds."""
+    started: list[Any] = []
 
     def run(profile: str | Path | Mapping[str, Any] | Profile, *, count: int | None = None,
-            duration: float | None = None, device: str = "cpu", **overrides: Any) -> RunReport:
-        from simstream.diagnose import diagnose_run
-        from simstream.runner.core import run_profile
+            duration: float | None = None, device: str = "cpu", timeout: float = 300.0,
+            **overrides: Any) -> RunReport:
+        import shutil
+        import time
 
-        p = resolve_profile(profile, count=count, duration=duration, **overrides)
+        from simstream.diagnose import diagnose_run
+
+        url = free_url()
+        p = resolve_profile(profile, url=url, count=count, duration=duration, **overrides)
         work = _workdir(tmp_path_factory, "run")
-        path = work / "profile.yaml"
-        path.write_text(dump_profile(p))
         out = work / "run"
-        consumer_args = [] if "device" in p.consumer else ["--device", device]
-        run_profile(path, out, consumer_args=consumer_args, diagnose=False)
-        report = diagnose_run(out, plots=False)
-        return RunReport(run_dir=out, report=report, consumer=read_consumer_run(out),
+        t_end = time.monotonic() + timeout
+        consumer = ConsumerHandle(url, out, profile=p, idle_timeout=quiet_after_s(p),
+                                  device=p.consumer.get("device", device))
+        started.append(consumer)
+        emitter = EmitterHandle(p, work / "emitter")
+        started.append(emitter)
+        rc = emitter.wait(max(1.0, t_end - time.monotonic()))
+        if rc != 0:
+            raise RuntimeError(f"the emitter exited with status {rc}:\n{emitter.stderr}")
+        consumer_run = consumer.result(max(1.0, t_end - time.monotonic()))
+        shutil.copyfile(emitter.log_path, out / "emit.jsonl")
+        (out / "profile.yaml").write_text(dump_profile(p))
+        report = diagnose_run(out, plots=False, trace=False)
+        return RunReport(run_dir=out, report=report, consumer=consumer_run,
                          emit_records=read_emit_records(out / "emit.jsonl"), profile=p)
 
-    return run
+    try:
+        yield run
+    finally:
+        for h in reversed(started):
+            h.stop()
+
+
+def quiet_after_s(profile: Profile, *, margin_s: float = 2.0, limit: int = 100_000) -> float:
+    """Seconds of silence after which a consumer of ``profile`` may take the stream
+    as over: the longest gap its schedule plans between two messages of a rank
+    (silent phases, stalls, latency), plus the longest message's time on a capped
+    link, plus ``margin_s`` (start-up, reconnects)."""
+    from simstream.schedule import iter_schedule
+
+    longest = 0.0
+    first = profile.transport.rank_offset
+    for rank in range(first, first + profile.transport.ranks):
+        prev = 0.0
+        for planned in iter_schedule(profile, rank, limit=limit):
+            gap = planned.t_sched - prev
+            if planned.bandwidth_mbps:
+                gap += (planned.nbytes_estimate or 0) * 8 / (planned.bandwidth_mbps * 1e6)
+            longest = max(longest, gap)
+            prev = planned.t_sched
+    slow_close = max((f.duration_ms or 0.0 for f in profile.faults
+                      if f.kind == "slow_close"), default=0.0) / 1000
+    return round(longest + slow_close + margin_s, 3)
 
 
 def pytest_configure(config: pytest.Config) -> None:
