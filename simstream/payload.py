@@ -59,8 +59,9 @@ timestamps are synthetic, never the wall clock).
 
 Pool mode (``source.pool: N``): N full batches are encoded once; message ``seq``
 is a copy of batch ``seq % N`` with its per-message fields (``timestamp`` and the
-``simstream_*`` fields) rewritten in place at memory speed. Those fields are
-never compressed, for that reason (see ``simstream.codec``). The detector data
+``simstream_*`` fields) rewritten in place at memory speed. In pool mode those
+fields are not compressed, for that reason (see ``simstream.codec``); without a
+pool every dataset gets the compression, as LCLStreamer's serializers do. The detector data
 and wavelengths repeat with period N. A partial last batch is always encoded
 afresh.
 
