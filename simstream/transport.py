@@ -101,6 +101,25 @@ class AddressInUse(UsageError):
     """Server role: the address to bind is taken (one line, exit status 2)."""
 
 
+class WouldBlockAtClose(Exception):
+    """An abrupt close is under way (``close_when_blocked``) and the kernel cannot
+    take more of this message without waiting for the peer: it is abandoned, as
+    libzmq with LINGER 0 drops what its I/O thread has not yet handed over."""
+
+
+class _CloseGate:
+    """Abrupt close: a write that would wait for the peer is abandoned instead."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self.scope: trio.CancelScope | None = None  # around a wait for writability
+
+    def close(self) -> None:
+        self.closing = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+
 class _LinkDown(Exception):
     pass
 
@@ -226,6 +245,7 @@ class Sender:
         self._write_lock = trio.Lock()
         self._after_loss = False
         self._closed = False
+        self._close_gate = _CloseGate()
 
     # -- state ---------------------------------------------------------------------
     @property
@@ -497,7 +517,8 @@ class Sender:
                     await gate(end - pos)
                 if link.dead:
                     raise _LinkDown(link.why or "connection closed")
-                await _write_pieces(link.sock, _pieces(header, view, pos, end), report)
+                await _write_pieces(link.sock, _pieces(header, view, pos, end), report,
+                                    self._close_gate)
                 pos = end
         except (OSError, trio.ClosedResourceError, _LinkDown) as exc:
             why = link.why or _describe(exc)
@@ -550,6 +571,12 @@ class Sender:
             self._drop(link, rst=True)
         async with self._write_lock:
             await self._ensure_link()
+
+    def close_when_blocked(self) -> None:
+        """Start an abrupt close (LINGER 0): messages go on while the kernel takes
+        them without waiting; a write that would wait for the peer (or is waiting
+        now) raises WouldBlockAtClose and its message is abandoned."""
+        self._close_gate.close()
 
     async def reconnect(self) -> None:
         """Close the connection gracefully (FIN) after any message being written, and
@@ -629,19 +656,30 @@ async def _write_all(sock: socket.socket, data: bytes) -> None:
 
 
 async def _write_pieces(
-    sock: socket.socket, pieces: list[memoryview], report: SendReport | None
+    sock: socket.socket, pieces: list[memoryview], report: SendReport | None,
+    close_gate: _CloseGate | None = None,
 ) -> None:
     """Hand ``pieces`` to the kernel in as few system calls as it allows (scatter
-    writes, no copy); time blocked on a full send buffer goes to socket_wait_s."""
+    writes, no copy); time blocked on a full send buffer goes to socket_wait_s.
+    Raises WouldBlockAtClose instead of waiting once ``close_gate`` is closing."""
     while pieces:
         t_try = clock.now() if report is not None and report.t_first_byte is None else 0.0
         try:
             sent = sock.sendmsg(pieces)
         except BlockingIOError:
+            if close_gate is not None and close_gate.closing:
+                raise WouldBlockAtClose("the kernel's send buffer is full at the close") from None
             t0 = time.perf_counter()
-            await trio.lowlevel.wait_writable(sock)
+            with trio.CancelScope() as scope:
+                if close_gate is not None:
+                    close_gate.scope = scope
+                await trio.lowlevel.wait_writable(sock)
+            if close_gate is not None:
+                close_gate.scope = None
             if report is not None:
                 report.socket_wait_s += time.perf_counter() - t0
+            if scope.cancelled_caught:
+                raise WouldBlockAtClose("the close came while waiting on the peer")
             continue
         if report is not None and sent:
             if report.t_first_byte is None:

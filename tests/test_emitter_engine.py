@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from simstream.emitter.engine import RankStats, run_emitter
 from simstream.emitter.log import LOG_KEYS
+from simstream.transport import WouldBlockAtClose
 from simstream.profile import parse_profile
 from simstream.schedule import Schedule
 
@@ -63,6 +64,8 @@ class FakeSender:
     events: list[tuple[str, float]] = field(default_factory=list)
     gate_calls: list[tuple[float, int]] = field(default_factory=list)
     n_calls: int = 0
+    closing: bool = False  # close_when_blocked: a send that would wait is abandoned
+    wait_scope: Any = None
 
     async def send_message(self, payload: Any, *, gate: Any = None, chunk_bytes: int,
                            cut_after_bytes: int | None = None) -> Report:
@@ -83,7 +86,13 @@ class FakeSender:
             if t_first is None:
                 t_first = trio.current_time()
             if self.link_bytes_per_s:
-                await trio.sleep(n / self.link_bytes_per_s)
+                # the link takes time: the "kernel" would make the sender wait
+                if self.closing:
+                    raise WouldBlockAtClose("full at the close")
+                with trio.CancelScope() as self.wait_scope:
+                    await trio.sleep(n / self.link_bytes_per_s)
+                if self.wait_scope.cancelled_caught:
+                    raise WouldBlockAtClose("the close came while waiting")
             sent += n
         outcome = "delivered" if cut_after_bytes is None else "cut"
         self.sent.append({"payload": bytes(payload), "t_first": t_first,
@@ -92,6 +101,11 @@ class FakeSender:
 
     async def reset(self) -> None:
         self.events.append(("reset", trio.current_time()))
+
+    def close_when_blocked(self) -> None:
+        self.closing = True
+        if self.wait_scope is not None:
+            self.wait_scope.cancel()
 
     async def close(self, delay_s: float = 0.0) -> None:
         await trio.sleep(delay_s)
@@ -545,3 +559,13 @@ def test_end_of_stream_close_abrupt_drops_the_tail_graceful_drains_it(close: str
     assert all(r["outcome"] == "delivered" for r in records if r["seq"] not in tail)
     assert result.ranks[0].lost_at_tail == 4 and len(transport.senders[0].sent) == 6
     assert out["end"] == pytest.approx(0.06)  # closed as the last message was queued
+
+
+def test_abrupt_close_loses_nothing_when_the_peer_keeps_up() -> None:
+    # LINGER 0 drops only what would have to wait: a link that takes every message
+    # at once (a fast reader, room in the kernel) gets them all, as LCLStreamer's do
+    prof = profile(transport={"sndhwm": 3, "close": "abrupt"}, stop={"messages": 10})
+    records, out, _ = emit(prof)
+    assert sorted(r["seq"] for r in records) == list(range(10))
+    assert all(r["outcome"] == "delivered" and r["at_close"] is None for r in records)
+    assert out["result"].ranks[0].lost_at_tail == 0

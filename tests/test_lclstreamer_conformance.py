@@ -177,14 +177,15 @@ def _emit_to_slow_reader(close: str) -> tuple[list[int], list[dict[str, Any]], A
     box: dict[str, str] = {}
     got: list[int] = []
     ready = threading.Event()
-    th = threading.Thread(target=_slow_reader, args=(box, got, ready, 0.03), daemon=True)
+    th = threading.Thread(target=_slow_reader, args=(box, got, ready, 0.1), daemon=True)
     th.start()
     assert ready.wait(10)
-    # as the recording: 21 messages of 1 MiB, unpaced, SNDHWM 5, one PULL with RCVHWM 1
+    # as the recording: 21 messages of 1 MiB, unpaced, SNDHWM 5, one PULL with RCVHWM 1;
+    # pre-encoded (pool) so the producer outruns the reader even on a loaded machine
     profile = parse_profile({
         "name": "slow-reader", "seed": 0,
         "source": {"batch_size": 1, "shape": [512, 512], "dtype": "float32",
-                   "content": "constant", "total_events": 21,
+                   "content": "constant", "total_events": 21, "pool": 2,
                    "fields": {"detector_data": "/data/data"}},
         "transport": {"role": "client", "url": box["url"], "sndhwm": 5, "close": close,
                       "connect_timeout_s": 10},

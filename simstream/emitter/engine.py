@@ -14,8 +14,11 @@ run is stopped (Ctrl-C, a drain timeout) or when the peer disconnects.
 
 End of stream (``transport.close``): ``graceful`` lets the queue drain (within
 the drain time-out); ``abrupt`` closes as soon as the schedule is over, as
-LCLStreamer does (LINGER 0): the message being written and those still queued
+LCLStreamer does (LINGER 0): sending goes on only while the kernel takes
+messages without waiting for the peer (libzmq's I/O thread hands its queue over
+until the close reaches it); the message that would wait and those still queued
 are lost, and their records say so in ``at_close`` (``in_flight``/``queued``).
+A sender without ``close_when_blocked`` is cut off at once.
 
 Several urls (``transport.url_spread``): ``rank`` gives each rank one url;
 ``message`` opens every url in every rank and sends message k of the rank on
@@ -372,13 +375,16 @@ async def _writer(run: _Run, rank: int, links: list[tuple[str, Any]],
     url = links[0][0]
     async with recv_ch:
         try:
-            async for item in recv_ch:
-                current = item
-                url, sender = links[k % len(links)]
-                k += 1
-                await _send_one(run, rank, url, sender, item, stats, t_idle)
-                current = None
-                t_idle = trio.current_time()
+            try:
+                async for item in recv_ch:
+                    current = item
+                    url, sender = links[k % len(links)]
+                    k += 1
+                    await _send_one(run, rank, url, sender, item, stats, t_idle)
+                    current = None
+                    t_idle = trio.current_time()
+            except _closed_at_end():
+                pass  # an abrupt close met a full send buffer: the rest is the tail
         finally:
             # stopped (Ctrl-C, drain timeout, an abrupt close): what was in flight or
             # queued is lost, and said so; after the schedule's end it is the tail
@@ -421,6 +427,8 @@ async def _send_one(run: _Run, rank: int, url: str, sender: Any, item: _Item,
     except trio.Cancelled:
         raise
     except Exception as e:
+        if isinstance(e, _closed_at_end()):
+            raise  # the writer records it and the queue as the tail
         # this message is lost either way; an unreachable peer or a closed sender ends
         # the run (after the record), a mere disconnect does not: the transport reconnects
         _note_error(run, rank, e)
@@ -464,6 +472,15 @@ def _fatal_errors() -> tuple[type[BaseException], ...]:
     else:
         out.append(ConnectTimeout)
     return tuple(out)
+
+
+def _closed_at_end() -> tuple[type[BaseException], ...]:
+    """The transport's error for a write an abrupt close abandons."""
+    try:
+        from simstream.transport import WouldBlockAtClose
+    except ImportError:  # pragma: no cover - the transport is part of the package
+        return ()
+    return (WouldBlockAtClose,)
 
 
 def _note_error(run: _Run, rank: int, err: BaseException) -> None:
@@ -609,9 +626,15 @@ async def _rank_pair(run: _Run, rank: int, links: list[tuple[str, Any]], factory
                          log_lost=log_lost, first=first)
         closing.set()
         if run.profile.transport.close == "abrupt":
-            # LINGER 0: the socket closes now; the message being written and the
-            # queue are dropped (the writer records them as the tail)
-            writer_scope.cancel()
+            # LINGER 0: what the kernel takes without waiting still goes; the first
+            # write that would wait ends the stream and the rest is dropped (the
+            # writer records them as the tail)
+            senders = [sender for _, sender in links]
+            if all(hasattr(x, "close_when_blocked") for x in senders):
+                for x in senders:
+                    x.close_when_blocked()
+            else:
+                writer_scope.cancel()
             return
         # the schedule is over: queued messages still go, within the drain timeout
         if run.drain_deadline is not None:
