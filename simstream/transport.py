@@ -679,7 +679,7 @@ async def _write_pieces(
             if report is not None:
                 report.socket_wait_s += time.perf_counter() - t0
             if scope.cancelled_caught:
-                raise WouldBlockAtClose("the close came while waiting on the peer")
+                raise WouldBlockAtClose("the close came while waiting on the peer") from None
             continue
         if report is not None and sent:
             if report.t_first_byte is None:

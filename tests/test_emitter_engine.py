@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from simstream.emitter.engine import RankStats, run_emitter
 from simstream.emitter.log import LOG_KEYS
-from simstream.transport import WouldBlockAtClose
 from simstream.profile import parse_profile
 from simstream.schedule import Schedule
+from simstream.transport import WouldBlockAtClose
 
 OVERHEAD = 9  # framing bytes the fake adds, like a ZMTP long frame header
 
