@@ -130,7 +130,7 @@ def timelines(*, min_phases: int = 1, max_phases: int = 4, min_rate_hz: float = 
 
     @st.composite
     def build(draw: st.DrawFn) -> Timeline:
-        kw = dict(min_rate_hz=min_rate_hz, max_rate_hz=max_rate_hz,
+        kw: dict[str, Any] = dict(min_rate_hz=min_rate_hz, max_rate_hz=max_rate_hz,
                   max_duration_s=max_duration_s, silent=silent,
                   as_fast_as_possible=as_fast_as_possible, network=network)
         ph = draw(st.lists(phases(**kw), min_size=min_phases, max_size=max_phases))
@@ -168,7 +168,7 @@ def faults(*, kinds: Sequence[str] = FAULT_KINDS, max_message: int = 100,
     @st.composite
     def build(draw: st.DrawFn) -> Fault:
         kind = draw(st.sampled_from(list(kinds)))
-        trigger = draw(st.one_of(
+        trigger: dict[str, Any] = draw(st.one_of(
             st.builds(dict, at_message=st.integers(0, max(0, max_message - 1))),
             st.builds(dict, every_messages=st.integers(1, max(1, max_message))),
             st.builds(dict, at_s=_floats(0.0, max_at_s)),

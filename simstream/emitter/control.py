@@ -334,8 +334,8 @@ class ControlServer:
             raise UsageError(f"--control {self._host}:{self._port}: cannot listen: "
                              f"{e.strerror or e}") from None
         self._server.daemon_threads = True
-        host, port = self._server.server_address[:2]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
+        host, port = str(self._server.server_address[0]), int(self._server.server_address[1])
+        shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
@@ -368,7 +368,7 @@ def _make_handler(live: LiveConditions, token: Any) -> type[BaseHTTPRequestHandl
     }
     gets: dict[str, Callable[[], Any]] = {
         "/status": live.status,
-        "/network": lambda: live.status().get("network", {}),
+        "/network": lambda: live.status().get("network") or {},
     }
 
     class Handler(BaseHTTPRequestHandler):

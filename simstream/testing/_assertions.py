@@ -89,9 +89,8 @@ def assert_accounted(run: Any, emitter: Any = None) -> dict[str, int]:
                      and m.get("status") == "quarantined")
     missing = []
     for r in delivered:
-        key = (r.rank, r.seq)
-        if got[key] > 0:
-            got[key] -= 1
+        if got[(r.rank, r.seq)] > 0:
+            got[(r.rank, r.seq)] -= 1
         else:
             missing.append(r)
     if len(missing) > unnumbered:

@@ -45,7 +45,7 @@ class EmitRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EmitRecord:
-        kw = {f.name: d.get(f.name) for f in fields(cls)}
+        kw: dict[str, Any] = {f.name: d.get(f.name) for f in fields(cls)}
         kw["faults"] = tuple(kw["faults"] or ())
         return cls(**kw)
 
