@@ -171,7 +171,7 @@ def main() -> int:
         quiet = settled(out / "messages.csv", 2.0)
         wait_until(lambda: next(quiet), 300, "the consumer to receive everything", poll_s=0.2,
                    alive=consumer)
-        consumer_rc = consumer.interrupt()
+        consumer_rc = consumer.interrupt(as_planned=True)
     summary = json.loads((out / "summary.json").read_text())
     delivered = 0
     attempts = 0

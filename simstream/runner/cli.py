@@ -119,10 +119,10 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
     if capture_snaplen and capture_snaplen < 96:
         raise UsageError(f"--capture-snaplen {capture_snaplen} is below 96 bytes: "
                          f"TCP headers would be cut")
-    out = out_dir or default_out_dir(load_profile(find_profile(profile_path)))
+    out = out_dir or "runs/ (a new run directory)"
     try:
         with orderly_signals():
-            result = run_profile(profile_path, out, duration_s=duration,
+            result = run_profile(profile_path, out_dir, duration_s=duration,
                                  kernel_shaping=kernel_shaping, capture=capture,
                                  capture_snaplen=capture_snaplen, echo=click.echo,
                                  consumer_args=_ray_args(ray_address, queue_backend), force=force)

@@ -197,7 +197,7 @@ def _run_children(path: Path, profile: Profile, out: Path, result: RunResult, *,
             procs.append(consumer)
             result.consumer_rc = consumer.wait(dur + DRAIN_TIMEOUT_S)
             if result.consumer_rc is None:
-                result.consumer_rc = consumer.interrupt()
+                result.consumer_rc = consumer.interrupt(as_planned=True)
             _check_consumer(result, consumer)
     else:
         _socket_run(path, profile, out, result, duration_s=duration_s,
@@ -335,7 +335,7 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 wait_until(lambda: next(drained), DRAIN_TIMEOUT_S,
                            "the consumer to receive everything", poll_s=0.1, alive=consumer)
             finally:
-                result.consumer_rc = consumer.interrupt()
+                result.consumer_rc = consumer.interrupt(as_planned=True)
         else:
             result.consumer_rc = consumer.returncode
         if cap is not None:

@@ -136,14 +136,22 @@ class Child:
         except subprocess.TimeoutExpired:
             return None
 
-    def interrupt(self, grace_s: float = 30.0) -> int:
-        """SIGINT (the child finishes and writes its records), then SIGKILL after grace_s."""
+    def interrupt(self, grace_s: float = 30.0, *, as_planned: bool = False) -> int:
+        """SIGINT (the child finishes and writes its records), then SIGKILL after grace_s.
+
+        ``as_planned``: the stop is the runner's normal way of ending this child, so
+        its orderly exit on that SIGINT (status 130) counts as success (0)."""
+        sent = False
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+            sent = True
             if self.wait(grace_s) is None:
                 self.proc.kill()
                 self.proc.wait(5)
-        return int(self.proc.returncode)
+        rc = int(self.proc.returncode)
+        if as_planned and sent and rc in (128 + signal.SIGINT, -signal.SIGINT):
+            return 0
+        return rc
 
     def stop(self, grace_s: float = 30.0) -> None:
         """SIGTERM (an orderly stop: the child finishes and writes its records), then
