@@ -342,6 +342,15 @@ def split_url(url: str) -> tuple[str, int]:
 JitterDistribution = Literal["uniform", "normal", "pareto", "paretonormal"]
 
 
+class BurstLoss(_Model):
+    """Gilbert-Elliott burst loss, netem's ``loss gemodel`` parameters in percent."""
+
+    p_pct: float = Field(..., ge=0, le=100, description="good -> bad, per packet")
+    r_pct: float = Field(..., gt=0, le=100, description="bad -> good, per packet")
+    bad_loss_pct: float = Field(100.0, ge=0, le=100, description="loss in the bad state")
+    good_loss_pct: float = Field(0.0, ge=0, le=100, description="loss in the good state")
+
+
 class NetworkConditions(_Model):
     """Base network conditions; in user space unless kernel shaping is asked for."""
 
@@ -354,6 +363,32 @@ class NetworkConditions(_Model):
     bandwidth_scope: Literal["per_rank", "aggregate"] = Field(
         "per_rank", description="the cap applies to each rank, or to all ranks together"
     )
+    # Packet-level conditions: applied by kernel shaping only (tc's netem, or the
+    # user-space link emulator), never by the emitter, which sends messages, not packets.
+    loss_pct: float = Field(
+        0.0, ge=0, le=100, description="random packet loss, producer to consumer (kernel shaping)"
+    )
+    loss_burst: BurstLoss | None = Field(
+        None, description="Gilbert-Elliott burst loss instead of loss_pct (user-link emulator)"
+    )
+    reorder: bool = Field(
+        False, description="jitter may reorder packets (user-link; netem reorders by itself)"
+    )
+    queue_packets: int | None = Field(
+        None, ge=1, description="drop-tail queue limit in packets before the rate cap (user-link)"
+    )
+    queue_bytes: int | None = Field(
+        None, ge=1, description="drop-tail queue limit in bytes before the rate cap (user-link)"
+    )
+    trace: str | None = Field(
+        None, description="throughput trace to replay instead of bandwidth_mbps (user-link): "
+        "mahimahi's delivery-opportunity format, or a .csv of time_s,mbps"
+    )
+    emulator: Literal["tc", "user-link", "auto"] = Field(
+        "auto", description="who shapes under kernel shaping: tc qdiscs, the user-space link "
+        "emulator, or auto (user-link when netem is missing and latency, jitter or loss are "
+        "asked, or a user-link-only key is set)"
+    )
 
 
 class NetworkOverride(_Model):
@@ -363,6 +398,7 @@ class NetworkOverride(_Model):
     jitter_ms: float | None = Field(None, ge=0)
     jitter_distribution: JitterDistribution | None = None
     bandwidth_mbps: float | None = Field(None, gt=0)
+    loss_pct: float | None = Field(None, ge=0, le=100)
 
 
 class Phase(_Model):

@@ -114,7 +114,7 @@ def up(name: str, profile_path: str | None, duration: float | None, detach: bool
     profile = _load(profile_path)
     try:
         if detach:
-            tb = Testbed(name, profile, i_know_iface=iface).create()
+            tb = Testbed(name, profile, i_know_iface=iface, detached=True).create()
             _print_up(tb)
             click.echo(f"left up; run commands with: simstream testbed exec --name {name} "
                        f"producer|consumer -- CMD; remove with: simstream testbed down "

@@ -35,18 +35,22 @@ command failed; everything created so far is removed first).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from simstream import clock
-from simstream.profile import NetworkOverride, Phase, Profile
-from simstream.testbed import tc
+from simstream.profile import NetworkConditions, NetworkOverride, Phase, Profile
+from simstream.testbed import linkfwd, tc, userlink
 from simstream.testbed.detect import PREFIX, KernelOffer, probe, run_cmd
+from simstream.testbed.link import LinkParams
 
 __all__ = [
     "CONSUMER_ADDR",
@@ -183,8 +187,16 @@ class Testbed:
     __test__ = False  # not a pytest class
 
     def __init__(self, name: str, profile: Profile | None = None, *,
-                 i_know_iface: str | None = None, offer: KernelOffer | None = None) -> None:
+                 i_know_iface: str | None = None, offer: KernelOffer | None = None,
+                 detached: bool = False) -> None:
         self.name = validate_name(name)
+        self.detached = detached
+        # "tc" or "user-link" (chosen in create(), once the kernel's offer is known)
+        self.emulator = "tc"
+        self.emulator_why = ""
+        self.forwarder: userlink.Forwarder | None = None
+        self.link_stats: dict[str, Any] = {}
+        self._traces: dict[str, Any] = {}
         self.profile = profile
         self.offer = offer
         self.explicit_iface = i_know_iface
@@ -236,6 +248,16 @@ class Testbed:
         missing = offer.missing_tools()
         if missing:
             raise TestbedError(f"{', '.join(missing)} not found: install iproute2")
+        self.emulator, self.emulator_why = userlink.choose_emulator(self.profile, offer)
+        if self.emulator == "user-link":
+            if self.explicit_iface is not None:
+                raise TestbedError(
+                    f"the user-space link emulator needs the testbed's namespaces; it cannot "
+                    f"shape a named interface ({self.emulator_why}); set network.emulator: tc")
+            try:
+                self._link_phases()
+            except ValueError as e:
+                raise TestbedError(str(e)) from None
         try:
             if self.explicit_iface is None:
                 self._make_namespaces()
@@ -267,6 +289,9 @@ class Testbed:
         for ns in (self.producer_ns, self.consumer_ns):
             self._run(["ip", "netns", "add", ns])
             self._created.append(ns)
+        if self.emulator == "user-link":
+            self._make_link()
+            return
         # Both ends are created directly inside the namespaces: the veth never
         # exists in the host's namespace, even for an instant.
         self._run(["ip", "link", "add", self.producer_iface, "netns", self.producer_ns,
@@ -278,6 +303,42 @@ class Testbed:
             self._run(["ip", "-n", ns, "link", "set", dev, "up"])
             self._run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
+    # ------------------------------------------------------------------ user-link
+
+    def _link_phases(self) -> list[tuple[LinkParams, LinkParams]]:
+        """Each phase's (producer -> consumer, consumer -> producer) link. Raises ValueError."""
+        net = self.profile.network if self.profile is not None else NetworkConditions()
+        return [userlink.link_params(p.shaping, net, trace_cache=self._traces)
+                for p in self.phases]
+
+    def _link_for(self, shaping: tc.Shaping) -> tuple[LinkParams, LinkParams]:
+        net = self.profile.network if self.profile is not None else NetworkConditions()
+        return userlink.link_params(shaping, net, trace_cache=self._traces)
+
+    def _make_link(self) -> None:
+        """TUN devices in both namespaces and the forwarder between them (no veth)."""
+        assert self.producer_ns and self.consumer_ns
+        p2c, c2p = self._link_phases()[0]
+        stats_file = Path(tempfile.gettempdir()) / f"{self.producer_ns}-link-stats.json"
+        try:
+            self.forwarder = userlink.Forwarder(
+                self.producer_ns, self.consumer_ns, self.producer_iface, self.consumer_iface,
+                p2c, c2p, stats_file=stats_file, detached=self.detached)
+        except RuntimeError as e:
+            raise TestbedError(str(e)) from None
+        for ns, dev, addr, peer in (
+                (self.producer_ns, self.producer_iface, self.producer_addr, self.consumer_addr),
+                (self.consumer_ns, self.consumer_iface, self.consumer_addr, self.producer_addr)):
+            self._run(["ip", "-n", ns, "addr", "add", addr, "peer", f"{peer}/32", "dev", dev])
+            self._run(["ip", "-n", ns, "link", "set", dev, "mtu", str(linkfwd.MTU), "up"])
+            self._run(["ip", "-n", ns, "link", "set", "lo", "up"])
+
+    def describe_shaping(self, shaping: tc.Shaping) -> list[str]:
+        """What this testbed applies of one phase's shaping, in words."""
+        if self.emulator == "user-link":
+            return userlink.describe(*self._link_for(shaping))
+        return tc.describe(shaping, self.plan.layout if self.plan is not None else "none")
+
     def _shape(self) -> None:
         """Install the plan; a qdisc kind the kernel refuses is dropped and the plan redone.
 
@@ -285,6 +346,15 @@ class Testbed:
         container with NET_ADMIN but not SYS_ADMIN) every kind is tried this way.
         """
         assert self.offer is not None
+        if self.emulator == "user-link":
+            lines = userlink.describe(*self._link_phases()[0])
+            self.plan = tc.Plan(self.producer_iface, "user-link", [], lines, [])
+            self.applied = [f"{line} on {self.producer_iface} <-> {self.consumer_iface} "
+                            f"(TUN devices, forwarder pid "
+                            f"{self.forwarder.pid if self.forwarder else '?'})" for line in lines]
+            self.applied.append(f"emulator: user-link ({self.emulator_why})")
+            self.not_applied = []
+            return
         shapings = [p.shaping for p in self.phases]
         kinds = set(self.offer.kinds) if self.offer.qdiscs else set(UNPROBED_KINDS)
         for _ in range(len(UNPROBED_KINDS) + 1):
@@ -304,11 +374,29 @@ class Testbed:
         where = (f"on {self.producer_iface} (egress, namespace {self.producer_ns})"
                  if self.producer_ns else f"on {self.producer_iface} (egress, named by the user)")
         self.applied = [f"{line} {where}" for line in self.plan.applied]
+        if self.emulator_why:
+            self.applied.append(f"emulator: tc ({self.emulator_why})")
         self.not_applied = list(self.plan.not_applied)
+        net = self.profile.network if self.profile is not None else None
+        for key in userlink.USER_LINK_ONLY:
+            if net is not None and getattr(net, key) not in (None, False):
+                self.not_applied.append(f"network.{key} is applied by the user-space link "
+                                        f"emulator only (network.emulator: user-link)")
 
     def down(self) -> list[str]:
         """Remove what this testbed made. Idempotent; returns the errors it met (never raises)."""
         errors: list[str] = []
+        if self.forwarder is not None:
+            if not self.detached:
+                with contextlib.suppress(RuntimeError, OSError, ValueError):
+                    self.link_stats = self.forwarder.stats()
+            self.forwarder.stop()
+            if not self.link_stats:
+                self.link_stats = self.forwarder.stats()
+            if not self.detached:
+                with contextlib.suppress(OSError):
+                    self.forwarder.stats_file.unlink()
+            self.forwarder = None
         if self.explicit_iface is not None and self._shaped:
             cp = run_cmd(tc.teardown_commands(self.explicit_iface)[0])
             if cp.returncode != 0:
@@ -355,6 +443,8 @@ class Testbed:
             shaping = _phase_shaping(self.profile, phase_network)
         else:
             raise TestbedError("a NetworkOverride needs the testbed to have a profile")
+        if self.emulator == "user-link":
+            return self._set_link_phase(shaping)
         cmds = tc.change_commands(self.producer_iface, shaping, self.plan.layout)
         t0 = clock.now()
         for cmd in cmds:
@@ -366,6 +456,18 @@ class Testbed:
         self.last_change = PhaseChange(cmds, command_s, confirmed_s,
                                        tc.describe(shaping, self.plan.layout))
         return confirmed_s if confirmed_s is not None else command_s
+
+    def _set_link_phase(self, shaping: tc.Shaping) -> float:
+        if self.forwarder is None:
+            raise TestbedError("the link forwarder is not running (a detached testbed's "
+                               "forwarder takes no phase changes)")
+        try:
+            p2c, c2p = self._link_for(shaping)
+            took = self.forwarder.set(p2c, c2p)
+        except (ValueError, RuntimeError) as e:
+            raise TestbedError(str(e)) from None
+        self.last_change = PhaseChange([], took, took, userlink.describe(p2c, c2p))
+        return took
 
     def _confirm_tbf_rate(self, shaping: tc.Shaping, t0: float) -> float | None:
         import json
@@ -445,7 +547,6 @@ def kill_namespace_processes(ns: str, grace_s: float = 2.0) -> list[int]:
     """End every process inside network namespace ``ns`` (``ip netns pids``): SIGTERM,
     then SIGKILL after ``grace_s``. Deleting a namespace does not end its processes
     (a consumer left by a killed runner keeps running inside it). Returns the pids."""
-    import os
     import signal
     import time
 
@@ -485,3 +586,4 @@ def cleanup_all(name: str | None = None) -> tuple[Leftovers, list[str]]:
         if cp.returncode != 0:
             errors.append(f"{ln}: {cp.stderr.strip()}")
     return found, errors
+

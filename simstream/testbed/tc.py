@@ -151,16 +151,18 @@ def shaping_from_network(
     jitter = net.jitter_ms
     dist: str = net.jitter_distribution
     bw = net.bandwidth_mbps
+    loss = net.loss_pct
     if override is not None:
         latency = override.latency_ms if override.latency_ms is not None else latency
         jitter = override.jitter_ms if override.jitter_ms is not None else jitter
         dist = override.jitter_distribution or dist
         bw = override.bandwidth_mbps if override.bandwidth_mbps is not None else bw
+        loss = override.loss_pct if override.loss_pct is not None else loss
     if bw is not None and net.bandwidth_scope == "per_rank" and ranks > 1:
         bw = bw * ranks
     return Shaping(
         rate_mbps=bw,
-        netem=Netem(delay_ms=latency, jitter_ms=jitter, distribution=dist),
+        netem=Netem(delay_ms=latency, jitter_ms=jitter, distribution=dist, loss_pct=loss),
     )
 
 

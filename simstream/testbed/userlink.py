@@ -1,0 +1,208 @@
+"""The user-space link emulator in a testbed: which emulator shapes, the profile's
+network section as per-direction :class:`~simstream.testbed.link.LinkParams`,
+and the forwarder process's life (start, phase changes, counters, end).
+
+Directions: latency and jitter apply both ways (``latency_ms`` is a one-way
+delay, so a round trip sees twice it); loss, the rate cap or trace and the
+queue apply producer -> consumer, the direction tc shapes (the producer's
+egress), so acknowledgements are delayed but not dropped or rate-limited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simstream import clock
+from simstream.profile import NetworkConditions, NetworkOverride, Profile
+from simstream.testbed.detect import KernelOffer
+from simstream.testbed.link import GilbertElliott, LinkParams, load_trace
+from simstream.testbed.tc import Shaping
+
+__all__ = [
+    "USER_LINK_ONLY",
+    "Forwarder",
+    "choose_emulator",
+    "link_params",
+]
+
+#: profile keys only the user-space emulator applies
+USER_LINK_ONLY = ("loss_burst", "reorder", "queue_packets", "queue_bytes", "trace")
+READY_TIMEOUT_S = 30.0
+REPLY_TIMEOUT_S = 10.0
+
+
+def _asks(net: NetworkConditions, overrides: list[NetworkOverride | None]) -> tuple[bool, list[str]]:
+    """(latency, jitter or loss asked anywhere in the timeline; user-link-only keys set)."""
+    packet = bool(net.latency_ms or net.jitter_ms or net.loss_pct or net.loss_burst)
+    for o in overrides:
+        if o is not None and (o.latency_ms or o.jitter_ms or o.loss_pct):
+            packet = True
+    only = [k for k in USER_LINK_ONLY if getattr(net, k) not in (None, False)]
+    return packet, only
+
+
+def choose_emulator(profile: Profile | None, offer: KernelOffer | None) -> tuple[str, str]:
+    """("tc" or "user-link", why). ``auto`` picks user-link when netem is missing and
+    latency, jitter or loss are asked for, or when a key only user-link applies is set."""
+    if profile is None:
+        return "tc", "no profile"
+    net = profile.network
+    packet, only = _asks(net, [ph.network for ph in profile.timeline.phases])
+    if net.emulator == "tc":
+        return "tc", "network.emulator: tc"
+    if net.emulator == "user-link":
+        return "user-link", "network.emulator: user-link"
+    if only:
+        return "user-link", f"auto: {', '.join(only)} only the user-space link emulator applies"
+    netem = offer is not None and offer.qdiscs and "netem" in offer.kinds
+    if packet and not netem:
+        return "user-link", "auto: netem is missing and latency, jitter or loss is asked for"
+    return "tc", "auto: " + ("netem is available" if packet else "no latency, jitter or loss asked")
+
+
+def link_params(shaping: Shaping, net: NetworkConditions, *,
+                trace_cache: dict[str, Any] | None = None) -> tuple[LinkParams, LinkParams]:
+    """(producer -> consumer, consumer -> producer) for one phase's shaping (rate,
+    latency, jitter, loss: ``tc.shaping_from_network``) and the profile's
+    user-link-only keys (burst loss, reordering, queue, trace).
+
+    Raises ValueError for a trace that cannot be read or parsed (naming the file).
+    """
+    n = shaping.netem
+    trace = None
+    if net.trace is not None:
+        cache = trace_cache if trace_cache is not None else {}
+        if net.trace not in cache:
+            try:
+                cache[net.trace] = load_trace(net.trace)
+            except OSError as e:
+                raise ValueError(f"network.trace {net.trace!r} cannot be read: {e.strerror}") from None
+            except ValueError as e:
+                raise ValueError(f"network.trace: {e}") from None
+        trace = cache[net.trace]
+    lb = net.loss_burst
+    p2c = LinkParams(
+        delay_ms=n.delay_ms, jitter_ms=n.jitter_ms, distribution=n.distribution,
+        reorder=net.reorder, loss_pct=n.loss_pct,
+        loss_burst=GilbertElliott(lb.p_pct, lb.r_pct, lb.bad_loss_pct, lb.good_loss_pct)
+        if lb is not None else None,
+        rate_mbps=shaping.rate_mbps, trace=trace,
+        queue_bytes=net.queue_bytes, queue_packets=net.queue_packets,
+    )
+    c2p = LinkParams(delay_ms=n.delay_ms, jitter_ms=n.jitter_ms, distribution=n.distribution,
+                     reorder=net.reorder)
+    return p2c, c2p
+
+
+def describe(p2c: LinkParams, c2p: LinkParams) -> list[str]:
+    """Lines for ``applied``: what each direction does, naming the emulator."""
+    out = [f"{line} (user-link, producer -> consumer)" for line in p2c.describe()]
+    out += [f"{line} (user-link, consumer -> producer)" for line in c2p.describe()]
+    return out or ["user-link forwarding with no conditions (packets pass at once)"]
+
+
+@dataclass
+class _Started:
+    proc: subprocess.Popen[str]
+    stats_file: Path
+
+
+class Forwarder:
+    """The forwarder process of one testbed (see :mod:`simstream.testbed.linkfwd`)."""
+
+    def __init__(self, producer_ns: str, consumer_ns: str, prod_iface: str, cons_iface: str,
+                 p2c: LinkParams, c2p: LinkParams, *, stats_file: Path,
+                 seed: int | None = None, detached: bool = False) -> None:
+        argv = ["ip", "netns", "exec", producer_ns, sys.executable, "-m",
+                "simstream.testbed.linkfwd", "--peer-ns", consumer_ns,
+                "--prod-iface", prod_iface, "--cons-iface", cons_iface,
+                "--params", json.dumps({"p2c": p2c.to_json(), "c2p": c2p.to_json()}),
+                "--stats-file", str(stats_file)]
+        if seed is not None:
+            argv += ["--seed", str(seed)]
+        if not detached:
+            argv += ["--watch-parent", "--own-ns", producer_ns]
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        # detached: the forwarder outlives this process; `testbed down` ends it
+        # by the namespace's pids. Otherwise it reads control lines on stdin and
+        # ends when stdin closes, i.e. when this process dies however it dies.
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL if detached else subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL if detached else subprocess.PIPE,
+            text=True, env=env,
+            start_new_session=detached,
+        )
+        self.stats_file = stats_file
+        self.detached = detached
+        reply = self._reply(READY_TIMEOUT_S)
+        if not reply.get("ready"):
+            err = reply.get("error") or self._stderr()
+            self.stop()
+            raise RuntimeError(f"link forwarder did not start: {err}")
+        self.pid = int(reply["pid"])
+
+    def _stderr(self) -> str:
+        if self.proc.poll() is None:
+            return "no answer"
+        return (self.proc.stderr.read() if self.proc.stderr else "").strip()[-500:]
+
+    def _reply(self, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        if not r:
+            return {"error": f"no answer in {timeout_s:g} s"}
+        line = self.proc.stdout.readline()
+        if not line:
+            return {"error": self._stderr() or "exited"}
+        try:
+            out: dict[str, Any] = json.loads(line)
+        except ValueError:
+            return {"error": f"unexpected output {line.strip()!r}"}
+        return out
+
+    def _ask(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.detached or self.proc.stdin is None:
+            raise RuntimeError("a detached link forwarder takes no control messages")
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        return self._reply(REPLY_TIMEOUT_S)
+
+    def set(self, p2c: LinkParams, c2p: LinkParams) -> float:
+        """Apply a phase; returns seconds until the forwarder confirmed. Raises RuntimeError."""
+        t0 = clock.now()
+        reply = self._ask({"set": {"p2c": p2c.to_json(), "c2p": c2p.to_json()}})
+        if not reply.get("ok"):
+            raise RuntimeError(f"link forwarder refused the phase: {reply.get('error')}")
+        return clock.now() - t0
+
+    def stats(self) -> dict[str, Any]:
+        """Counters per direction, live; after :meth:`stop`, the last ones written."""
+        if self.proc.poll() is None and not self.detached:
+            return self._ask({"stats": True})
+        try:
+            out: dict[str, Any] = json.loads(self.stats_file.read_text())
+            return out
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """End the forwarder (SIGTERM, then SIGKILL) and wait for it. Idempotent."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout_s)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
