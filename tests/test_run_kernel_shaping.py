@@ -33,7 +33,7 @@ seed: 4
 source: {batch_size: 8, shape: [1, 128, 128], dtype: float32, content: constant,
          format: hdf5, total_events: null, pool: 4}
 transport: {kind: zmq, role: client, url: tcp://127.0.0.1:12321, sndhwm: 5}
-network: {bandwidth_mbps: 40, latency_ms: 5}
+network: {bandwidth_mbps: 40, latency_ms: 5, emulator: tc}
 timeline:
   repeat: false
   phases:

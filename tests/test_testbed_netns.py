@@ -283,7 +283,8 @@ def test_named_interface_only_and_restored(offer: KernelOffer) -> None:
 def test_kernel_without_netem_says_so(offer: KernelOffer) -> None:
     if "netem" in offer.kinds:
         pytest.skip("this kernel has netem; the no-netem path is covered by the tc unit tests")
-    prof = _profile(latency_ms=20, jitter_ms=10, bandwidth_mbps=100)
+    # explicitly tc: left to auto, the user-space link emulator takes over (test_testbed_userlink)
+    prof = _profile(latency_ms=20, jitter_ms=10, bandwidth_mbps=100, emulator="tc")
     with Testbed.up("nonetem", prof, offer=offer) as tb:
         assert tb.plan is not None and tb.plan.layout == "tbf"
         assert tb.not_applied == ["netem qdisc not available in this kernel: load sch_netem; "

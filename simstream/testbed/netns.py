@@ -374,8 +374,6 @@ class Testbed:
         where = (f"on {self.producer_iface} (egress, namespace {self.producer_ns})"
                  if self.producer_ns else f"on {self.producer_iface} (egress, named by the user)")
         self.applied = [f"{line} {where}" for line in self.plan.applied]
-        if self.emulator_why:
-            self.applied.append(f"emulator: tc ({self.emulator_why})")
         self.not_applied = list(self.plan.not_applied)
         net = self.profile.network if self.profile is not None else None
         for key in userlink.USER_LINK_ONLY:

@@ -61,9 +61,10 @@ def choose_emulator(profile: Profile | None, offer: KernelOffer | None) -> tuple
         return "user-link", "network.emulator: user-link"
     if only:
         return "user-link", f"auto: {', '.join(only)} only the user-space link emulator applies"
-    netem = offer is not None and offer.qdiscs and "netem" in offer.kinds
-    if packet and not netem:
+    if packet and offer is not None and offer.qdiscs and "netem" not in offer.kinds:
         return "user-link", "auto: netem is missing and latency, jitter or loss is asked for"
+    if packet and (offer is None or not offer.qdiscs):
+        return "tc", "auto: qdisc kinds not probed; tc tries netem and says what it could not apply"
     return "tc", "auto: " + ("netem is available" if packet else "no latency, jitter or loss asked")
 
 
