@@ -173,7 +173,7 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
     where = (f"{cfg.role} {cfg.transport} {', '.join(cfg.urls)}" if cfg.mode == "socket"
              else "random mode")
     click.echo(f"consumer: {where}, parse in {cfg.parse_in}, Q1 {cfg.queue.backend} "
-               f"({cfg.queue.maxsize} batches), {cfg.buffers} buffers, model {cfg.model.get('kind')}, "
+               f"({cfg.queue.maxsize} batches), {cfg.buffers} buffers, model {cfg.model.kind}, "
                f"out {out}", err=True)
     try:
         with _Progress(live) as progress:

@@ -18,7 +18,7 @@ import re
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -35,23 +35,35 @@ from simstream.records.contract import COMPRESSIONS
 
 __all__ = [
     "COMPRESSIONS",
+    "DEFAULT_URL",
     "DTYPES",
     "FAULT_KINDS",
+    "MODEL_KINDS",
+    "MODEL_SPECS",
     "TARGET_CONSUMERS",
+    "ConsumerConfig",
     "Fault",
     "NetworkConditions",
+    "NoopModelSpec",
     "NetworkOverride",
+    "PeakNetModelSpec",
     "Phase",
     "Profile",
     "ProfileError",
+    "QueueConfig",
+    "RandomConfig",
+    "RayConfig",
     "Source",
     "Stop",
+    "SyntheticModelSpec",
     "Timeline",
     "Transport",
     "bundled_profiles",
+    "consumer_defaults",
     "dump_profile",
     "find_profile",
     "load_profile",
+    "merge_consumer",
     "parse_profile",
     "profile_schema",
 ]
@@ -472,6 +484,291 @@ class Stop(_Model):
     duration_s: float | None = Field(None, gt=0)
 
 
+# --------------------------------------------------------------------------
+# the consumer (read by pipeline/; typed here so a profile is checked whole at load)
+
+DEFAULT_URL = "tcp://127.0.0.1:12321"
+_GIB = 1024**3
+
+
+class SyntheticModelSpec(_Model):
+    """A stand-in that occupies the compute stage for a set time (no weights)."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    compute_ms: float = Field(10.0, ge=0, description="per batch")
+    compute_ms_per_event: float = Field(0.0, ge=0, description="added per event of the batch")
+
+
+class NoopModelSpec(_Model):
+    """Does (almost) nothing: measures the executor, not a network."""
+
+    kind: Literal["noop"] = "noop"
+    probe: int = Field(16, ge=1, description="values per event read (a real data dependency)")
+
+
+class PeakNetModelSpec(_Model):
+    """PeakNet (ConvNeXt + BiFPN) of a preset size, each preset value overridable."""
+
+    kind: Literal["peaknet"] = "peaknet"
+    size: Literal["tiny", "small", "base", "production"] = "tiny"
+    dims: list[int] | None = Field(None, description="channels per stage (None: the size's)")
+    depths: list[int] | None = Field(None, description="blocks per stage (None: the size's)")
+    bifpn_channels: int | None = Field(None, ge=1, description="None: the size's")
+    bifpn_layers: int | None = Field(None, ge=1, description="None: the size's")
+    in_channels: int = Field(1, ge=1)
+    num_classes: int = Field(2, ge=1)
+    seed: int = Field(0, description="random weights drawn from this")
+    weights_path: str | None = Field(None, description="a state dict to load instead")
+
+
+MODEL_SPECS: dict[str, type[BaseModel]] = {
+    "synthetic": SyntheticModelSpec, "noop": NoopModelSpec, "peaknet": PeakNetModelSpec,
+}
+MODEL_KINDS = tuple(MODEL_SPECS)
+_MODEL_UNION = SyntheticModelSpec | NoopModelSpec | PeakNetModelSpec
+ModelSpec = Annotated[_MODEL_UNION, Field(discriminator="kind")]
+
+
+class QueueConfig(_Model):
+    """Q1, the bounded queue between parse and inference (counted in batches)."""
+
+    maxsize: int = Field(16, ge=1, description="batches")
+    backend: Literal["local", "process", "ray"] = Field(
+        "local", description="local = in-process; process = sharded queue in another process; "
+        "ray = sharded queue of Ray actors (needs the ray extra)"
+    )
+    shards: int = Field(4, ge=1, le=256, description="process and ray backends: shard count")
+    poll_interval_ms: float = Field(
+        10.0, ge=0,
+        description="process and ray backends: sleep between empty sweeps of the shards",
+    )
+    sample_interval_ms: float = Field(100.0, gt=0, description="occupancy sampling period")
+
+
+class RayConfig(_Model):
+    """Where Ray runs when a stage uses it (``queue.backend: ray``)."""
+
+    address: str | None = Field(
+        None, description="None = start a local instance for the run; auto | HOST:PORT | "
+        "ray://HOST:PORT = attach to a running cluster"
+    )
+    num_cpus: int = Field(1, ge=1, le=256, description="CPUs of a local instance")
+    actors: bool = Field(
+        True, description="queue.backend ray in socket mode: receivers and inference run as "
+        "Ray actors (production's layout); false = only Q1 on Ray, the receiver and "
+        "inference threads in the consumer process")
+    inference_actors: int | None = Field(
+        None, ge=1, le=1024,
+        description="inference actors (each takes one GPU when the device is cuda); "
+        "None = one per GPU of the cluster, or one on CPU",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        rest = v[len("ray://"):] if v.startswith("ray://") else v
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not auto, HOST:PORT or ray://HOST:PORT")
+        return v
+
+
+class RandomConfig(_Model):
+    """Random mode's batches (default: the profile's source)."""
+
+    batch_size: int = Field(8, ge=1)
+    shape: list[int] = Field(default_factory=lambda: [1, 512, 512], min_length=1, max_length=4)
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    fresh: bool = Field(
+        False, description="draw every batch with torch.randn (else copy one of a few drawn once)"
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        for i, d in enumerate(v):
+            if d < 1:
+                raise ValueError(f"shape[{i}] = {d} is not >= 1")
+        return v
+
+
+class ConsumerConfig(_Model):
+    """One consumer run. Times in seconds unless the name says otherwise."""
+
+    mode: Literal["socket", "random"] = "socket"
+    bind: str | list[str] | None = Field(
+        None, description=f"address to bind (default {DEFAULT_URL}); a list binds each "
+        "address in its own receiver actor (queue.backend ray)")
+    connect: str | None = Field(None, description="address of a server-role emitter")
+    transport: Literal["zmq", "nng", "tcp"] = "zmq"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    buffers: int = Field(2, ge=1, le=16)
+    parse_in: Literal["receiver", "actor"] = "receiver"
+    parser_threads: int = Field(2, ge=1, le=64)
+    parse_isolation: Literal["none", "process"] = Field(
+        "none", description="process = decode in worker processes (one per parser thread): "
+        "a crash in native HDF5 code costs one message, not the run")
+    parse_timeout_s: float = Field(
+        30.0, gt=0, description="parse_isolation process: longest decode of one message")
+    queue: QueueConfig = Field(default_factory=lambda: QueueConfig.model_validate({}))
+    ray: RayConfig = Field(default_factory=lambda: RayConfig.model_validate({}))
+    model: ModelSpec = Field(
+        default_factory=lambda: SyntheticModelSpec(),
+        description="the model inference runs; kind: synthetic | noop | peaknet")
+    autocast_bf16: bool = False
+    max_message_bytes: int = Field(2 * _GIB, ge=1)
+    rcvhwm: int = Field(
+        1000, ge=0,
+        description="zmq: messages libzmq reads ahead per connection while the consumer is "
+        "busy (0 = unlimited; 1000 is libzmq's default, as production runs)",
+    )
+    count: int | None = Field(None, ge=1, description="stop after this many messages")
+    duration_s: float | None = Field(None, gt=0, description="stop after this long")
+    idle_timeout_s: float | None = Field(
+        5.0, gt=0, description="end of stream after this much silence (after the first message)"
+    )
+    log_every_batches: int = Field(10, ge=1)
+    fields: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_FIELDS),
+        description="data source name -> dataset path (hdf5) or key (npz)",
+    )
+    expected_fields: list[str] = Field(
+        default_factory=lambda: ["detector_data"],
+        description="names that every message must carry (else quarantined)",
+    )
+    event_shape: list[int] | None = Field(
+        None, description="expected per-event shape; (C,H,W) also accepts (H,W) when C = 1"
+    )
+    random: RandomConfig = Field(default_factory=lambda: RandomConfig.model_validate({}))
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list binds nothing: give at least one address")
+            for u in v:
+                _check_url(u)
+            dup = sorted({u for u in v if v.count(u) > 1})
+            if dup:
+                raise ValueError(f"{dup[0]!r} is listed twice")
+            return v[0] if len(v) == 1 else v
+        if v is not None:
+            _check_url(v)
+        return v
+
+    @field_validator("connect")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_url(v)
+        return v
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_kind(cls, v: Any) -> Any:
+        if isinstance(v, Mapping) and "kind" not in v:
+            raise ValueError(f"must name a kind ({', '.join(MODEL_KINDS)})")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        s = v.strip().lower()
+        if s not in ("auto", "cpu", "cuda") and not (s.startswith("cuda:") and s[5:].isdigit()):
+            raise ValueError(f"{v!r} is not one of auto, cpu, cuda, cuda:N")
+        return s
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v: dict[str, str]) -> dict[str, str]:
+        if "detector_data" not in v:
+            raise ValueError("must name the detector_data source")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConsumerConfig:
+        if self.bind is not None and self.connect is not None:
+            raise ValueError("bind and connect are exclusive: give one")
+        if isinstance(self.bind, list) and (self.queue.backend != "ray" or not self.ray.actors):
+            raise ValueError(
+                f"bind lists {len(self.bind)} addresses: one receiver per address needs "
+                "queue.backend ray with ray.actors true (the receivers run as Ray actors)")
+        unknown = [n for n in self.expected_fields if n not in self.fields]
+        if unknown:
+            raise ValueError(f"expected_fields names {unknown} absent from fields")
+        rc = self.random
+        per_batch = rc.batch_size * math.prod(rc.shape) * _itemsize(rc.dtype)
+        if self.mode == "random" and per_batch > self.max_message_bytes:
+            raise ValueError(
+                f"random mode's batch would hold {per_batch} bytes (batch_size {rc.batch_size} "
+                f"x shape {rc.shape} x {rc.dtype}), more than max_message_bytes "
+                f"{self.max_message_bytes}; raise consumer.max_message_bytes if you mean it")
+        return self
+
+    @property
+    def role(self) -> Literal["bind", "connect"]:
+        return "connect" if self.connect is not None else "bind"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every address bound (one receiver each) or the one connected to."""
+        if self.connect is not None:
+            return [self.connect]
+        if isinstance(self.bind, list):
+            return list(self.bind)
+        return [self.bind or DEFAULT_URL]
+
+    @property
+    def url(self) -> str:
+        """The (first) address bound or connected to."""
+        return self.urls[0]
+
+    @property
+    def binds_all_interfaces(self) -> bool:
+        return self.role == "bind" and any(
+            split_url(u)[0] in ("*", "0.0.0.0", "::") for u in self.urls)
+
+
+def consumer_defaults(source: Source, transport_kind: str) -> dict[str, Any]:
+    """The consumer keys whose defaults describe the data: taken from the profile's
+    source (and transport), so socket and random runs see the same batches."""
+    return {
+        "transport": transport_kind,
+        "fields": dict(source.fields),
+        "event_shape": list(source.shape),
+        "random": {"batch_size": source.batch_size, "shape": list(source.shape),
+                   "dtype": source.dtype},
+    }
+
+
+def merge_consumer(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, nested sections merged key by key (``model`` replaced whole)."""
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "model":
+            out[k] = merge_consumer(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _without_derived(section: dict[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
+    """``section`` less the values that only repeat ``derived`` (so they follow a new source)."""
+    out = {}
+    for k, v in section.items():
+        d = derived.get(k)
+        if isinstance(v, dict) and isinstance(d, Mapping):
+            rest = _without_derived(v, d)
+            if rest:
+                out[k] = rest
+        elif k not in derived or v != d:
+            out[k] = v
+    return out
+
+
 class Profile(_Model):
     name: str
     description: str = ""
@@ -482,9 +779,36 @@ class Profile(_Model):
     timeline: Timeline = Field(default_factory=Timeline)
     faults: list[Fault] = Field(default_factory=list)
     stop: Stop = Field(default_factory=Stop)
-    consumer: dict[str, Any] = Field(
-        default_factory=dict, description="read by the consumer side (pipeline/)"
+    consumer: ConsumerConfig = Field(
+        default_factory=lambda: ConsumerConfig.model_validate(
+            consumer_defaults(Source(), "zmq")),
+        description="read by the consumer side (pipeline/); the data-describing keys "
+        "(transport, fields, event_shape, random) default to the source's",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _consumer_from_source(cls, data: Any) -> Any:
+        """Fill the consumer's data-describing defaults from the source and transport."""
+        if not isinstance(data, Mapping):
+            return data
+        section = data.get("consumer")
+        if section is None:
+            section = {}
+        if not isinstance(section, Mapping):
+            return data  # reported by the field's own validation
+        src = data.get("source")
+        try:
+            source = src if isinstance(src, Source) else Source.model_validate(src or {})
+        except ValidationError:
+            return data  # the source's errors are reported; the consumer's are not guessed
+        tp = data.get("transport")
+        kind = "zmq"
+        if isinstance(tp, Transport):
+            kind = tp.kind
+        elif isinstance(tp, Mapping) and tp.get("kind") in ("zmq", "nng", "tcp"):
+            kind = tp["kind"]
+        return {**data, "consumer": merge_consumer(consumer_defaults(source, kind), section)}
     target_consumer: Literal[TARGET_CONSUMERS] | None = Field(  # type: ignore[valid-type]
         None, description="the consumer this stream is meant for; emit warns before "
         "sending what it is known not to take (docs/lclstreamer.md)",
@@ -509,13 +833,16 @@ class Profile(_Model):
         Raises ProfileError naming the flag's path when the result is invalid.
         """
         data = self.model_dump(mode="python")
+        # consumer values that merely repeat the source's follow an overridden source
+        data["consumer"] = _without_derived(
+            data["consumer"], consumer_defaults(self.source, self.transport.kind))
         for dotted, value in overrides.items():
             if value is None:
                 continue
             node = data
             parts = dotted.split(".")
             for p in parts[:-1]:
-                node = node[p]
+                node = node.setdefault(p, {})
             node[parts[-1]] = value
         return parse_profile(data, source="(with command-line overrides)")
 
@@ -587,12 +914,18 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     for part in loc:
         if isinstance(part, int):
             continue
+        if model is _MODEL_UNION and part in MODEL_SPECS:
+            model = MODEL_SPECS[part]  # the member a discriminated union chose
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         fld = model.model_fields.get(str(part))
         if fld is None:
             return None
         ann = fld.annotation
+        if ann == _MODEL_UNION:
+            model = _MODEL_UNION
+            continue
         # unwrap Optional[...] and list[...]
         for _ in range(3):
             args = [a for a in typing.get_args(ann) if a is not type(None)]
@@ -610,18 +943,24 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _messages(err: ValidationError) -> list[str]:
+def _messages(err: ValidationError, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One line per problem, ``<yaml path>: <value> <what is wrong>``; ``prefix``: the
+    path of the model validated (e.g. ``("consumer",)``) from the profile's top."""
     out = []
     for e in err.errors():
         typ = e["type"]
-        loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-        # pydantic puts union member tags into loc; drop them
+        loc = prefix + tuple(
+            x for x in e["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        # pydantic puts union member tags into loc; drop them (after finding the parent)
         loc = tuple(x for x in loc if x not in ("str", "list[str]", "int", "float", "none"))
+        tagged = loc
+        loc = tuple(x for i, x in enumerate(loc)
+                    if not (x in MODEL_SPECS and i and loc[i - 1] == "model"))
         path = _fmt_loc(loc)
         ctx = e.get("ctx") or {}
         val = e.get("input")
         if typ == "extra_forbidden":
-            parent = _model_at(loc[:-1])
+            parent = _model_at(tagged[:-1])
             allowed = sorted(parent.model_fields) if parent else []
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             msg = f"{path}: unknown key"
@@ -630,6 +969,9 @@ def _messages(err: ValidationError) -> list[str]:
             if allowed:
                 msg += f"; allowed: {', '.join(allowed)}"
             out.append(msg)
+        elif typ == "union_tag_invalid":
+            out.append(f"{path}.kind: {_fmt_value(ctx.get('tag'))} is not one of "
+                       f"{ctx.get('expected_tags', '?')}")
         elif typ == "missing":
             out.append(f"{path}: required key is missing")
         elif typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):

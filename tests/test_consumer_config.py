@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simstream.pipeline.config import DEFAULT_URL, ConsumerConfig, consumer_config
+from simstream.pipeline.config import DEFAULT_URL, ConsumerConfig, PeakNetModelSpec, consumer_config
 from simstream.profile import ProfileError, bundled_profiles, load_profile, parse_profile
 
 
@@ -30,7 +30,7 @@ def test_defaults_come_from_the_profile_source() -> None:
     assert cfg.fields["detector_data"] == "detector_data"  # npz key
     assert cfg.random.batch_size == 8 and cfg.random.shape == [1, 1920, 1920]
     assert cfg.event_shape == [1, 1920, 1920]
-    assert cfg.model == {"kind": "peaknet", "size": "production"}
+    assert cfg.model == PeakNetModelSpec(size="production")
 
 
 @pytest.mark.parametrize("name", sorted(bundled_profiles()))
@@ -87,3 +87,19 @@ def test_all_interfaces_only_when_asked() -> None:
     assert not consumer_config().binds_all_interfaces
     assert consumer_config(section={"bind": "tcp://0.0.0.0:12321"}).binds_all_interfaces
     assert not consumer_config(section={"connect": "tcp://127.0.0.1:12321"}).binds_all_interfaces
+
+
+def test_the_profile_model_specs_match_the_model_builders() -> None:
+    """The typed consumer.model keys and defaults are the builders' keyword arguments."""
+    pytest.importorskip("torch")
+    import inspect
+
+    from simstream.pipeline.models import REGISTRY
+    from simstream.profile import MODEL_SPECS
+
+    assert set(MODEL_SPECS) == set(REGISTRY)
+    for kind, spec in MODEL_SPECS.items():
+        params = {n: p.default for n, p in inspect.signature(REGISTRY[kind]).parameters.items()
+                  if p.kind == p.KEYWORD_ONLY}
+        fields = {n: f.default for n, f in spec.model_fields.items() if n != "kind"}
+        assert fields == params, kind

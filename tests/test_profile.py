@@ -127,13 +127,66 @@ consumer: {}
     assert p.timeline.phases[1].network is not None
     assert p.timeline.phases[1].network.bandwidth_mbps == 10
     assert [f.kind for f in p.faults] == ["reset", "stall"]
-    assert p.consumer == {}
+    # an empty section: every consumer default, the data-describing ones from the source
+    assert p.consumer.queue.maxsize == 16 and p.consumer.model.kind == "synthetic"
+    assert p.consumer.event_shape == list(p.source.shape)
 
 
-def test_consumer_section_is_kept_verbatim() -> None:
-    p = parse_profile({"name": "x", "consumer": {"queue": {"maxsize": 3}, "anything": [1, 2]}})
-    assert p.consumer == {"queue": {"maxsize": 3}, "anything": [1, 2]}
-    assert load_profile_text(dump_profile(p)).consumer == p.consumer
+def test_consumer_section_is_typed_and_round_trips() -> None:
+    p = parse_profile({"name": "x", "source": {"shape": [1, 64, 64], "format": "npz",
+                                               "fields": {"detector_data": "d"}},
+                       "transport": {"kind": "nng"},
+                       "consumer": {"queue": {"maxsize": 3},
+                                    "model": {"kind": "peaknet", "size": "small"}}})
+    c = p.consumer
+    assert c.queue.maxsize == 3 and c.queue.backend == "local"
+    assert (c.model.kind, c.model.size, c.model.in_channels) == ("peaknet", "small", 1)
+    # the data-describing defaults come from the source and transport
+    assert c.transport == "nng" and c.event_shape == [1, 64, 64] and c.fields == {"detector_data": "d"}
+    assert c.random.shape == [1, 64, 64]
+    assert load_profile_text(dump_profile(p)) == p
+    # values that only repeat the source follow it when it is overridden
+    q = p.with_overrides({"source.shape": [1, 32, 32], "consumer.buffers": 3})
+    assert q.consumer.event_shape == [1, 32, 32] and q.consumer.buffers == 3
+    assert q.consumer.model == c.model
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"bufers": 2}, "consumer.bufers: unknown key (did you mean 'buffers'?)"),
+    ({"model": {"kind": "synthetic", "compute_msec": 3}},
+     "consumer.model.compute_msec: unknown key (did you mean 'compute_ms'?)"),
+    ({"model": {"kind": "peaknet", "sise": "base"}},
+     "consumer.model.sise: unknown key (did you mean 'size'?)"),
+    ({"model": {"kind": "resnet"}}, "consumer.model.kind: 'resnet' is not one of"),
+    ({"model": {"kind": "noop", "probe": 0}}, "consumer.model.probe: 0 is not >= 1"),
+    ({"queue": {"backend": "redis"}}, "consumer.queue.backend: 'redis' is not one of"),
+    ({"ray": {"num_cpu": 2}}, "consumer.ray.num_cpu: unknown key (did you mean 'num_cpus'?)"),
+])
+def test_validate_cli_rejects_consumer_typos_naming_the_path(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], section: dict[str, Any],
+        message: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump({"name": "x", "consumer": section}))
+    rc, _, err = run_cli(["profiles", "validate", str(f)], capsys)
+    assert rc == 2 and message in err, err
+    assert "Traceback" not in err
+
+
+def test_show_and_schema_cover_the_consumer(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(["profiles", "show", "peaknet-1920"], capsys)
+    assert rc == 0
+    consumer = yaml.safe_load(out)["consumer"]
+    assert consumer["model"] == {"kind": "peaknet", "size": "production", "dims": None,
+                                 "depths": None, "bifpn_channels": None, "bifpn_layers": None,
+                                 "in_channels": 1, "num_classes": 2, "seed": 0,
+                                 "weights_path": None}
+    assert consumer["queue"]["sample_interval_ms"] == 100.0 and consumer["ray"]["actors"] is True
+    assert consumer["event_shape"] == [1, 1920, 1920]
+    rc, out, _ = run_cli(["profiles", "schema"], capsys)
+    defs = json.loads(out)["$defs"]
+    assert {"buffers", "queue", "model", "ray"} <= set(defs["ConsumerConfig"]["properties"])
+    assert defs["ConsumerConfig"]["additionalProperties"] is False
+    assert "compute_ms" in defs["SyntheticModelSpec"]["properties"]
 
 
 def load_profile_text(text: str) -> Profile:
