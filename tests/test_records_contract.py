@@ -113,7 +113,7 @@ def test_simulated_run_directories_use_the_contract_headers(tmp_path: Path) -> N
 @pytest.mark.parametrize(("module", "name", "contract_name"), [
     ("simstream.pipeline.records", "BATCH_COLUMNS", "BATCH_COLUMNS"),
     ("simstream.pipeline.records", "STARVATION_UTILISATION", "STARVATION_UTILISATION"),
-    ("simstream.pipeline.consumer", "STARVATION_UTILISATION", "STARVATION_UTILISATION"),
+    ("simstream.pipeline.inference", "STARVATION_UTILISATION", "STARVATION_UTILISATION"),
     ("simstream.diagnose.evidence", "STARVATION_UTILISATION", "STARVATION_UTILISATION"),
     ("simstream.diagnose.load", "BATCH_COLUMNS", "BATCH_COLUMNS"),
     ("simstream.emitter.log", "LOG_KEYS", "EMIT_LOG_KEYS"),

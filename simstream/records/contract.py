@@ -86,8 +86,9 @@ SUMMARY_ACCOUNTING_KEYS = ("received", "processed", "quarantined", "lost", "dupl
 #: every key the run records write (simstream.records.RunRecords.close, the probe too)
 RECORD_SUMMARY_KEYS = (
     *SUMMARY_ACCOUNTING_KEYS,
-    "accounting_ok", "messages_with_seq", "messages_without_seq", "quarantine_reasons",
-    "batches", "samples", "bytes", "first_arrival", "last_arrival", "last_finish", "active_s",
+    "accounting_ok", "accounting_problems", "seq_out_of_window", "messages_with_seq",
+    "messages_without_seq", "quarantine_reasons", "quarantine_saved", "quarantine_not_saved",
+    "disk_error", "disk_errors", "batches", "samples", "bytes", "first_arrival", "last_arrival", "last_finish", "active_s",
     "throughput", "gpu_busy_fraction", "gpu_busy_by_device", "compute_s", "stage_median_ms",
     "q1", "per_rank",
 )
