@@ -317,3 +317,12 @@ if __name__ == "__main__":
     from simstream.cli import main
 
     main()
+
+
+def _add_docker() -> None:
+    from simstream.testbed.docker import docker
+
+    testbed.add_command(docker)
+
+
+_add_docker()
