@@ -28,6 +28,7 @@ from simstream.records.contract import (
     BATCH_COLUMNS,
     BATCHES_CSV,
     EMIT_LOG,
+    EMIT_LOG_HOSTS,
     GPU_CSV,
     GPU_STREAMS,
     MESSAGES_CSV,
@@ -122,6 +123,13 @@ def load_run(root: str | Path) -> RunData:
         else:
             sources[key] = False
     emit = root / EMIT_LOG
+    hosts = sorted(root.glob(EMIT_LOG_HOSTS))
+    if not emit.exists() and hosts:
+        # one log per emitter host (the compose testbed): merged once, in time order
+        from simstream.emitter.merge import merge_logs
+
+        merge_logs(hosts, emit)
+        sources["emit_log_hosts"] = [h.name for h in hosts]
     if emit.is_file() and emit.stat().st_size > 0:
         run.emit = read_emit_columns(emit)
         sources["emit_log"] = bool(run.emit["t_sched"].size)

@@ -13,6 +13,7 @@ __all__ = [
     "COMPRESSIONS",
     "CONSUMER_SUMMARY_KEYS",
     "EMIT_LOG",
+    "EMIT_LOG_HOSTS",
     "EMIT_LOG_KEYS",
     "EMIT_OUTCOMES",
     "GPU_COLUMNS",
@@ -51,6 +52,9 @@ Q1_CSV = "q1.csv"
 GPU_CSV = "gpu.csv"
 QUARANTINE_DIR = "quarantine"
 EMIT_LOG = "emit.jsonl"  # in a `simstream run` directory: the emitter's log
+# one emit log per emitter host (the compose testbed); the diagnosis merges them
+# into EMIT_LOG in time order when that is absent
+EMIT_LOG_HOSTS = "emit-*.jsonl"
 
 MESSAGE_COLUMNS = ("index", "rank", "seq", "nbytes", "t_arrival", "status", "reason")
 MESSAGE_STATUSES = ("processed", "quarantined")
