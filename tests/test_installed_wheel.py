@@ -120,15 +120,16 @@ def _venv(tmp: Path, name: str, wheel: Path, extras: set[str]) -> Path:
             if top != "__pycache__" and not (view / top).exists() and (site / top).exists():
                 (view / top).symlink_to(site / top)
     env_dir = tmp / name
-    _ok(_run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=tmp))
+    env = _clean_env()
+    _ok(_run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], cwd=tmp, env=env))
     py = env_dir / "bin" / "python"
     purelib = _ok(_run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                       cwd=tmp)).stdout.strip()
+                       cwd=tmp, env=env)).stdout.strip()
     (Path(purelib) / "_simstream_test_deps.pth").write_text(f"{view}\n")
     spec = f"simstream[{','.join(sorted(extras))}]" if extras else "simstream"
     _ok(_run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q",
               "--no-index", "--find-links", str(wheel.parent), "--no-build-isolation", spec],
-             cwd=tmp, timeout=180))
+             cwd=tmp, timeout=180, env=env))
     return env_dir / "bin"
 
 
@@ -158,6 +159,7 @@ def test_wheel_and_sdist_carry_the_profiles_and_one_top_level_package(
         assert f"simstream/profiles/{prof}.yaml" in names
     assert "simstream/py.typed" in names
     assert "simstream/pipeline/consumer.py" in names
+    assert "simstream/testbed/docker-compose.yml" in names
     dist_info = f"simstream-{_version(built['wheel'])}.dist-info"
     assert f"{dist_info}/licenses/LICENSE" in names
     assert {n.split("/")[0] for n in names} == {"simstream", dist_info}
