@@ -19,8 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from simstream.clock import now
+
 from .config import ConsumerConfig
-from .context import Q1Item
+from .context import Clock, Q1Item
 from .local_consumer import run_local_consumer
 from .ray_consumer import run_ray_consumer
 
@@ -36,6 +38,7 @@ def run_consumer(
     engine: Any = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     warmup: bool = True,
+    clock: Clock = now,
 ) -> dict[str, Any]:
     """Run one consumer into ``out_dir`` (docs/formats.md); returns the summary.
 
@@ -44,14 +47,18 @@ def run_consumer(
     processed. ``engine`` replaces the one built from ``config.model`` (tests).
     ``on_progress(snapshot)`` is called every ``log_every_batches`` batches and at
     the end. Raises UsageError for bad settings (address in use, device missing,
-    model), StageError if inference fails.
+    model), StageError if inference fails. ``clock`` is where the stages read the
+    time (``simstream.clock.now``; tests pass a fake one), as the producer's
+    ``wall_clock``; Ray actors run in other processes and keep the global clock.
     """
     cfg = config
     if cfg.queue.backend == "ray" and cfg.ray.actors and cfg.mode == "socket":
         if engine is not None:
             raise ValueError("an injected engine cannot run in Ray inference actors: "
                              "set ray.actors false")
+        if clock is not now:
+            raise ValueError("an injected clock cannot run in Ray actors: set ray.actors false")
         return run_ray_consumer(cfg, out_dir, ready=ready, stop=stop, on_progress=on_progress,
                                 warmup=warmup)
     return run_local_consumer(cfg, out_dir, ready=ready, stop=stop, engine=engine,
-                              on_progress=on_progress, warmup=warmup)
+                              on_progress=on_progress, warmup=warmup, clock=clock)

@@ -78,6 +78,7 @@ class Decoder:
     ``fields``: name -> dataset path / npz key (``detector_data`` required).
     ``expected``: names every message must carry. ``event_shape``: the expected
     per-event shape, or None to accept any (B, H, W) / (B, C, H, W).
+    ``clock``: where the parse times are read (``simstream.clock.now``).
     Thread-safe (one Decoder may serve a pool of threads). ``pipeline.parse.Parser``
     runs it here or in worker processes (``pipeline.isolation``).
     """
@@ -88,7 +89,10 @@ class Decoder:
         expected: Sequence[str] = ("detector_data",),
         event_shape: Sequence[int] | None = None,
         host_alloc: HostAlloc | None = None,
+        *,
+        clock: Callable[[], float] = now,
     ) -> None:
+        self.clock = clock
         self.fields = dict(fields)
         self.expected = list(expected)
         self.event_shape = tuple(event_shape) if event_shape else None
@@ -108,7 +112,7 @@ class Decoder:
 
     def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
         """Decode one message. Raises ParseError (the reason) for anything unusable."""
-        t0 = now()
+        t0 = self.clock()
         held: list[tuple[np.ndarray, Callable[[], None]]] = []
 
         def alloc(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -174,4 +178,4 @@ class Decoder:
         release = release_all(keep=data)
         if release is None and not (data.flags.c_contiguous and data.flags.writeable):
             data = np.ascontiguousarray(data)
-        return ParsedBatch(data, release, rank, seq, int(data.shape[0]), t0, now())
+        return ParsedBatch(data, release, rank, seq, int(data.shape[0]), t0, self.clock())

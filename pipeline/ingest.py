@@ -168,7 +168,8 @@ def random_producer(ctx: StageContext) -> None:
     """Random mode: batches made in host memory into Q1, until count, duration or stop."""
     cfg = ctx.cfg
     rc = cfg.random
-    src = RandomSource(rc.batch_size, rc.shape, rc.dtype, ctx.engine.host_array, fresh=rc.fresh)
+    src = RandomSource(rc.batch_size, rc.shape, rc.dtype, ctx.engine.host_array, fresh=rc.fresh,
+                       clock=ctx.clock)
     t0 = ctx.clock()
     n = 0
     while not ctx.stop.is_set():

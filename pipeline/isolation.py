@@ -120,7 +120,8 @@ class IsolatedParser:
     ``fields``, ``expected``, ``event_shape``, ``host_alloc``: as ``pipeline.decode.Decoder``.
     ``workers``: processes (at most that many messages decode at once).
     ``timeout_s``: longest decode of one message before its worker is killed.
-    ``hook``: see ``WorkerHook`` (tests only).
+    ``hook``: see ``WorkerHook`` (tests only). ``clock``: where the parse times are
+    read (this process's; the worker's own times are on another clock).
 
     ``parse`` raises ``ParseError`` for an unusable message, including one whose
     worker crashed (``crash: ...``) or timed out (``timeout: ...``); the worker is
@@ -139,7 +140,9 @@ class IsolatedParser:
         workers: int = 1,
         timeout_s: float = 30.0,
         hook: WorkerHook | None = None,
+        clock: Callable[[], float] = now,
     ) -> None:
+        self.clock = clock
         self._ctx = multiprocessing.get_context("spawn")
         self._args = (dict(fields), list(expected),
                       tuple(event_shape) if event_shape else None, hook)
@@ -175,7 +178,7 @@ class IsolatedParser:
 
     def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
         """Decode one message in a worker. Raises ParseError (the quarantine reason)."""
-        t0 = now()
+        t0 = self.clock()
         w = self._idle.get()
         healthy = False
         try:
@@ -210,7 +213,7 @@ class IsolatedParser:
                 raise
             healthy = True
             # the worker's own times are on its clock (another process): ours are used
-            return ParsedBatch(arr, release, rank, seq, int(events), t0, now())
+            return ParsedBatch(arr, release, rank, seq, int(events), t0, self.clock())
         finally:
             if healthy:
                 self._idle.put(w)

@@ -9,7 +9,9 @@ hang in native decoding code costs one message, not the run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+
+from simstream.clock import now
 
 from .decode import SIMSTREAM_FIELDS, Decoder, HostAlloc, ParsedBatch, ParseError
 from .isolation import IsolatedParser
@@ -28,7 +30,8 @@ class Parser:
     ``isolation``: ``none`` decodes in the calling thread; ``process`` decodes in
     ``workers`` worker processes (``pipeline.isolation``), so a crash or a hang in
     native decoding code (``timeout_s``) costs one message, not the run. Call
-    ``close()`` when done (stops the workers; harmless without them).
+    ``close()`` when done (stops the workers; harmless without them). ``clock``:
+    where the parse times are read (``simstream.clock.now``).
     """
 
     def __init__(
@@ -41,11 +44,12 @@ class Parser:
         isolation: str = "none",
         workers: int = 1,
         timeout_s: float = 30.0,
+        clock: Callable[[], float] = now,
     ) -> None:
         if isolation not in ("none", "process"):
             raise ValueError(f"isolation {isolation!r} is not one of none, process")
         self.isolation = isolation
-        self._decoder = Decoder(fields, expected, event_shape, host_alloc)
+        self._decoder = Decoder(fields, expected, event_shape, host_alloc, clock=clock)
         self.fields = self._decoder.fields
         self.expected = self._decoder.expected
         self.event_shape = self._decoder.event_shape
@@ -53,7 +57,8 @@ class Parser:
         self._isolated: IsolatedParser | None = None
         if isolation == "process":
             self._isolated = IsolatedParser(self.fields, self.expected, self.event_shape,
-                                            host_alloc, workers=workers, timeout_s=timeout_s)
+                                            host_alloc, workers=workers, timeout_s=timeout_s,
+                                            clock=clock)
 
     def close(self) -> None:
         """Stop the worker processes of ``isolation: process`` (no-op otherwise)."""

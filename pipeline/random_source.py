@@ -30,7 +30,8 @@ class RandomSource:
     """``next()`` -> (data, release, t_start, t_end); data is (batch_size, *shape).
 
     ``host_alloc(shape, dtype) -> (array, release)`` is ``engine.host_array``;
-    ``seed`` makes the content reproducible (it never affects timing maths).
+    ``seed`` makes the content reproducible (it never affects timing maths);
+    ``clock``: where the times are read (``simstream.clock.now``).
     """
 
     def __init__(
@@ -42,7 +43,9 @@ class RandomSource:
         seed: int = 0,
         fresh: bool = False,
         pool: int = 4,
+        clock: Callable[[], float] = now,
     ) -> None:
+        self.clock = clock
         self.shape = (int(batch_size), *(int(d) for d in shape))
         self.dtype = np.dtype(dtype)
         self.host_alloc = host_alloc
@@ -68,14 +71,14 @@ class RandomSource:
         return out
 
     def next(self) -> tuple[np.ndarray, Callable[[], None], float, float]:
-        t0 = now()
+        t0 = self.clock()
         arr, release = self.host_alloc(self.shape, self.dtype)
         if self.fresh:
             self._draw(arr)
         else:
             np.copyto(arr, self._pool[self._n % len(self._pool)])
             self._n += 1
-        return arr, release, t0, now()
+        return arr, release, t0, self.clock()
 
 
 def torch_generator(seed: int) -> Any:

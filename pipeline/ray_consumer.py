@@ -327,6 +327,143 @@ def _end_reason(reasons: list[str]) -> str:
     return kinds[0] if len(kinds) == 1 else ",".join(kinds)
 
 
+class _RayDriver:
+    """The driver's side of one Ray run: the actors it started, the records it
+    replays their events into, and the loop that watches them."""
+
+    def __init__(self, cfg: ConsumerConfig, q1: RayQ1, stop: threading.Event,
+                 on_progress: Any) -> None:
+        self.cfg = cfg
+        self.q1 = q1
+        self.ray = q1._ray
+        self.stop = stop
+        self.on_progress = on_progress
+        self.receivers: list[Any] = []
+        self.infs: list[Any] = []
+        self.started: list[dict[str, Any]] = []
+        self.records: RunRecords | None = None
+        self.sampler: Q1Sampler | None = None
+        self.starvation_warnings = 0
+
+    def start_inference(self, warmup: bool) -> None:
+        """One inference actor per device, built and warm. Raises UsageError."""
+        ray, q1 = self.ray, self.q1
+        n_inf, device, takes_gpu = _plan_inference(ray, self.cfg)
+        data = self.cfg.model_dump(mode="json")
+        inf_cls = ray.remote(num_cpus=0, num_gpus=1 if takes_gpu else 0,
+                             max_restarts=0)(InferenceActor)
+        self.infs = [inf_cls.remote(data, q1.actors, q1.capacity, j, device)
+                     for j in range(n_inf)]
+        self.started = ray.get([a.start.remote(warmup) for a in self.infs],
+                               timeout=START_TIMEOUT_S)
+        for s in self.started:
+            if "error" in s:
+                raise UsageError(s["error"])
+
+    def start_receivers(self) -> None:
+        """One receiver actor per address, on the driver's node. Raises UsageError."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray, q1, urls = self.ray, self.q1, self.cfg.urls
+        rx_data = self.cfg.model_dump(mode="json")
+        if len(urls) > 1:
+            rx_data["count"] = None  # the driver counts across receivers
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                              soft=False)
+        rx_cls = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here)(ReceiverActor)
+        self.receivers = [rx_cls.remote(rx_data, q1.actors, q1.capacity, (i, len(urls)), url)
+                          for i, url in enumerate(urls)]
+        for msg in ray.get([r.start.remote() for r in self.receivers], timeout=120):
+            if msg is not None:
+                raise UsageError(msg)
+        if self.cfg.binds_all_interfaces:
+            log.warning("binding %s: listening on all interfaces, not only loopback",
+                        ", ".join(urls))
+
+    def _replay_results(self, results: list[dict[str, Any]]) -> None:
+        assert self.records is not None
+        for res in results:
+            replay(self.records, res["events"])
+
+    def drive(self, t_start: float) -> list[dict[str, Any]]:
+        """Replay the actors' events until every receiver and then every inference
+        actor is done (module docstring: end of a run); the receivers' results."""
+        ray, records, cfg = self.ray, self.records, self.cfg
+        assert records is not None
+        n_rx = len(self.receivers)
+        rx_results: list[dict[str, Any]] | None = None
+        stopping = False
+        failure: str | None = None
+        t_progress = time.monotonic()
+        while True:
+            polls = ray.get([a.poll.remote() for a in (*self.receivers, *self.infs)])
+            self._replay_results(polls)
+            rx_polls, inf_polls = polls[:n_rx], polls[n_rx:]
+            failure = failure or next((p["error"] for p in inf_polls if p["error"]), None)
+            if failure is not None and rx_results is None:
+                ray.get([r.abort.remote() for r in self.receivers])
+            if rx_results is None:
+                over = cfg.count is not None and n_rx > 1 and records.received >= cfg.count
+                broken = any(p["error"] for p in rx_polls)
+                if (self.stop.is_set() or over or broken) and not stopping:
+                    stopping = True
+                    ray.get([r.stop.remote() for r in self.receivers])
+                if all(p["done"] for p in rx_polls):
+                    rx_results = ray.get([r.result.remote() for r in self.receivers])
+                    self._replay_results(rx_results)
+                    ray.get([a.input_done.remote() for a in self.infs])
+            elif all(p["done"] for p in inf_polls):
+                return rx_results
+            if time.monotonic() - t_progress >= PROGRESS_S and records.batches:
+                t_progress = time.monotonic()
+                self.starvation_warnings += report_progress(records, self.q1, t_start,
+                                                            self.on_progress, now())[1]
+            time.sleep(DRAIN_S)
+
+    def finish_inference(self) -> list[dict[str, Any]]:
+        """The inference actors' results (after ``drive``), their last events replayed."""
+        inf_results = self.ray.get([a.result.remote() for a in self.infs])
+        self._replay_results(inf_results)
+        return inf_results
+
+    def summary_extra(self, t_start: float, t_end: float, rx_results: list[dict[str, Any]],
+                      inf_results: list[dict[str, Any]]) -> dict[str, Any]:
+        """summary.json's run facts, merged over the actors, with the ``ray`` section."""
+        started, q1 = self.started, self.q1
+        q1_total = _merge_q1([r["q1"] for r in (*rx_results, *inf_results)])
+        extra = summary_extra(
+            self.cfg, t_start=t_start, t_end=t_end,
+            end_reason=_end_reason([r["end_reason"] for r in rx_results]),
+            device=started[0]["device"], device_description=started[0]["device_description"],
+            q1_stats=q1_total, reordered=sum(r["reordered"] for r in inf_results),
+            receiver=_merge_receivers([r["receiver"] for r in rx_results]),
+            starvation_warnings=self.starvation_warnings,
+            clock_error_s=max(r["clock_error_s"] for r in inf_results),
+            ray_address=q1.address,
+        )
+        extra["ray"] = {
+            "actors": True,
+            "receivers": [{k: r[k] for k in ("url", "end_reason", "puts", "receiver")}
+                          for r in rx_results],
+            "inference": [{"number": r["number"], "batches": r["batches"],
+                           "device": s["device"], "device_description": s["device_description"]}
+                          for r, s in zip(inf_results, started, strict=True)],
+            "q1_shards": q1.shards,
+        }
+        return extra
+
+    def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+        for a in (*self.receivers, *self.infs):
+            with contextlib.suppress(Exception):
+                self.ray.kill(a, no_restart=True)
+        self.q1.close()
+        if self.records is not None:
+            with contextlib.suppress(Exception):
+                self.records.close({"end_reason": "error"})
+
+
 def run_ray_consumer(
     cfg: ConsumerConfig,
     out_dir: str | Path,
@@ -345,106 +482,26 @@ def run_ray_consumer(
     q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
                cfg.ray.address, cfg.ray.num_cpus)
     ray = q1._ray
-    receivers: list[Any] = []
-    infs: list[Any] = []
-    records: RunRecords | None = None
-    sampler: Q1Sampler | None = None
+    d = _RayDriver(cfg, q1, stop, on_progress)
     try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        n_inf, device, takes_gpu = _plan_inference(ray, cfg)
-        data = cfg.model_dump(mode="json")
-        inf_cls = ray.remote(num_cpus=0, num_gpus=1 if takes_gpu else 0,
-                             max_restarts=0)(InferenceActor)
-        infs = [inf_cls.remote(data, q1.actors, q1.capacity, j, device) for j in range(n_inf)]
-        started = ray.get([a.start.remote(warmup) for a in infs], timeout=START_TIMEOUT_S)
-        for s in started:
-            if "error" in s:
-                raise UsageError(s["error"])
-        urls = cfg.urls
-        n_rx = len(urls)
-        rx_data = dict(data)
-        if n_rx > 1:
-            rx_data["count"] = None  # the driver counts across receivers
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
-                                              soft=False)
-        rx_cls = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here)(ReceiverActor)
-        receivers = [rx_cls.remote(rx_data, q1.actors, q1.capacity, (i, n_rx), url)
-                     for i, url in enumerate(urls)]
-        for msg in ray.get([r.start.remote() for r in receivers], timeout=120):
-            if msg is not None:
-                raise UsageError(msg)
-        if cfg.binds_all_interfaces:
-            log.warning("binding %s: listening on all interfaces, not only loopback",
-                        ", ".join(urls))
-        records = RunRecords(out_dir, streams=n_rx)
-        sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
+        d.start_inference(warmup)
+        d.start_receivers()
+        d.records = records = RunRecords(out_dir, streams=len(cfg.urls))
+        d.sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
         t_start = now()
         if ready is not None:
             ready.set()
-        rx_results: list[dict[str, Any]] | None = None
-        stopping = False
-        failure: str | None = None
-        starvation_warnings = 0
-        t_progress = time.monotonic()
-        while True:
-            polls = ray.get([a.poll.remote() for a in (*receivers, *infs)])
-            for p in polls:
-                replay(records, p["events"])
-            rx_polls, inf_polls = polls[:n_rx], polls[n_rx:]
-            failure = failure or next((p["error"] for p in inf_polls if p["error"]), None)
-            if failure is not None and rx_results is None:
-                ray.get([r.abort.remote() for r in receivers])
-            if rx_results is None:
-                over = cfg.count is not None and n_rx > 1 and records.received >= cfg.count
-                broken = any(p["error"] for p in rx_polls)
-                if (stop.is_set() or over or broken) and not stopping:
-                    stopping = True
-                    ray.get([r.stop.remote() for r in receivers])
-                if all(p["done"] for p in rx_polls):
-                    rx_results = ray.get([r.result.remote() for r in receivers])
-                    for res in rx_results:
-                        replay(records, res["events"])
-                    ray.get([a.input_done.remote() for a in infs])
-            elif all(p["done"] for p in inf_polls):
-                break
-            if time.monotonic() - t_progress >= PROGRESS_S and records.batches:
-                t_progress = time.monotonic()
-                starvation_warnings += report_progress(records, q1, t_start, on_progress,
-                                                       now())[1]
-            time.sleep(DRAIN_S)
-        inf_results = ray.get([a.result.remote() for a in infs])
-        for res in inf_results:
-            replay(records, res["events"])
+        rx_results = d.drive(t_start)
+        inf_results = d.finish_inference()
         t_end = now()
-        sampler.sample_once()
-        sampler.stop()
-        sampler = None
+        d.sampler.sample_once()
+        d.sampler.stop()
+        d.sampler = None
         errors = [r["error"] for r in (*rx_results, *inf_results) if r["error"]]
         if errors:
             raise RuntimeError(f"a consumer actor failed: {errors[0]}")
-        q1_total = _merge_q1([r["q1"] for r in (*rx_results, *inf_results)])
-        extra = summary_extra(
-            cfg, t_start=t_start, t_end=t_end,
-            end_reason=_end_reason([r["end_reason"] for r in rx_results]),
-            device=started[0]["device"], device_description=started[0]["device_description"],
-            q1_stats=q1_total, reordered=sum(r["reordered"] for r in inf_results),
-            receiver=_merge_receivers([r["receiver"] for r in rx_results]),
-            starvation_warnings=starvation_warnings,
-            clock_error_s=max(r["clock_error_s"] for r in inf_results),
-            ray_address=q1.address,
-        )
-        extra["ray"] = {
-            "actors": True,
-            "receivers": [{k: r[k] for k in ("url", "end_reason", "puts", "receiver")}
-                          for r in rx_results],
-            "inference": [{"number": r["number"], "batches": r["batches"],
-                           "device": s["device"], "device_description": s["device_description"]}
-                          for r, s in zip(inf_results, started, strict=True)],
-            "q1_shards": q1.shards,
-        }
-        summary = records.close(extra)
-        records = None
+        summary = records.close(d.summary_extra(t_start, t_end, rx_results, inf_results))
+        d.records = None
         if on_progress is not None:
             on_progress({**summary, "final": True})
         return summary
@@ -456,12 +513,4 @@ def run_ray_consumer(
             "or CPUs for them (ray status)?") from None
     finally:
         stop.set()
-        if sampler is not None:
-            sampler.stop()
-        for a in (*receivers, *infs):
-            with contextlib.suppress(Exception):
-                ray.kill(a, no_restart=True)
-        q1.close()
-        if records is not None:
-            with contextlib.suppress(Exception):
-                records.close({"end_reason": "error"})
+        d.close()
