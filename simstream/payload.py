@@ -88,7 +88,7 @@ __all__ = [
     "EPOCH_S",
     "EVENT_RATE_HZ",
     "SIMSTREAM_FIELDS",
-    "Message",
+    "EncodedMessage",
     "MessageFactory",
     "wire_fields",
 ]
@@ -102,7 +102,10 @@ _BACKGROUNDS = 4  # distinct background images in the peaks pool
 
 
 @dataclass(frozen=True)
-class Message:
+class EncodedMessage:
+    """One message a rank sends, encoded (not ``simstream.wire.Message``, a message
+    as framed on the wire)."""
+
     seq: int  # sequence number within the rank, from 0
     events: int  # batch size of this message (the last one may be partial)
     payload: bytes | bytearray | memoryview  # the encoded HDF5/npz file
@@ -141,7 +144,7 @@ class MessageFactory:
     full and the partial last batch), so that ``message()`` costs the same from
     its first call.
 
-    ``message(seq)`` -> Message (encoded); ``batch(seq)`` -> the arrays before
+    ``message(seq)`` -> EncodedMessage; ``batch(seq)`` -> the arrays before
     encoding (in pool mode: what ``message(seq)`` decodes to). Raises ProfileError
     at construction for a source it cannot generate (e.g. an unreadable replay
     file), ValueError for a ``seq`` out of range.
@@ -258,7 +261,7 @@ class MessageFactory:
             original_shapes=original_shapes,
         )
 
-    def message(self, seq: int) -> Message:
+    def message(self, seq: int) -> EncodedMessage:
         """Message ``seq``, encoded; its payload is a new immutable bytes object."""
         n = self.events_in(seq)
         pooled = self._pooled(seq, n)
@@ -266,7 +269,7 @@ class MessageFactory:
             payload = self._encode(self._fresh(seq, n))
         else:
             payload = pooled(self._per_message_values(seq, n))
-        return Message(seq=seq, events=n, payload=payload)
+        return EncodedMessage(seq=seq, events=n, payload=payload)
 
 
 # ----------------------------------------------------------------------------
