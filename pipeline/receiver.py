@@ -10,11 +10,14 @@ Three transports, one shape (``recv(timeout_s) -> RawMessage | None``, ``close()
 - ``nng``: the SP-over-TCP protocol pynng's Push0 speaks: an 8-byte header each
   way (``\\0SP\\0``, protocol id, 0), then the same length-prefixed messages.
 
-For ``tcp`` and ``nng`` the declared length is checked before the body is read:
-an oversize body is read and dropped in chunks (the stream stays in step) and
-only its head is kept for quarantine. A body's buffer grows with the bytes that
-arrive, so memory follows what peers send, not the lengths they announce. Several connections (one per rank) are
-served by one selector loop.
+``tcp`` and ``nng`` are framed by simstream's sans-IO wire layer
+(``simstream.wire.new_connection``, the same code the producer sends with); this
+module only moves bytes between sockets and it. The declared length is checked
+before the body is read: an oversize body is read past as it arrives (the stream
+stays in step) and only its head is kept for quarantine. A message is held as the
+chunks that arrived until it is whole, so memory follows what peers send, not the
+lengths they announce. Several connections (one per rank) are served by one
+selector loop.
 
 ``recv`` waits at most ``timeout_s`` so the caller's loop can notice a stop.
 Raises UsageError when the address cannot be bound (in use, not local) or is bad.
@@ -27,24 +30,30 @@ import errno
 import logging
 import selectors
 import socket
-import struct
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from simstream.clock import now
 from simstream.errors import UsageError
 from simstream.profile import split_url
+from simstream.wire import (
+    NEED_DATA,
+    ConnectionClosed,
+    Message,
+    OversizeMessage,
+    RemoteProtocolError,
+    new_connection,
+)
 
 __all__ = ["RawMessage", "Receiver", "ReceiverStats", "check_bindable", "open_receiver"]
 
 log = logging.getLogger("pipeline.receiver")
 
-NNG_PUSH0 = 0x50
-NNG_PULL0 = 0x51
-NNG_HEADER = b"\x00SP\x00"
 HEAD_KEEP = 1 << 20  # bytes of an oversize message kept for quarantine
-_CHUNK = 1 << 20
-_FIRST_ALLOC = 1 << 20  # a body buffer starts this big and doubles as bytes arrive
+_CHUNK_MIN = 64 << 10  # one read asks for this many bytes at first...
+_CHUNK_MAX = 4 << 20  # ...doubling while reads come back full, up to this
 
 
 @dataclass
@@ -187,23 +196,18 @@ class ZmqReceiver(Receiver):
 
 
 class _Conn:
-    """One peer connection's incremental framing state."""
+    """One peer connection: its socket and its sans-IO framing state."""
 
-    def __init__(self, sock: socket.socket, peer: str, nng: bool) -> None:
+    def __init__(self, sock: socket.socket, peer: str, wire: Any) -> None:
         self.sock = sock
         self.peer = peer
-        self.need_header = nng  # the peer's SP header still to read
-        self.hdr = bytearray()
-        self.body: bytearray | None = None
-        self.filled = 0
-        self.length = 0
-        self.drop = 0  # oversize bytes still to discard
-        self.head = bytearray()  # oversize head kept for quarantine
-        self.first_byte = 0.0
+        self.wire = wire
+        self.chunk = _CHUNK_MIN  # bytes the next read asks for
 
     @property
     def mid_message(self) -> bool:
-        return self.body is not None or self.drop > 0 or (len(self.hdr) > 0 and not self.need_header)
+        """Part-way through a message (not through nng's connection header)."""
+        return bool(self.wire.ready and self.wire.unprocessed_bytes)
 
 
 class StreamReceiver(Receiver):
@@ -250,10 +254,13 @@ class StreamReceiver(Receiver):
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Conn(sock, peer, self.kind == "nng")
-        if self.kind == "nng":
+        wire = new_connection(self.kind, "PULL", max_message_bytes=self.max_message_bytes,
+                              on_oversize="skip", keep_head=HEAD_KEEP)
+        opening = wire.initiate()  # nng: our Pull0 header; tcp: nothing
+        if opening:
             with contextlib.suppress(OSError):
-                sock.sendall(NNG_HEADER + struct.pack(">HH", NNG_PULL0, 0))
+                sock.sendall(opening)
+        conn = _Conn(sock, peer, wire)
         self._conns[sock.fileno()] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
         self.stats.connections += 1
@@ -287,8 +294,6 @@ class StreamReceiver(Receiver):
                 return self._ready.popleft()
             if not self._sel.get_map() and remaining > 0:
                 # connect role between attempts: nothing to wait on but the clock
-                import time
-
                 time.sleep(min(remaining, 0.05))
             if now() >= deadline:
                 return None
@@ -307,78 +312,45 @@ class StreamReceiver(Receiver):
         # bounded per call so one busy peer cannot starve the others or the stop check
         for _ in range(64):
             try:
-                if conn.body is not None:
-                    if conn.filled == len(conn.body):
-                        # grow with what really arrives (doubling), never to the announced
-                        # length at once: a peer announcing big messages and sending
-                        # nothing must not cost memory (many of them: many times over)
-                        conn.body += bytes(min(len(conn.body), conn.length - len(conn.body)))
-                    # release the views at once: the bytearray grows on a later pass,
-                    # which a live export would forbid (BufferError)
-                    with memoryview(conn.body) as whole, whole[conn.filled:] as view:
-                        n = conn.sock.recv_into(view)
-                    if n == 0:
-                        return self._drop(conn)
-                    conn.filled += n
-                    if conn.filled == conn.length:
-                        self._complete(conn)
-                    continue
-                if conn.drop > 0:
-                    chunk = conn.sock.recv(min(conn.drop, _CHUNK))
-                    if not chunk:
-                        return self._drop(conn)
-                    if len(conn.head) < HEAD_KEEP:
-                        conn.head += chunk[: HEAD_KEEP - len(conn.head)]
-                    conn.drop -= len(chunk)
-                    if conn.drop == 0:
-                        self._complete_oversize(conn)
-                    continue
-                chunk = conn.sock.recv(8 - len(conn.hdr))
+                chunk = conn.sock.recv(conn.chunk)
             except (BlockingIOError, InterruptedError):
-                return None
+                return
             except OSError as exc:
-                return self._drop(conn, f"read failed: {exc}") if conn.mid_message else self._drop(conn)
-            if not chunk:
-                return self._drop(conn)
-            if not conn.hdr:
-                conn.first_byte = now()
-            conn.hdr += chunk
-            if len(conn.hdr) < 8:
-                continue
-            hdr = bytes(conn.hdr)
-            conn.hdr.clear()
-            if conn.need_header:
-                if hdr[:4] != NNG_HEADER or struct.unpack(">H", hdr[4:6])[0] != NNG_PUSH0:
-                    return self._drop(conn, f"not an nng Push0 peer (header {hdr!r})")
-                conn.need_header = False
-                continue
-            (length,) = struct.unpack(">Q", hdr)
-            conn.length = length
-            if length > self.max_message_bytes:
-                conn.drop = length
-                conn.head = bytearray()
-                if length == 0:
-                    self._complete_oversize(conn)
-                continue
-            conn.body = bytearray(min(length, _FIRST_ALLOC))
-            conn.filled = 0
-            if length == 0:
-                self._complete(conn)
-        return None
+                self._drop(conn, f"read failed: {exc}" if conn.mid_message else None)
+                return
+            # a big buffer per read costs an allocation each: grow it only while the
+            # peer fills it (big messages), shrink it back when it does not
+            if len(chunk) == conn.chunk:
+                conn.chunk = min(2 * conn.chunk, _CHUNK_MAX)
+            elif len(chunk) < conn.chunk // 4:
+                conn.chunk = max(conn.chunk // 2, _CHUNK_MIN)
+            conn.wire.receive_data(chunk)  # b"": the peer closed its side
+            if not self._events(conn) or not chunk:
+                return
 
-    def _complete(self, conn: _Conn) -> None:
-        assert conn.body is not None
-        body, conn.body = conn.body, None
-        self.stats.messages += 1
-        self.stats.bytes += len(body)
-        self._ready.append(RawMessage(body, len(body), now(), conn.peer))
-
-    def _complete_oversize(self, conn: _Conn) -> None:
-        self.stats.messages += 1
-        self.stats.oversize += 1
-        self.stats.bytes += conn.length
-        self._ready.append(RawMessage(bytes(conn.head), conn.length, now(), conn.peer, oversize=True))
-        conn.head = bytearray()
+    def _events(self, conn: _Conn) -> bool:
+        """Turn what the framing has into messages; False once the connection is gone."""
+        while True:
+            try:
+                event = conn.wire.next_event()
+            except RemoteProtocolError as exc:
+                self._drop(conn, str(exc))
+                return False
+            if event is NEED_DATA:
+                return True
+            if isinstance(event, Message):
+                self.stats.messages += 1
+                self.stats.bytes += event.nbytes
+                self._ready.append(RawMessage(event.payload, event.nbytes, now(), conn.peer))
+            elif isinstance(event, OversizeMessage):
+                self.stats.messages += 1
+                self.stats.oversize += 1
+                self.stats.bytes += event.nbytes
+                self._ready.append(RawMessage(event.head, event.nbytes, now(), conn.peer,
+                                              oversize=True))
+            elif isinstance(event, ConnectionClosed):
+                self._drop(conn)
+                return False
 
     def close(self) -> None:
         for conn in list(self._conns.values()):

@@ -14,6 +14,7 @@ from simstream.wire import (
     ConnectionClosed,
     LocalProtocolError,
     Message,
+    OversizeMessage,
     RemoteProtocolError,
     new_connection,
 )
@@ -89,3 +90,51 @@ def test_misuse() -> None:
     with pytest.raises(LocalProtocolError, match="end of stream"):
         conn.receive_data(b"more")
     assert isinstance(new_connection("tcp", "PUSH"), LenPrefixConnection)
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=6), st.data())
+def test_skip_oversize_reads_past_any_split_and_keeps_the_head(sizes: list[int],
+                                                                 data: st.DataObject) -> None:
+    """``on_oversize="skip"``: a message over the cap becomes an OversizeMessage with
+    its declared length and first ``keep_head`` bytes; the next messages follow in
+    step, however the bytes are split; nng's framing after its header is the same."""
+    msgs = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(struct.pack(">Q", len(m)) + m for m in msgs)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
+    conn = new_connection("tcp", "PULL", max_message_bytes=100, on_oversize="skip", keep_head=7)
+    conn.initiate()
+    events: list[object] = []
+    for a, b in pairwise([0, *sorted(set(cuts)), len(stream)]):
+        if b > a:
+            conn.receive_data(stream[a:b])
+            events += drain(conn)
+    conn.receive_data(b"")
+    events += drain(conn)
+    want = [Message((m,)) if len(m) <= 100 else OversizeMessage(len(m), m[:7]) for m in msgs]
+    assert events == [*want, ConnectionClosed(0)]
+
+
+def test_a_stream_cut_inside_a_skipped_message_is_an_unfinished_message() -> None:
+    conn = new_connection("nng", "PULL", max_message_bytes=10, on_oversize="skip", keep_head=4)
+    conn.initiate()
+    conn.receive_data(b"\x00SP\x00\x00\x50\x00\x00" + struct.pack(">Q", 50) + b"H" * 30)
+    assert [type(e).__name__ for e in drain(conn)] == ["PeerReady"]
+    assert conn.unprocessed_bytes == 8 + 30  # consumed, no event yet: mid-message
+    conn.receive_data(b"H" * 20 + struct.pack(">Q", 2) + b"ok")
+    assert drain(conn) == [OversizeMessage(50, b"HHHH"), Message((b"ok",))]
+    conn.receive_data(struct.pack(">Q", 40) + b"x")
+    assert drain(conn) == []
+    conn.receive_data(b"")
+    assert drain(conn) == [ConnectionClosed(9)]
+
+
+def test_skip_is_refused_where_the_framing_cannot_skip_and_the_default_is_an_error() -> None:
+    with pytest.raises(LocalProtocolError, match="on_oversize"):
+        new_connection("zmq", "PULL", on_oversize="skip")
+    with pytest.raises(LocalProtocolError, match="on_oversize"):
+        new_connection("tcp", "PULL", on_oversize="drop")
+    conn = new_connection("tcp", "PULL", max_message_bytes=10)
+    conn.initiate()
+    conn.receive_data(struct.pack(">Q", 11))
+    with pytest.raises(RemoteProtocolError, match="max_message_bytes=10"):
+        conn.next_event()

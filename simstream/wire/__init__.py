@@ -18,8 +18,9 @@ Every connection object has the same shape (h11 style)::
     sock.sendall(conn.message_header(n)); sock.sendall(payload)   # payload never copied
 
 Events: ``PeerGreeting`` (ZMTP only), ``PeerReady``, ``Message``, ``Command`` (ZMTP
-only), ``ConnectionClosed``. Whatever the split of the incoming bytes, the sequence
-of events is the same.
+only), ``OversizeMessage`` (length-prefixed kinds with ``on_oversize="skip"``),
+``ConnectionClosed``. Whatever the split of the incoming bytes, the sequence of
+events is the same.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ __all__ = [
     "ConnectionClosed",
     "LocalProtocolError",
     "Message",
+    "OversizeMessage",
     "PeerGreeting",
     "PeerReady",
     "ProtocolError",
@@ -98,6 +100,17 @@ class Message:
 
 
 @dataclass(frozen=True)
+class OversizeMessage:
+    """A message whose declared length was over ``max_message_bytes``, read past
+    without being buffered (``on_oversize="skip"``, length-prefixed kinds only), so
+    the stream stays in step. ``nbytes``: its declared length; ``head``: its first
+    bytes, at most the connection's ``keep_head``."""
+
+    nbytes: int
+    head: bytes
+
+
+@dataclass(frozen=True)
 class Command:
     """A ZMTP command after the handshake: PING, PONG, ERROR, SUBSCRIBE, CANCEL, ..."""
 
@@ -114,7 +127,7 @@ class ConnectionClosed:
     unprocessed_bytes: int = 0
 
 
-Event = PeerGreeting | PeerReady | Message | Command | ConnectionClosed
+Event = PeerGreeting | PeerReady | Message | OversizeMessage | Command | ConnectionClosed
 
 
 class _ReceiveBuffer:
@@ -185,12 +198,23 @@ class _Connection:
     Subclasses implement ``_parse()`` (return an event, or None when the buffer holds
     too little) and ``_pending_bytes()`` (bytes of an unfinished unit, for
     ``ConnectionClosed.unprocessed_bytes``).
+
+    ``on_oversize``: ``"error"`` (a message over ``max_message_bytes`` is a
+    RemoteProtocolError) or ``"skip"`` (where the kind supports it: an
+    ``OversizeMessage`` event keeping its first ``keep_head`` bytes).
     """
 
-    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 on_oversize: str = "error", keep_head: int = 0) -> None:
         if max_message_bytes < 0:
             raise LocalProtocolError(f"max_message_bytes must be >= 0, got {max_message_bytes}")
+        if on_oversize not in ("error", "skip"):
+            raise LocalProtocolError(f"on_oversize must be error or skip, got {on_oversize!r}")
+        if keep_head < 0:
+            raise LocalProtocolError(f"keep_head must be >= 0, got {keep_head}")
         self.max_message_bytes = max_message_bytes
+        self.on_oversize = on_oversize
+        self.keep_head = keep_head
         self._buf = _ReceiveBuffer()
         self._outgoing: list[bytes] = []
         self._initiated = False
@@ -253,6 +277,12 @@ class _Connection:
             self._buf.feed(data)
 
     @property
+    def unprocessed_bytes(self) -> int:
+        """Bytes received but not yet turned into an event (buffered, or read past
+        inside an oversize message being skipped): > 0 means part-way through a unit."""
+        return len(self._buf) + self._pending_bytes()
+
+    @property
     def consumed_bytes(self) -> int:
         """Bytes of the peer's stream turned into events so far (greeting, commands,
         whole messages): the stream offset where the next event's bytes begin."""
@@ -305,21 +335,28 @@ def new_connection(
     *,
     as_server: bool = False,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    on_oversize: str = "error",
+    keep_head: int = 0,
 ) -> _Connection:
     """A connection object for a transport kind of the profile: "zmq", "nng" or "tcp".
 
-    ``socket_type`` is "PUSH" or "PULL" (ignored by "tcp"). Raises LocalProtocolError
-    for an unknown kind or socket type."""
+    ``socket_type`` is "PUSH" or "PULL" (ignored by "tcp"). ``on_oversize``,
+    ``keep_head``: see ``_Connection`` ("skip" needs "nng" or "tcp"). Raises
+    LocalProtocolError for an unknown kind or socket type."""
     if kind == "zmq":
         from simstream.wire.zmtp import ZmtpConnection
 
+        if on_oversize != "error":
+            raise LocalProtocolError("on_oversize skip needs a length-prefixed kind (nng, tcp)")
         return ZmtpConnection(socket_type, as_server=as_server, max_message_bytes=max_message_bytes)
     if kind == "nng":
         from simstream.wire.nng import NngConnection
 
-        return NngConnection(socket_type, max_message_bytes=max_message_bytes)
+        return NngConnection(socket_type, max_message_bytes=max_message_bytes,
+                             on_oversize=on_oversize, keep_head=keep_head)
     if kind == "tcp":
         from simstream.wire.lenprefix import LenPrefixConnection
 
-        return LenPrefixConnection(max_message_bytes=max_message_bytes)
+        return LenPrefixConnection(max_message_bytes=max_message_bytes,
+                                   on_oversize=on_oversize, keep_head=keep_head)
     raise LocalProtocolError(f"unknown transport kind {kind!r} (expected zmq, nng or tcp)")

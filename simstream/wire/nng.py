@@ -19,11 +19,12 @@ from simstream.wire import (
     DEFAULT_MAX_MESSAGE_BYTES,
     LocalProtocolError,
     Message,
+    OversizeMessage,
     PeerReady,
     RemoteProtocolError,
     _Connection,
 )
-from simstream.wire.lenprefix import length_header, parse_length_prefixed
+from simstream.wire.lenprefix import LengthFraming, length_header
 
 HEADER = struct.Struct(">4sH2s")
 _MAGIC = b"\x00SP\x00"
@@ -65,12 +66,16 @@ class NngConnection(_Connection):
     """One end of an nng TCP pipe.
 
     ``socket_type``: "PUSH" (the producer) or "PULL" (the consumer), or another SP
-    protocol name. Raises LocalProtocolError for an unknown one."""
+    protocol name. Raises LocalProtocolError for an unknown one. ``on_oversize``,
+    ``keep_head``: see ``simstream.wire._Connection``."""
 
     def __init__(
-        self, socket_type: str = "PUSH", *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self, socket_type: str = "PUSH", *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_oversize: str = "error", keep_head: int = 0,
     ) -> None:
-        super().__init__(max_message_bytes=max_message_bytes)
+        super().__init__(max_message_bytes=max_message_bytes, on_oversize=on_oversize,
+                         keep_head=keep_head)
+        self._framing = LengthFraming()
         socket_type = socket_type.upper()
         if socket_type not in PROTOCOL_IDS:
             raise LocalProtocolError(
@@ -92,13 +97,16 @@ class NngConnection(_Connection):
         self._check_sendable(nbytes)
         return length_header(nbytes)
 
-    def _parse(self) -> PeerReady | Message | None:
+    def _parse(self) -> PeerReady | Message | OversizeMessage | None:
         if not self.ready:
             return self._parse_header()
-        msg = parse_length_prefixed(self, self._buf)
+        msg = self._framing.parse(self, self._buf)
         if msg is not None and self.socket_type == "PUSH":
             raise RemoteProtocolError("the PULL peer sent a message; pull0 never sends")
         return msg
+
+    def _pending_bytes(self) -> int:
+        return self._framing.pending
 
     def _parse_header(self) -> PeerReady | None:
         # Check the fixed bytes as they arrive, so a non-nng peer is refused at once.
