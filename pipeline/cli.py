@@ -168,7 +168,7 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
-    from .consumer import run_consumer
+    from .consumer import run_consumer  # the codec (h5py): not for --help or a bad flag
 
     where = (f"{cfg.role} {cfg.transport} {', '.join(cfg.urls)}" if cfg.mode == "socket"
              else "random mode")

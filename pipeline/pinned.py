@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from simstream.clock import now
+
 
 @dataclass
 class _Buffer:
@@ -111,8 +113,6 @@ class PinnedPool:
         return buf
 
     def _allocate(self, nbytes: int) -> _Buffer:
-        from simstream.clock import now
-
         t0 = now()
         if self.pin:
             tensor = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)

@@ -31,6 +31,7 @@ Times are ``simstream.clock.now()`` Unix seconds; latencies in seconds.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import socket
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from simstream.clock import now
+from simstream.errors import UsageError
 
 __all__ = ["LocalQ1", "ProcessQ1", "Q1Closed", "Q1Sampler", "Q1Stats", "RayQ1", "make_q1"]
 
@@ -405,8 +407,6 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        from simstream.errors import UsageError
-
         raise UsageError(
             "queue.backend ray needs Ray: pip install 'simstream[ray]' (ray>=2.9)") from None
     return ray
@@ -416,8 +416,6 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
     """Raise UsageError unless something accepts TCP at ``address`` (HOST:PORT or
     ray://HOST:PORT) within ``timeout_s``: Ray itself retries an absent cluster for
     minutes before giving up."""
-    from simstream.errors import UsageError
-
     rest = address[len("ray://"):] if address.startswith("ray://") else address
     host, _, port = rest.rpartition(":")
     try:
@@ -453,8 +451,6 @@ class RayQ1(_ShardedQ1):
         if not ray.is_initialized():
             self._init(address, num_cpus)
         elif address is not None:
-            import logging
-
             logging.getLogger("pipeline.q1").warning(
                 "Ray is already up in this process: Q1 uses it, not %s", address)
         self.address = ray.get_runtime_context().gcs_address
@@ -488,8 +484,6 @@ class RayQ1(_ShardedQ1):
         return list(self._actors)
 
     def _init(self, address: str | None, num_cpus: int) -> None:
-        import logging
-
         ray = self._ray
         kwargs: dict[str, Any] = {
             "include_dashboard": False, "logging_level": logging.WARNING,
@@ -510,8 +504,6 @@ class RayQ1(_ShardedQ1):
         try:
             ray.init(**kwargs)
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            from simstream.errors import UsageError
-
             where = "a local Ray instance" if address is None else f"Ray at {address!r}"
             raise UsageError(f"cannot start or reach {where}: {exc}") from None
         self.owns_ray = True

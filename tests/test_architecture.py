@@ -2,7 +2,9 @@
 
 - no import circles among the modules of simstream/ and pipeline/ (a circle is
   any cycle of module-level or function-level imports: a lazy import hides a
-  circle from the interpreter, not from the structure);
+  circle from the interpreter, not from the structure; a package's ``__init__``
+  counts as a module of its own, so a package whose ``__init__`` imports its
+  submodules while they import names defined in it is a circle too);
 - the consumer (pipeline/) depends one way on simstream: it imports nothing from
   the layers above it (simstream.cli, runner, diagnose, testbed, emitter);
 - no function in pipeline/ is longer than MAX_FUNCTION_LINES.
@@ -68,9 +70,10 @@ def _owner(name: str) -> str | None:
 
 
 def _imports(module: str, path: Path) -> set[str]:
-    """Every project module ``module`` imports, at module level or inside functions
-    (a ``from pkg import sub`` counts as importing ``pkg.sub`` when that is a module).
-    Imports under ``if TYPE_CHECKING:`` are left out: they never run."""
+    """Every project module ``module`` imports, at module level or inside functions.
+    ``from pkg import name`` is an import of the module ``pkg.name`` when there is
+    one, else of ``pkg`` (its ``__init__``, where ``name`` is defined). Imports under
+    ``if TYPE_CHECKING:`` are left out: they never run."""
     tree = ast.parse(path.read_text(), str(path))
     skip: set[int] = set()
     for node in ast.walk(tree):
@@ -84,12 +87,10 @@ def _imports(module: str, path: Path) -> set[str]:
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
             target = _resolve(module, path, node)
-            names.add(target)
-            names.update(f"{target}.{a.name}" for a in node.names)
-    out = {o for n in names if (o := _owner(n)) is not None and o != module}
-    # importing a submodule runs its packages' __init__ too, but an __init__ that
-    # imports its own submodules is no circle: edges to a module's own parents are dropped
-    return {o for o in out if not module.startswith(o + ".")}
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                names.add(sub if sub in MODULES else target)
+    return {o for n in names if (o := _owner(n)) is not None and o != module}
 
 
 GRAPH = {m: _imports(m, p) for m, p in MODULES.items()}

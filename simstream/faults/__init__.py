@@ -1,10 +1,11 @@
 """Faults, Toxiproxy style: one fault per module, a registry by snake_case name.
 
-Layout: each module (``reset``, ``truncate``, ``corrupt``, ``stall``,
-``duplicate``, ``slow_close``) holds one small frozen config object with one
-method, ``apply(attempt) -> attempt``, that acts on a message attempt. The
-envelope that decides *when* a fault strikes (trigger, probability, rank) is
-separate: :class:`Trigger` here, evaluated by ``simstream.schedule``.
+Layout: ``attempt`` holds what a fault acts on (``Attempt``); each other module
+(``reset``, ``truncate``, ``corrupt``, ``stall``, ``duplicate``, ``slow_close``)
+holds one small frozen config object with one method, ``apply(attempt) ->
+attempt``, that acts on a message attempt. The envelope that decides *when* a
+fault strikes (trigger, probability, rank) is separate: :class:`Trigger` here,
+evaluated by ``simstream.schedule``.
 
 Random choices a fault needs (where a reset cuts, which bytes a corruption
 flips) are drawn once, when the schedule is planned, from the schedule's seeded
@@ -17,8 +18,16 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from simstream.faults.attempt import AppliedFault, Attempt
+from simstream.faults.corrupt import Corrupt
+from simstream.faults.duplicate import Duplicate
+from simstream.faults.reset import Reset
+from simstream.faults.slow_close import SlowClose
+from simstream.faults.stall import Stall
+from simstream.faults.truncate import Truncate
 
 if TYPE_CHECKING:
     from simstream.profile import Fault as FaultSpec
@@ -34,53 +43,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One attempt to send one message, as the faults leave it.
-
-    ``payload``: the encoded message (bytes-like; faults copy before changing it).
-    ``cut_fraction``: send only this share of the message's bytes, then reset
-    the connection (RST). ``silence_s``: nothing is sent for at least this long
-    before the attempt (seconds). ``close_s``: after the attempt, close the
-    connection gracefully over this many seconds, then reconnect.
-    """
-
-    payload: bytes | bytearray | memoryview
-    cut_fraction: float | None = None
-    silence_s: float = 0.0
-    close_s: float | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.payload)
-
-    def cut_after_bytes(self, wire_overhead: int = 0) -> int | None:
-        """Bytes to write before the cut: at least 1, fewer than the whole message."""
-        if self.cut_fraction is None:
-            return None
-        total = self.nbytes + wire_overhead
-        return max(1, min(total - 1, math.floor(total * self.cut_fraction)))
-
-    def with_(self, **changes: object) -> Attempt:
-        return replace(self, **changes)  # type: ignore[arg-type]
-
-
-class AppliedFault(Protocol):
-    """What every fault class provides."""
-
-    name: str
-
-    def apply(self, attempt: Attempt) -> Attempt: ...
-
-
 def _registry() -> dict[str, type]:
-    from simstream.faults.corrupt import Corrupt
-    from simstream.faults.duplicate import Duplicate
-    from simstream.faults.reset import Reset
-    from simstream.faults.slow_close import SlowClose
-    from simstream.faults.stall import Stall
-    from simstream.faults.truncate import Truncate
-
     return {c.name: c for c in (Reset, Truncate, Corrupt, Stall, Duplicate, SlowClose)}
 
 

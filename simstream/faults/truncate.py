@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from simstream.faults import Attempt
+from simstream.faults.attempt import Attempt
 
 if TYPE_CHECKING:
     from simstream.profile import Fault as FaultSpec

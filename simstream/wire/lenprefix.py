@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from simstream.wire import (
+from simstream.wire.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     LocalProtocolError,
     Message,
@@ -121,7 +121,7 @@ class LengthFraming:
 class LenPrefixConnection(_Connection):
     """Either end of a length-prefixed TCP stream. No handshake: ``initiate()``
     returns b"" and the connection is ready at once. ``on_oversize``, ``keep_head``:
-    see ``simstream.wire._Connection``."""
+    see ``simstream.wire.base._Connection``."""
 
     def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  on_oversize: str = "error", keep_head: int = 0) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from simstream.wire import (
+from simstream.wire.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     LocalProtocolError,
     Message,
@@ -67,7 +67,7 @@ class NngConnection(_Connection):
 
     ``socket_type``: "PUSH" (the producer) or "PULL" (the consumer), or another SP
     protocol name. Raises LocalProtocolError for an unknown one. ``on_oversize``,
-    ``keep_head``: see ``simstream.wire._Connection``."""
+    ``keep_head``: see ``simstream.wire.base._Connection``."""
 
     def __init__(
         self, socket_type: str = "PUSH", *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import struct
 
-from simstream.wire import (
+from simstream.wire.base import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Command,
     LocalProtocolError,
