@@ -25,6 +25,7 @@ Layout, in the order a message meets it:
 - ``config`` (the consumer's settings), ``cli`` (``simstream consume``).
 
 The package imports from simstream only its contract (``records``, ``probe``,
-``profile``), ``codec``, ``wire``, ``errors`` and ``clock``; simstream's CLI and
-runner are the layer above both (tests/test_architecture.py checks it).
+``profile``, ``outdir``), ``codec``, ``wire``, ``errors`` and ``clock``;
+simstream's CLI and runner are the layer above both (tests/test_architecture.py
+checks it).
 """

@@ -25,10 +25,11 @@ MAX_FUNCTION_LINES = 80
 ABOVE_PIPELINE = ("simstream.cli", "simstream.runner", "simstream.diagnose",
                   "simstream.testbed", "simstream.emitter")
 #: what the consumer may import from simstream: the contract (records, probe, the
-#: profile's model), the codec, the wire layer, the errors and the clock
+#: profile's model, the run directory's checks in outdir), the codec, the wire
+#: layer, the errors and the clock
 PIPELINE_MAY_IMPORT = ("simstream.records", "simstream.probe", "simstream.profile",
-                       "simstream.codec", "simstream.wire", "simstream.errors",
-                       "simstream.clock")
+                       "simstream.outdir", "simstream.codec", "simstream.wire",
+                       "simstream.errors", "simstream.clock")
 
 
 def _modules() -> dict[str, Path]:
