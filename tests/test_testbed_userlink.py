@@ -212,3 +212,14 @@ def test_sigkill_of_the_owner_takes_forwarder_and_namespaces_with_it(
             p.kill()
         p.communicate(timeout=5)
         run_cmd([PY, "-m", "simstream", "testbed", "down", "ulkill"])
+
+
+def test_a_tun_capture_is_written_as_ethernet_and_filtered_by_port() -> None:
+    from simstream.testbed.capture import ethernet_framed, tcp_port_matches
+
+    ip4 = bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 213, 0, 1, 10, 213, 0, 2])
+    tcp = (12321).to_bytes(2, "big") + (40000).to_bytes(2, "big") + b"\0" * 16
+    frame = ethernet_framed(ip4 + tcp)
+    assert frame[12:14] == b"\x08\x00" and frame[14:] == ip4 + tcp
+    assert tcp_port_matches(frame, 12321) and not tcp_port_matches(frame, 5001)
+    assert ethernet_framed(b"\x60" + b"\0" * 39)[12:14] == b"\x86\xdd"

@@ -116,6 +116,25 @@ def tcp_port_matches(frame: bytes, port: int) -> bool:
     return port in (sport, dport)
 
 
+ARPHRD_NONE = 0xFFFE  # a TUN device: packets start at the IP header
+
+
+def is_raw_ip(iface: str) -> bool:
+    """True for a device without a link-layer header (a TUN device, ARPHRD_NONE)."""
+    try:
+        with open(f"/sys/class/net/{iface}/type", encoding="ascii") as f:
+            return int(f.read().strip()) == ARPHRD_NONE
+    except (OSError, ValueError):
+        return False
+
+
+def ethernet_framed(packet: bytes) -> bytes:
+    """An IP packet behind a zeroed Ethernet header (ethertype from the IP version), so a
+    capture on a TUN device is an Ethernet pcap like every other."""
+    ethertype = b"\x86\xdd" if packet[:1] and packet[0] >> 4 == 6 else b"\x08\x00"
+    return b"\0" * 12 + ethertype + packet
+
+
 def is_loopback(iface: str) -> bool:
     """True for a loopback device (IFF_LOOPBACK in /sys/class/net/IF/flags)."""
     try:
@@ -170,8 +189,12 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
     from scapy.utils import PcapWriter
 
     sock = _listen_socket(iface)
+    # the link emulator's TUN devices carry bare IP packets: the Ethernet filter's
+    # offsets do not apply, so the port is matched here, on a synthesised frame
+    raw_ip = is_raw_ip(iface)
     try:
-        attach_bpf(sock.ins, bpf_tcp_port(port))
+        if not raw_ip:
+            attach_bpf(sock.ins, bpf_tcp_port(port))
         try:
             sock.ins.setsockopt(socket.SOL_SOCKET, 33, RCVBUF_BYTES)  # SO_RCVBUFFORCE
         except OSError:
@@ -193,6 +216,8 @@ def capture_to_file(iface: str, port: int, out: Path, duration_s: float, count: 
     def keep(pkt: object) -> None:
         nonlocal written
         data = bytes(pkt)  # type: ignore[call-overload]
+        if raw_ip:
+            data = ethernet_framed(data)
         if written < count and tcp_port_matches(data, port):
             ts = float(pkt.time)  # type: ignore[attr-defined]
             sec = int(ts)

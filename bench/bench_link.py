@@ -1,0 +1,226 @@
+"""The user-space link emulator (``network.emulator: user-link``): how close it gets to
+the profile, and where the forwarder stops keeping up.
+
+One testbed with the emulator; each condition is a phase change on the live
+forwarder (``Testbed.set_phase``), measured with plain sockets between the
+namespaces (``simstream.testbed.traffic`` and a UDP blast), never with the
+forwarder's own counters:
+
+1. round trips: latency L each way (jitter J) -> UDP probe median and p99 against 2 L;
+2. loss: p % producer -> consumer -> datagrams missing at the receiver;
+3. rate: a bulk TCP stream (default buffers) against the cap, up to the ceiling;
+4. ceiling: uncapped TCP MB/s and small-datagram packets/s through the forwarder,
+   against the same through a plain veth (a tc testbed with nothing to shape),
+   measured in the same run;
+5. TCP with fixed 256 KiB socket buffers against window / RTT, RTT 10-160 ms.
+
+Needs root, ``ip netns`` and /dev/net/tun. Usage::
+
+    python bench/bench_link.py [--seconds 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+from simstream.profile import parse_profile
+from simstream.testbed import tc
+from simstream.testbed.netns import Testbed, leftovers
+
+PY = sys.executable
+SOCKBUF = 256 * 1024
+# below the forwarder's small-packet ceiling on a loaded 2-core machine (~24k/s)
+LOSS_PPS = 5000.0
+LOSS_PACKETS = 20_000
+
+BLAST = r"""
+import socket, sys, time, json
+mode, addr, n, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+host, port = addr.rsplit(":", 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if mode == "recv":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.bind((host, int(port))); print("listening", flush=True)
+    s.settimeout(3.0); got = 0; t0 = t1 = None
+    try:
+        while True:
+            s.recv(2048); got += 1
+            t1 = time.monotonic(); t0 = t0 or t1
+    except socket.timeout:
+        pass
+    print(json.dumps({"received": got, "span_s": (t1 - t0) if t0 else 0.0}))
+else:
+    s.connect((host, int(port))); pkt = b"\0" * 100; t0 = time.monotonic(); sent = 0
+    while sent < n:
+        if rate and sent > (time.monotonic() - t0) * rate:
+            time.sleep(0.0005); continue
+        try:
+            s.send(pkt); sent += 1
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+    print(json.dumps({"sent": sent, "s": time.monotonic() - t0}))
+"""
+
+
+def machine() -> dict[str, Any]:
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "loadavg_at_start": load}
+
+
+def _profile(emulator: str, **net: Any) -> Any:
+    return parse_profile({"name": "bench", "transport": {"kind": "tcp", "url": "tcp://10.213.0.2:5001"},
+                          "network": {"emulator": emulator, **net}})
+
+
+def _run(argv: list[str], timeout: float) -> dict[str, Any]:
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if cp.returncode != 0:
+        raise RuntimeError(f"{argv[-6:]} failed: {cp.stderr.strip()[-400:]}")
+    out: dict[str, Any] = json.loads(cp.stdout.strip().splitlines()[-1])
+    return out
+
+
+def udp_rtts(tb: Testbed, count: int, interval: float) -> dict[str, Any]:
+    echo = subprocess.Popen(tb.argv_in("consumer", [
+        PY, "-m", "simstream.testbed.traffic", "udp-echo", "--bind", f"{tb.consumer_addr}:5002",
+        "--duration", str(count * (interval + 0.5) + 10)]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout is not None
+        echo.stdout.readline()
+        return _run(tb.argv_in("producer", [
+            PY, "-m", "simstream.testbed.traffic", "udp-probe", "--to", f"{tb.consumer_addr}:5002",
+            "--count", str(count), "--interval", str(interval)]), count * 2 + 30)
+    finally:
+        echo.kill()
+        echo.communicate(timeout=5)
+
+
+def tcp_mbps(tb: Testbed, seconds: float, sockbuf: int | None = None) -> float:
+    extra = ["--sockbuf", str(sockbuf)] if sockbuf else []
+    recv = subprocess.Popen(tb.argv_in("consumer", [
+        PY, "-m", "simstream.testbed.traffic", "recv", "--bind", f"{tb.consumer_addr}:5001",
+        "--duration", str(seconds + 10), *extra]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert recv.stdout is not None
+        recv.stdout.readline()
+        _run(tb.argv_in("producer", [
+            PY, "-m", "simstream.testbed.traffic", "send", "--to", f"{tb.consumer_addr}:5001",
+            "--duration", str(seconds), *extra]), seconds + 60)
+        out = json.loads(recv.communicate(timeout=seconds + 30)[0].strip().splitlines()[-1])
+        return float(out["rate_mbps"] or 0.0)
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.communicate(timeout=5)
+
+
+def udp_blast(tb: Testbed, n: int, rate: float) -> dict[str, Any]:
+    recv = subprocess.Popen(tb.argv_in("consumer", [PY, "-c", BLAST, "recv",
+                                                    f"{tb.consumer_addr}:5003", "0", "0"]),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert recv.stdout is not None
+        recv.stdout.readline()
+        sent = _run(tb.argv_in("producer", [PY, "-c", BLAST, "send", f"{tb.consumer_addr}:5003",
+                                            str(n), str(rate)]), 120)
+        got = json.loads(recv.communicate(timeout=60)[0].strip().splitlines()[-1])
+        return {**sent, **got}
+    finally:
+        if recv.poll() is None:
+            recv.kill()
+            recv.communicate(timeout=5)
+
+
+def loss_rows(tb: Testbed, res: dict[str, Any], pps: float = LOSS_PPS) -> None:
+    """Datagrams missing at the receiver, each loss rate; first with none asked, so
+    what the machine itself drops at this packet rate is measured beside it."""
+    for loss in (0.0, 0.1, 1.0, 10.0):
+        tb.set_phase(shaping(loss=loss))
+        b = udp_blast(tb, LOSS_PACKETS, pps)
+        row = {"loss_pct": loss, "pps": pps, "sent": b["sent"], "received": b["received"],
+               "measured_pct": 100 * (1 - b["received"] / b["sent"])}
+        res["loss"].append(row)
+        print("loss", row, flush=True)
+
+
+def shaping(latency: float = 0, jitter: float = 0, loss: float = 0,
+            rate: float | None = None) -> tc.Shaping:
+    return tc.Shaping(rate_mbps=rate, netem=tc.Netem(delay_ms=latency, jitter_ms=jitter,
+                                                     distribution="normal", loss_pct=loss))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    res: dict[str, Any] = {"machine": machine(), "rtt": [], "loss": [], "rate": [],
+                           "ceiling": {}, "tcp_window": []}
+    print(json.dumps(res["machine"]))
+
+    # the baseline: a plain veth, nothing shaped
+    with Testbed.up("benchveth", _profile("tc")) as tb:
+        res["ceiling"]["veth_tcp_mbps"] = tcp_mbps(tb, a.seconds)
+        b = udp_blast(tb, 100_000, 0)
+        res["ceiling"]["veth_udp_pps"] = b["received"] / b["span_s"] if b["span_s"] else None
+    print("veth", res["ceiling"], flush=True)
+
+    with Testbed.up("benchlink", _profile("user-link")) as tb:
+        tb.set_phase(shaping())
+        res["ceiling"]["link_tcp_mbps"] = tcp_mbps(tb, a.seconds)
+        b = udp_blast(tb, 100_000, 0)
+        res["ceiling"]["link_udp_pps"] = b["received"] / b["span_s"] if b["span_s"] else None
+        res["ceiling"]["link_udp_sent_pps"] = b["sent"] / b["s"]
+        print("link", res["ceiling"], flush=True)
+
+        for lat, jit in ((0, 0), (1, 0), (10, 0), (20, 2), (50, 0), (100, 10)):
+            tb.set_phase(shaping(lat, jit))
+            r = udp_rtts(tb, 100 if lat < 50 else 50, 0.01)
+            rtts = sorted(r["rtts_ms"])
+            row = {"latency_ms": lat, "jitter_ms": jit, "expected_rtt_ms": 2 * lat,
+                   "median_ms": r["median_ms"], "p99_ms": r["p99_ms"],
+                   "min_ms": rtts[0] if rtts else None, "lost": r["lost"]}
+            res["rtt"].append(row)
+            print("rtt", row, flush=True)
+
+        loss_rows(tb, res)
+
+        for cap in (10, 50, 200, 1000, 2000):
+            tb.set_phase(shaping(rate=cap))
+            mbps = tcp_mbps(tb, a.seconds)
+            row = {"cap_mbps": cap, "measured_mbps": mbps, "ratio": mbps / cap}
+            res["rate"].append(row)
+            print("rate", row, flush=True)
+
+        for lat in (5, 10, 20, 40, 80):
+            tb.set_phase(shaping(lat))
+            rtt = udp_rtts(tb, 20, 0.01)["median_ms"]
+            mbps = tcp_mbps(tb, a.seconds, SOCKBUF)
+            bound = SOCKBUF * 8 / (rtt / 1000) / 1e6
+            row = {"rtt_profile_ms": 2 * lat, "rtt_measured_ms": rtt, "mbps": mbps,
+                   "window_over_rtt_mbps": bound, "ratio": mbps / bound}
+            res["tcp_window"].append(row)
+            print("tcp", row, flush=True)
+        res["forwarder_stats"] = tb.forwarder.stats() if tb.forwarder else {}
+    with open("/proc/loadavg") as f:
+        res["machine"]["loadavg_at_end"] = f.read().split()[:3]
+    assert not leftovers("benchlink").namespaces and not leftovers("benchveth").namespaces
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
