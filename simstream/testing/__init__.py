@@ -202,7 +202,8 @@ def simstream_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         out = work / "run"
         t_end = time.monotonic() + timeout
         consumer = ConsumerHandle(url, out, profile=p, idle_timeout=quiet_after_s(p),
-                                  device=p.consumer.get("device", device))
+                                  device=p.consumer.device
+                                  if "device" in p.consumer.model_fields_set else device)
         started.append(consumer)
         emitter = EmitterHandle(p, work / "emitter")
         started.append(emitter)
