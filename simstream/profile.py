@@ -25,8 +25,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FieldSerializationInfo,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -809,6 +811,14 @@ class Profile(_Model):
         elif isinstance(tp, Mapping) and tp.get("kind") in ("zmq", "nng", "tcp"):
             kind = tp["kind"]
         return {**data, "consumer": merge_consumer(consumer_defaults(source, kind), section)}
+
+    @field_serializer("consumer")
+    def _consumer_out(self, consumer: ConsumerConfig, info: FieldSerializationInfo) -> Any:
+        """The section less the values that only repeat the source's, so a profile dumped,
+        edited (another source) and validated again derives them anew; dump_profile
+        writes them all."""
+        return _without_derived(consumer.model_dump(mode=info.mode),
+                                consumer_defaults(self.source, self.transport.kind))
     target_consumer: Literal[TARGET_CONSUMERS] | None = Field(  # type: ignore[valid-type]
         None, description="the consumer this stream is meant for; emit warns before "
         "sending what it is known not to take (docs/lclstreamer.md)",
@@ -833,9 +843,6 @@ class Profile(_Model):
         Raises ProfileError naming the flag's path when the result is invalid.
         """
         data = self.model_dump(mode="python")
-        # consumer values that merely repeat the source's follow an overridden source
-        data["consumer"] = _without_derived(
-            data["consumer"], consumer_defaults(self.source, self.transport.kind))
         for dotted, value in overrides.items():
             if value is None:
                 continue
@@ -1076,10 +1083,10 @@ def safe_load_bounded(text: str, limit: int = MAX_YAML_NODES) -> Any:
 
 
 def dump_profile(profile: Profile) -> str:
-    """The profile as YAML, every default written out; load(dump(p)) == p."""
-    return yaml.safe_dump(
-        profile.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100
-    )
+    """The profile as YAML, every default written out (the consumer's too); load(dump(p)) == p."""
+    data = profile.model_dump(mode="json")
+    data["consumer"] = profile.consumer.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
 
 
 def profile_schema() -> dict[str, Any]:

@@ -149,6 +149,11 @@ def test_consumer_section_is_typed_and_round_trips() -> None:
     q = p.with_overrides({"source.shape": [1, 32, 32], "consumer.buffers": 3})
     assert q.consumer.event_shape == [1, 32, 32] and q.consumer.buffers == 3
     assert q.consumer.model == c.model
+    # so do they when a dumped profile is edited and validated again
+    data = p.model_dump(mode="python")
+    data["source"]["shape"] = [1, 16, 16]
+    assert parse_profile(data).consumer.event_shape == [1, 16, 16]
+    assert parse_profile(data).consumer.queue.maxsize == 3
 
 
 @pytest.mark.parametrize(("section", "message"), [
