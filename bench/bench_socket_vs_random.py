@@ -48,7 +48,7 @@ def _case(args: argparse.Namespace, model: dict[str, Any], label: str, out: Path
         "timeline.phases": [{"name": "unpaced", "rate_hz": None}],
         "network.bandwidth_mbps": None,
         "stop.duration_s": args.seconds,
-        "consumer": {**base.consumer, "model": model, "buffers": args.buffers,
+        "consumer": {**base.model_dump()["consumer"], "model": model, "buffers": args.buffers,
                      "device": args.device, "queue": {"maxsize": 8}},
     })
     out.mkdir(parents=True, exist_ok=True)
