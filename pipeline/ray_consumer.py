@@ -298,12 +298,25 @@ def _merge_receivers(parts: list[dict[str, Any] | None]) -> dict[str, Any] | Non
     if not got:
         return None
     out: dict[str, Any] = {}
+    # shares and per-receiver figures: the mean (busy) or the max over the receivers
+    each = {"busy_share": "mean", "rx_queue_bytes_mean": "mean", "rx_queue_bytes_max": "max",
+            "bytes_per_wakeup": None, "span_s": "max"}
     for p in got:
         for k, v in p.items():
             if k == "errors":
                 out.setdefault(k, []).extend(v)
-            else:
+            elif k not in each and v is not None:
                 out[k] = out.get(k, 0) + v
+    for k, how in each.items():
+        if not any(k in p for p in got):
+            continue
+        vals = [p[k] for p in got if p.get(k) is not None]
+        if how == "mean":
+            out[k] = round(sum(vals) / len(vals), 4) if vals else None
+        elif how == "max":
+            out[k] = max(vals) if vals else None
+        else:
+            out[k] = round(out.get("bytes", 0) / max(out.get("wakeups", 0), 1), 1) if out.get("bytes") else None
     out["errors"] = out.get("errors", [])[-10:]
     return out
 

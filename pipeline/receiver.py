@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import selectors
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -72,6 +75,16 @@ class RawMessage:
 
 @dataclass
 class ReceiverStats:
+    """Counts, and where the receiver's time went: ``wait_s`` inside poll/select
+    with nothing to read, ``read_s`` reading and copying once woken; ``wakeups``
+    counts the waits that blocked and ended with data (``ready_without_wait``:
+    the polls that found data already queued). ``span_s`` runs from the first recv
+    call to the last return, so ``busy_share`` = 1 - wait_s / span_s is the
+    receiver thread's busy share (reads, copies and whatever the caller does
+    between calls: parse hand-off, Q1 put). ``rx_queue_bytes_*`` sample the
+    kernel's receive queue on the stream's sockets (where /proc/net/tcp or
+    FIONREAD offers it; None elsewhere)."""
+
     messages: int = 0
     bytes: int = 0
     oversize: int = 0
@@ -83,14 +96,72 @@ class ReceiverStats:
     disconnects: int = 0
     protocol_errors: int = 0
     errors: list[str] = field(default_factory=list)
+    wait_s: float = 0.0
+    read_s: float = 0.0
+    wakeups: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    rx_queue_samples: list[int] = field(default_factory=list)
+
+    ready_without_wait: int = 0
+
+    def waited(self, t_start: float, t_woke: float, ready: bool) -> None:
+        """A poll/select from t_start to t_woke; ``ready``: it found data. One that
+        returns within _IMMEDIATE_S found data already queued (no wake-up)."""
+        if self.t_first is None:
+            self.t_first = t_start
+        self.wait_s += t_woke - t_start
+        if ready and t_woke - t_start > _IMMEDIATE_S:
+            self.wakeups += 1
+        elif ready:
+            self.ready_without_wait += 1
+
+    def read(self, t_woke: float, t_done: float) -> None:
+        self.read_s += t_done - t_woke
+        self.t_last = t_done
 
     def as_dict(self) -> dict[str, object]:
+        span = (self.t_last - self.t_first) if self.t_first is not None and self.t_last is not None else None
+        rxq = self.rx_queue_samples
         return {
             "messages": self.messages, "bytes": self.bytes, "oversize": self.oversize,
             "connections": self.connections, "cut": self.cut, "multipart": self.multipart,
             "disconnects": self.disconnects,
             "protocol_errors": self.protocol_errors, "errors": self.errors[-10:],
+            "span_s": None if span is None else round(span, 6),
+            "wait_s": round(self.wait_s, 6), "read_s": round(self.read_s, 6),
+            "busy_share": round(max(0.0, 1.0 - self.wait_s / span), 4) if span else None,
+            "wakeups": self.wakeups, "ready_without_wait": self.ready_without_wait,
+            "bytes_per_wakeup": round(self.bytes / max(self.wakeups, 1), 1) if self.bytes else None,
+            "rx_queue_bytes_mean": round(sum(rxq) / len(rxq), 1) if rxq else None,
+            "rx_queue_bytes_max": max(rxq) if rxq else None,
+            "rx_queue_samples": len(rxq),
         }
+
+
+_IMMEDIATE_S = 1e-4  # a poll that returns data sooner found it already queued
+_RXQ_EVERY_S = 0.05  # at most this often the kernel's receive queue is sampled
+
+
+def _proc_rx_queue(port: int, local: bool) -> int | None:
+    """Bytes in the kernel's receive queues of the established TCP sockets whose
+    local (or remote) port is ``port`` (Linux /proc/net/tcp*); None elsewhere."""
+    total, seen = 0, False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as fh:
+                next(fh, None)
+                for line in fh:
+                    f = line.split()
+                    if len(f) < 5 or f[3] != "01":  # 01: ESTABLISHED
+                        continue
+                    addr = f[1] if local else f[2]
+                    if int(addr.rsplit(":", 1)[1], 16) == port:
+                        total += int(f[4].split(":")[1], 16)
+                        seen = True
+        except OSError:
+            continue
+    return total if seen else None
 
 
 class Receiver:
@@ -141,7 +212,12 @@ class ZmqReceiver(Receiver):
         # so an oversize message is never buffered (no count of its own: see disconnects)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self._mon = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        host, _ = split_url(url)
+        host, port = split_url(url)
+        # the kernel queues of the stream's TCP sockets: ours have the bound port as
+        # their local port, or the server's as their remote one
+        self._rxq_port: int | None = port if url.startswith("tcp://") else None
+        self._rxq_local = role == "bind"
+        self._rxq_next = 0.0
         if ":" in host:
             self._sock.setsockopt(zmq.IPV6, 1)
         try:
@@ -153,20 +229,34 @@ class ZmqReceiver(Receiver):
             self.close()
             raise _bind_error(url, exc) from None
 
+    def _sample_rx_queue(self, t: float) -> None:
+        if self._rxq_port is None or t < self._rxq_next:
+            return
+        self._rxq_next = t + _RXQ_EVERY_S
+        q = _proc_rx_queue(self._rxq_port, self._rxq_local)
+        if q is not None:
+            self.stats.rx_queue_samples.append(q)
+
     def recv(self, timeout_s: float) -> RawMessage | None:
         zmq = self._zmq
+        t_wait = now()
         got = self._sock.poll(int(max(timeout_s, 0) * 1000), zmq.POLLIN)
+        t_woke = now()
+        self.stats.waited(t_wait, t_woke, bool(got))
         while self._mon.poll(0):
             self._mon.recv_multipart()
             self.stats.disconnects += 1
         if not got:
+            self.stats.t_last = t_woke
             return None
+        self._sample_rx_queue(t_woke)
         frames = self._sock.recv_multipart(copy=False)
         t = now()
         payload: bytes | memoryview = frames[0].buffer
         n = sum(len(f.buffer) for f in frames)
         self.stats.messages += 1
         self.stats.bytes += n
+        self.stats.read(t_woke, now())
         if len(frames) > 1:
             # LCLStreamer sends one frame per message: joining frames would hide the
             # second batch's sequence number inside the first
@@ -227,6 +317,7 @@ class StreamReceiver(Receiver):
         self._host, self._port = split_url(url)
         self._connect_deadline = now() + connect_timeout_s
         self._next_connect = 0.0
+        self._rxq_next = 0.0
         if role == "bind":
             host = "" if self._host in ("*", "0.0.0.0") else self._host
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -284,12 +375,18 @@ class StreamReceiver(Receiver):
             self._try_connect()
         deadline = now() + max(timeout_s, 0.0)
         while True:
-            remaining = deadline - now()
-            for key, _ in self._sel.select(timeout=max(remaining, 0.0) if self._sel.get_map() else 0):
+            t_wait = now()
+            remaining = deadline - t_wait
+            events = self._sel.select(timeout=max(remaining, 0.0) if self._sel.get_map() else 0)
+            t_woke = now()
+            self.stats.waited(t_wait, t_woke, bool(events))
+            for key, _ in events:
                 if key.data is None:
                     self._accept()
                 else:
+                    self._sample_fionread(key.data, t_woke)
                     self._read(key.data)
+            self.stats.read(t_woke, now())
             if self._ready:
                 return self._ready.popleft()
             if not self._sel.get_map() and remaining > 0:
@@ -299,6 +396,15 @@ class StreamReceiver(Receiver):
                 return None
             if self.role == "connect":
                 self._try_connect()
+
+    def _sample_fionread(self, conn: _Conn, t: float) -> None:
+        """The bytes waiting in this socket's kernel receive queue (FIONREAD)."""
+        if t < self._rxq_next:
+            return
+        self._rxq_next = t + _RXQ_EVERY_S
+        with contextlib.suppress(OSError, ValueError):
+            buf = fcntl.ioctl(conn.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            self.stats.rx_queue_samples.append(struct.unpack("i", buf)[0])
 
     def _accept(self) -> None:
         assert self._listener is not None

@@ -63,6 +63,18 @@ def check_run_dir(d: Path, summary: dict) -> None:
         assert t == sorted(t), b
 
 
+def check_receiver_timing(rx: dict) -> None:
+    """The receiver thread's own timing in summary.json: waits and reads within its span."""
+    assert rx["span_s"] > 0 and rx["wait_s"] >= 0 and rx["read_s"] >= 0
+    assert rx["wait_s"] + rx["read_s"] <= rx["span_s"] + 1e-3
+    assert 0.0 <= rx["busy_share"] <= 1.0
+    assert rx["busy_share"] == pytest.approx(1 - rx["wait_s"] / rx["span_s"], abs=1e-3)
+    assert rx["wakeups"] + rx["ready_without_wait"] >= 1
+    assert rx["bytes_per_wakeup"] == pytest.approx(rx["bytes"] / max(rx["wakeups"], 1), rel=1e-3)
+    if rx["rx_queue_samples"]:
+        assert 0 <= rx["rx_queue_bytes_mean"] <= rx["rx_queue_bytes_max"]
+
+
 def test_random_mode(tmp_path: Path) -> None:
     s = run_consumer(config(mode="random", count=10), tmp_path)
     check_run_dir(tmp_path, s)
@@ -202,6 +214,7 @@ def test_socket_mode_accounts_for_every_message(tmp_path: Path, parse_in: str, b
     assert {k: s[k] for k in expect} == expect
     assert s["quarantine_reasons"] == {"codec": 2, "missing field": 1, "shape": 1, "oversize": 1}
     assert s["parse_in"] == parse_in and s["end_reason"] == "count"
+    check_receiver_timing(s["receiver"])
     quarantined = [m for m in rows(tmp_path / "messages.csv") if m["status"] == "quarantined"]
     assert {int(m["index"]) for m in quarantined} == {3, 7, 8, 9, 14}
     for m in quarantined:
@@ -268,6 +281,7 @@ def test_stream_transports(tmp_path: Path, transport: str) -> None:
     assert (out["received"], out["processed"], out["quarantined"]) == (4, 3, 1)
     assert out["quarantine_reasons"] == {"oversize": 1}
     assert out["receiver"]["oversize"] == 1
+    check_receiver_timing(out["receiver"])
 
 
 @pytest.mark.integration

@@ -236,3 +236,25 @@ def test_network_detail_unknown_without_emit_log(tmp_path: Path) -> None:
     sc = Scenario(**{**SCENARIOS["network"].__dict__, "emit_log": False})
     rep = diagnose_run(write_run_dir(sc, tmp_path / "r"), plots=False, trace=False)
     assert rep["network_detail"].startswith("unknown:")
+
+
+def test_receive_path_pushing_back_is_named_the_cause(tmp_path: Path) -> None:
+    """A receiver that reads and copies 8 ms per 2 MiB message holds the emitter
+    back while Q1 sits empty: verdict network, cause receive, in the first sentence."""
+    sc = Scenario(phases=[("unpaced", 1.0, None)], recv_ms=8.0, parse_ms=1, compute_ms=2, h2d_ms=0.5,
+                  d2h_ms=0.2, duration_s=1.5)
+    rep = diagnose_run(write_run_dir(sc, tmp_path / "r"), plots=False, trace=False)
+    assert (rep["verdict"], rep["cause"]) == ("network", "receive")
+    ce = rep["cause_evidence"]
+    assert ce["emitter_blocked_share"] >= 0.3 and ce["receiver_busy_share"] >= 0.7 and ce["q1_over_80pct_share"] < 0.3
+    assert rep["summary"].split(". ")[0].startswith("Verdict network, cause receive")
+    assert not any("nothing in the consumer was saturated" in r for r in rep["reasons"])
+    assert rep["evidence"]["receiver"]["busy_share"] == ce["receiver_busy_share"]
+
+
+def test_without_emit_log_the_cause_says_what_cannot_be_told_apart(tmp_path: Path) -> None:
+    sc = Scenario(**{**SCENARIOS["network"].__dict__, "emit_log": False})
+    rep = diagnose_run(write_run_dir(sc, tmp_path / "r"), plots=False, trace=False)
+    assert rep["cause"] == "unknown"
+    assert rep["cause_evidence"]["cannot_tell_apart"] == ["producer", "link"]
+    assert "no emit log" in rep["cause_evidence"]["why"]

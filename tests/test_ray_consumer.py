@@ -153,6 +153,13 @@ def test_merged_counters() -> None:
     rx = _merge_receivers([None, {"messages": 2, "bytes": 10, "errors": ["a"]},
                            {"messages": 3, "bytes": 5, "errors": ["b"]}])
     assert rx == {"messages": 5, "bytes": 15, "errors": ["a", "b"]}
+    # the receivers' own timing: times add up, shares are each receiver's, averaged
+    rx = _merge_receivers([{"bytes": 100, "wait_s": 1.0, "wakeups": 4, "busy_share": 0.9, "span_s": 10.0,
+                            "rx_queue_bytes_max": 7, "bytes_per_wakeup": 25.0},
+                           {"bytes": 50, "wait_s": 5.0, "wakeups": 1, "busy_share": 0.5, "span_s": None,
+                            "rx_queue_bytes_max": None, "bytes_per_wakeup": 50.0}])
+    assert rx["wait_s"] == 6.0 and rx["wakeups"] == 5 and rx["busy_share"] == pytest.approx(0.7)
+    assert rx["span_s"] == 10.0 and rx["rx_queue_bytes_max"] == 7 and rx["bytes_per_wakeup"] == 30.0
     assert _merge_receivers([None]) is None
     assert _end_reason(["idle", "idle"]) == "idle"
     assert _end_reason(["stopped", "idle"]) == "idle,stopped"

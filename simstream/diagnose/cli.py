@@ -26,8 +26,9 @@ def _print_report(report: dict[str, Any]) -> None:
     src = ("consumer-side data only (no emit log"
            + ("" if ev.get("sequence_numbers") else ", no sequence numbers") + ")"
            if ev.get("consumer_side_only") else "consumer records + emit log")
+    cause = f", cause {report['cause']}" if report.get("cause") else ""
     con.print(Panel.fit(
-        f"[bold {colour}]{report['verdict']}[/] (confidence {report['confidence']:.2f})\n"
+        f"[bold {colour}]{report['verdict']}[/]{cause} (confidence {report['confidence']:.2f})\n"
         f"[dim]from {src}[/]",
         title="verdict"))
     con.print(report["summary"], highlight=False)
@@ -88,7 +89,8 @@ def diagnose(run_dir: Path | None, quiet: bool, as_json: bool, no_plots: bool, s
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif quiet:
-        click.echo(f"verdict: {report['verdict']} (confidence {report['confidence']:.2f})"
+        cause = f", cause {report['cause']}" if report.get("cause") else ""
+        click.echo(f"verdict: {report['verdict']} (confidence {report['confidence']:.2f}){cause}"
                    + (" [consumer-side data only]" if report["evidence"].get("consumer_side_only") else ""))
     else:
         _print_report(report)

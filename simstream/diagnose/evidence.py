@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from simstream.diagnose.cause import shaping_cap
 from simstream.diagnose.figures import (
     ArrivalFigures,
     CapacityFigures,
@@ -46,6 +47,7 @@ from simstream.diagnose.figures import (
     ParseFigures,
     PerBatchMs,
     Q1Figures,
+    ReceiverFigures,
     UpstreamFigures,
     UpstreamTime,
     figures_json,
@@ -498,6 +500,22 @@ def _costs(base: _Base, cy: _Cycle, parse_loop: np.ndarray, put_over: np.ndarray
                              "q1_put_overhead": _dist(put_over)})
 
 
+def _receiver(rx: Any) -> ReceiverFigures:
+    """The receiver thread's own timing from summary.json (older runs: not measured)."""
+    if not isinstance(rx, dict):
+        return ReceiverFigures()
+
+    def num(key: str) -> float | None:
+        v = rx.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+    wakeups = num("wakeups")
+    return ReceiverFigures(
+        busy_share=num("busy_share"), span_s=num("span_s"), wait_s=num("wait_s"), read_s=num("read_s"),
+        wakeups=None if wakeups is None else int(wakeups), bytes_per_wakeup=num("bytes_per_wakeup"),
+        rx_queue_bytes_mean=num("rx_queue_bytes_mean"), rx_queue_bytes_max=num("rx_queue_bytes_max"))
+
+
 def compute_evidence(run: RunData) -> Evidence:
     """Every figure of report.json's ``evidence`` and the series for the plots."""
     base = _base(run)
@@ -538,7 +556,8 @@ def compute_evidence(run: RunData) -> Evidence:
                     quarantined=int(run.summary.get("quarantined") or run.quarantined_files or 0),
                     sequence_numbers=run.has_seq, consumer_side_only=run.emit is None)
     figures = Figures(counts=counts, parse=parse_f, q1=q1f, loop=loop, upstream=up, device=device,
-                      arrivals=arrivals, capacity=capacity, costs=costs, emitter=emitter)
+                      arrivals=arrivals, capacity=capacity, costs=costs, emitter=emitter,
+                      receiver=_receiver(run.summary.get("receiver")), shaping_cap=shaping_cap(run.root))
     return Evidence(figures, series, base.t0)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 __all__ = [
     "ArrivalFigures", "CapacityFigures", "CostFigures", "Counts", "DeviceFigures", "Dist",
     "EmitterFigures", "EmitterGaps", "EmitterSending", "Figures", "LongGaps", "LoopFigures",
-    "LoopTime", "ParseFigures", "PerBatchMs", "Q1Figures", "UpstreamFigures", "UpstreamTime",
+    "LoopTime", "ParseFigures", "PerBatchMs", "Q1Figures", "ReceiverFigures", "UpstreamFigures", "UpstreamTime",
     "figures_json",
 ]
 
@@ -239,6 +239,26 @@ class EmitterFigures:
 
 
 @dataclass(frozen=True)
+class ReceiverFigures:
+    """The consumer's receiver thread (summary.json ``receiver``): its busy share
+    (1 - time waiting for bytes / its span), reads per wake-up and the kernel's
+    receive queue where sampled. None where the consumer did not measure it."""
+
+    busy_share: float | None = None
+    span_s: float | None = None
+    wait_s: float | None = None
+    read_s: float | None = None
+    wakeups: int | None = None
+    bytes_per_wakeup: float | None = None
+    rx_queue_bytes_mean: float | None = None
+    rx_queue_bytes_max: float | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.busy_share is not None
+
+
+@dataclass(frozen=True)
 class Figures:
     """Every figure of a run, by family."""
 
@@ -252,6 +272,9 @@ class Figures:
     capacity: CapacityFigures = field(default_factory=CapacityFigures)
     costs: CostFigures = field(default_factory=CostFigures)
     emitter: EmitterFigures | None = None
+    receiver: ReceiverFigures = field(default_factory=ReceiverFigures)
+    #: the rate cap the run's shaping record says was applied (shaping.json), if any
+    shaping_cap: str | None = None
 
 
 def _emitter_json(em: EmitterFigures) -> dict[str, Any]:
@@ -314,5 +337,7 @@ def figures_json(f: Figures) -> dict[str, Any]:
         "consumer_side_only": f.counts.consumer_side_only,
         "sequence_numbers": f.counts.sequence_numbers,
         "quarantined": f.counts.quarantined,
+        "receiver": asdict(f.receiver),
+        "shaping_cap": f.shaping_cap,
     }
     return out

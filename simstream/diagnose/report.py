@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from simstream.diagnose.cause import network_cause
 from simstream.diagnose.evidence import Evidence, compute_evidence, ks_statistic, pct
 from simstream.diagnose.figures import EmitterFigures, Figures, LoopTime
 from simstream.diagnose.load import RunData, load_run
@@ -102,36 +103,26 @@ def key_evidence(f: Figures) -> list[str]:
     return lines
 
 
-def network_detail(f: Figures) -> str:
-    """For a network verdict, which side: the producer's own pace, the link, or
-    unknown without an emit log."""
-    em = f.emitter
-    if em is None:
-        return "unknown: no emit log (producer and network cannot be told apart)"
-    silent = (em.long_gaps.share_emitter_silent or 0) if em.long_gaps else 0
-    if em.sending_share > 0.8:
-        # blocked time inside the sends is a full socket on a slow link: still the link
-        return "link: the emitter was sending most of the time, the bytes could not go faster"
-    if silent >= 0.5 or em.sending_share < 0.5:
-        return "producer: the emitter itself sent no faster (its schedule and stalls)"
-    return "mixed: the emitter was partly sending, partly idle"
-
-
 def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
     """The report.json dict."""
     f = ev.figures
     verdict, confidence, reasons = decide(f)
+    cause = network_cause(f) if verdict == "network" else None
+    if cause is not None:
+        reasons = [*reasons, f"cause {cause.cause}: {cause.why}"]
     return {
         "verdict": verdict,
         "confidence": confidence,
-        "network_detail": network_detail(f) if verdict == "network" else None,
+        "cause": cause.cause if cause else None,
+        "cause_evidence": cause.to_json() if cause else None,
+        "network_detail": f"{cause.cause}: {cause.why}" if cause else None,
         "summary": ("The run was cut short (no summary.json): figures rebuilt from the "
                     "CSV files the consumer flushed. " if run.cut_short else "")
-        + summary_text(f, verdict, confidence),
+        + summary_text(f, verdict, confidence, cause),
         "cut_short": run.cut_short,
         "reasons": reasons,
         "key_evidence": key_evidence(f),
-        "recommendations": recommendations(f, verdict),
+        "recommendations": recommendations(f, verdict, cause),
         "evidence": ev.to_json(),
         "data_sources": {**run.sources, "profile_read": False},
         "run_dir": str(run.root),

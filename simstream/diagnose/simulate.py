@@ -10,7 +10,7 @@ The model, per message i (all times in seconds; one rank):
   only when message ``i - sndhwm - 1`` has been read by the receiver
   (SNDHWM backpressure); sending takes ``wire_bytes / bandwidth``;
 - network: ``latency_ms`` after the last byte the message can be read;
-- receiver: reads in order; with ``parse_in="receiver"`` it hands messages to
+- receiver: reads in order, ``recv_ms`` per message (socket reads and copies); with ``parse_in="receiver"`` it hands messages to
   ``parser_threads`` workers (at most one waiting per worker), each of which
   parses then puts into Q1; otherwise the receiver puts the raw bytes itself;
 - Q1: FIFO of ``q1_maxsize``; a put blocks until the item ``maxsize`` places
@@ -74,6 +74,7 @@ class Scenario:
     sndhwm: int = 5
     parse_in: Literal["receiver", "actor", "none"] = "receiver"
     parse_ms: float = 1.0
+    recv_ms: float = 0.0
     parser_threads: int = 1
     put_ms: float = 0.05
     get_ms: float = 0.05
@@ -171,6 +172,7 @@ def simulate(sc: Scenario) -> SimResult:
     wire_bytes = sc.nbytes + 64
     send_s = wire_bytes * 8 / (sc.bandwidth_mbps * 1e6) if sc.bandwidth_mbps else wire_bytes / 5e9
     lat = sc.latency_ms / 1e3
+    recv_s = sc.recv_ms / 1e3
     poll = sc.poll_ms / 1e3
     hwm = sc.sndhwm + 1
     k = max(1, sc.parser_threads)
@@ -224,7 +226,7 @@ def simulate(sc: Scenario) -> SimResult:
                     a = max(a, pst[i - k - 1])
             elif i:
                 a = max(a, pue[i - 1])  # the receiver puts the raw bytes itself
-            arr[i] = a
+            arr[i] = a + recv_s  # reading and copying the message
         if parse_recv:
             worker_free = pue[i - k] if i >= k else 0.0
             pst[i] = max(arr[i], worker_free)
@@ -291,6 +293,34 @@ def _fmt(x: np.ndarray) -> list[str]:
     return ["" if not np.isfinite(v) else f"{v:.6f}" for v in x.tolist()]
 
 
+def _receiver_stats(res: SimResult) -> dict[str, float | int | None] | None:
+    """summary.json's ``receiver`` timing, as the consumer's receiver measures it:
+    the receiver waits for bytes from when it can read again (the previous message
+    handed on: put into Q1, or given to a free parser) to when they are there."""
+    s, c = res.scenario, res.cols
+    arr = c["t_arrival"]
+    if s.mode != "socket" or arr.size < 2:
+        return None
+    k = max(1, s.parser_threads)
+    free = c["parse_start"] if s.parse_in == "receiver" else c["put_end"]
+    ready = np.empty(arr.size)
+    ready[0] = arr[0]
+    ready[1:] = arr[:-1]
+    if s.parse_in == "receiver":
+        ready[k + 1:] = np.maximum(ready[k + 1:], free[: arr.size - k - 1])
+    else:
+        ready[1:] = np.maximum(ready[1:], free[:-1])
+    wait = np.clip(arr - s.recv_ms / 1e3 - ready, 0, None)
+    span = float(arr[-1] - arr[0])
+    woke = int(np.sum(wait > 1e-4))
+    nbytes = int(arr.size * s.nbytes)
+    return {"messages": int(arr.size), "bytes": nbytes, "span_s": round(span, 6),
+            "wait_s": round(float(wait[1:].sum()), 6), "read_s": round(arr.size * s.recv_ms / 1e3, 6),
+            "busy_share": round(max(0.0, 1.0 - float(wait[1:].sum()) / span), 4) if span > 0 else None,
+            "wakeups": woke, "ready_without_wait": int(arr.size) - woke,
+            "bytes_per_wakeup": round(nbytes / max(woke, 1), 1)}
+
+
 def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
     """Simulate (unless given a result) and write a run directory; returns it."""
     res = sc if isinstance(sc, SimResult) else simulate(sc)
@@ -345,6 +375,9 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
         "reordered": 0 if s.seq else None,
         "mode": s.mode, "simulated": True,
     }
+    rx = _receiver_stats(res)
+    if rx is not None:
+        summary["receiver"] = rx
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     if res.emit is not None:
         e = res.emit

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 
+from simstream.diagnose.cause import Cause, network_cause
 from simstream.diagnose.figures import Figures
 
 __all__ = ["LOOP_SATURATED", "UPSTREAM_SATURATED", "VERDICTS", "decide", "recommendations", "summary_text"]
@@ -110,8 +111,8 @@ def _upstream_bound(f: Figures, u_up: float) -> tuple[str, float, list[str]]:
 def _arrival_bound(f: Figures, u_loop: float, u_up: float) -> tuple[str, float, list[str]]:
     """Rule 3: nothing in the consumer was saturated: arrivals set the pace."""
     reasons = [
-        f"the upstream side was busy only {u_up:.0%}: nothing in the consumer was saturated, "
-        "arrivals set the pace"]
+        f"the receiver's parser threads were busy only {u_up:.0%}: neither they nor the inference loop "
+        "was saturated, arrivals set the pace"]
     avc = f.capacity.arrival_vs_capacity
     if avc is not None:
         reasons.append(f"arrivals ran at {avc:.0%} of the consumer's capacity")
@@ -151,11 +152,18 @@ def _fmt_rate(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1f}/s"
 
 
-def _network_recs(f: Figures) -> list[str]:
-    out = [
-        f"Arrivals ({_fmt_rate(f.arrivals.rate_bps)}) are below what the consumer can take "
-        f"({_fmt_rate(f.capacity.bps)}): speed up the producer or the link (more ranks/streams, a "
-        "faster network, less data per batch, e.g. compression), not the consumer."]
+def _network_recs(f: Figures, cause: Cause) -> list[str]:
+    if cause.cause == "receive":
+        out = [
+            f"Arrivals ({_fmt_rate(f.arrivals.rate_bps)}) are below what the inference stage can take "
+            f"({_fmt_rate(f.capacity.bps)}), but the consumer's receive path pushed back: "
+            f"{cause.why}. Read with fewer copies (zero-copy receive, one pinned buffer), spread the "
+            "stream over more connections and receiver threads, or give the receiver a core of its own."]
+    else:
+        out = [
+            f"Arrivals ({_fmt_rate(f.arrivals.rate_bps)}) are below what the consumer can take "
+            f"({_fmt_rate(f.capacity.bps)}): speed up the producer or the link (more ranks/streams, a "
+            "faster network, less data per batch, e.g. compression), not the consumer."]
     em = f.emitter
     if em is None:
         return out
@@ -166,10 +174,11 @@ def _network_recs(f: Figures) -> list[str]:
             f"emitter sent nothing (producer stalls), {_v(lg.share_bytes_in_flight):.0%} while bytes "
             "were in flight (link too slow).")
     rate = em.sending.send_rate_while_sending_Bps if em.sending else None
-    if rate and em.sending_share > 0.8:
+    if rate and em.sending_share > 0.8 and cause.cause == "link":
         out.append(
-            f"The emitter was sending {em.sending_share:.0%} of the time at "
-            f"{rate * 8 / 1e6:.0f} Mbit/s: the link is saturated (a bandwidth cap).")
+            f"The emitter was sending {em.sending_share:.0%} of the time at {rate * 8 / 1e6:.0f} Mbit/s: "
+            + (f"the link is saturated (a bandwidth cap: {f.shaping_cap})." if f.shaping_cap
+               else "the path between them carried no more (no rate cap was applied)."))
     return out
 
 
@@ -238,7 +247,7 @@ def _stage_recs(f: Figures, verdict: str) -> list[str]:
     return out
 
 
-def recommendations(f: Figures, verdict: str) -> list[str]:
+def recommendations(f: Figures, verdict: str, cause: Cause | None = None) -> list[str]:
     """Quantitative advice, most useful first."""
     if not f.counts.batches_processed:
         if f.counts.messages_received:
@@ -246,17 +255,30 @@ def recommendations(f: Figures, verdict: str) -> list[str]:
                     "(format mismatch, e.g. HDF5 sent to an npz-only parser, or a partial batch)."]
         return ["Nothing arrived: check that the producer ran and reached the consumer's address "
                 "(role client/server, port), then run again."]
-    out = _network_recs(f) if verdict == "network" else []
+    out = _network_recs(f, cause or network_cause(f)) if verdict == "network" else []
     return out + _stall_recs(f, verdict) + _parse_recs(f, verdict) + _stage_recs(f, verdict)
 
 
-def summary_text(f: Figures, verdict: str, confidence: float) -> str:
-    """One plain-language paragraph."""
+_NETWORK_WHAT = {
+    "producer": "data arrives slower than the consumer can take it because the producer sends no faster",
+    "link": "data arrives slower than the consumer can take it because the link between them carries no more",
+    "receive": "data arrives slower than the inference stage can take it because the consumer's receive "
+               "path (socket reads and copies) pushes back on the producer",
+    "unknown": "data arrives slower than the consumer can take it, so the limit is the "
+               "producer or the network between them",
+}
+
+
+def summary_text(f: Figures, verdict: str, confidence: float, cause: Cause | None = None) -> str:
+    """One plain-language paragraph; its first sentence names the verdict and, for
+    ``network``, the cause."""
     q1 = f.q1
     busy = _v(f.device.busy_any_stream_share)
+    if verdict == "network" and cause is None:
+        cause = network_cause(f)
+    head = f"Verdict {verdict}" + (f", cause {cause.cause}" if verdict == "network" and cause else "")
     what = {
-        "network": "data arrives slower than the consumer can take it, so the limit is the "
-                   "producer or the network between them",
+        "network": _NETWORK_WHAT[cause.cause] + f" ({cause.why})" if cause else "",
         "parse": "decoding the batches limits the rate",
         "queue": "the cost of putting batches into and taking them out of Q1 limits the rate",
         "consumer": "the inference stage itself is the limit, which is the healthy case: it is "
@@ -266,7 +288,7 @@ def summary_text(f: Figures, verdict: str, confidence: float) -> str:
            + (", no sequence numbers" if not f.counts.sequence_numbers else "") + ")"
            if f.counts.consumer_side_only else "from the consumer's records and the emit log")
     return (
-        f"Verdict {verdict} (confidence {confidence:.2f}), {src}: {what}. "
+        f"{head} (confidence {confidence:.2f}), {src}: {what}. "
         f"The consumer processed {f.counts.batches_processed} batches at "
         f"{_fmt_rate(f.arrivals.throughput_bps)} against a capacity of {_fmt_rate(f.capacity.bps)}; "
         f"arrivals came at {_fmt_rate(f.arrivals.rate_bps)}. "
