@@ -50,6 +50,7 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def _selftest(quiet: bool) -> int:
+    from simstream.diagnose.consistency import check
     from simstream.diagnose.report import diagnose_run
     from simstream.diagnose.simulate import SCENARIOS, write_run_dir
 
@@ -58,12 +59,16 @@ def _selftest(quiet: bool) -> int:
         for name, sc in SCENARIOS.items():
             d = write_run_dir(sc, Path(tmp) / name)
             rep = diagnose_run(d, plots=False, trace=False)
-            ok = rep["verdict"] == sc.expect
+            problems = check(rep)
+            ok = rep["verdict"] == sc.expect and not problems
             bad += not ok
+            cause = f" cause {rep['cause']}" if rep.get("cause") else ""
             click.echo(f"{'ok ' if ok else 'BAD'} {name:16s} built-in bottleneck {sc.expect:9s} "
-                       f"verdict {rep['verdict']:9s} confidence {rep['confidence']:.2f}")
+                       f"verdict {rep['verdict']:9s} confidence {rep['confidence']:.2f}{cause}")
+            for p in problems:
+                click.echo(f"    inconsistent: {p}")
     if not quiet:
-        click.echo("selftest " + ("passed" if not bad else f"failed: {bad} wrong verdict(s)"))
+        click.echo("selftest " + ("passed" if not bad else f"failed: {bad} wrong or inconsistent report(s)"))
     return 1 if bad else 0
 
 

@@ -408,6 +408,9 @@ SCENARIOS: dict[str, Scenario] = {
     "bursty-network": Scenario(
         name="bursty-network", phases=[("burst", 1.0, 40.0), ("stall", 1.5, 0.0)],
         compute_ms=15, parse_ms=1, duration_s=6.0, expect="network"),
+    "receive-network": Scenario(
+        name="receive-network", phases=[("unpaced", 1.0, None)], recv_ms=8.0, parse_ms=1, compute_ms=2,
+        h2d_ms=0.5, d2h_ms=0.2, duration_s=2.0, expect="network"),
     "parse-in-loop": Scenario(
         name="parse-in-loop", phases=[("unpaced", 1.0, None)], parse_in="actor", parse_ms=40,
         compute_ms=3, h2d_ms=1, d2h_ms=0.5, duration_s=4.0, expect="parse"),
