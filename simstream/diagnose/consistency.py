@@ -86,7 +86,10 @@ def _cause_rules(r: dict[str, Any], ev: dict[str, Any]) -> list[str]:
 def _sentence_rules(r: dict[str, Any], ev: dict[str, Any]) -> list[str]:
     out = []
     v, cause = r.get("verdict"), r.get("cause")
-    first = (r.get("summary") or "").split(". ")[0]
+    sentences = (r.get("summary") or "").split(". ")
+    if r.get("cut_short") and sentences[0].startswith("The run was cut short"):
+        sentences = sentences[1:]  # the note on a run cut short comes before the verdict
+    first = sentences[0] if sentences else ""
     if not first.startswith(f"Verdict {v}"):
         out.append(f"the first sentence does not name the verdict {v}: {first[:60]!r}")
     if v == "network" and f"cause {cause}" not in first:
