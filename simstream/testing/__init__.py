@@ -178,7 +178,8 @@ def simstream_consumer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
 @pytest.fixture
 def simstream_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Factory: ``simstream_run(profile, *, count=None, duration=None,
-    device="cpu", timeout=300.0, **overrides)`` runs one experiment end to end:
+    device="cpu", timeout=300.0, **overrides)`` runs one experiment end to end
+    (on ``device`` unless the profile's ``consumer.device`` is not ``auto``):
     the measured consumer bound on a free loopback port, the emitter sending to
     it, both as separate programs; the consumer ends by itself once the stream
     has been quiet for longer than any gap the profile plans; then the
@@ -201,9 +202,11 @@ def simstream_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         work = _workdir(tmp_path_factory, "run")
         out = work / "run"
         t_end = time.monotonic() + timeout
+        # a device the profile's consumer section names (not auto) wins over the default
+        if p.consumer.device != "auto":
+            device = p.consumer.device
         consumer = ConsumerHandle(url, out, profile=p, idle_timeout=quiet_after_s(p),
-                                  device=p.consumer.device
-                                  if "device" in p.consumer.model_fields_set else device)
+                                  device=device)
         started.append(consumer)
         emitter = EmitterHandle(p, work / "emitter")
         started.append(emitter)

@@ -14,6 +14,17 @@ __all__ = ["SECTIONS", "resolve_profile"]
 SECTIONS = ("source", "transport", "network", "timeline", "faults", "stop", "consumer")
 
 
+def _data(p: Profile) -> dict[str, Any]:
+    """The profile as a mapping whose consumer values that merely repeat the source's
+    are left out, so they follow a source the test overrides (as with_overrides does)."""
+    from simstream.profile import _without_derived, consumer_defaults
+
+    data = p.model_dump(mode="python")
+    data["consumer"] = _without_derived(data["consumer"],
+                                        consumer_defaults(p.source, p.transport.kind))
+    return data
+
+
 def resolve_profile(profile: str | Path | Mapping[str, Any] | Profile, *,
                     url: str | None = None, count: int | None = None,
                     duration: float | None = None, **overrides: Any) -> Profile:
@@ -34,7 +45,7 @@ def resolve_profile(profile: str | Path | Mapping[str, Any] | Profile, *,
     from simstream.profile import ProfileError
 
     if isinstance(profile, Profile):
-        data = profile.model_dump(mode="python")
+        data = _data(profile)
         source = f"(profile {profile.name})"
     elif isinstance(profile, Mapping):
         data = dict(profile)
@@ -42,7 +53,7 @@ def resolve_profile(profile: str | Path | Mapping[str, Any] | Profile, *,
         source = "(a mapping)"
     elif isinstance(profile, (str, Path)):
         path = find_profile(profile)
-        data = load_profile(path).model_dump(mode="python")
+        data = _data(load_profile(path))
         source = str(path)
     else:
         raise ProfileError([f"profile: expected a bundled name, a path, a mapping or a Profile, "
@@ -55,7 +66,7 @@ def resolve_profile(profile: str | Path | Mapping[str, Any] | Profile, *,
         if value is None:
             continue
         if hasattr(value, "model_dump"):
-            value = value.model_dump(mode="python")
+            value = value.model_dump(mode="python", exclude_unset=key == "consumer")
         elif isinstance(value, list):
             value = [v.model_dump(mode="python", exclude_none=True) if hasattr(v, "model_dump")
                      else v for v in value]
