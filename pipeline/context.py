@@ -82,7 +82,8 @@ class StageContext:
         self._put_end: dict[int, float] = {}
         self.parser = Parser(cfg.fields, cfg.expected_fields, cfg.event_shape, engine.host_array,
                              isolation=cfg.parse_isolation, workers=cfg.parser_threads,
-                             timeout_s=cfg.parse_timeout_s, clock=clock)
+                             timeout_s=cfg.parse_timeout_s, clock=clock,
+                             limits=cfg.decode_limits)
 
     def fail(self, exc: BaseException) -> None:
         self.errors.append(exc)

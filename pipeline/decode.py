@@ -18,6 +18,7 @@ reasons can be counted by kind.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,16 +26,28 @@ from typing import Any
 import numpy as np
 
 from simstream.clock import now
-from simstream.codec import CodecError, decode
+from simstream.codec import CodecError, Limits, decode, sniff
 from simstream.records.contract import SIMSTREAM_FIELDS as CONTRACT_FIELDS
 from simstream.records.contract import field_keys
 
-__all__ = ["SIMSTREAM_FIELDS", "Decoder", "HostAlloc", "ParseError", "ParsedBatch"]
+__all__ = ["SIMSTREAM_FIELDS", "DecodeLimits", "Decoder", "HostAlloc", "ParseError", "ParsedBatch"]
 
 HostAlloc = Callable[[tuple[int, ...], Any], tuple[np.ndarray, Callable[[], None]]]
 
 # name -> (its key in a decoded HDF5 message, its npz key): the contract's fields
 SIMSTREAM_FIELDS = {name: field_keys(name) for name in CONTRACT_FIELDS}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Per-message bounds (picklable, for isolation workers): ``max_bytes`` decoded
+    bytes of the decoded fields together, checked from their declared shapes before
+    any allocation; ``max_chunks`` chunks per dataset (and objects per file, members
+    per npz); ``deadline_s`` seconds one decode may take, checked between steps."""
+
+    max_bytes: int | None = None
+    max_chunks: int | None = None
+    deadline_s: float | None = None
 
 
 class ParseError(Exception):
@@ -89,6 +102,7 @@ class Decoder:
         expected: Sequence[str] = ("detector_data",),
         event_shape: Sequence[int] | None = None,
         host_alloc: HostAlloc | None = None,
+        limits: DecodeLimits | None = None,
         *,
         clock: Callable[[], float] = now,
     ) -> None:
@@ -97,6 +111,43 @@ class Decoder:
         self.expected = list(expected)
         self.event_shape = tuple(event_shape) if event_shape else None
         self.host_alloc = host_alloc
+        self.limits = limits or DecodeLimits()
+        # only these are decoded: the configured fields and simstream's own; every
+        # other dataset of a message is never opened (a forged one costs nothing)
+        # where each name is looked for, in order: the configured path, simstream's
+        # own key for its fields, then the name itself (as before)
+        def alts(name: str, fmt: str) -> tuple[str, ...]:
+            out: list[str] = []
+            if name in self.fields:
+                p = self.fields[name]
+                out.append(_key(p) if fmt == "hdf5" else p)
+            if name in SIMSTREAM_FIELDS:
+                out.append(SIMSTREAM_FIELDS[name][0 if fmt == "hdf5" else 1])
+            out.append(name)
+            return tuple(dict.fromkeys(out))
+
+        names = list(dict.fromkeys([*self.fields, *SIMSTREAM_FIELDS]))
+        self._wanted = {fmt: {n: alts(n, fmt) for n in names} for fmt in ("hdf5", "npz")}
+        # all optional to the codec: a missing expected field is reported below, as
+        # "missing field: ..."
+        self._optional = set(self._wanted["hdf5"])
+
+    def _inspect(self, declared: Mapping[str, tuple[tuple[int, ...], Any]]) -> None:
+        """The checks that need only declared shapes, before anything is allocated."""
+        d = declared.get("detector_data")
+        if d is not None:
+            shape, dtype = tuple(d[0]), np.dtype(d[1])
+            if not self._shape_ok(shape):
+                raise ParseError(f"shape: detector_data is {shape}, expected {self._want()}")
+            if dtype.kind not in "biuf":
+                raise ParseError(f"shape: detector_data has dtype {dtype}, not numeric")
+        lengths = {n: s[0][0] for n, s in declared.items() if len(s[0]) >= 1}
+        if len(set(lengths.values())) > 1:
+            raise ParseError(f"batch: fields disagree on the batch size {lengths}")
+
+    def _want(self) -> str:
+        return (f"(B, {', '.join(map(str, self.event_shape))})" if self.event_shape
+                else "(B, H, W) or (B, C, H, W)")
 
     def _shape_ok(self, shape: tuple[int, ...]) -> bool:
         if len(shape) not in (3, 4) or shape[0] < 1:
@@ -133,8 +184,18 @@ class Decoder:
             held.clear()
             return kept
 
+        lim = self.limits
+        limits = Limits(max_bytes=lim.max_bytes, max_chunks=lim.max_chunks,
+                        deadline=None if lim.deadline_s is None
+                        else time.monotonic() + lim.deadline_s,
+                        inspect=self._inspect)
         try:
-            arrays = decode(payload, alloc=alloc)
+            fmt = sniff(payload)
+            arrays = decode(payload, fields=self._wanted[fmt], alloc=alloc,
+                            optional=self._optional, limits=limits)
+        except ParseError:
+            release_all()
+            raise
         except CodecError as e:
             release_all()
             raise ParseError(f"codec: {e}") from None
@@ -142,16 +203,7 @@ class Decoder:
             release_all()
             raise ParseError(f"codec: {type(e).__name__}: {e}") from None
 
-        def field(name: str) -> np.ndarray | None:
-            path = self.fields.get(name)
-            if path is not None:
-                a = arrays.get(_key(path))
-                if a is not None:
-                    return a
-            if name in SIMSTREAM_FIELDS:
-                h5, npz = SIMSTREAM_FIELDS[name]
-                return arrays.get(h5, arrays.get(npz))
-            return arrays.get(name)
+        field = arrays.get
 
         rank = _first_int(field("simstream_rank"))
         seq = _first_int(field("simstream_sequence"))
@@ -166,8 +218,8 @@ class Decoder:
             raise ParseError("missing field: detector_data", rank, seq)
         if not self._shape_ok(tuple(data.shape)):
             release_all()
-            want = f"(B, {', '.join(map(str, self.event_shape))})" if self.event_shape else "(B, H, W) or (B, C, H, W)"
-            raise ParseError(f"shape: detector_data is {tuple(data.shape)}, expected {want}", rank, seq)
+            raise ParseError(f"shape: detector_data is {tuple(data.shape)}, expected {self._want()}",
+                             rank, seq)
         if data.dtype.kind not in "biuf":
             release_all()
             raise ParseError(f"shape: detector_data has dtype {data.dtype}, not numeric", rank, seq)

@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +29,8 @@ from .parse import ParsedBatch, ParseError
 from .random_source import RandomSource
 from .receiver import RawMessage
 from .records import BatchTimes
+
+log = logging.getLogger("pipeline.ingest")
 
 __all__ = ["parse_in_actor", "parse_in_receiver", "producer_thread", "random_producer",
            "receive"]
@@ -80,13 +84,23 @@ class _InOrderFeeder:
     """Parse results into Q1 in arrival order (``parse_in: receiver``): the receiver
     ``submit``s each message to the parser pool; the feeder thread takes the
     futures in order and puts or quarantines them. ``slots`` bounds the messages
-    being parsed at once."""
+    being parsed at once.
+
+    A slow message (a hostile peer's, or a huge one) holds back the batches parsed
+    after it for at most ``parse_hold_s``: past that, finished ones go into Q1 ahead
+    of it (``overtaken`` counts them), so one peer's message cannot stall the
+    others' while the remaining parser threads are free. The slow parse itself ends
+    by ``parse_deadline_s`` (checked between its steps) or, in an isolation worker,
+    ``parse_timeout_s``; ``max_chunks`` bounds the steps."""
 
     def __init__(self, ctx: StageContext, pool: ThreadPoolExecutor) -> None:
         self.ctx = ctx
         self.pool = pool
+        self.hold_s = ctx.cfg.parse_hold_s
+        self.overtaken = 0
         self.slots = threading.BoundedSemaphore(2 * ctx.cfg.parser_threads)
         self.order: deque[tuple[int, RawMessage, Future[ParsedBatch]]] = deque()
+        self.t_submit: dict[int, float] = {}
         self.order_cv = threading.Condition()
         self.receiving_done = threading.Event()
         self.thread = threading.Thread(target=self._run, name="q1-feeder", daemon=True)
@@ -99,7 +113,13 @@ class _InOrderFeeder:
         fut = self.pool.submit(self.ctx.parser.parse, msg.payload)
         with self.order_cv:
             self.order.append((index, msg, fut))
+            self.t_submit[index] = time.monotonic()
             self.order_cv.notify()
+        fut.add_done_callback(self._done)
+
+    def _done(self, _fut: Future[ParsedBatch]) -> None:
+        with self.order_cv:
+            self.order_cv.notify_all()
 
     def finish(self) -> None:
         """No more messages: the feeder drains what is pending and ends."""
@@ -107,12 +127,38 @@ class _InOrderFeeder:
         with self.order_cv:
             self.order_cv.notify_all()
         self.thread.join()
+        if self.overtaken:
+            log.info("%d parsed batches went into Q1 ahead of a slower message "
+                     "(parse_hold_s %.2f)", self.overtaken, self.hold_s)
 
     def _next(self) -> tuple[int, RawMessage, Future[ParsedBatch]] | None:
+        """The head once parsed; or, once the head has been parsing for ``hold_s``,
+        the first later message already parsed; None when all is done."""
         with self.order_cv:
-            while not self.order and not self.receiving_done.is_set():
-                self.order_cv.wait(POLL_S)
-            return self.order.popleft() if self.order else None
+            while True:
+                if not self.order:
+                    if self.receiving_done.is_set():
+                        return None
+                    self.order_cv.wait(POLL_S)
+                    continue
+                head = self.order[0]
+                if head[2].done():
+                    return self._take(0)
+                waited = time.monotonic() - self.t_submit[head[0]]
+                if waited >= self.hold_s:
+                    for i in range(1, len(self.order)):
+                        if self.order[i][2].done():
+                            self.overtaken += 1
+                            return self._take(i)
+                    self.order_cv.wait(POLL_S)
+                else:
+                    self.order_cv.wait(min(POLL_S, self.hold_s - waited))
+
+    def _take(self, i: int) -> tuple[int, RawMessage, Future[ParsedBatch]]:
+        entry = self.order[i]
+        del self.order[i]
+        self.t_submit.pop(entry[0], None)
+        return entry
 
     def _run(self) -> None:
         ctx = self.ctx

@@ -32,7 +32,7 @@ import numpy as np
 
 from simstream.clock import now
 
-from .decode import Decoder, ParsedBatch, ParseError
+from .decode import DecodeLimits, Decoder, ParsedBatch, ParseError
 
 __all__ = ["IsolatedParser", "WorkerHook"]
 
@@ -44,11 +44,12 @@ _START_TIMEOUT_S = 60.0  # a spawned worker imports numpy and h5py: allow a slow
 
 
 def _worker_main(conn: Any, fields: dict[str, str], expected: list[str],
-                 event_shape: tuple[int, ...] | None, hook: WorkerHook | None) -> None:
+                 event_shape: tuple[int, ...] | None, hook: WorkerHook | None,
+                 limits: DecodeLimits | None = None) -> None:
     """The worker loop: payload in, (header[, array bytes]) out, until EOF."""
     # the parent handles Ctrl-C; a worker must not die of the terminal's SIGINT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parser = Decoder(fields, expected, event_shape)
+    parser = Decoder(fields, expected, event_shape, None, limits)
     conn.send(("ready",))
     while True:
         try:
@@ -141,11 +142,12 @@ class IsolatedParser:
         timeout_s: float = 30.0,
         hook: WorkerHook | None = None,
         clock: Callable[[], float] = now,
+        limits: DecodeLimits | None = None,
     ) -> None:
         self.clock = clock
         self._ctx = multiprocessing.get_context("spawn")
         self._args = (dict(fields), list(expected),
-                      tuple(event_shape) if event_shape else None, hook)
+                      tuple(event_shape) if event_shape else None, hook, limits)
         self.host_alloc = host_alloc
         self.timeout_s = timeout_s
         self.crashes = 0

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from simstream.clock import now
 
-from .decode import SIMSTREAM_FIELDS, Decoder, HostAlloc, ParsedBatch, ParseError
+from .decode import SIMSTREAM_FIELDS, DecodeLimits, Decoder, HostAlloc, ParsedBatch, ParseError
 from .isolation import IsolatedParser
 
-__all__ = ["SIMSTREAM_FIELDS", "HostAlloc", "ParseError", "ParsedBatch", "Parser"]
+__all__ = ["SIMSTREAM_FIELDS", "DecodeLimits", "HostAlloc", "ParseError", "ParsedBatch", "Parser"]
 
 
 class Parser:
@@ -45,11 +45,12 @@ class Parser:
         workers: int = 1,
         timeout_s: float = 30.0,
         clock: Callable[[], float] = now,
+        limits: DecodeLimits | None = None,
     ) -> None:
         if isolation not in ("none", "process"):
             raise ValueError(f"isolation {isolation!r} is not one of none, process")
         self.isolation = isolation
-        self._decoder = Decoder(fields, expected, event_shape, host_alloc, clock=clock)
+        self._decoder = Decoder(fields, expected, event_shape, host_alloc, limits, clock=clock)
         self.fields = self._decoder.fields
         self.expected = self._decoder.expected
         self.event_shape = self._decoder.event_shape
@@ -58,7 +59,7 @@ class Parser:
         if isolation == "process":
             self._isolated = IsolatedParser(self.fields, self.expected, self.event_shape,
                                             host_alloc, workers=workers, timeout_s=timeout_s,
-                                            clock=clock)
+                                            clock=clock, limits=limits)
 
     def close(self) -> None:
         """Stop the worker processes of ``isolation: process`` (no-op otherwise)."""

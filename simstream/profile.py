@@ -621,6 +621,25 @@ class ConsumerConfig(_Model):
         description="the model inference runs; kind: synthetic | noop | peaknet")
     autocast_bf16: bool = False
     max_message_bytes: int = Field(2 * _GIB, ge=1)
+    max_decoded_bytes: int | None = Field(
+        None, ge=1,
+        description="per-message budget on the decoded bytes of the fields the consumer "
+        "reads, checked from their declared shapes before anything is allocated; None = "
+        "max_message_bytes, or 4 x the expected batch (random.batch_size x event_shape x 8 "
+        "bytes) when that is more (compressed messages decode to more than they occupy)")
+    max_chunks: int = Field(
+        16384, ge=1,
+        description="chunks of one HDF5 dataset (objects of one file, members of one npz) "
+        "a message may have; counted from the shapes before anything iterates them")
+    parse_deadline_s: float = Field(
+        10.0, gt=0,
+        description="longest decode of one message, checked between its steps; a message "
+        "past it is quarantined (parse_isolation: process also kills a worker stuck in one "
+        "native call, after parse_timeout_s)")
+    parse_hold_s: float = Field(
+        1.0, ge=0,
+        description="parse_in receiver: how long a slow message may hold back the batches "
+        "parsed after it before they go into Q1 ahead of it")
     rcvhwm: int = Field(
         1000, ge=0,
         description="zmq: messages libzmq reads ahead per connection while the consumer is "
@@ -709,6 +728,23 @@ class ConsumerConfig(_Model):
                 f"x shape {rc.shape} x {rc.dtype}), more than max_message_bytes "
                 f"{self.max_message_bytes}; raise consumer.max_message_bytes if you mean it")
         return self
+
+    @property
+    def decoded_budget(self) -> int:
+        """``max_decoded_bytes``, or its default sized from the expected batch."""
+        if self.max_decoded_bytes is not None:
+            return self.max_decoded_bytes
+        event = self.event_shape or self.random.shape
+        expected = 4 * self.random.batch_size * math.prod(event) * 8
+        return max(expected, self.max_message_bytes)
+
+    @property
+    def decode_limits(self) -> Any:
+        """The decoder's per-message bounds (``pipeline.decode.DecodeLimits``)."""
+        from simstream.pipeline.decode import DecodeLimits
+
+        return DecodeLimits(max_bytes=self.decoded_budget, max_chunks=self.max_chunks,
+                            deadline_s=self.parse_deadline_s)
 
     @property
     def role(self) -> Literal["bind", "connect"]:

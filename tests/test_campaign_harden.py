@@ -493,3 +493,115 @@ def test_consume_exits_130_on_sigint_and_emit_143_on_sigterm_with_their_records(
     s = json.loads((out / "summary.json").read_text())
     assert s["received"] >= 5 and s["accounting_ok"], s
     assert (tmp_path / "e.jsonl").read_text().count("\n") >= 5
+
+
+# --------------------------------------------------------------------------
+# 1-2: messages that cost memory or time to decode
+
+BOMB_SCRIPT = r'''
+import io, json, resource, sys, time
+import h5py, numpy as np
+from simstream.pipeline.decode import DecodeLimits, Decoder, ParseError
+
+FIELDS = {"detector_data": "/data/data", "timestamp": "/data/timestamp",
+          "simstream_sequence": "/simstream/sequence", "simstream_rank": "/simstream/rank"}
+
+def message(bomb_at, chunks=0):
+    b = io.BytesIO()
+    with h5py.File(b, "w") as f:
+        f["data/timestamp"] = np.arange(2.0)
+        f["simstream/sequence"] = np.array([7, 7])
+        f["simstream/rank"] = np.array([0, 0])
+        if bomb_at != "data/data":
+            f["data/data"] = np.ones((2, 1, 8, 8), np.float32)
+        for i, path in enumerate(bomb_at.split(",")):
+            # 3.6 GB each of never-written (fill-value) data
+            f.create_dataset(path, shape=(2, 1, 30000, 15000), dtype="f4", chunks=(1, 1, 1000, 1000))
+        if chunks:
+            d = f.create_dataset("data/many", shape=(chunks,), dtype="u1", chunks=(1,))
+            d[...] = 1
+    return b.getvalue()
+
+out = {}
+for name, payload, kw in (
+        ("three bombs elsewhere", message("junk/a,junk/b,junk/c"), {}),
+        ("bomb as detector_data", message("data/data"), {}),
+        ("many chunks elsewhere", message("junk/a", chunks=20000), {}),
+        ("many chunks in a field", message("junk/a", chunks=20000), {"fields": {**FIELDS, "many": "/data/many"}}),
+        ("deadline", message("junk/a"), {"deadline_s": 1e-9})):
+    fields = kw.get("fields", FIELDS)
+    d = Decoder(fields, ["detector_data"], None, None,
+                DecodeLimits(max_bytes=1 << 30, max_chunks=16384, deadline_s=kw.get("deadline_s", 10.0)))
+    t0 = time.monotonic()
+    try:
+        pb = d.parse(payload)
+        res = f"processed {pb.data.shape} seq {pb.seq}"
+    except ParseError as e:
+        res = str(e)
+    out[name] = [len(payload), res, time.monotonic() - t0]
+out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+'''
+
+
+def test_fill_value_bombs_and_chunk_floods_cost_neither_memory_nor_time() -> None:
+    import resource
+
+    def limit() -> None:  # a regression fails here; it cannot take the machine's memory
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    r = subprocess.run([sys.executable, "-c", BOMB_SCRIPT], capture_output=True, text=True,
+                       timeout=120, preexec_fn=limit, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout)
+    assert got["three bombs elsewhere"][1] == "processed (2, 1, 8, 8) seq 7", got
+    assert got["bomb as detector_data"][1].startswith("codec: budget: the fields declare"), got
+    assert got["many chunks elsewhere"][1] == "processed (2, 1, 8, 8) seq 7", got
+    assert got["many chunks in a field"][1].startswith("codec: chunks: dataset /data/many's chunk grid has 20000"), got
+    assert got["deadline"][1].startswith("codec: deadline:"), got
+    assert all(v[2] < 20 for k, v in got.items() if k != "peak_rss_mb"), got
+    assert got["peak_rss_mb"] < 600, got
+
+
+def test_a_slow_message_holds_back_the_others_for_parse_hold_s_only() -> None:
+    """The in-order feeder: batches parsed after a slow one go into Q1 once it has
+    been parsing for parse_hold_s, not when it ends."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from simstream.pipeline.ingest import _InOrderFeeder
+    from simstream.pipeline.parse import ParsedBatch
+    from simstream.pipeline.receiver import RawMessage
+
+    release_slow = threading.Event()
+    put: list[int] = []
+
+    def parse(payload: bytes) -> ParsedBatch:
+        if payload == b"slow":
+            assert release_slow.wait(30)
+        seq = int(payload == b"slow")
+        return ParsedBatch(np.zeros((1, 2, 2), np.float32), None, 0, seq, 1, 0.0, 0.0)
+
+    def q1_put(item: object) -> bool:
+        put.append(item.host.index)  # type: ignore[attr-defined]
+        if len(put) == 3:
+            release_slow.set()  # the three fast ones went ahead: let the slow one end
+        return True
+
+    ctx = SimpleNamespace(
+        cfg=SimpleNamespace(parser_threads=2, parse_hold_s=0.2), errors=[],
+        parser=SimpleNamespace(parse=parse), put=q1_put,
+        records=SimpleNamespace(sequence=lambda *a: None),
+        quarantine=lambda *a: pytest.fail(f"quarantined {a}"))
+    with ThreadPoolExecutor(2) as pool:
+        feeder = _InOrderFeeder(ctx, pool)  # type: ignore[arg-type]
+        feeder.thread.start()
+        for i, p in enumerate([b"a", b"slow", b"b", b"c"]):
+            feeder.submit(RawMessage(p, len(p), 0.0), i)
+        assert release_slow.wait(30), f"the slow message held the others back: {put}"
+        feeder.finish()
+    assert put == [0, 2, 3, 1] and feeder.overtaken == 2

@@ -10,18 +10,18 @@ change to what callers see belongs here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
 
 from simstream.codec import _hdf5, _npz
 from simstream.codec._buffers import as_uint8
-from simstream.codec._errors import CodecError
+from simstream.codec._errors import NO_LIMITS, CodecError, Limits
 from simstream.codec._rewrite import Rewriter
 from simstream.records.contract import COMPRESSIONS
 
-__all__ = ["COMPRESSIONS", "FORMATS", "CodecError", "Rewriter", "decode", "encode", "sniff"]
+__all__ = ["COMPRESSIONS", "FORMATS", "CodecError", "Limits", "Rewriter", "decode", "encode", "sniff"]
 
 FORMATS = ("hdf5", "npz")
 
@@ -121,8 +121,17 @@ def decode(
     *,
     fields: Mapping[str, str] | None = None,
     alloc: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
+    optional: Collection[str] = (),
+    limits: Limits | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays of one message; the format is found from its magic bytes.
+
+    Only the datasets / members ``fields`` names are opened (a value may be a tuple
+    of alternative paths, the first present read); names in ``optional``
+    may be absent (left out of the result). ``limits`` (``Limits``) bounds the work:
+    the decoded bytes of the requested fields, checked from their declared shapes
+    before any allocation; chunk, object and member counts, checked before they are
+    iterated; a deadline checked between steps.
 
     ``fields`` given: result keys are its names, each read from its dataset path /
     npz key; otherwise every dataset (keys: paths relative to the root) or npz
@@ -143,8 +152,9 @@ def decode(
     except TypeError as e:
         raise CodecError(str(e)) from None
     kind = sniff(raw)
+    lim = limits or NO_LIMITS
     if kind == "hdf5":
-        return _hdf5.decode(raw, fields, alloc)
-    out = _npz.decode(raw, fields, alloc)
+        return _hdf5.decode(raw, fields, alloc, optional, lim)
+    out = _npz.decode(raw, fields, alloc, optional, lim)
     _hdf5._check_batch(out)
     return out

@@ -44,7 +44,7 @@ import math
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,7 +53,7 @@ import numpy as np
 
 from simstream.codec import _bitshuffle_guard as bshuf_guard
 from simstream.codec._buffers import BufferFile, finish, new_bytes
-from simstream.codec._errors import CodecError
+from simstream.codec._errors import NO_LIMITS, CodecError, Limits
 
 MAGIC = b"\x89HDF\r\n\x1a\n"
 MAX_DECODED_BYTES = 16 << 30  # a message declaring more than this is refused
@@ -144,7 +144,7 @@ class DatasetLayout:
         return pos - start == self.nbytes
 
 
-def _dataset_layout(dsid: Any, path: str, buf_len: int) -> DatasetLayout:
+def _dataset_layout(dsid: Any, path: str, buf_len: int, limits: Limits = NO_LIMITS) -> DatasetLayout:
     # h5py's low-level calls: the high-level Dataset costs ~0.3 ms per dataset in
     # property lookups, more than the whole parse otherwise
     shape = tuple(int(d) for d in dsid.shape)
@@ -160,6 +160,13 @@ def _dataset_layout(dsid: Any, path: str, buf_len: int) -> DatasetLayout:
         )
     dcpl = dsid.get_create_plist()
     kind = dcpl.get_layout()
+    if kind == h5py.h5d.CHUNKED and limits.max_chunks is not None and shape:
+        # from the shapes alone, before anything walks the chunk index (1e6 chunks
+        # took 37 s and 4 GB to parse)
+        chunk = tuple(int(c) for c in dcpl.get_chunk())
+        if len(chunk) == len(shape) and all(c > 0 for c in chunk):
+            possible = math.prod(-(-d // c) for d, c in zip(shape, chunk, strict=True))
+            limits.check_chunks(possible, f"dataset /{path}'s chunk grid")
     if kind == h5py.h5d.CONTIGUOUS and dcpl.get_external_count() == 0:
         off = dsid.get_offset()
         if off is None or nbytes == 0:
@@ -213,20 +220,38 @@ def _short(e: BaseException) -> str:
     return text[:200]
 
 
-def read_layouts(fh: h5py.File, buf_len: int) -> dict[str, DatasetLayout]:
-    """Every dataset's layout, by path relative to the root. Raises CodecError."""
+def read_layouts(fh: h5py.File, buf_len: int, paths: Collection[str] | None = None,
+                 limits: Limits = NO_LIMITS) -> dict[str, DatasetLayout]:
+    """Every dataset's layout (or only those at ``paths``, relative to the root), by
+    path relative to the root. Raises CodecError."""
     names: list[bytes] = []
+    seen = [0]
 
-    def visit(name: bytes, info: Any) -> None:
+    def visit(name: bytes, info: Any) -> bool | None:
+        seen[0] += 1
+        if limits.max_chunks is not None and seen[0] > limits.max_chunks:
+            return True  # stops the visit: refused below
         if info.type == h5py.h5o.TYPE_DATASET:
             names.append(name)
+        return None
 
     try:
-        h5py.h5o.visit(fh.id, visit, info=True)
+        if paths is None:
+            h5py.h5o.visit(fh.id, visit, info=True)
+            limits.check_chunks(seen[0], "the file's object count")
+        else:
+            for p in paths:
+                b = p.encode()
+                try:
+                    if fh.id.links.exists(b) and h5py.h5o.get_info(fh.id, b).type == h5py.h5o.TYPE_DATASET:
+                        names.append(b)
+                except Exception:  # a group on the way is missing or is a dataset
+                    continue
         out = {}
         for name in names:
+            limits.check_time("reading the datasets' layouts")
             path = name.decode("utf-8", "replace")
-            out[path] = _dataset_layout(h5py.h5d.open(fh.id, name), path, buf_len)
+            out[path] = _dataset_layout(h5py.h5d.open(fh.id, name), path, buf_len, limits)
         return out
     except CodecError:
         raise
@@ -418,26 +443,45 @@ def _from_chunks(raw: np.ndarray, lay: DatasetLayout, alloc: Alloc | None) -> np
     return out
 
 
+def _alts(path: str | Sequence[str]) -> tuple[str, ...]:
+    """A field's path, or its alternatives in order (the first present is read)."""
+    return (path,) if isinstance(path, str) else tuple(path)
+
+
 def decode(
-    raw: np.ndarray, wanted: Mapping[str, str] | None, alloc: Alloc | None
+    raw: np.ndarray, wanted: Mapping[str, str | Sequence[str]] | None, alloc: Alloc | None,
+    optional: Collection[str] = (), limits: Limits = NO_LIMITS,
 ) -> dict[str, np.ndarray]:
-    """Decode an HDF5 message held in ``raw`` (uint8). ``wanted``: key -> dataset path."""
+    """Decode an HDF5 message held in ``raw`` (uint8). ``wanted``: key -> dataset path,
+    or a tuple of alternative paths (only those datasets are opened); keys in
+    ``optional`` may be absent."""
+    paths = None if wanted is None else {_rel(a) for p in wanted.values() for a in _alts(p)}
     layouts = _recall(raw)
+    if layouts is not None and paths is not None and not paths <= set(layouts):
+        layouts = None  # remembered for other fields: read this file's own
     fh = None
     try:
         if layouts is None:
             fh = _open(raw)
-            layouts = read_layouts(fh, len(raw))
+            layouts = read_layouts(fh, len(raw), paths, limits)
             if all(lay.chunks is not None for lay in layouts.values()):
                 _remember(raw, layouts)
         if wanted is None:
             wanted = {p: p for p in layouts}
-        out: dict[str, np.ndarray] = {}
+        found: dict[str, DatasetLayout] = {}
         for key, path in wanted.items():
-            lay = layouts.get(_rel(path))
+            lay = next((layouts[_rel(a)] for a in _alts(path) if _rel(a) in layouts), None)
             if lay is None:
+                if key in optional:
+                    continue
                 have = ", ".join("/" + p for p in layouts) or "none"
-                raise CodecError(f"missing field {key!r}: no dataset at /{_rel(path)} (has: {have})")
+                raise CodecError(f"missing field {key!r}: no dataset at "
+                                 f"/{_rel(_alts(path)[0])} (has: {have})")
+            found[key] = lay
+        limits.check_declared({k: (lay.shape, lay.dtype) for k, lay in found.items()})
+        out: dict[str, np.ndarray] = {}
+        for key, lay in found.items():
+            limits.check_time(f"before dataset /{lay.path}")
             if lay.chunks is not None:
                 out[key] = _from_chunks(raw, lay, alloc)
                 continue

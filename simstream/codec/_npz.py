@@ -21,14 +21,14 @@ import math
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
 
 from simstream.codec._buffers import BufferFile
-from simstream.codec._errors import CodecError
+from simstream.codec._errors import NO_LIMITS, CodecError, Limits
 
 MAGIC = b"PK\x03\x04"
 MAX_DECODED_BYTES = 16 << 30
@@ -103,10 +103,12 @@ def _header(f: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
     return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
-def members(zf: zipfile.ZipFile, raw: np.ndarray) -> dict[str, Member]:
+def members(zf: zipfile.ZipFile, raw: np.ndarray, limits: Limits = NO_LIMITS) -> dict[str, Member]:
     """Every ``.npy`` member by key. Raises CodecError."""
     out: dict[str, Member] = {}
-    for info in zf.infolist():
+    infos = zf.infolist()
+    limits.check_chunks(len(infos), "the npz's member count")
+    for info in infos:
         if not info.filename.endswith(".npy"):
             continue
         key = info.filename[:-4]
@@ -178,22 +180,35 @@ def _read(zf: zipfile.ZipFile, raw: np.ndarray, m: Member, alloc: Alloc | None) 
     return out
 
 
-def decode(raw: np.ndarray, wanted: Mapping[str, str] | None, alloc: Alloc | None) -> dict[str, np.ndarray]:
-    """Decode an npz message held in ``raw`` (uint8). ``wanted``: result key -> npz key."""
+def decode(raw: np.ndarray, wanted: Mapping[str, str | Sequence[str]] | None, alloc: Alloc | None,
+           optional: Collection[str] = (), limits: Limits = NO_LIMITS) -> dict[str, np.ndarray]:
+    """Decode an npz message held in ``raw`` (uint8). ``wanted``: result key -> npz key,
+    or a tuple of alternative keys (the first present is read); keys in ``optional``
+    may be absent."""
     with _open(raw) as zf:
-        found = members(zf, raw)
+        found = members(zf, raw, limits)
         if wanted is None:
             wanted = {
                 k: k
                 for k in found
                 if not (k.endswith(ORIGINAL_SHAPE) and k[: -len(ORIGINAL_SHAPE)] in found)
             }
-        out: dict[str, np.ndarray] = {}
-        for key, name in wanted.items():
-            m = found.get(name) or found.get(name.strip("/"))
+        chosen: dict[str, Member] = {}
+        for key, names in wanted.items():
+            alts = (names,) if isinstance(names, str) else tuple(names)
+            m = next((found.get(n) or found.get(n.strip("/")) for n in alts
+                      if (found.get(n) or found.get(n.strip("/"))) is not None), None)
+            name = alts[0]
             if m is None:
+                if key in optional:
+                    continue
                 have = ", ".join(k for k in found if not k.endswith(ORIGINAL_SHAPE)) or "none"
                 raise CodecError(f"missing field {key!r}: no member {name!r} (has: {have})")
+            chosen[key] = m
+        limits.check_declared({k: (m.shape, m.dtype) for k, m in chosen.items()})
+        out: dict[str, np.ndarray] = {}
+        for key, m in chosen.items():
+            limits.check_time(f"before member {m.key!r}")
             out[key] = _read(zf, raw, m, alloc)
     return out
 
