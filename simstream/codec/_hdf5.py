@@ -381,29 +381,35 @@ def encode(
 class _Seen:
     layouts: dict[str, DatasetLayout]
     meta: list[tuple[int, int, bytes]]  # (start, end, bytes) outside data chunks
+    asked: frozenset[str] | None = None  # the paths looked for (None: every dataset)
 
 
 _seen: OrderedDict[int, list[_Seen]] = OrderedDict()
 
 
-def _remember(raw: np.ndarray, layouts: dict[str, DatasetLayout]) -> None:
+def _remember(raw: np.ndarray, layouts: dict[str, DatasetLayout],
+              asked: frozenset[str] | None = None) -> None:
     ranges = [c for lay in layouts.values() for c in (lay.chunks or ())]
     meta = [(s, e, raw[s:e].tobytes()) for s, e in _gaps(ranges, len(raw))]
     if sum(e - s for s, e, _b in meta) > (1 << 20):
         return  # metadata this large is not worth comparing on every message
     with _lock:
         entries = _seen.setdefault(len(raw), [])
-        entries.insert(0, _Seen(layouts, meta))
+        entries.insert(0, _Seen(layouts, meta, asked))
         del entries[2:]
         _seen.move_to_end(len(raw))
         while len(_seen) > _LAYOUT_CACHE_SIZE:
             _seen.popitem(last=False)
 
 
-def _recall(raw: np.ndarray) -> dict[str, DatasetLayout] | None:
+def _recall(raw: np.ndarray, paths: Collection[str] | None = None) -> dict[str, DatasetLayout] | None:
+    """The layouts of an earlier message identical outside its data chunks, read
+    when at least ``paths`` (None: every dataset) were looked for."""
     with _lock:
         entries = list(_seen.get(len(raw), ()))
     for entry in entries:
+        if entry.asked is not None and (paths is None or not set(paths) <= entry.asked):
+            continue
         if all(raw[s:e].tobytes() == b for s, e, b in entry.meta):
             return entry.layouts
     return None
@@ -456,16 +462,14 @@ def decode(
     or a tuple of alternative paths (only those datasets are opened); keys in
     ``optional`` may be absent."""
     paths = None if wanted is None else {_rel(a) for p in wanted.values() for a in _alts(p)}
-    layouts = _recall(raw)
-    if layouts is not None and paths is not None and not paths <= set(layouts):
-        layouts = None  # remembered for other fields: read this file's own
+    layouts = _recall(raw, paths)
     fh = None
     try:
         if layouts is None:
             fh = _open(raw)
             layouts = read_layouts(fh, len(raw), paths, limits)
             if all(lay.chunks is not None for lay in layouts.values()):
-                _remember(raw, layouts)
+                _remember(raw, layouts, None if paths is None else frozenset(paths))
         if wanted is None:
             wanted = {p: p for p in layouts}
         found: dict[str, DatasetLayout] = {}
