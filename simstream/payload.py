@@ -304,7 +304,8 @@ def _content(
     if source.pad_from is not None:
         inner = _content(source.model_copy(update={"shape": [*shape[:-2], *source.pad_from],
                                                    "pad_from": None}), seed, rank, fields)
-        return _Padded(inner, shape, dtype, tuple(source.pad_from), source.pad_style)
+        h, w = source.pad_from
+        return _Padded(inner, shape, dtype, (h, w), source.pad_style)
     if source.content == "peaks":
         return _Peaks(shape, dtype, source.peaks_per_event, seed, rank)
     if source.content == "random":
