@@ -223,3 +223,44 @@ def test_a_tun_capture_is_written_as_ethernet_and_filtered_by_port() -> None:
     assert frame[12:14] == b"\x08\x00" and frame[14:] == ip4 + tcp
     assert tcp_port_matches(frame, 12321) and not tcp_port_matches(frame, 5001)
     assert ethernet_framed(b"\x60" + b"\0" * 39)[12:14] == b"\x86\xdd"
+
+
+def _ts_frame(src: tuple[str, int], dst: tuple[str, int], seq: int, payload: bytes,
+              tsval: int, tsecr: int) -> bytes:
+    import struct
+
+    from simstream.testbed.capture import ethernet_framed
+
+    opts = b"\x01\x01\x08\x0a" + struct.pack("!II", tsval, tsecr)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 32 + len(payload), 0, 0x4000, 64, 6, 0,
+                     bytes(int(x) for x in src[0].split(".")),
+                     bytes(int(x) for x in dst[0].split(".")))
+    tcp = struct.pack("!HHIIHHHH", src[1], dst[1], seq, 0, (8 << 12) | 0x10, 65535, 0, 0)
+    return ethernet_framed(ip + tcp + opts + payload)
+
+
+def test_verify_reads_round_trips_from_tcp_timestamps(tmp_path: Path) -> None:
+    import struct
+
+    from simstream.testbed.verify import receiver_rtts, tcp_flows
+
+    prod, cons = ("10.213.0.1", 40000), ("10.213.0.2", 12321)
+    pkts = []
+    # the consumer ACKs with TSval k at t = k * 0.1; the producer's next segment echoes it
+    # 40 ms later (the round trip), except the third, which the sender held 60 ms more
+    for k in range(1, 6):
+        t = k * 0.1
+        pkts.append((t, _ts_frame(cons, prod, 1, b"", tsval=k, tsecr=0)))
+        extra = 0.06 if k == 3 else 0.0
+        pkts.append((t + 0.04 + extra, _ts_frame(prod, cons, 1 + k * 100, b"x" * 100,
+                                                 tsval=1000 + k, tsecr=k)))
+    path = tmp_path / "ts.pcap"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+        for ts, data in pkts:
+            sec = int(ts)
+            f.write(struct.pack("<IIII", sec, round((ts - sec) * 1e9), len(data), len(data)))
+            f.write(data)
+    data, acks = sorted(tcp_flows(path, 12321), key=lambda f: -f.payload_bytes)
+    got = receiver_rtts(data, acks)
+    assert [round(r, 6) for _, r in got] == [0.04, 0.04, 0.1, 0.04, 0.04]

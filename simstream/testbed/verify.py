@@ -106,6 +106,7 @@ class _Seg:
     hdr_len: int  # Ethernet + IP + TCP header bytes of this packet
     win: int
     plen: int = 0  # payload length on the wire (more than len(payload) when truncated)
+    ts_ecr: int | None = None  # TCP timestamp option's echo reply
 
     @property
     def truncated(self) -> bool:
@@ -122,6 +123,8 @@ class Flow:
     syn_seq: int | None = None
     mss: int | None = None
     fin_ts: float | None = None
+    # (first-seen time, TSval) of every TCP timestamp this direction sent, ACKs included
+    tsvals: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def payload_bytes(self) -> int:
@@ -173,6 +176,48 @@ def _parse_tcp(frame: bytes) -> tuple[str, int, str, int, _Seg, bytes] | None:
     return _ip(src), sport, _ip(dst), dport, seg, options
 
 
+def _timestamps_option(options: bytes) -> tuple[int, int] | None:
+    """(TSval, TSecr) of the TCP timestamps option (kind 8), None without one."""
+    i = 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:
+            return None
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= len(options):
+            return None
+        ln = options[i + 1]
+        if kind == 8 and ln == 10 and i + 10 <= len(options):
+            a, b = struct.unpack_from("!II", options, i + 2)
+            return int(a), int(b)
+        i += max(ln, 2)
+    return None
+
+
+def receiver_rtts(data: Flow, acks: Flow) -> list[tuple[float, float]]:
+    """(time, seconds) round trips seen where the capture is, from TCP timestamps.
+
+    A TSval the receiver sent at t comes back as the TSecr of the first data
+    segment the sender sent after hearing it; that segment's arrival minus t is
+    one round trip plus whatever the sender waited (none for a bulk stream), so
+    the low samples are the path's round trip.
+    """
+    sent: dict[int, float] = {}
+    for t, v in acks.tsvals:
+        sent.setdefault(v, t)
+    out = []
+    used: set[int] = set()
+    for seg in sorted(data.segs, key=lambda x: x.ts):
+        e = seg.ts_ecr
+        if e is None or e in used or e not in sent or seg.ts < sent[e]:
+            continue
+        used.add(e)
+        out.append((seg.ts, seg.ts - sent[e]))
+    return out
+
+
 def _mss_option(options: bytes) -> int | None:
     i = 0
     while i < len(options):
@@ -203,6 +248,9 @@ def tcp_flows(path: Path, port: int) -> list[Flow]:
         if port not in (sport, dport):
             continue
         seg.ts = ts
+        tso = _timestamps_option(options)
+        if tso is not None:
+            seg.ts_ecr = tso[1]
         key = (src, sport, dst, dport)
         fl = current.get(key)
         if fl is None or (seg.flags & 0x02 and fl.syn_seq is not None and fl.syn_seq != seg.seq):
@@ -214,6 +262,8 @@ def tcp_flows(path: Path, port: int) -> list[Flow]:
             fl.mss = _mss_option(options) or fl.mss
         if seg.flags & 0x01 and fl.fin_ts is None:
             fl.fin_ts = ts
+        if tso is not None and (not fl.tsvals or fl.tsvals[-1][1] != tso[0]):
+            fl.tsvals.append((ts, tso[0]))
         if seg.plen:
             fl.segs.append(seg)
     return found
@@ -362,6 +412,24 @@ class Window:
     end: float
     cap_mbps: float | None
     rate_hz: float | None
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+
+
+def _rtt_check(where: str, w: Window, samples: list[float]) -> Check:
+    """Round trips from TCP timestamps in one phase, against the profile's latency."""
+    lat = f"{w.latency_ms:g} ms" + (f" +- {w.jitter_ms:g} ms jitter" if w.jitter_ms else "")
+    expected = (f"{2 * w.latency_ms:g} ms with the user-space link (latency {lat} each way); "
+                f"{w.latency_ms:g} ms with tc netem (producer's egress only)")
+    if not samples:
+        return Check("rtt", where, "no samples", expected, "INFO",
+                     "no TCP timestamps seen in this phase")
+    srt = sorted(samples)
+    low = srt[len(srt) // 10]
+    return Check("rtt", where, f"p10 {low * 1e3:.2f} ms, median {srt[len(srt) // 2] * 1e3:.2f} ms "
+                 f"({len(srt)} samples)", expected, "INFO",
+                 "round trip seen at the consumer from TCP timestamps; the median includes "
+                 "time the sender had nothing to send")
 
 
 def timeline_windows(profile: Profile, t0: float, t_end: float) -> list[Window]:
@@ -376,7 +444,8 @@ def timeline_windows(profile: Profile, t0: float, t_end: float) -> list[Window]:
             shaping = tc.shaping_from_network(profile.network, ph.network,
                                               ranks=profile.transport.ranks)
             end = t_end if ph.duration_s is None else min(t + ph.duration_s, t_end)
-            out.append(Window(ph.name, t, end, shaping.rate_mbps, ph.rate_hz))
+            out.append(Window(ph.name, t, end, shaping.rate_mbps, ph.rate_hz,
+                              shaping.netem.delay_ms, shaping.netem.jitter_ms))
             if ph.duration_s is None:
                 return out
             t += ph.duration_s
@@ -473,6 +542,11 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
         by_conn.setdefault((frozenset((fl.src, fl.dst)), k), []).append(fl)
     data_flows = [max(fls, key=lambda f: f.payload_bytes) for fls in by_conn.values()]
     data_flows = [f for f in data_flows if f.payload_bytes > 0]
+    rtts: list[tuple[float, float]] = []
+    for fls in by_conn.values():
+        if len(fls) == 2:
+            data, acks = sorted(fls, key=lambda f: f.payload_bytes, reverse=True)
+            rtts += receiver_rtts(data, acks)
     facts["connections"] = len(data_flows)
     if not data_flows:
         checks.append(Check("data", "capture", "no TCP payload", f"traffic on port {port}",
@@ -519,10 +593,13 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
         t_end = max(t_end, max(ends))
     windows = timeline_windows(profile, t0, t_end)
     facts["windows"] = [w.__dict__ for w in windows]
+    asks_latency = any(w.latency_ms or w.jitter_ms for w in windows)
     for w in windows:
         a, b = max(w.start, t_first_pkt), min(w.end, t_last_pkt)
         span = b - a
         where = f"{w.phase} {w.start - t0:.2f}-{w.end - t0:.2f} s"
+        if asks_latency:
+            checks.append(_rtt_check(where, w, [r for t, r in rtts if w.start <= t < w.end]))
         if span < MIN_WINDOW_S:
             checks.append(Check("rate", where, f"{span:.3f} s of data", f">= {MIN_WINDOW_S} s",
                                 "SKIP", "too short to measure against a token bucket"))
