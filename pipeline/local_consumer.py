@@ -70,7 +70,7 @@ class _LocalResources:
                           cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         if cfg.mode == "socket":
             self.rx = open_receiver(cfg.transport, cfg.url, cfg.role, cfg.max_message_bytes,
-                                    cfg.rcvhwm)
+                                    cfg.rcvhwm, clock=clock)
             if cfg.binds_all_interfaces:
                 log.warning("binding %s: listening on all interfaces, not only loopback", cfg.url)
         self.records = RunRecords(out_dir)

@@ -35,6 +35,7 @@ import struct
 import termios
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,10 +196,12 @@ def _bind_error(url: str, exc: OSError | Exception) -> UsageError:
 class ZmqReceiver(Receiver):
     """pyzmq PULL. ``role``: bind | connect."""
 
-    def __init__(self, url: str, role: str, max_message_bytes: int, rcvhwm: int = 1000) -> None:
-        import zmq
+    def __init__(self, url: str, role: str, max_message_bytes: int, rcvhwm: int = 1000,
+                 clock: Callable[[], float] = now) -> None:
+        import zmq  # the consumer extra
 
         self._zmq = zmq
+        self.clock = clock
         self.url = url
         self.max_message_bytes = max_message_bytes
         self.stats = ReceiverStats()
@@ -251,7 +254,7 @@ class ZmqReceiver(Receiver):
             return None
         self._sample_rx_queue(t_woke)
         frames = self._sock.recv_multipart(copy=False)
-        t = now()
+        t = self.clock()
         payload: bytes | memoryview = frames[0].buffer
         n = sum(len(f.buffer) for f in frames)
         self.stats.messages += 1
@@ -304,8 +307,9 @@ class StreamReceiver(Receiver):
     """Length-prefixed messages over TCP (``kind`` tcp), or nng SP Pull0 (``kind`` nng)."""
 
     def __init__(self, kind: str, url: str, role: str, max_message_bytes: int,
-                 connect_timeout_s: float = 30.0) -> None:
+                 connect_timeout_s: float = 30.0, clock: Callable[[], float] = now) -> None:
         self.kind = kind
+        self.clock = clock
         self.url = url
         self.role = role
         self.max_message_bytes = max_message_bytes
@@ -447,12 +451,12 @@ class StreamReceiver(Receiver):
             if isinstance(event, Message):
                 self.stats.messages += 1
                 self.stats.bytes += event.nbytes
-                self._ready.append(RawMessage(event.payload, event.nbytes, now(), conn.peer))
+                self._ready.append(RawMessage(event.payload, event.nbytes, self.clock(), conn.peer))
             elif isinstance(event, OversizeMessage):
                 self.stats.messages += 1
                 self.stats.oversize += 1
                 self.stats.bytes += event.nbytes
-                self._ready.append(RawMessage(event.head, event.nbytes, now(), conn.peer,
+                self._ready.append(RawMessage(event.head, event.nbytes, self.clock(), conn.peer,
                                               oversize=True))
             elif isinstance(event, ConnectionClosed):
                 self._drop(conn)
@@ -484,11 +488,12 @@ def check_bindable(url: str) -> None:
 
 
 def open_receiver(transport: str, url: str, role: str, max_message_bytes: int,
-                  rcvhwm: int = 1000) -> Receiver:
+                  rcvhwm: int = 1000, clock: Callable[[], float] = now) -> Receiver:
     """A bound (``role`` bind) or connecting receiver; ``rcvhwm`` applies to zmq.
-    Raises UsageError (in use, bad address)."""
+    ``clock`` stamps arrivals (waits and timeouts are on the real clock: they wait
+    on sockets). Raises UsageError (in use, bad address)."""
     if transport == "zmq":
-        return ZmqReceiver(url, role, max_message_bytes, rcvhwm)
+        return ZmqReceiver(url, role, max_message_bytes, rcvhwm, clock=clock)
     if transport in ("tcp", "nng"):
-        return StreamReceiver(transport, url, role, max_message_bytes)
+        return StreamReceiver(transport, url, role, max_message_bytes, clock=clock)
     raise UsageError(f"transport: {transport!r} is not one of zmq, nng, tcp")

@@ -5,6 +5,8 @@ without sockets, threads waiting on the wall clock, torch or an engine."""
 from __future__ import annotations
 
 import io
+import socket
+import struct
 import threading
 from typing import Any
 
@@ -17,7 +19,8 @@ from simstream.pipeline.decode import Decoder
 from simstream.pipeline.inference import STARVATION_UTILISATION, report_progress
 from simstream.pipeline.ingest import parse_in_actor, receive
 from simstream.pipeline.q1 import LocalQ1
-from simstream.pipeline.receiver import RawMessage
+from simstream.pipeline.receiver import RawMessage, open_receiver
+from simstream.runner.procs import free_port
 
 T0 = 1_000_000.0
 
@@ -162,3 +165,27 @@ def test_progress_elapsed_and_starvation_warning_in_fake_time() -> None:
     for _ in range(3):
         q1.put(object())
     assert report_progress(Records(), q1, T0, None, T0 + 1.0)[1] is False  # 40 % full
+
+
+def test_a_stream_receiver_stamps_arrivals_with_the_injected_clock() -> None:
+    clock = FakeClock()
+    port = free_port()
+    rx = open_receiver("tcp", f"tcp://127.0.0.1:{port}", "bind", 100, clock=clock)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(struct.pack(">Q", 3) + b"abc" + struct.pack(">Q", 500) + bytes(500))
+            got: list[RawMessage] = []
+            for _ in range(200):  # bounded: 200 polls of 50 ms at most
+                m = rx.recv(0.05)
+                if m is not None:
+                    got.append(m)
+                    clock.advance(1.0)
+                if len(got) == 2:
+                    break
+    finally:
+        rx.close()
+    # over max_message_bytes: skipped by its declared length, its head kept
+    assert [(bytes(m.payload), m.nbytes, m.oversize) for m in got] == [
+        (b"abc", 3, False), (bytes(500), 500, True)]
+    # stamped by the injected clock (both may come off one read, before it advanced)
+    assert got[0].t_arrival == T0 and got[1].t_arrival in (T0, T0 + 1.0)
