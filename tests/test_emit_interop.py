@@ -76,7 +76,16 @@ def test_bursty_profile_bursts_and_stalls_when_the_profile_says(tmp_path: Path) 
     # the second burst never starts before its time, in the log and at the receiver
     t0 = by_seq[0]["t_sched"]
     assert by_seq[200]["t_first_byte"] >= by_seq[200]["t_sched"] - 0.002
-    assert arrival[200] - arrival[0] == pytest.approx(2.5, abs=0.1)
+    # 2.5 s between the bursts' first messages: exact in the schedule; the sends follow
+    # it (never early, late by what the emitter's log records on a busy machine), and
+    # the receiver sees the sends' spacing, give or take its thread's wake-up delay on
+    # a loaded 2-core machine. How late the emitter runs is a benchmark, not a test.
+    assert by_seq[200]["t_sched"] - t0 == pytest.approx(2.5, abs=0.02)
+    sent = by_seq[200]["t_first_byte"] - by_seq[0]["t_first_byte"]
+    late0 = by_seq[0]["t_first_byte"] - t0
+    assert sent >= 2.5 - late0 - 0.01
+    assert arrival[200] - arrival[0] >= 2.5 - late0 - 0.05
+    assert arrival[200] - arrival[0] == pytest.approx(sent, abs=0.25)
     # the stall is where the profile put it. A burst that ran late on a busy machine
     # eats into the silence, never adds to it: the message still being sent at the
     # boundary slows to the stall phase's 10 Mbit/s cap, as on a real link, and
