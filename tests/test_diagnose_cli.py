@@ -83,3 +83,20 @@ def test_investigate_root_hints_at_its_runs(tmp_path: Path, capsys: pytest.Captu
     write_run_dir(SCENARIOS["network"], tmp_path / "socket")
     code, _, err = run_cli(["diagnose", str(tmp_path)], capsys)
     assert code == 2 and "it holds run directories: random, socket" in err
+
+
+def test_several_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A glob that matches two runs diagnoses both; one that is not a run dir stops
+    everything first (exit 2, naming it)."""
+
+    a = write_run_dir(SCENARIOS["consumer"], tmp_path / "a")
+    b = write_run_dir(SCENARIOS["network"], tmp_path / "b")
+    code, out, _ = run_cli(["diagnose", str(a), str(b), "--quiet", "--no-plots"], capsys)
+    assert code == 0
+    assert out.splitlines() == [f"{a}: verdict: consumer (confidence 0.98)",
+                                f"{b}: verdict: network (confidence 0.99), cause link"]
+    code, out, _ = run_cli(["diagnose", str(a), str(b), "--json", "--no-plots"], capsys)
+    assert [r["verdict"] for r in json.loads(out)] == ["consumer", "network"]
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["diagnose", str(a), str(tmp_path / "empty"), "--quiet"], capsys)
+    assert code == 2 and "empty" in err and "1 of 2" in err

@@ -231,3 +231,21 @@ def test_emit_flags_close_and_url_spread_and_the_warnings_on_stderr(capsys: Any)
     rc, _, err = run_main(["emit", "--profile", "steady", "--close", "sudden", "--dry-run"],
                           capsys)
     assert rc == 2 and "sudden" in err
+
+
+def test_dry_run_into_a_pipe_closed_early_exits_quietly() -> None:
+    """`emit --dry-run | head -1`: the reader leaving is not an error (exit 0, no traceback)."""
+    proc = subprocess.Popen([sys.executable, "-m", "simstream", "emit", "--profile", "bursty", "--count", "5000",
+                             "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"rank")
+    proc.stdout.close()
+    try:
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 0, err
+    finally:
+        proc.kill()
+        proc.stderr.close()
+        proc.wait(timeout=10)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

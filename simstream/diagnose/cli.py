@@ -72,30 +72,51 @@ def _selftest(quiet: bool) -> int:
     return 1 if bad else 0
 
 
+def _quiet_line(report: dict[str, Any]) -> str:
+    cause = f", cause {report['cause']}" if report.get("cause") else ""
+    return (f"verdict: {report['verdict']} (confidence {report['confidence']:.2f}){cause}"
+            + (" [consumer-side data only]" if report["evidence"].get("consumer_side_only") else ""))
+
+
 @click.command("diagnose")
-@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
-@click.option("--quiet", is_flag=True, help="print only the verdict line")
-@click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--quiet", is_flag=True, help="print only the verdict line (per directory)")
+@click.option("--json", "as_json", is_flag=True,
+              help="print report.json to stdout (a JSON list of them for several directories)")
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots (faster); the reports keep the rest")
 @click.option("--selftest", is_flag=True,
               help="simulate one run per bottleneck and check the verdicts (no DIR needed)")
-def diagnose(run_dir: Path | None, quiet: bool, as_json: bool, no_plots: bool, selftest: bool) -> None:
-    """Name the bottleneck of a run directory (network, parse, queue or consumer)
-    from its measurements, and write report.json, report.md, report.html,
-    trace.json and plots/ into it. The profile is never read to decide.
-    Exit status 2 when DIR is not a run directory."""
+def diagnose(run_dirs: tuple[Path, ...], quiet: bool, as_json: bool, no_plots: bool, selftest: bool) -> None:
+    """Name the bottleneck of each run directory DIR... (network, parse, queue or
+    consumer) from its measurements, and write report.json, report.md,
+    report.html, trace.json and plots/ into it. The profile is never read to
+    decide. Exit status 2 when a DIR is not a run directory (checked for all
+    before any is diagnosed)."""
     if selftest:
         sys.exit(_selftest(quiet))
-    if run_dir is None:
+    if not run_dirs:
         raise UsageError("diagnose needs a run directory (or --selftest)")
+    from simstream.diagnose.load import NotARunDir, load_run
     from simstream.diagnose.report import diagnose_run
 
-    report = diagnose_run(run_dir, plots=not no_plots)
+    if len(run_dirs) > 1:
+        bad = []
+        for d in run_dirs:
+            try:
+                load_run(d)
+            except NotARunDir as e:
+                bad.append(str(e))
+        if bad:
+            raise NotARunDir(f"{len(bad)} of {len(run_dirs)} directories are not run directories: "
+                             + "; ".join(bad))
+    reports = [diagnose_run(d, plots=not no_plots) for d in run_dirs]
     if as_json:
-        click.echo(json.dumps(report, indent=2))
-    elif quiet:
-        cause = f", cause {report['cause']}" if report.get("cause") else ""
-        click.echo(f"verdict: {report['verdict']} (confidence {report['confidence']:.2f}){cause}"
-                   + (" [consumer-side data only]" if report["evidence"].get("consumer_side_only") else ""))
-    else:
-        _print_report(report)
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+        return
+    for d, report in zip(run_dirs, reports, strict=True):
+        if quiet:
+            click.echo(_quiet_line(report) if len(reports) == 1 else f"{d}: {_quiet_line(report)}")
+        else:
+            if len(reports) > 1:
+                click.echo(f"== {d}")
+            _print_report(report)

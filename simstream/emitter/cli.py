@@ -279,7 +279,13 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     if log_path is not None:
         check_log_file(log_path)
     if dry_run:
-        _dry_run(p, log_path)
+        try:
+            _dry_run(p, log_path)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # the reader left (`emit --dry-run | head`): that is the reader's choice,
+            # not an error; point stdout at devnull so the interpreter's exit flush is quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
     if _endless(p) and not sys.stderr.isatty():
         click.echo("emit: the profile never stops; Ctrl-C (SIGINT) ends it", err=True)
