@@ -405,6 +405,20 @@ class NetworkConditions(_Model):
     )
 
 
+    @field_validator("trace")
+    @classmethod
+    def _trace_is_a_file(cls, v: str | None) -> str | None:
+        # stat only, as replay_path: the content is parsed when a testbed starts
+        if v is not None:
+            try:
+                st = os.stat(v)
+            except OSError:
+                return v  # reported, with the reason, when the link emulator reads it
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{_short(v)} is {_file_kind(st.st_mode)}, not a regular file")
+        return v
+
+
 class NetworkOverride(_Model):
     """Per-phase overrides of the base network conditions (unset = inherit)."""
 

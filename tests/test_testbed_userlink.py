@@ -264,3 +264,21 @@ def test_verify_reads_round_trips_from_tcp_timestamps(tmp_path: Path) -> None:
     data, acks = sorted(tcp_flows(path, 12321), key=lambda f: -f.payload_bytes)
     got = receiver_rtts(data, acks)
     assert [round(r, 6) for _, r in got] == [0.04, 0.04, 0.1, 0.04, 0.04]
+
+
+@pytest.mark.netns
+def test_a_bad_trace_is_a_usage_error_before_anything_is_made(offer: KernelOffer,
+                                                              tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from simstream.errors import UsageError
+    from simstream.testbed import cli as tb_cli
+
+    (tmp_path / "bad.csv").write_text("time_s,mbps\n0,ten\n")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(f"name: t\nnetwork: {{trace: {tmp_path / 'bad.csv'}}}\n")
+    r = CliRunner().invoke(tb_cli.testbed, ["up", "--name", "badtrace", "--profile", str(prof),
+                                            "--detach"])
+    # UsageError: the command line's exit status 2
+    assert isinstance(r.exception, UsageError) and "bad.csv line 2" in str(r.exception), r.output
+    assert not leftovers("badtrace").namespaces

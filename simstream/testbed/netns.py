@@ -28,7 +28,8 @@ interfaces, routes and default route are never touched. A SIGKILLed run leaves
 its namespaces behind; ``cleanup_all()`` (``testbed down --all``) finds them by
 the ``ssb-`` prefix.
 
-Raises: ``NotPrivileged`` (no root / CAP_NET_ADMIN), ``TestbedError`` (a
+Raises: ``NotPrivileged`` (no root / CAP_NET_ADMIN), ``UsageError`` (a link-emulator
+trace that cannot be read), ``TestbedError`` (a
 command failed; everything created so far is removed first).
 """
 
@@ -47,6 +48,7 @@ from types import FrameType
 from typing import Any
 
 from simstream import clock
+from simstream.errors import UsageError
 from simstream.profile import NetworkConditions, NetworkOverride, Phase, Profile
 from simstream.testbed import linkfwd, tc, userlink
 from simstream.testbed.detect import PREFIX, KernelOffer, probe, run_cmd
@@ -256,8 +258,8 @@ class Testbed:
                     f"shape a named interface ({self.emulator_why}); set network.emulator: tc")
             try:
                 self._link_phases()
-            except ValueError as e:
-                raise TestbedError(str(e)) from None
+            except ValueError as e:  # a trace file that cannot be read or parsed
+                raise UsageError(str(e)) from None
         try:
             if self.explicit_iface is None:
                 self._make_namespaces()
