@@ -20,6 +20,8 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.panel import Panel
 
     con = Console()
+    # a terminal gets lines fitted to its width; a pipe or a file gets each line whole
+    con.soft_wrap = not con.is_terminal
     colour = {"network": "magenta", "parse": "yellow", "queue": "cyan", "consumer": "green"}.get(
         report["verdict"], "white")
     ev = report["evidence"]

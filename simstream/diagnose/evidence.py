@@ -394,8 +394,10 @@ def _device(run: RunData, base: _Base, waits: tuple[np.ndarray, np.ndarray],
     idle_total = _measure(*idle)
     on_empty = _intersection_measure(idle, waits) if idle_total > 0 else 0.0
     series["compute_union"] = (cs, ce)
+    dev = str(run.summary.get("device") or "").lower()
+    name = "GPU" if dev.startswith(("cuda", "gpu")) else "CPU" if dev.startswith("cpu") else "device"
     return DeviceFigures(
-        source=src, busy_compute_share=_r(busy_c / span), busy_any_stream_share=_r(_measure(as_, ae) / span),
+        source=src, name=name, busy_compute_share=_r(busy_c / span), busy_any_stream_share=_r(_measure(as_, ae) / span),
         busy_compute_share_by_device=by_device, idle_gaps=_dist(gaps), idle_s=_r(idle_total),
         idle_share_waiting_on_empty_q1=_r(on_empty / idle_total) if idle_total > 0 else None,
         streams_overlap=streams_overlap)

@@ -116,6 +116,8 @@ class DeviceFigures:
     """The inference device's timeline (a GPU, or the host for a CPU run)."""
 
     source: str = ""
+    #: what ran the inference stage, as the report names it: "GPU", "CPU" or "device"
+    name: str = "device"
     busy_compute_share: float | None = None
     busy_any_stream_share: float | None = None
     busy_compute_share_by_device: list[float | None] | None = None
@@ -305,6 +307,7 @@ def figures_json(f: Figures) -> dict[str, Any]:
         "loop_wait_on_empty_q1_s": f.loop.wait_on_empty_q1_s,
         "upstream_busy_share": f.upstream.busy_share,
         "gpu_source": d.source,
+        "device": d.name,
     }
     if d.busy_compute_share_by_device is not None:
         out["gpu_busy_compute_share_by_device"] = list(d.busy_compute_share_by_device)

@@ -85,7 +85,7 @@ def key_evidence(f: Figures) -> list[str]:
         f"inference loop busy {_pc(f.loop.busy_share)} (waited on an empty Q1 the rest)"
         + _loop_split(f.loop.time_s)
         + f"; receiver-side parser threads busy {_pc(f.upstream.busy_share)}",
-        f"GPU busy {_pc(dev.busy_any_stream_share)} (compute {_pc(dev.busy_compute_share)}); "
+        f"{dev.name} busy {_pc(dev.busy_any_stream_share)} (compute {_pc(dev.busy_compute_share)}); "
         f"idle gaps p50 {_num(gaps.p50_ms, ' ms')}, p90 {_num(gaps.p90_ms, ' ms')}, "
         f"max {_num(gaps.max_ms, ' ms')} ({gaps.count} gaps); "
         f"{_pc(dev.idle_share_waiting_on_empty_q1)} of idle time waiting on an empty Q1",

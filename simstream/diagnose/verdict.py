@@ -292,8 +292,9 @@ def summary_text(f: Figures, verdict: str, confidence: float, cause: Cause | Non
         f"The consumer processed {f.counts.batches_processed} batches at "
         f"{_fmt_rate(f.arrivals.throughput_bps)} against a capacity of {_fmt_rate(f.capacity.bps)}; "
         f"arrivals came at {_fmt_rate(f.arrivals.rate_bps)}. "
-        f"The GPU was busy {busy:.0%} of the time; Q1 was on average {_v(q1.mean_occupancy):.0%} full, "
+        f"The {f.device.name} was busy {busy:.0%} of the time (the share of the run any of its streams "
+        f"worked: H2D, compute or D2H); Q1 was on average {_v(q1.mean_occupancy):.0%} full, "
         f"empty {_v(q1.share_empty):.0%} and under 30 % {_v(q1.share_under_30pct):.0%} of the time; "
-        f"{_v(f.device.idle_share_waiting_on_empty_q1):.0%} of the GPU's idle time was spent waiting on an "
+        f"{_v(f.device.idle_share_waiting_on_empty_q1):.0%} of the {f.device.name}'s idle time was spent waiting on an "
         "empty Q1."
     )
