@@ -605,3 +605,28 @@ def test_a_slow_message_holds_back_the_others_for_parse_hold_s_only() -> None:
         assert release_slow.wait(30), f"the slow message held the others back: {put}"
         feeder.finish()
     assert put == [0, 2, 3, 1] and feeder.overtaken == 2
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not CAN_MOUNT or shutil.which("ip") is None, reason="needs root and iproute2")
+def test_testbed_down_ends_the_processes_inside_its_namespaces() -> None:
+    ns = "ssb-hdown-prod"
+    if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    sleeper = None
+    try:
+        sleeper = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "120"])
+        deadline = time.monotonic() + 10
+        while not subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                 text=True).stdout.strip():
+            assert time.monotonic() < deadline, "the process did not start in the namespace"
+            time.sleep(0.05)
+        assert cli(["testbed", "down", "hdown"]) == 0
+        assert sleeper.wait(10) == -signal.SIGTERM  # ended, not left running
+        assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                        text=True).stdout
+    finally:
+        if sleeper is not None and sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait(5)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)

@@ -135,8 +135,9 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
         sys.exit(e.exit_code)
     _print_verdict(result)
     if result.interrupted is not None:
+        what = "records and report" if result.report else "records (too few for a report)"
         click.echo(f"interrupted by {signal.Signals(result.interrupted).name}: the run was "
-                   f"cut short; its records and report are in {result.out_dir}", err=True)
+                   f"cut short; its {what} are in {result.out_dir}", err=True)
         sys.exit(128 + result.interrupted)
     if result.verify_failed:
         click.echo("capture verification FAILED: see verify.json and report.md", err=True)
