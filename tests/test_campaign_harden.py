@@ -423,7 +423,7 @@ def test_run_stops_in_order_on_sigint_to_its_process_group(tmp_path: Path) -> No
 
 
 @pytest.mark.integration
-def test_children_die_with_a_killed_runner_and_a_killed_consumer_is_diagnosed(tmp_path: Path) -> None:
+def test_a_consumer_killed_mid_run_is_reaped_and_diagnosed(tmp_path: Path) -> None:
     prof = tmp_path / "sig.yaml"
     prof.write_text(SIG_PROFILE)
     out = tmp_path / "run"
@@ -443,21 +443,47 @@ def test_children_die_with_a_killed_runner_and_a_killed_consumer_is_diagnosed(tm
     report = json.loads((out / "report.json").read_text())  # rebuilt from the CSV files
     assert report["cut_short"] and report["summary"].startswith("The run was cut short")
     assert _pids_naming(str(out)) == []
-    # a runner killed outright: its children get SIGTERM from the kernel and stop
-    out2 = tmp_path / "run2"
-    p = _simstream(["run", "--profile", str(prof), "--out", str(out2)])
+
+
+CHILD_OF_KILLED_PARENT = r'''
+import sys, time
+from pathlib import Path
+from simstream.runner.procs import Child
+# the runner's way of starting a child; the child runs simstream's entry point
+child = Child("sleeper", [sys.executable, "-c",
+    "from simstream.runner.procs import die_with_parent_from_env as d; d(); "
+    "import time; time.sleep(60)"], Path(sys.argv[1]))
+print(child.proc.pid, flush=True)
+time.sleep(60)
+'''
+
+
+def test_a_child_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    """What keeps a SIGKILLed runner from orphaning its consumer and emitter."""
+    parent = subprocess.Popen([sys.executable, "-c", CHILD_OF_KILLED_PARENT,
+                               str(tmp_path / "child.log")], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
-        _wait_rows(out2 / "messages.csv", 5, p)
-        p.kill()
-        p.communicate(timeout=10)
-        deadline = time.monotonic() + 40
-        while _pids_naming(str(out2)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _pids_naming(str(out2)) == []
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)  # the child sets its death signal first thing
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            state = Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        alive = Path(f"/proc/{child}").exists() and Path(
+            f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        assert not alive, "the child outlived its SIGKILLed parent"
     finally:
-        for q in _pids_naming(str(out2)):
-            os.kill(q, signal.SIGKILL)
-    assert json.loads((out2 / "summary.json").read_text())["received"] >= 5
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)
+        if parent.stdout is not None:
+            parent.stdout.close()
 
 
 @pytest.mark.integration
