@@ -146,7 +146,7 @@ def test_recommendations_are_quantitative(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 # property: generated scenarios whose bottleneck is known by construction
 
-KINDS = ("network", "parse_loop", "parse_receiver", "queue_get", "queue_put", "consumer")
+KINDS = ("network", "receive", "parse_loop", "parse_receiver", "queue_get", "queue_put", "consumer")
 
 
 @st.composite
@@ -179,6 +179,15 @@ def scenarios(draw: st.DrawFn, kinds: tuple[str, ...] = KINDS) -> tuple[str, Sce
             rate = 1.0 / send_s
             phases = [("capped", 1.0, None)]
         sc = Scenario(phases=phases, parse_ms=min(fast_parse, 0.3 * 1000 / rate), **common)
+        expect = "network"
+        kind = f"network-{pattern}"
+    elif kind == "receive":
+        # the receiver's reads and copies cost several loop cycles a message: it holds the
+        # producer back while Q1 sits empty
+        recv = gpu_cycle * draw(st.floats(3.0, 8.0))
+        rate = 1000.0 / recv
+        sc = Scenario(phases=[("unpaced", 1.0, None)], recv_ms=recv, parse_ms=min(fast_parse, 0.3 * recv),
+                      **common)
         expect = "network"
     elif kind == "parse_loop":
         parse = gpu_cycle * draw(st.floats(3.0, 8.0))
@@ -220,9 +229,16 @@ def test_property_verdict_matches_built_in_bottleneck(case: tuple[str, Scenario]
     expect, sc = case
     d = tmp_path / "run"
     shutil.rmtree(d, ignore_errors=True)
-    v, c, ev = verdict_of(sc, d)
+    rep = diagnose_run(write_run_dir(sc, d), plots=False, trace=False)
+    v, c, ev = rep["verdict"], rep["confidence"], rep["evidence"]
     assert v == expect, (sc, ev["loop_busy_share"], ev["upstream_busy_share"], ev["per_batch_ms"])
     assert 0.0 <= c <= 1.0
+    # the network cause built in: a cap is the link, a slow receiver the receive path, an
+    # emitter offering well under the capacity (steady or in bursts) the producer
+    want_cause = {"network-capped": "link", "receive": "receive", "network-steady": "producer",
+                  "network-bursty": "producer"}.get(sc.name)
+    if want_cause:
+        assert rep["cause"] == want_cause, (sc, rep["cause_evidence"])
 
 
 @pytest.mark.parametrize(("name", "detail"), [("network", "link"), ("bursty-network", "producer")])
