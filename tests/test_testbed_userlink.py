@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -207,6 +208,7 @@ def test_sigkill_of_the_owner_takes_forwarder_and_namespaces_with_it(
         while leftovers("ulkill").namespaces and time.monotonic() < deadline:
             time.sleep(0.1)
         _nothing_left("ulkill")
+        assert not list(Path(tempfile.gettempdir()).glob("ssb-ulkill-*"))
     finally:
         if p.poll() is None:
             p.kill()

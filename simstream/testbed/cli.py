@@ -38,6 +38,7 @@ from simstream.testbed.netns import (
     namespace_names,
     validate_name,
 )
+from simstream.testbed.userlink import forwarder_pids
 
 # An open-ended foreground run still ends: a day at most.
 MAX_FOREGROUND_S = 86_400.0
@@ -263,6 +264,8 @@ def status() -> None:
                       PRODUCER_IFACE])
         for line in cp.stdout.splitlines():
             click.echo(f"  {line.strip()}")
+        for pid in forwarder_pids(ns):
+            click.echo(f"  user-space link emulator: forwarder pid {pid} (ssb-prod <-> ssb-cons)")
     for ns in others:
         click.echo(f"leftover namespace {ns} (simstream testbed down --all)")
     for ln in found.links:

@@ -475,6 +475,7 @@ class Link:
         self._heap: list[_InFlight] = []  # delay stage, reordering allowed
         self._last_due = -math.inf
         self.params = params
+        self._jitter = JitterModel(params.delay_ms, params.jitter_ms, params.distribution)
         self._rate: _BucketRate | _OpportunityRate | _PiecewiseRate | None = None
         self._t0 = t0
         self._make_rate(params, t0)
@@ -501,6 +502,7 @@ class Link:
             return
         old = self.params
         self.params = params
+        self._jitter = JitterModel(params.delay_ms, params.jitter_ms, params.distribution)
         if (params.trace, params.rate_mbps, params.burst_bytes) != (
                 old.trace, old.rate_mbps, old.burst_bytes):
             self._make_rate(params, now)
@@ -562,7 +564,7 @@ class Link:
                 self._queued_bytes += size
                 st.max_queue_packets = max(st.max_queue_packets, len(self._queue))
                 st.max_queue_bytes = max(st.max_queue_bytes, self._queued_bytes)
-        due = release + JitterModel(p.delay_ms, p.jitter_ms, p.distribution).draw_s(self.rng)
+        due = release + self._jitter.draw_s(self.rng)
         self._seq += 1
         if p.reorder:
             heapq.heappush(self._heap, _InFlight(due, self._seq, item, size))

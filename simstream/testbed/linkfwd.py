@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ready": False, "error": f"bad --params: {e}"}), flush=True)
         return 2
     fwd: Forwarder | None = None
+    why = ""
     try:
         fd_prod = open_tun(a.prod_iface)
         fd_cons = open_tun(a.cons_iface)
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ready": False, "error": str(e)}), flush=True)
         return 1
     finally:
-        if fwd is not None and a.stats_file:
+        # an orphan's counters have no reader: leave no file behind
+        if fwd is not None and a.stats_file and why != "orphan":
             with open(a.stats_file, "w") as f:
                 json.dump(fwd.stats(), f)
     return 0

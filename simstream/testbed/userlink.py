@@ -29,6 +29,7 @@ __all__ = [
     "USER_LINK_ONLY",
     "Forwarder",
     "choose_emulator",
+    "forwarder_pids",
     "link_params",
 ]
 
@@ -124,8 +125,9 @@ class Forwarder:
         argv = ["ip", "netns", "exec", producer_ns, sys.executable, "-m",
                 "simstream.testbed.linkfwd", "--peer-ns", consumer_ns,
                 "--prod-iface", prod_iface, "--cons-iface", cons_iface,
-                "--params", json.dumps({"p2c": p2c.to_json(), "c2p": c2p.to_json()}),
-                "--stats-file", str(stats_file)]
+                "--params", json.dumps({"p2c": p2c.to_json(), "c2p": c2p.to_json()})]
+        if not detached:  # nobody reads a detached forwarder's counters: no file left behind
+            argv += ["--stats-file", str(stats_file)]
         if seed is not None:
             argv += ["--seed", str(seed)]
         if not detached:
@@ -207,3 +209,19 @@ class Forwarder:
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if f is not None:
                 f.close()
+
+
+def forwarder_pids(ns: str) -> list[int]:
+    """Pids of link forwarders running in network namespace ``ns``."""
+    from simstream.testbed.detect import run_cmd
+
+    out = []
+    for word in run_cmd(["ip", "netns", "pids", ns]).stdout.split():
+        try:
+            with open(f"/proc/{int(word)}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (ValueError, OSError):
+            continue
+        if b"simstream.testbed.linkfwd" in argv:
+            out.append(int(word))
+    return out
