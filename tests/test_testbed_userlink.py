@@ -186,8 +186,11 @@ def test_plain_sockets_see_the_round_trip_and_tcp_is_held_to_window_over_rtt(
 
 @pytest.mark.netns
 @pytest.mark.integration
-def test_sigkill_of_the_owner_takes_forwarder_and_namespaces_with_it(
-        offer: KernelOffer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killing_the_owner_takes_forwarder_and_namespaces_with_it(
+        offer: KernelOffer, tmp_path: Path, sig: int) -> None:
+    # SIGINT: the owner's teardown ends the forwarder; SIGKILL: the forwarder sees its
+    # control pipe close and removes the namespaces itself
     prof = tmp_path / "p.yaml"
     prof.write_text("name: k\nnetwork: {latency_ms: 5, emulator: user-link}\n")
     p = subprocess.Popen([PY, "-m", "simstream", "testbed", "up", "--name", "ulkill",
@@ -202,8 +205,8 @@ def test_sigkill_of_the_owner_takes_forwarder_and_namespaces_with_it(
                 break
         assert "layout: user-link\n" in lines, lines
         assert leftovers("ulkill").namespaces
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=10)
+        p.send_signal(sig)
+        p.wait(timeout=20)
         deadline = time.monotonic() + 10
         while leftovers("ulkill").namespaces and time.monotonic() < deadline:
             time.sleep(0.1)
