@@ -162,12 +162,23 @@ def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
     dur = duration or profile.stop.duration_s or 30.0
     try:
         extra = _ray_args(ray_address, queue_backend)
-        rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur,
-                          consumer_args=extra)
-        sock = run_profile(profile_path, root / "socket", duration_s=dur, consumer_args=extra)
+        with orderly_signals():
+            rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur,
+                              consumer_args=extra)
+            if rnd.interrupted is None:
+                sock = run_profile(profile_path, root / "socket", duration_s=dur,
+                                   consumer_args=extra)
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except Interrupted as e:
+        click.echo(f"{e}: stopped; what was recorded is in {root}", err=True)
+        sys.exit(e.exit_code)
+    stopped = rnd.interrupted if rnd.interrupted is not None else sock.interrupted
+    if stopped is not None:
+        click.echo(f"interrupted by {signal.Signals(stopped).name}: the investigation was cut "
+                   f"short; what was recorded is in {root}", err=True)
+        sys.exit(128 + stopped)
     from simstream.diagnose import compare_report
 
     cmp = compare_report(rnd.out_dir, sock.out_dir, root)
