@@ -98,6 +98,16 @@ class _Progress:
         self.live.update(t)
 
 
+def _new_default_dir() -> Path:
+    """runs/consume-<timestamp>, with -2, -3... when one of that second exists."""
+    base = Path("runs") / f"consume-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
 @click.command("consume")
 @click.option("--profile", "profile_path", default=None,
               help="profile file or bundled name (its consumer: section)")
@@ -144,7 +154,7 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
         "queue.backend": queue_backend, "ray.address": ray_address, "count": count, "duration_s": duration,
         "idle_timeout_s": idle_timeout,
     })
-    out = out_dir or Path("runs") / f"consume-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out = out_dir or _new_default_dir()
     if not in_run:
         prepare_run_dir(out, force=force)
 

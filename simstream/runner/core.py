@@ -75,8 +75,15 @@ class RunResult:
 
 
 def default_out_dir(profile: Profile, root: Path = Path("runs"), suffix: str = "") -> Path:
+    """A new run directory's path: ``root/<profile>-<timestamp><suffix>``, with ``-2``,
+    ``-3``... when one of that second already exists (a run directory holds one run)."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{profile.name}-{stamp}{suffix}"
+    base = root / f"{profile.name}-{stamp}{suffix}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def run_duration_s(profile: Profile) -> float:
