@@ -9,6 +9,13 @@ pair of runs is measured back to back in one invocation; the figure is the ratio
 
 Writes ``results.json`` and ``results.md`` to --out and prints the table. The
 runs themselves (with their reports) stay under --out/<case>/{random,socket}.
+
+``--layouts production,fast`` runs the socket side once per consumer layout
+(``consumer.layout``) against the same random run; ``--streams N`` gives the
+emitter N ranks in N processes: all on one address for ``production``, one
+address each for ``fast`` (one socket and receiver thread per address). The
+socket run of the first layout keeps the directory name ``socket``; the others
+are ``socket-<layout>``.
 """
 
 from __future__ import annotations
@@ -32,10 +39,16 @@ def _rate(summary: dict[str, Any]) -> float:
     return float(t.get("samples_per_s") or 0.0)
 
 
-def _case(args: argparse.Namespace, model: dict[str, Any], label: str, out: Path) -> dict[str, Any]:
+def _profile(args: argparse.Namespace, model: dict[str, Any], label: str, layout: str) -> Any:
     base = load_profile(find_profile(args.profile))
     shape = [int(x) for x in args.shape.split(",")]
-    prof = base.with_overrides({
+    n = args.streams
+    spread = {}
+    if layout == "fast" and n > 1:
+        # placeholders: the runner binds free ports, one per address, and spreads the ranks
+        spread = {"transport.urls": [f"tcp://127.0.0.1:{12321 + i}" for i in range(n)],
+                  "transport.url_spread": "rank"}
+    return base.with_overrides({
         "name": f"svr-{label}",
         "source.batch_size": args.batch,
         "source.shape": shape,
@@ -48,24 +61,46 @@ def _case(args: argparse.Namespace, model: dict[str, Any], label: str, out: Path
         "timeline.phases": [{"name": "unpaced", "rate_hz": None}],
         "network.bandwidth_mbps": None,
         "stop.duration_s": args.seconds,
+        "transport.ranks": n,
+        "transport.processes": n,
+        **spread,
         "consumer": {**base.model_dump()["consumer"], "model": model, "buffers": args.buffers,
-                     "device": args.device, "queue": {"maxsize": 8}},
+                     "device": args.device, "queue": {"maxsize": 8}, "layout": layout},
     })
+
+
+def _case(args: argparse.Namespace, model: dict[str, Any], label: str, out: Path) -> list[dict[str, Any]]:
+    shape = [int(x) for x in args.shape.split(",")]
     out.mkdir(parents=True, exist_ok=True)
+    layouts = args.layouts.split(",")
     path = out / "profile.yaml"
-    path.write_text(dump_profile(prof))
+    path.write_text(dump_profile(_profile(args, model, label, layouts[0])))
     rnd = run_profile(path, out / "random", mode="random", duration_s=args.seconds)
-    sock = run_profile(path, out / "socket", duration_s=args.seconds)
-    r_rate, s_rate = _rate(rnd.summary), _rate(sock.summary)
+    rows = []
+    for i, layout in enumerate(layouts):
+        if i:
+            path = out / f"profile-{layout}.yaml"
+            path.write_text(dump_profile(_profile(args, model, label, layout)))
+        sock = run_profile(path, out / ("socket" if i == 0 else f"socket-{layout}"),
+                           duration_s=args.seconds)
+        rows.append(_row(args, model, label, shape, layout, rnd.summary, sock))
+    return rows
+
+
+def _row(args: argparse.Namespace, model: dict[str, Any], label: str, shape: list[int],
+         layout: str, rnd_summary: dict[str, Any], sock: Any) -> dict[str, Any]:
+    r_rate, s_rate = _rate(rnd_summary), _rate(sock.summary)
     row = {
         "case": label,
+        "layout": layout,
+        "streams": args.streams,
         "model": model,
         "batch": args.batch,
         "shape": shape,
         "random_samples_per_s": r_rate,
         "socket_samples_per_s": s_rate,
         "ratio": s_rate / r_rate if r_rate else None,
-        "random_gpu_busy": rnd.summary.get("gpu_busy_fraction"),
+        "random_gpu_busy": rnd_summary.get("gpu_busy_fraction"),
         "socket_gpu_busy": sock.summary.get("gpu_busy_fraction"),
         "socket_verdict": sock.report.get("verdict"),
         "socket_accounting": {k: sock.summary.get(k) for k in
@@ -91,6 +126,11 @@ def main() -> None:
     p.add_argument("--synthetic-ms", type=float, nargs="*", default=[],
                    help="also run the synthetic model at these ms per batch")
     p.add_argument("--no-peaknet", action="store_true")
+    p.add_argument("--layouts", default="production",
+                   help="consumer layouts to run the socket side with, comma-separated "
+                        "(production, fast)")
+    p.add_argument("--streams", type=int, default=1,
+                   help="emitter ranks (one process each); fast: one address each")
     args = p.parse_args()
 
     cases = []
@@ -98,19 +138,21 @@ def main() -> None:
         cases.append((f"peaknet-{args.size}", {"kind": "peaknet", "size": args.size}))
     for ms in args.synthetic_ms:
         cases.append((f"synthetic-{ms:g}ms", {"kind": "synthetic", "compute_ms": ms}))
-    rows = [_case(args, model, label, args.out / label) for label, model in cases]
+    rows = [r for label, model in cases for r in _case(args, model, label, args.out / label)]
 
     lines = [
         f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}",
         "",
-        "| case | batch x shape | random samples/s | socket samples/s | socket / random | GPU busy random / socket | socket MB/s | verdict (socket) |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
+        f"emitter: {args.streams} rank(s) in as many processes",
+        "",
+        "| case | layout | batch x shape | random samples/s | socket samples/s | socket / random | GPU busy random / socket | socket MB/s | verdict (socket) |",
+        "| --- | --- | --- | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in rows:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "n/a"
         busy = f"{(r['random_gpu_busy'] or 0):.1%} / {(r['socket_gpu_busy'] or 0):.1%}"
         lines.append(
-            f"| {r['case']} | {r['batch']}x{'x'.join(map(str, r['shape']))} | "
+            f"| {r['case']} | {r['layout']} | {r['batch']}x{'x'.join(map(str, r['shape']))} | "
             f"{r['random_samples_per_s']:.1f} | {r['socket_samples_per_s']:.1f} | {ratio} | {busy} | "
             f"{(r['socket_mb_per_s'] or 0):.0f} | {r['socket_verdict']} |"
         )

@@ -17,7 +17,8 @@ Layout, in the order a message meets it:
 - ``records``: the run directory (through ``simstream.records``);
 - the stages: ``context`` (``StageContext``: config, records, Q1, clock, stop;
   ``Q1Item``), ``ingest`` (receive, parse in the receiver or not, random
-  batches), ``inference`` (the engine loop, progress and the starvation warning),
+  batches), ``fast_ingest`` (``layout: fast``: one socket and receiver thread per
+  address, parsers putting straight into Q1), ``inference`` (the engine loop, progress and the starvation warning),
   ``summary`` (summary.json's run facts);
 - the runners, composing the stages and not each other: ``local_consumer``
   (threads of one process) and ``ray_consumer`` (receiver, Q1 shard and inference

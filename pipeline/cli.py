@@ -117,6 +117,10 @@ def _new_default_dir() -> Path:
 @click.option("--connect", default=None, help="address of a server-role emitter to connect to")
 @click.option("--transport", type=click.Choice(["zmq", "nng", "tcp"]), default=None)
 @click.option("--mode", type=click.Choice(["socket", "random"]), default=None)
+@click.option("--layout", type=click.Choice(["production", "fast"]), default=None,
+              help="receive layout (consumer.layout): production (default: one socket and "
+                   "receiver thread, in-order feeder, as production) or fast (one socket "
+                   "and receiver thread per --bind, parsers straight into Q1)")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
 @click.option("--buffers", type=click.IntRange(1, 16), default=None, help="N-way buffering")
 @click.option("--parse-in", "parse_in", type=click.Choice(["receiver", "actor"]), default=None)
@@ -138,6 +142,7 @@ def _new_default_dir() -> Path:
               help="--out was prepared by `simstream run` (it holds the run's profile)")
 def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None,
             transport: str | None, mode: str | None, device: str | None, buffers: int | None,
+            layout: str | None,
             parse_in: str | None, parser_threads: int | None, queue_backend: str | None,
             ray_address: str | None, count: int | None, duration: float | None, idle_timeout: float | None,
             out_dir: Path | None, force: bool = False, in_run: bool = False) -> None:
@@ -149,7 +154,7 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
     _check_flag_url("--connect", connect)
     profile = load_profile(find_profile(profile_path)) if profile_path else None
     cfg = consumer_config(profile, {
-        "bind": (bind[0] if len(bind) == 1 else list(bind)) if bind else None, "connect": connect, "transport": transport, "mode": mode, "device": device,
+        "bind": (bind[0] if len(bind) == 1 else list(bind)) if bind else None, "connect": connect, "transport": transport, "mode": mode, "layout": layout, "device": device,
         "buffers": buffers, "parse_in": parse_in, "parser_threads": parser_threads,
         "queue.backend": queue_backend, "ray.address": ray_address, "count": count, "duration_s": duration,
         "idle_timeout_s": idle_timeout,
@@ -182,7 +187,7 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
 
     where = (f"{cfg.role} {cfg.transport} {', '.join(cfg.urls)}" if cfg.mode == "socket"
              else "random mode")
-    click.echo(f"consumer: {where}, parse in {cfg.parse_in}, Q1 {cfg.queue.backend} "
+    click.echo(f"consumer: {where}, layout {cfg.layout}, parse in {cfg.parse_in}, Q1 {cfg.queue.backend} "
                f"({cfg.queue.maxsize} batches), {cfg.buffers} buffers, model {cfg.model.kind}, "
                f"out {out}", err=True)
     try:

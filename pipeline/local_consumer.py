@@ -5,7 +5,9 @@ another process or in Ray shard actors).
 Threads, in the order a batch meets them (``pipeline.ingest``, ``pipeline.inference``):
 
 - receiver (socket mode) with its parser pool and in-order feeder (``parse_in:
-  receiver``), or putting raw bytes into Q1 (``parse_in: actor``);
+  receiver``), or putting raw bytes into Q1 (``parse_in: actor``); or, with
+  ``layout: fast``, one receiver per address and parsers putting straight into Q1
+  (``pipeline.fast_ingest``);
 - random producer (random mode): makes batches in host memory and puts them in Q1;
 - Q1 sampler: occupancy every ``sample_interval_ms``;
 - inference loop (the calling thread): Q1 -> engine.submit -> records.
@@ -29,6 +31,7 @@ from simstream.clock import now
 
 from .config import ConsumerConfig
 from .context import Clock, StageContext
+from .fast_ingest import RCVBUF_BYTES, merged_receiver_stats, parse_in_fast
 from .inference import InferenceLoop, build_engine, warm_up
 from .ingest import parse_in_actor, parse_in_receiver, producer_thread, random_producer
 from .q1 import Q1Sampler, make_q1
@@ -50,6 +53,7 @@ class _LocalResources:
         self.records: RunRecords | None = None
         self.q1: Any = None
         self.rx: Any = None
+        self.extra_rx: list[Any] = []  # layout fast: the sockets of the other addresses
         self.sampler: Q1Sampler | None = None
         self.ctx: StageContext | None = None
 
@@ -59,7 +63,8 @@ class _LocalResources:
         # build, but listen only once the engine is warm, so a producer started when
         # the port listens is not held back by the warm-up (it would show as blocking)
         if cfg.mode == "socket" and cfg.role == "bind":
-            check_bindable(cfg.url)
+            for url in cfg.urls:
+                check_bindable(url)
         if self.engine is None:
             self.engine = build_engine(cfg)
         if warmup:
@@ -68,7 +73,12 @@ class _LocalResources:
         # that connected meanwhile would be held back by a consumer not yet reading
         self.q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
                           cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
-        if cfg.mode == "socket":
+        if cfg.mode == "socket" and cfg.layout == "fast":
+            first, *rest = [open_receiver(cfg.transport, url, cfg.role, cfg.max_message_bytes,
+                                          cfg.rcvhwm, clock=clock, rcvbuf=RCVBUF_BYTES)
+                            for url in cfg.urls]
+            self.rx, self.extra_rx = first, rest
+        elif cfg.mode == "socket":
             self.rx = open_receiver(cfg.transport, cfg.url, cfg.role, cfg.max_message_bytes,
                                     cfg.rcvhwm, clock=clock)
             if cfg.binds_all_interfaces:
@@ -87,8 +97,9 @@ class _LocalResources:
                 self.ctx.parser.close()  # parse-isolation workers, if any
         if self.q1 is not None:
             self.q1.close()
-        if self.rx is not None:
-            self.rx.close()
+        for rx in [self.rx, *self.extra_rx]:
+            if rx is not None:
+                rx.close()
         if self.records is not None:
             with contextlib.suppress(Exception):
                 self.records.close({"end_reason": "error"})
@@ -97,11 +108,21 @@ class _LocalResources:
                 self.engine.close()
 
 
-def _start_ingest(ctx: StageContext, rx: Any) -> threading.Thread:
+def _start_ingest(ctx: StageContext, rx: Any, extra_rx: list[Any]) -> threading.Thread:
     if rx is None:
         return producer_thread(ctx, lambda: random_producer(ctx))
+    if ctx.cfg.layout == "fast":
+        return producer_thread(ctx, lambda: parse_in_fast(ctx, [rx, *extra_rx]))
     target = parse_in_receiver if ctx.cfg.parse_in == "receiver" else parse_in_actor
     return producer_thread(ctx, lambda: target(ctx, rx))
+
+
+def _receiver_record(cfg: ConsumerConfig, res: _LocalResources) -> dict[str, Any] | None:
+    if res.rx is None:
+        return None
+    if cfg.layout == "fast":
+        return merged_receiver_stats([res.rx, *res.extra_rx])
+    return dict(res.rx.stats.as_dict())
 
 
 def run_local_consumer(
@@ -123,7 +144,7 @@ def run_local_consumer(
     try:
         ctx = res.open(cfg, out_dir, stop, warmup, clock)
         t_start = clock()
-        producer = _start_ingest(ctx, res.rx)
+        producer = _start_ingest(ctx, res.rx, res.extra_rx)
         if ready is not None:
             ready.set()
         inference = InferenceLoop(ctx, on_progress)
@@ -146,7 +167,7 @@ def run_local_consumer(
             cfg, t_start=t_start, t_end=t_end, end_reason=ctx.end_reason, device=device,
             device_description=device_desc, q1_stats=res.q1.stats,
             reordered=inference.q1_reordered,
-            receiver=res.rx.stats.as_dict() if res.rx is not None else None,
+            receiver=_receiver_record(cfg, res),
             starvation_warnings=inference.starvation_warnings,
             clock_error_s=getattr(res.engine, "clock_error_s", 0.0),
             ray_address=getattr(res.q1, "address", None),

@@ -197,7 +197,7 @@ class ZmqReceiver(Receiver):
     """pyzmq PULL. ``role``: bind | connect."""
 
     def __init__(self, url: str, role: str, max_message_bytes: int, rcvhwm: int = 1000,
-                 clock: Callable[[], float] = now) -> None:
+                 clock: Callable[[], float] = now, rcvbuf: int | None = None) -> None:
         import zmq  # the consumer extra
 
         self._zmq = zmq
@@ -214,6 +214,8 @@ class ZmqReceiver(Receiver):
         # libzmq refuses a bigger message at its size header and drops that connection,
         # so an oversize message is never buffered (no count of its own: see disconnects)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if rcvbuf is not None:  # SO_RCVBUF of every connection (None: the kernel's autotuning)
+            self._sock.setsockopt(zmq.RCVBUF, rcvbuf)
         self._mon = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         host, port = split_url(url)
         # the kernel queues of the stream's TCP sockets: ours have the bound port as
@@ -307,8 +309,10 @@ class StreamReceiver(Receiver):
     """Length-prefixed messages over TCP (``kind`` tcp), or nng SP Pull0 (``kind`` nng)."""
 
     def __init__(self, kind: str, url: str, role: str, max_message_bytes: int,
-                 connect_timeout_s: float = 30.0, clock: Callable[[], float] = now) -> None:
+                 connect_timeout_s: float = 30.0, clock: Callable[[], float] = now,
+                 rcvbuf: int | None = None) -> None:
         self.kind = kind
+        self.rcvbuf = rcvbuf
         self.clock = clock
         self.url = url
         self.role = role
@@ -329,6 +333,8 @@ class StreamReceiver(Receiver):
                 self._listener = socket.create_server((host, self._port), family=family, backlog=64)
             except OSError as exc:
                 raise _bind_error(url, exc) from None
+            if rcvbuf is not None:  # accepted connections inherit it
+                self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self._listener.setblocking(False)
             self._sel.register(self._listener, selectors.EVENT_READ, None)
 
@@ -338,6 +344,8 @@ class StreamReceiver(Receiver):
             return
         try:
             sock = socket.create_connection((self._host, self._port), timeout=1.0)
+            if self.rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         except OSError as exc:
             if t > self._connect_deadline and not self.stats.connections:
                 raise UsageError(f"cannot connect to {self.url}: {exc}") from None
@@ -488,12 +496,15 @@ def check_bindable(url: str) -> None:
 
 
 def open_receiver(transport: str, url: str, role: str, max_message_bytes: int,
-                  rcvhwm: int = 1000, clock: Callable[[], float] = now) -> Receiver:
+                  rcvhwm: int = 1000, clock: Callable[[], float] = now,
+                  rcvbuf: int | None = None) -> Receiver:
     """A bound (``role`` bind) or connecting receiver; ``rcvhwm`` applies to zmq.
     ``clock`` stamps arrivals (waits and timeouts are on the real clock: they wait
-    on sockets). Raises UsageError (in use, bad address)."""
+    on sockets). ``rcvbuf``: SO_RCVBUF in bytes for its connections (None: the
+    kernel's autotuning). Raises UsageError (in use, bad address)."""
     if transport == "zmq":
-        return ZmqReceiver(url, role, max_message_bytes, rcvhwm, clock=clock)
+        return ZmqReceiver(url, role, max_message_bytes, rcvhwm, clock=clock, rcvbuf=rcvbuf)
     if transport in ("tcp", "nng"):
-        return StreamReceiver(transport, url, role, max_message_bytes, clock=clock)
+        return StreamReceiver(transport, url, role, max_message_bytes, clock=clock,
+                              rcvbuf=rcvbuf)
     raise UsageError(f"transport: {transport!r} is not one of zmq, nng, tcp")

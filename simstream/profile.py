@@ -614,9 +614,17 @@ class ConsumerConfig(_Model):
     """One consumer run. Times in seconds unless the name says otherwise."""
 
     mode: Literal["socket", "random"] = "socket"
+    layout: Literal["production", "fast"] = Field(
+        "production",
+        description="production = one socket and receiver thread, a parser pool and an "
+        "in-order feeder into Q1, as production receives (what diagnosis reproduces); "
+        "fast = one socket and receiver thread per bind address, large kernel receive "
+        "buffers, zero-copy frames decoded by parser threads straight into the engine's host "
+        "buffers and put into an in-process Q1 (queue.backend local) as they finish")
     bind: str | list[str] | None = Field(
         None, description=f"address to bind (default {DEFAULT_URL}); a list binds each "
-        "address in its own receiver actor (queue.backend ray)")
+        "address in its own receiver actor (queue.backend ray) or receiver thread "
+        "(layout fast)")
     connect: str | None = Field(None, description="address of a server-role emitter")
     transport: Literal["zmq", "nng", "tcp"] = "zmq"
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -727,10 +735,16 @@ class ConsumerConfig(_Model):
     def _consistent(self) -> ConsumerConfig:
         if self.bind is not None and self.connect is not None:
             raise ValueError("bind and connect are exclusive: give one")
-        if isinstance(self.bind, list) and (self.queue.backend != "ray" or not self.ray.actors):
+        if self.layout == "fast" and self.queue.backend != "local":
+            raise ValueError(
+                f"layout fast hands batches to inference in memory: it needs queue.backend "
+                f"local, not {self.queue.backend}")
+        if (isinstance(self.bind, list) and self.layout != "fast"
+                and (self.queue.backend != "ray" or not self.ray.actors)):
             raise ValueError(
                 f"bind lists {len(self.bind)} addresses: one receiver per address needs "
-                "queue.backend ray with ray.actors true (the receivers run as Ray actors)")
+                "queue.backend ray with ray.actors true (the receivers run as Ray actors), "
+                "or layout fast (receiver threads)")
         unknown = [n for n in self.expected_fields if n not in self.fields]
         if unknown:
             raise ValueError(f"expected_fields names {unknown} absent from fields")

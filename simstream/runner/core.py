@@ -239,8 +239,9 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
     kind = profile.transport.kind
     consumer_binds = profile.transport.role == "client"
     limit = (duration_s or run_duration_s(profile)) + 120
-    # a consumer of receiver actors binds every address of the profile (one actor
-    # each) and the emitter spreads its ranks over them; any other consumer binds one
+    # a consumer of receiver actors (or of layout fast) binds every address of the
+    # profile (one receiver each) and the emitter spreads its ranks over them; any
+    # other consumer binds one
     fan_in = consumer_binds and len(profile.transport.all_urls) > 1 and _receiver_actors(profile)
     with contextlib.ExitStack() as stack:
         tb: Any = None
@@ -355,10 +356,12 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
 
 
 def _receiver_actors(profile: Profile) -> bool:
+    """Whether the consumer takes one receiver per address: Ray receiver actors, or
+    the fast layout's receiver threads."""
     from simstream.pipeline.config import consumer_config
 
     cfg = consumer_config(profile)
-    return cfg.queue.backend == "ray" and cfg.ray.actors
+    return (cfg.queue.backend == "ray" and cfg.ray.actors) or cfg.layout == "fast"
 
 
 def _with_urls(emit_profile: Path, urls: list[str], out: Path) -> Path:

@@ -1,0 +1,198 @@
+"""The fast receive layout (``consumer.layout: fast``): ingest that outruns one stream.
+
+Production's layout (``pipeline.ingest.parse_in_receiver``) reads every message
+with one socket in one thread and puts the parsed batches into Q1 through one
+in-order feeder thread: each batch makes three thread hops and waits for the
+batches ahead of it. This layout removes those serial points:
+
+- one socket and one receiver thread per bind address (``consumer.bind`` as a
+  list; the runner spreads the emitter's ranks over the addresses), each socket
+  with a large kernel receive buffer (``RCVBUF_BYTES``) and its own libzmq I/O
+  thread;
+- zmq frames are taken without a copy (pyzmq ``copy=False``, a memoryview of
+  libzmq's buffer) and decoded by a pool of ``parser_threads`` straight into
+  the engine's host buffers (pinned on CUDA): each byte is copied once between
+  the socket and the H2D;
+- each parser thread puts its batch into Q1 as soon as it is parsed (Q1 is the
+  in-process queue, ``queue.backend: local``: the batch is handed over by
+  reference, never serialised). Batches of one stream can reach Q1 out of order
+  when parses finish out of order; the records' (rank, seq) accounting does not
+  depend on order, and inference counts the reorderings as it does elsewhere.
+
+Backpressure is the same chain as production's: at most ``2 * parser_threads``
+messages are being parsed; when Q1 is full the parsers wait, the receivers stop
+reading, the kernel buffers fill and the producer blocks. The end conditions
+(``count`` over all receivers, ``duration_s``, ``idle_timeout_s`` of silence on
+every receiver after the first message, stop) are those of ``ingest.receive``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .context import POLL_S, Q1Item, StageContext
+from .parse import ParseError
+from .receiver import RawMessage, Receiver
+from .records import BatchTimes
+
+__all__ = ["RCVBUF_BYTES", "merged_receiver_stats", "parse_in_fast"]
+
+log = logging.getLogger("pipeline.fast_ingest")
+
+#: SO_RCVBUF of the fast layout's connections: room for a large batch in flight
+#: while the receiver is busy (the kernel caps it at net.core.rmem_max)
+RCVBUF_BYTES = 32 << 20
+
+
+class _Shared:
+    """What the receiver threads of one run share: the message count, the last
+    activity, why receiving ended, and the parse slots."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.lock = threading.Lock()
+        self.n = 0
+        self.t0 = ctx.clock()
+        self.last_activity: float | None = None
+        self.done = threading.Event()
+        self.slots = threading.BoundedSemaphore(2 * ctx.cfg.parser_threads)
+
+    def end(self, reason: str) -> None:
+        with self.lock:
+            if not self.done.is_set():
+                self.ctx.end_reason = reason
+                self.done.set()
+
+    def check_end(self) -> bool:
+        """True once receiving is over (this call may be the one that ends it)."""
+        if self.done.is_set():
+            return True
+        ctx, cfg = self.ctx, self.ctx.cfg
+        if ctx.stop.is_set():
+            self.end("stopped")
+            return True
+        t = ctx.clock()
+        with self.lock:
+            n, last = self.n, self.last_activity
+        if cfg.count is not None and n >= cfg.count:
+            self.end("count")
+        elif cfg.duration_s is not None and t - self.t0 >= cfg.duration_s:
+            self.end("duration")
+        elif cfg.idle_timeout_s is not None and last is not None and t - last >= cfg.idle_timeout_s:
+            self.end("idle")
+        return self.done.is_set()
+
+    def admit(self) -> int:
+        """The run's index for a message just received. A message read off the wire
+        is always taken in, so with several sockets a run may take a few messages
+        past ``count`` (at most one per other receiver): none is dropped unrecorded."""
+        with self.lock:
+            self.n += 1
+            return next(self.ctx.indices)
+
+
+def _parse_and_put(ctx: StageContext, shared: _Shared, msg: RawMessage, index: int) -> None:
+    """One parser thread's work: decode into host memory, then straight into Q1."""
+    try:
+        try:
+            pb = ctx.parser.parse(msg.payload)
+        except ParseError as e:
+            ctx.records.sequence(index, e.rank, e.seq)
+            ctx.quarantine(index, msg.payload, str(e), msg.nbytes, msg.t_arrival, e.rank, e.seq)
+            return
+        ctx.records.sequence(index, pb.rank, pb.seq)
+        host = BatchTimes(index, pb.rank, pb.seq, pb.events, msg.nbytes, msg.t_arrival,
+                          pb.t_parse_start, pb.t_parse_end)
+        if not ctx.put(Q1Item(host, data=pb.data, release=pb.release)):
+            ctx.quarantine(index, None, "aborted: Q1 closed before the batch was queued",
+                           msg.nbytes, msg.t_arrival, pb.rank, pb.seq)
+    except BaseException as exc:  # a bug here must end the run, not hang it
+        ctx.fail(exc)
+    finally:
+        shared.slots.release()
+
+
+def _receive(ctx: StageContext, shared: _Shared, rx: Receiver, pool: ThreadPoolExecutor) -> None:
+    """One receiver thread: its socket's messages to the parser pool."""
+    try:
+        while not shared.check_end():
+            # a parse slot first, then the socket: while every slot is taken (Q1 full)
+            # nothing is read, so the kernel buffers fill and the producer blocks
+            if not shared.slots.acquire(timeout=POLL_S):
+                continue
+            try:
+                msg = rx.recv(POLL_S)
+            except BaseException:
+                shared.slots.release()
+                raise
+            if msg is None:
+                shared.slots.release()
+                continue
+            index = shared.admit()
+            ctx.records.arrival(msg.t_arrival)
+            if msg.oversize or msg.reject:
+                shared.slots.release()
+                ctx.records.sequence(index, None, None)
+                ctx.quarantine(index, msg.payload, msg.reject or
+                               f"oversize: {msg.nbytes} bytes > max_message_bytes "
+                               f"{ctx.cfg.max_message_bytes}", msg.nbytes, msg.t_arrival)
+            else:
+                pool.submit(_parse_and_put, ctx, shared, msg, index)
+            # silence is measured from when we were ready to read again (as in
+            # ingest.receive): time blocked on a full Q1 is not the producer idling
+            with shared.lock:
+                shared.last_activity = ctx.clock()
+    except BaseException as exc:
+        ctx.fail(exc)
+        shared.end("error")
+
+
+def parse_in_fast(ctx: StageContext, receivers: list[Receiver]) -> None:
+    """Receiver threads (one per socket) + a parser pool putting into Q1; returns
+    when receiving has ended and every message taken in is parsed and queued."""
+    shared = _Shared(ctx)
+    with ThreadPoolExecutor(ctx.cfg.parser_threads, thread_name_prefix="fast-parser") as pool:
+        threads = [threading.Thread(target=_receive, args=(ctx, shared, rx, pool),
+                                    name=f"fast-receiver-{i}", daemon=True)
+                   for i, rx in enumerate(receivers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    # the pool's exit waited for every parse, so every put has been made
+
+
+def merged_receiver_stats(receivers: list[Receiver]) -> dict[str, Any]:
+    """The receivers' stats as one ``summary.receiver`` record: counts and times
+    summed, the span over all of them, ``busy_share`` that of the busiest
+    receiver thread (the one that limits), and each receiver's own record under
+    ``per_receiver``."""
+    dicts = [rx.stats.as_dict() for rx in receivers]
+    if len(dicts) == 1:
+        return {**dicts[0], "per_receiver": dicts}
+    out: dict[str, Any] = {}
+    summed = ("messages", "bytes", "oversize", "connections", "cut", "multipart", "disconnects",
+              "protocol_errors", "wait_s", "read_s", "wakeups", "ready_without_wait",
+              "rx_queue_samples")
+    for k in summed:
+        out[k] = sum(d[k] or 0 for d in dicts)
+    out["wait_s"] = round(out["wait_s"], 6)
+    out["read_s"] = round(out["read_s"], 6)
+    out["errors"] = [e for d in dicts for e in d["errors"]][-10:]
+    firsts = [rx.stats.t_first for rx in receivers if rx.stats.t_first is not None]
+    lasts = [rx.stats.t_last for rx in receivers if rx.stats.t_last is not None]
+    out["span_s"] = round(max(lasts) - min(firsts), 6) if firsts and lasts else None
+    busy = [d["busy_share"] for d in dicts if d["busy_share"] is not None]
+    out["busy_share"] = max(busy) if busy else None
+    out["bytes_per_wakeup"] = round(out["bytes"] / max(out["wakeups"], 1), 1) if out["bytes"] else None
+    means = [(d["rx_queue_bytes_mean"], d["rx_queue_samples"]) for d in dicts
+             if d["rx_queue_bytes_mean"] is not None]
+    n = sum(c for _, c in means)
+    out["rx_queue_bytes_mean"] = round(sum(m * c for m, c in means) / n, 1) if n else None
+    maxes = [d["rx_queue_bytes_max"] for d in dicts if d["rx_queue_bytes_max"] is not None]
+    out["rx_queue_bytes_max"] = max(maxes) if maxes else None
+    out["per_receiver"] = dicts
+    return out
