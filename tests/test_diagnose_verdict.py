@@ -266,6 +266,9 @@ def test_receive_path_pushing_back_is_named_the_cause(tmp_path: Path) -> None:
     assert rep["summary"].split(". ")[0].startswith("Verdict network, cause receive")
     assert not any("nothing in the consumer was saturated" in r for r in rep["reasons"])
     assert rep["evidence"]["receiver"]["busy_share"] == ce["receiver_busy_share"]
+    # the way out it points to is a setting of the consumer, named as it is written
+    assert any("consumer.layout: fast" in r and "--layout fast" in r
+               for r in rep["recommendations"])
 
 
 def test_without_emit_log_the_cause_says_what_cannot_be_told_apart(tmp_path: Path) -> None:

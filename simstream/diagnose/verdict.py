@@ -158,7 +158,11 @@ def _network_recs(f: Figures, cause: Cause) -> list[str]:
             f"Arrivals ({_fmt_rate(f.arrivals.rate_bps)}) are below what the inference stage can take "
             f"({_fmt_rate(f.capacity.bps)}), but the consumer's receive path pushed back: "
             f"{cause.why}. Read with fewer copies (zero-copy receive, one pinned buffer), spread the "
-            "stream over more connections and receiver threads, or give the receiver a core of its own."]
+            "stream over more connections and receiver threads, or give the receiver a core of its own: "
+            "the consumer's fast receive layout does the first two (consumer.layout: fast, or "
+            "`simstream consume --layout fast`, with one address per emitter rank in transport.urls: "
+            "one socket and receiver thread per address, frames decoded in parallel straight into Q1; "
+            "BENCHMARKS.md, fast receive layout)."]
     else:
         out = [
             f"Arrivals ({_fmt_rate(f.arrivals.rate_bps)}) are below what the consumer can take "

@@ -1,0 +1,97 @@
+"""The fast receive layout (``consumer.layout: fast``, ``pipeline.fast_ingest``):
+its settings, its merged receiver record, and one in-process run over two zmq
+addresses in which every message is accounted for."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simstream.pipeline.config import consumer_config
+from simstream.pipeline.consumer import run_consumer
+from simstream.pipeline.fast_ingest import merged_receiver_stats
+from simstream.pipeline.receiver import ReceiverStats
+from simstream.profile import ProfileError
+from simstream.runner.procs import free_port
+from tests.peers import push_zmq
+from tests.test_consumer import check_receiver_timing, check_run_dir, config, message
+
+TWO = ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"]
+
+
+def test_production_is_the_default_and_fast_takes_several_addresses() -> None:
+    assert consumer_config(None, {}).layout == "production"
+    cfg = consumer_config(None, {"layout": "fast", "bind": TWO})
+    assert cfg.layout == "fast" and cfg.urls == TWO
+    with pytest.raises(ProfileError, match="one receiver per address needs queue.backend ray"):
+        consumer_config(None, {"bind": TWO})
+
+
+def test_fast_needs_the_in_process_queue_and_a_known_layout() -> None:
+    with pytest.raises(ProfileError, match="layout fast hands batches to inference in memory: "
+                                           "it needs queue.backend local, not process"):
+        consumer_config(None, {"layout": "fast", "queue.backend": "process"})
+    with pytest.raises(ProfileError, match="consumer.layout"):
+        consumer_config(None, {"layout": "quick"})
+
+
+class _Rx:
+    def __init__(self, stats: ReceiverStats) -> None:
+        self.stats = stats
+
+
+def test_merged_receiver_record_sums_counts_and_keeps_the_busiest_thread() -> None:
+    a = ReceiverStats(messages=3, bytes=300, wait_s=1.0, read_s=0.5, wakeups=3,
+                      t_first=10.0, t_last=12.0, rx_queue_samples=[10, 30])
+    b = ReceiverStats(messages=1, bytes=100, wait_s=3.5, read_s=0.1, wakeups=1,
+                      t_first=11.0, t_last=15.0, rx_queue_samples=[50])
+    m = merged_receiver_stats([_Rx(a), _Rx(b)])
+    assert (m["messages"], m["bytes"], m["wakeups"], m["rx_queue_samples"]) == (4, 400, 4, 3)
+    assert m["span_s"] == 5.0
+    assert m["busy_share"] == 0.5  # a: 1 - 1.0 / 2.0; b: 1 - 3.5 / 4.0
+    assert m["rx_queue_bytes_mean"] == 30.0 and m["rx_queue_bytes_max"] == 50
+    assert m["bytes_per_wakeup"] == 100.0
+    assert [d["messages"] for d in m["per_receiver"]] == [3, 1]
+
+
+@pytest.mark.integration
+def test_fast_layout_over_two_addresses_accounts_for_every_message(tmp_path: Path) -> None:
+    urls = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    by_url = [[message(s, rank=0) for s in range(5)],
+              [message(s, rank=1) for s in range(5)] + [b"\x00 not a message"]]
+    total = sum(len(m) for m in by_url)
+    cfg = config(layout="fast", bind=urls, count=total, max_message_bytes=30_000)
+    ready = threading.Event()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["summary"] = run_consumer(cfg, tmp_path, ready=ready)
+        except BaseException as e:  # surfaced below
+            out["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    assert ready.wait(30)
+    pushers = [threading.Thread(target=push_zmq, args=(u, m)) for u, m in zip(urls, by_url, strict=True)]
+    for p in pushers:
+        p.start()
+    for p in pushers:
+        p.join(30)
+    t.join(60)
+    assert not t.is_alive()
+    if "error" in out:
+        raise out["error"]
+    s = out["summary"]
+    check_run_dir(tmp_path, s)
+    assert {k: s[k] for k in ("received", "processed", "quarantined", "lost", "duplicated")} == {
+        "received": 11, "processed": 10, "quarantined": 1, "lost": 0, "duplicated": 0}
+    assert s["end_reason"] == "count" and s["samples"] == 40
+    rx = s["receiver"]
+    assert [d["messages"] for d in rx["per_receiver"]] == [5, 6]
+    assert rx["messages"] == 11
+    for d in rx["per_receiver"]:
+        check_receiver_timing(d)
