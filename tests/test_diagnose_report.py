@@ -227,3 +227,21 @@ def test_without_matplotlib_the_reports_still_come(tmp_path: Path, monkeypatch: 
     assert "matplotlib is not installed" in rep["data_sources"]["plots"]
     assert (d / "report.html").exists() and "<img" not in (d / "report.html").read_text()
     assert json.loads((d / "trace.json").read_text())["traceEvents"]
+
+
+def test_stage_equivalence_uses_practical_margins() -> None:
+    """A 10 us shift of a 55 us D2H median is the same stage (under the 0.05 ms margin);
+    a 60 % slower compute is not, whatever the KS distance says about either."""
+    import numpy as np
+
+    from simstream.diagnose.report import _stage_compare
+
+    rng = np.random.default_rng(0)
+    d2h = rng.normal(55.3e-6, 2e-6, 500)
+    small = _stage_compare(d2h, d2h + 10.3e-6)
+    assert small["ks"] > 0.9 and small["same"] is True and small["median_margin_ms"] == 0.05
+    comp = rng.normal(10e-3, 0.3e-3, 500)
+    big = _stage_compare(comp, comp * 1.6)
+    assert big["same"] is False and big["median_margin_ms"] == pytest.approx(1.0, abs=0.05)
+    just = _stage_compare(comp, comp * 1.09)
+    assert just["same"] is True

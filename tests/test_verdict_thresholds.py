@@ -227,3 +227,21 @@ def test_pinned_copy_advice_when_h2d_is_half_the_cycle(h2d: float, shown: bool) 
     costs = CostFigures(per_batch_ms=PerBatchMs(compute=10.0, h2d=h2d, gpu_cycle=10.0))
     recs = recommendations(rec_figures(costs=costs), "consumer")
     assert any(r.startswith("H2D takes") for r in recs) == shown
+
+
+def test_a_cap_in_another_phase_does_not_explain_the_backpressure() -> None:
+    """The bursty demo: a 10 Mbit/s cap in the stall phase, backpressure in the burst
+    phase while the receiver was busy: the receive path, not the link."""
+    em = EmitterFigures(sending=EmitterSending(blocked_share=0.9, sending_share=0.9,
+                                               blocked_s_by_phase={"burst": 9.0, "stall": 1.0}))
+    f = figures(emitter=em, receiver=busy_receiver(0.95), shaping_cap="phase stall: rate cap 10 Mbit/s",
+                capped_phases=["stall"])
+    assert network_cause(f).cause == "receive"
+    f = replace(f, emitter=replace(em, sending=replace(em.sending, blocked_s_by_phase={"burst": 1.0, "stall": 9.0})))
+    assert network_cause(f).cause == "link"
+
+
+@pytest.mark.parametrize(("backlog", "cause"), [(64 * 1024, "receive"), (64 * 1024 - 1, "link")])
+def test_bytes_waiting_in_the_kernel_receive_queue_are_the_receive_path(backlog: int, cause: str) -> None:
+    rx = replace(busy_receiver(0.2), rx_queue_bytes_mean=float(backlog), rx_queue_bytes_max=float(4 * backlog))
+    assert network_cause(figures(emitter=emitter(blocked=0.5), receiver=rx)).cause == cause

@@ -9,9 +9,12 @@ names the cause (report.json ``cause`` and ``cause_evidence``):
 - ``receive``: the consumer's socket/receiver path pushed back: the emitter was
   blocked by backpressure >= EMITTER_BLOCKED of its time while Q1 was not full
   (over 80 % full < Q1_FULL of the run), and the receiver thread was busy
-  (not waiting for bytes) >= RECEIVER_BUSY of its time.
+  (not waiting for bytes) >= RECEIVER_BUSY of its time, or on average at least
+  RX_BACKLOG_BYTES waited in the consumer's kernel receive queue (bytes that
+  crossed the link and were not read: with ZeroMQ the reads happen in
+  libzmq's I/O thread, which the receiver thread's own busy share misses).
 - ``link``: the bytes could not go faster between them: a rate cap was applied
-  (shaping.json), or the emitter had bytes on the wire >= SENDING of its time
+  (shaping.json) in the phases where most of the backpressure fell, or the emitter had bytes on the wire >= SENDING of its time
   without being blocked, or it was blocked while the receiver mostly waited for
   bytes (busy < RECEIVER_WAITING: they were held in the path).
 - ``unknown``: what was measured does not separate them; ``cannot_tell_apart``
@@ -40,6 +43,7 @@ RECEIVER_WAITING = 0.5
 SENDING = 0.8
 SENDING_LOW = 0.5
 SILENT = 0.5
+RX_BACKLOG_BYTES = 64 * 1024  # mean bytes waiting in the consumer's kernel receive queue
 
 _CAP = re.compile(r"rate cap|\brate\b|\btbf\b|\bhtb\b|[0-9.]+\s*[kMG]bit", re.IGNORECASE)
 
@@ -57,19 +61,37 @@ class Cause:
         return {"why": self.why, "cannot_tell_apart": list(self.cannot_tell_apart), **self.figures}
 
 
-def shaping_cap(root: Path) -> str | None:
-    """The rate cap a run's shaping record says was applied (user space or kernel),
-    None when there was none or no record."""
+_PHASE = re.compile(r"^phase ([^:]+):")
+
+
+def shaping_cap(root: Path) -> tuple[str | None, list[str]]:
+    """The rate cap lines a run's shaping record says were applied (user space or
+    kernel), joined, and the phases they cover ("*" for a line naming no phase);
+    (None, []) when there was none or no record."""
     try:
         rec = json.loads((root / "shaping.json").read_text())
     except (OSError, ValueError):
-        return None
+        return None, []
     if not isinstance(rec, dict):
-        return None
-    for line in rec.get("applied") or []:
-        if isinstance(line, str) and _CAP.search(line) and "nothing to shape" not in line:
-            return line
-    return None
+        return None, []
+    lines = [x for x in rec.get("applied") or []
+             if isinstance(x, str) and _CAP.search(x) and "nothing to shape" not in x]
+    phases = []
+    for x in lines:
+        m = _PHASE.match(x)
+        phases.append(m.group(1).strip() if m else "*")
+    return ("; ".join(lines) if lines else None), sorted(set(phases))
+
+
+def _blocked_behind_cap(f: Figures) -> bool:
+    """Most of the emitter's backpressure fell in phases with a rate cap."""
+    if not f.shaping_cap:
+        return False
+    if "*" in f.capped_phases:
+        return True
+    by = f.emitter.sending.blocked_s_by_phase if f.emitter and f.emitter.sending else {}
+    total = sum(by.values())
+    return total <= 0 or sum(v for p, v in by.items() if p in f.capped_phases) >= 0.5 * total
 
 
 def _figures(f: Figures) -> dict[str, Any]:
@@ -83,6 +105,8 @@ def _figures(f: Figures) -> dict[str, Any]:
         "receiver_bytes_per_wakeup": rx.bytes_per_wakeup,
         "receiver_rx_queue_bytes_max": rx.rx_queue_bytes_max,
         "shaping_cap": f.shaping_cap,
+        "capped_phases": list(f.capped_phases),
+        "blocked_s_by_phase": dict(em.sending.blocked_s_by_phase) if em and em.sending else None,
     }
 
 
@@ -106,7 +130,7 @@ def _blocked(f: Figures, figs: dict[str, Any], blocked: float) -> Cause:
     """The emitter was held back while Q1 was not full: the receive path or the link."""
     rx = f.receiver
     head = f"the emitter was blocked by backpressure {blocked:.0%} of its time while Q1 was not full"
-    if f.shaping_cap:
+    if _blocked_behind_cap(f):
         return Cause("link", f"{head}, behind a rate cap ({f.shaping_cap})", figs)
     if not rx.measured:
         return Cause("unknown", f"{head}; the receiver's own timing was not recorded, so a slow link and a "
@@ -115,6 +139,11 @@ def _blocked(f: Figures, figs: dict[str, Any], blocked: float) -> Cause:
     if busy >= RECEIVER_BUSY:
         return Cause("receive", f"{head}, and the consumer's receiver thread was busy {busy:.0%} of its time "
                      "(socket reads and copies): the receive path pushed back", figs)
+    backlog = rx.rx_queue_bytes_mean or 0.0
+    if backlog >= RX_BACKLOG_BYTES:
+        return Cause("receive", f"{head}, and on average {backlog / 1e6:.2f} MB sat in the consumer's kernel "
+                     "receive queue, not yet read: the bytes had crossed the link and the receive path "
+                     "(socket reads and copies, here competing for the cores) did not take them", figs)
     if busy < RECEIVER_WAITING:
         return Cause("link", f"{head}, yet the receiver waited for bytes {1 - busy:.0%} of its time: the "
                      "bytes were held between them", figs)

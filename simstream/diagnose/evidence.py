@@ -557,9 +557,10 @@ def compute_evidence(run: RunData) -> Evidence:
     counts = Counts(batches_processed=base.n, messages_received=int(base.arrivals.size), span_s=_r(base.span),
                     quarantined=int(run.summary.get("quarantined") or run.quarantined_files or 0),
                     sequence_numbers=run.has_seq, consumer_side_only=run.emit is None)
+    cap = shaping_cap(run.root)
     figures = Figures(counts=counts, parse=parse_f, q1=q1f, loop=loop, upstream=up, device=device,
                       arrivals=arrivals, capacity=capacity, costs=costs, emitter=emitter,
-                      receiver=_receiver(run.summary.get("receiver")), shaping_cap=shaping_cap(run.root))
+                      receiver=_receiver(run.summary.get("receiver")), shaping_cap=cap[0], capped_phases=cap[1])
     return Evidence(figures, series, base.t0)
 
 
@@ -603,7 +604,16 @@ def _emit_sending(e: dict[str, Any], tf: np.ndarray, tl: np.ndarray, ts: np.ndar
         send_rate_while_sending_Bps=_r(pct(per_msg, 50), 1),
         sending_share=_r(_measure(us, ue) / esp),
         blocked_share=_r(_blocked_share(e, sent, esp)),
-        schedule_lag=_dist((tf - ts)[sent]))
+        schedule_lag=_dist((tf - ts)[sent]),
+        blocked_s_by_phase=_blocked_by_phase(e, sent))
+
+
+def _blocked_by_phase(e: dict[str, Any], sent: np.ndarray) -> dict[str, float]:
+    """Backpressure seconds (blocked_s) summed by the phase of the message held back."""
+    bl = e["blocked_s"][sent]
+    ph = np.asarray(e["phase"])[sent]
+    ok = np.isfinite(bl)
+    return {str(p): round(float(bl[ok & (ph == p)].sum()), 4) for p in np.unique(ph[ok])} if ok.any() else {}
 
 
 def _transport_latency(run: RunData, e: dict[str, Any]) -> Dist:

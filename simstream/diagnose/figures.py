@@ -203,6 +203,8 @@ class EmitterSending:
     sending_share: float | None = None
     blocked_share: float | None = None
     schedule_lag: Dist = field(default_factory=Dist)
+    #: seconds the emitter was held back by backpressure, by the phase of the message
+    blocked_s_by_phase: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -275,8 +277,10 @@ class Figures:
     costs: CostFigures = field(default_factory=CostFigures)
     emitter: EmitterFigures | None = None
     receiver: ReceiverFigures = field(default_factory=ReceiverFigures)
-    #: the rate cap the run's shaping record says was applied (shaping.json), if any
+    #: the rate cap the run's shaping record says was applied (shaping.json), if any,
+    #: and the phases it applied to ("*": all)
     shaping_cap: str | None = None
+    capped_phases: list[str] = field(default_factory=list)
 
 
 def _emitter_json(em: EmitterFigures) -> dict[str, Any]:
@@ -342,5 +346,6 @@ def figures_json(f: Figures) -> dict[str, Any]:
         "quarantined": f.counts.quarantined,
         "receiver": asdict(f.receiver),
         "shaping_cap": f.shaping_cap,
+        "capped_phases": list(f.capped_phases),
     }
     return out

@@ -327,19 +327,40 @@ def diagnose_run(run_dir: str | Path, *, plots: bool = True, trace: bool = True)
 # random vs socket
 
 
+# practical equivalence of a stage's times in the two modes: the medians may differ
+# by the larger of MEDIAN_ABS_MS and MEDIAN_REL of random mode's median, the p90s by
+# the larger of P90_ABS_MS and P90_REL (tails vary more); KS is reported, not decisive
+MARGINS = {"median_abs_ms": 0.05, "median_rel": 0.10, "p90_abs_ms": 0.10, "p90_rel": 0.25}
+
+
+def _within(a_ms: float | None, b_ms: float | None, abs_ms: float, rel: float) -> tuple[bool, float | None]:
+    if a_ms is None or b_ms is None:
+        return False, None
+    margin = max(abs_ms, rel * abs(a_ms))
+    return abs(b_ms - a_ms) <= margin, round(margin, 4)
+
+
 def _stage_compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     ma, mb = pct(a, 50), pct(b, 50)
+    pa, pb = pct(a, 90), pct(b, 90)
     ks = ks_statistic(a, b)
     rel = (mb - ma) / ma if ma and mb is not None and ma > 0 else None
-    same = ks is not None and (ks <= 0.2 or (rel is not None and abs(rel) <= 0.10))
+
+    def ms(x: float | None) -> float | None:
+        return None if x is None else round(x * 1e3, 4)
+
+    same_p50, margin = _within(ms(ma), ms(mb), MARGINS["median_abs_ms"], MARGINS["median_rel"])
+    same_p90, margin90 = _within(ms(pa), ms(pb), MARGINS["p90_abs_ms"], MARGINS["p90_rel"])
     return {
-        "random_p50_ms": None if ma is None else round(ma * 1e3, 4),
-        "socket_p50_ms": None if mb is None else round(mb * 1e3, 4),
-        "random_p90_ms": None if pct(a, 90) is None else round(pct(a, 90) * 1e3, 4),  # type: ignore[operator]
-        "socket_p90_ms": None if pct(b, 90) is None else round(pct(b, 90) * 1e3, 4),  # type: ignore[operator]
+        "random_p50_ms": ms(ma),
+        "socket_p50_ms": ms(mb),
+        "random_p90_ms": ms(pa),
+        "socket_p90_ms": ms(pb),
         "median_change": None if rel is None else round(rel, 4),
+        "median_margin_ms": margin,
+        "p90_margin_ms": margin90,
         "ks": None if ks is None else round(ks, 4),
-        "same": bool(same),
+        "same": bool(same_p50 and same_p90),
     }
 
 
@@ -406,15 +427,19 @@ def _gap(where: dict[str, dict[str, float]], verdicts: dict[str, dict[str, Any]]
 def _compare_texts(stages: dict[str, dict[str, Any]], same: bool, gap: dict[str, Any],
                    verdicts: dict[str, dict[str, Any]]) -> tuple[str, str]:
     """The answer (same inference stage?) and the summary paragraph."""
+    rule = (f"same = medians within max({MARGINS['median_abs_ms']} ms, {MARGINS['median_rel']:.0%}) and "
+            f"p90s within max({MARGINS['p90_abs_ms']} ms, {MARGINS['p90_rel']:.0%}) of random mode's")
     if same:
         answer = ("Yes: the buffered inference stage is the same in both modes (H2D/compute/D2H "
-                  + ", ".join(f"{k} median {v['random_p50_ms']} vs {v['socket_p50_ms']} ms, KS {v['ks']}"
-                              for k, v in stages.items()) + ").")
+                  + ", ".join(f"{k} median {v['random_p50_ms']} vs {v['socket_p50_ms']} ms"
+                              for k, v in stages.items()) + f"; {rule}).")
     else:
         diff = [k for k, v in stages.items() if not v["same"]]
         answer = ("No: the buffered inference stage differs between the modes in "
                   + ", ".join(f"{k} (median {stages[k]['random_p50_ms']} vs {stages[k]['socket_p50_ms']} ms, "
-                              f"KS {stages[k]['ks']})" for k in diff) + ".")
+                              f"margin {stages[k]['median_margin_ms']} ms; p90 {stages[k]['random_p90_ms']} vs "
+                              f"{stages[k]['socket_p90_ms']} ms, margin {stages[k]['p90_margin_ms']} ms)"
+                              for k in diff) + f"; {rule}.")
     thr_r = verdicts["random"]["throughput_bps"] or 0.0
     thr_s = verdicts["socket"]["throughput_bps"] or 0.0
     ratio = gap["throughput_ratio_socket_vs_random"]
@@ -429,18 +454,32 @@ def _compare_texts(stages: dict[str, dict[str, Any]], same: bool, gap: dict[str,
     return answer, summary
 
 
+_STAGE_HEADINGS = ("stage", "random median (ms)", "socket median (ms)", "median change (socket vs random)",
+                   "median margin (ms)", "random p90 (ms)", "socket p90 (ms)", "p90 margin (ms)",
+                   "KS distance (shown, not deciding)", "same within the margins")
+_COMPARE_RULE = (f"A stage counts as the same in both modes when its socket-mode median is within "
+                 f"max({MARGINS['median_abs_ms']} ms, {MARGINS['median_rel']:.0%} of random mode's) and its p90 "
+                 f"within max({MARGINS['p90_abs_ms']} ms, {MARGINS['p90_rel']:.0%}); the KS distance between the "
+                 "two distributions is shown for reference.")
+
+
+def _stage_row(k: str, v: dict[str, Any]) -> list[Any]:
+    change = "n/a" if v["median_change"] is None else f"{v['median_change']:+.1%}"
+    return [k, v["random_p50_ms"], v["socket_p50_ms"], change, v["median_margin_ms"], v["random_p90_ms"],
+            v["socket_p90_ms"], v["p90_margin_ms"], v["ks"], "yes" if v["same"] else "no"]
+
+
 def _write_compare_md(result: dict[str, Any], plots: dict[str, Path], out: Path) -> None:
     stages, where, verdicts = result["stages"], result["where_time_goes"], (result["random"], result["socket"])
     md = ["# Random vs socket mode", "", f"**{result['answer']}**", "", result["summary"], "",
-          "## Buffered inference stage", "", "| stage | random p50 | socket p50 | random p90 | socket p90 | KS | same |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]
-    md += [f"| {k} | {v['random_p50_ms']} | {v['socket_p50_ms']} | {v['random_p90_ms']} | {v['socket_p90_ms']} | "
-           f"{v['ks']} | {'yes' if v['same'] else 'no'} |" for k, v in stages.items()]
-    md += ["", "## Where the time goes (mean ms per batch)", "", "| | random | socket | socket - random |",
+          "## Buffered inference stage", "", _COMPARE_RULE, "",
+          "| " + " | ".join(_STAGE_HEADINGS) + " |", "|" + " --- |" * len(_STAGE_HEADINGS)]
+    md += ["| " + " | ".join(str(c) for c in _stage_row(k, v)) + " |" for k, v in stages.items()]
+    md += ["", "## Where the time goes (mean ms per batch)", "", "| where the loop's time goes | random (ms per batch) | socket (ms per batch) | socket - random (ms) |",
            "| --- | --- | --- | --- |"]
     md += [f"| {_WHERE_LABELS.get(k, k)} | {where['random'][k]} | {where['socket'][k]} | "
            f"{where['socket'][k] - where['random'][k]:+.3f} |" for k in where["random"]]
-    md += ["", "## Runs", "", "| | random | socket |", "| --- | --- | --- |"]
+    md += ["", "## Runs", "", "| figure | random | socket |", "| --- | --- | --- |"]
     md += [f"| {k} | {verdicts[0][k]} | {verdicts[1][k]} |" for k in verdicts[0]]
     md += ["", "## Plots", ""] + [f"![{n}]({p.relative_to(out).as_posix()})" for n, p in plots.items()] + [""]
     (out / "compare.md").write_text("\n".join(md))
@@ -449,17 +488,15 @@ def _write_compare_md(result: dict[str, Any], plots: dict[str, Path], out: Path)
 def _write_compare_html(result: dict[str, Any], plots: dict[str, Path], out: Path) -> None:
     e = html.escape
     stages, where = result["stages"], result["where_time_goes"]
-    trs = "".join(
-        f"<tr><td>{e(k)}</td><td>{v['random_p50_ms']}</td><td>{v['socket_p50_ms']}</td><td>{v['random_p90_ms']}</td>"
-        f"<td>{v['socket_p90_ms']}</td><td>{v['ks']}</td><td>{'yes' if v['same'] else 'no'}</td></tr>"
-        for k, v in stages.items())
+    trs = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in _stage_row(k, v)) + "</tr>"
+                  for k, v in stages.items())
+    heads = "".join(f"<th>{e(h)}</th>" for h in _STAGE_HEADINGS)
     wrows = "".join(
         f"<tr><td>{e(_WHERE_LABELS.get(k, k))}</td><td>{where['random'][k]}</td><td>{where['socket'][k]}</td>"
         f"<td>{where['socket'][k] - where['random'][k]:+.3f}</td></tr>" for k in where["random"])
     body = (f"<h1>Random vs socket mode</h1><p><b>{e(result['answer'])}</b></p><p>{e(result['summary'])}</p>"
-            "<h2>Buffered inference stage</h2><table><tr><th>stage</th><th>random p50 ms</th><th>socket p50 ms</th>"
-            f"<th>random p90 ms</th><th>socket p90 ms</th><th>KS</th><th>same</th></tr>{trs}</table>"
-            "<h2>Where the time goes (mean ms per batch)</h2><table><tr><th></th><th>random</th><th>socket</th>"
+            f"<h2>Buffered inference stage</h2><p>{e(_COMPARE_RULE)}</p><table><tr>{heads}</tr>{trs}</table>"
+            "<h2>Where the time goes (mean ms per batch)</h2><table><tr><th>where the loop's time goes</th><th>random (ms per batch)</th><th>socket (ms per batch)</th>"
             f"<th>socket - random</th></tr>{wrows}</table>"
             + "".join(f"<h3>{e(n)}</h3><img alt=\"{e(n)}\" src=\"{_img_b64(p)}\">" for n, p in plots.items()))
     (out / "compare.html").write_text(_html_page("simstream: random vs socket", body))
@@ -484,7 +521,7 @@ def compare_report(random_dir: str | Path, socket_dir: str | Path, out_dir: str 
     gap = _gap(where, verdicts)
     answer, summary = _compare_texts(stages, same, gap, verdicts)
     result: dict[str, Any] = {
-        "answer": answer, "summary": summary, "same_inference_stage": same, "stages": stages,
+        "answer": answer, "summary": summary, "same_inference_stage": same, "margins": MARGINS, "stages": stages,
         "where_time_goes": where, "gap": gap, "random": verdicts["random"], "socket": verdicts["socket"],
     }
     from simstream.diagnose.plots import write_compare_plots
