@@ -58,7 +58,7 @@ image: $(STAMP)
 # not running and build the image, each step bounded (DOCKER_PREP_S in all for the
 # image). Never fails and never waits unbounded: when a step cannot be done, the
 # test skips and says why.
-DOCKER_PREP_S ?= 480
+DOCKER_PREP_S ?= 400
 docker-testbed: $(STAMP)
 	-@if [ "$$(id -u)" = 0 ] && command -v dockerd >/dev/null 2>&1 \
 	    && ! timeout 20 docker info >/dev/null 2>&1; then \

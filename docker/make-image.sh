@@ -2,7 +2,7 @@
 # Build the simstream image with no container registry and no network access from
 # inside the build:
 #   1. a local base image: Debian bookworm made by debootstrap (minbase, with
-#      python3, venv, pip, iproute2) and imported; the root file system is kept
+#      python3 with venv, iproute2) and imported; the root file system is kept
 #      as a tarball in the cache, so the next build imports it in seconds;
 #   2. a wheelhouse on the host: simstream's wheel and every wheel its extras
 #      need (pip download with the host's indexes, torch included);
@@ -63,7 +63,7 @@ else
     trap 'rm -rf "$root" "$tarball.partial"' EXIT
     say "base: debootstrap bookworm from $(mirror) (about two minutes)"
     timeout "$TIMEOUT_S" debootstrap --variant=minbase \
-      --include=python3,python3-venv,python3-pip,iproute2,ca-certificates \
+      --include=python3,python3-venv,iproute2 \
       bookworm "$root" "$(mirror)" >"$CACHE/debootstrap.log" 2>&1 \
       || die "debootstrap failed; see $CACHE/debootstrap.log"
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

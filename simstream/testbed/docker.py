@@ -3,12 +3,14 @@ hosts) without writing compose files, and link faults at the container level.
 
 ``up`` runs one experiment with docker-compose.yml: the consumer and the two
 emitters (ranks 0 and 1, each shaping its own eth0 with tbf), faults at the
-times asked (``--fault KIND:SERVICE:AT:FOR``), then the diagnosis; it copies the
+times asked (``--fault KIND:SERVICE:AT:FOR``, AT seconds after both emitters'
+first message), then the diagnosis; it copies the
 run directory out (``--out``) and takes everything down again, unless
 ``--keep``. Faults, each undone after FOR seconds:
 
 - ``cut``: the container is disconnected from the compose network and connected
-  again (its eth0 disappears and comes back; what TCP does meanwhile is TCP's);
+  again (its eth0 disappears and comes back, without the tbf qdisc the emitter's
+  testbed had put on the old one; what TCP does meanwhile is TCP's);
 - ``pause``: the container is frozen (cgroup freezer) and thawed;
 - ``kill``: the container is killed (SIGKILL) and started again; its command
   starts from the beginning.
@@ -45,6 +47,8 @@ FAULT_KINDS = ("cut", "pause", "kill")
 RUN_DIR = "/runs/testbed"
 #: a docker CLI call that takes longer than this is an error (the engine is stuck)
 CALL_TIMEOUT_S = 120.0
+#: the emitters must have sent their first message this long after `up`
+START_TIMEOUT_S = 120.0
 LABEL = "com.docker.compose.project"
 
 
@@ -260,17 +264,33 @@ class _FaultRunner(threading.Thread):
             self._step("undo", fault)
 
 
+def _first_messages(stack: Stack, consumer: str, *, deadline: float) -> float:
+    """When both emitters' logs hold their first record (the fault clock's zero).
+    Read through the consumer's container, which shares the run volume."""
+    logs = " ".join(f"{RUN_DIR}/emit-rank{r}.jsonl" for r in (0, 1))
+    while time.time() < deadline:
+        cp = _run(["docker", "exec", consumer, "sh", "-c",
+                   f"for f in {logs}; do test -s $f || exit 1; done"], check=False, timeout=30)
+        if cp.returncode == 0:
+            return time.time()
+        if stack.state(consumer).get("Status") != "running":
+            raise DockerError("the consumer exited before both emitters sent")
+        time.sleep(0.2)
+    raise DockerError(f"the emitters sent nothing within {START_TIMEOUT_S:g} s of up")
+
+
 def run_experiment(stack: Stack, faults: list[Fault], out: Path | None, *,
                    timeout_s: float, echo: Any = click.echo) -> dict[str, Any]:
     """Up, faults, wait, diagnose, copy out. Returns the result (also ``OUT/docker.json``).
     Raises DockerError; the caller takes the stack down."""
     t_up = time.time()
     stack.compose("up", "-d", "--no-build", *SERVICES, timeout=CALL_TIMEOUT_S)
-    t0 = time.time()
-    echo(f"up: {', '.join(SERVICES)} ({stack.project}, {t0 - t_up:.1f} s)")
+    ids = {s: stack.container(s) for s in SERVICES}
+    t0 = _first_messages(stack, ids["consumer"], deadline=time.time() + START_TIMEOUT_S)
+    echo(f"up: {', '.join(SERVICES)} ({stack.project}); both emitters sending "
+         f"{t0 - t_up:.1f} s after up")
     runner = _FaultRunner(stack, faults, t0)
     runner.start()
-    ids = {s: stack.container(s) for s in SERVICES}
     exit_codes: dict[str, int] = {}
     deadline = t0 + timeout_s
     try:
@@ -322,7 +342,7 @@ def docker() -> None:
               show_default=True, help="the consumer stops this long after the last message")
 @click.option("--fault", "faults", multiple=True, metavar="KIND:SERVICE:AT:FOR",
               help="cut, pause or kill SERVICE (consumer, emitter-0, emitter-1) AT seconds "
-                   "after the start, for FOR seconds; repeatable")
+                   "after both emitters' first message, for FOR seconds; repeatable")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="copy the run directory here (default runs/docker-<timestamp>)")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(1), default=600.0,
