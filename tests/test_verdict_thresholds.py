@@ -245,3 +245,12 @@ def test_a_cap_in_another_phase_does_not_explain_the_backpressure() -> None:
 def test_bytes_waiting_in_the_kernel_receive_queue_are_the_receive_path(backlog: int, cause: str) -> None:
     rx = replace(busy_receiver(0.2), rx_queue_bytes_mean=float(backlog), rx_queue_bytes_max=float(4 * backlog))
     assert network_cause(figures(emitter=emitter(blocked=0.5), receiver=rx)).cause == cause
+
+
+@pytest.mark.parametrize(("in_capped", "cause"), [(5.0, "link"), (4.99, "receive")])
+def test_half_the_backpressure_behind_the_cap_makes_it_the_link(in_capped: float, cause: str) -> None:
+    em = EmitterFigures(sending=EmitterSending(blocked_share=0.9, sending_share=0.9,
+                                               blocked_s_by_phase={"burst": 10.0 - in_capped, "stall": in_capped}))
+    f = figures(emitter=em, receiver=busy_receiver(0.95), shaping_cap="phase stall: rate cap 10 Mbit/s",
+                capped_phases=["stall"])
+    assert network_cause(f).cause == cause
