@@ -169,7 +169,7 @@ def consume(profile_path: str | None, bind: tuple[str, ...], connect: str | None
     stop = threading.Event()
     ready = threading.Event()
     got: list[int] = []  # the signals that asked for a stop
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         def on_signal(signum: int, frame: Any) -> None:
             # SIGINT or SIGTERM: an orderly stop (what is in hand is processed and

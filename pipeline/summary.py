@@ -45,7 +45,7 @@ def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reas
 def device_facts(engine: Any) -> tuple[str, str]:
     """(device, its description) of an engine, for the summary; an engine without a
     describable device (a test double) gives its str twice."""
-    device = getattr(engine, "device", "?")
+    device: Any = getattr(engine, "device", "?")
     try:
         from .device import describe  # torch
 

@@ -119,7 +119,7 @@ def sniff(buf: Any) -> str:
 def decode(
     buf: Any,
     *,
-    fields: Mapping[str, str] | None = None,
+    fields: Mapping[str, str | tuple[str, ...]] | None = None,
     alloc: Callable[[tuple[int, ...], np.dtype], np.ndarray] | None = None,
     optional: Collection[str] = (),
     limits: Limits | None = None,

@@ -53,7 +53,8 @@ class Limits:
             self.inspect(declared)  # type: ignore[operator]
         if self.max_bytes is None:
             return
-        sizes = {k: math.prod(shape) * np.dtype(dt).itemsize for k, (shape, dt) in declared.items()}
+        sizes = {k: math.prod(shape) * np.dtype(dt).itemsize  # type: ignore[call-overload]
+                 for k, (shape, dt) in declared.items()}
         total = sum(sizes.values())
         if total > self.max_bytes:
             top = ", ".join(f"{k} {v}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:3])

@@ -39,7 +39,7 @@ def _pct_claims(text: str, phrase: str) -> list[int]:
 
 
 def _verdict_rules(r: dict[str, Any], ev: dict[str, Any]) -> list[str]:
-    out = []
+    out: list[str] = []
     v = r.get("verdict")
     if v not in VERDICTS:
         return [f"verdict {v!r} is not one of {VERDICTS}"]

@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -369,7 +369,7 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
     else:
         (out / Q1_CSV).write_text(",".join(Q1_COLUMNS) + "\n")
     (out / QUARANTINE_DIR).mkdir(exist_ok=True)
-    summary = {
+    summary: dict[str, Any] = {
         "received": n, "processed": n, "quarantined": 0,
         "lost": 0 if s.seq else None, "duplicated": 0 if s.seq else None,
         "reordered": 0 if s.seq else None,

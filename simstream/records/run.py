@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from simstream.records.contract import (
     BATCH_COLUMNS,
@@ -302,15 +302,15 @@ class RunRecords:
             self._disk_failed(f"reserving space for summary.json: {e}")
             self._reserve.unlink(missing_ok=True)
         self._lock = threading.Lock()
-        self._files = {}
+        self._files: dict[str, IO[str]] = {}
         self._writers = {}
         for fname, cols in RUN_CSV_COLUMNS.items():
             name = fname.removesuffix(".csv")
-            f = (self.dir / fname).open("w", newline="", buffering=1 << 16)
-            w = csv.writer(f, lineterminator="\n")
+            fh = (self.dir / fname).open("w", newline="", buffering=1 << 16)
+            w = csv.writer(fh, lineterminator="\n")
             w.writerow(cols)
-            f.flush()
-            self._files[name] = f
+            fh.flush()
+            self._files[name] = fh
             self._writers[name] = w
         self.ledger = SequenceLedger(seq_window)
         self._pending_seq: dict[int, tuple[int | None, int | None]] = {}
