@@ -7,8 +7,8 @@ batches ahead of it. This layout removes those serial points:
 
 - one socket and one receiver thread per bind address (``consumer.bind`` as a
   list; the runner spreads the emitter's ranks over the addresses), each socket
-  with a large kernel receive buffer (``RCVBUF_BYTES``) and its own libzmq I/O
-  thread;
+  with its own libzmq I/O thread and a kernel receive buffer of ``RCVBUF_BYTES``
+  (or Linux's autotuning where that reaches as far: ``fast_rcvbuf``);
 - zmq frames are taken without a copy (pyzmq ``copy=False``, a memoryview of
   libzmq's buffer) and decoded by a pool of ``parser_threads`` straight into
   the engine's host buffers (pinned on CUDA): each byte is copied once between
@@ -38,13 +38,35 @@ from .parse import ParseError
 from .receiver import RawMessage, Receiver
 from .records import BatchTimes
 
-__all__ = ["RCVBUF_BYTES", "merged_receiver_stats", "parse_in_fast"]
+__all__ = ["RCVBUF_BYTES", "fast_rcvbuf", "merged_receiver_stats", "parse_in_fast"]
 
 log = logging.getLogger("pipeline.fast_ingest")
 
-#: SO_RCVBUF of the fast layout's connections: room for a large batch in flight
-#: while the receiver is busy (the kernel caps it at net.core.rmem_max)
+#: the receive buffer the fast layout wants per connection: room for a large batch
+#: in flight while its receiver thread is busy
 RCVBUF_BYTES = 32 << 20
+
+
+def _sysctl_ints(path: str) -> list[int]:
+    try:
+        with open(path) as fh:
+            return [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def fast_rcvbuf(want: int = RCVBUF_BYTES) -> int | None:
+    """SO_RCVBUF to set for ``want`` bytes, or None to leave Linux's autotuning on.
+
+    Setting SO_RCVBUF turns autotuning off and is capped at net.core.rmem_max,
+    while autotuning grows a busy connection's buffer up to tcp_rmem's maximum: so
+    it is set only where the cap lets it reach more than autotuning would."""
+    rmem_max = _sysctl_ints("/proc/sys/net/core/rmem_max")
+    tcp_rmem = _sysctl_ints("/proc/sys/net/ipv4/tcp_rmem")
+    auto_max = tcp_rmem[2] if len(tcp_rmem) == 3 else 0
+    if rmem_max and rmem_max[0] >= want > auto_max:
+        return want
+    return None
 
 
 class _Shared:

@@ -31,7 +31,7 @@ from simstream.clock import now
 
 from .config import ConsumerConfig
 from .context import Clock, StageContext
-from .fast_ingest import RCVBUF_BYTES, merged_receiver_stats, parse_in_fast
+from .fast_ingest import fast_rcvbuf, merged_receiver_stats, parse_in_fast
 from .inference import InferenceLoop, build_engine, warm_up
 from .ingest import parse_in_actor, parse_in_receiver, producer_thread, random_producer
 from .q1 import Q1Sampler, make_q1
@@ -74,8 +74,9 @@ class _LocalResources:
         self.q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
                           cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         if cfg.mode == "socket" and cfg.layout == "fast":
+            rcvbuf = fast_rcvbuf()
             first, *rest = [open_receiver(cfg.transport, url, cfg.role, cfg.max_message_bytes,
-                                          cfg.rcvhwm, clock=clock, rcvbuf=RCVBUF_BYTES)
+                                          cfg.rcvhwm, clock=clock, rcvbuf=rcvbuf)
                             for url in cfg.urls]
             self.rx, self.extra_rx = first, rest
         elif cfg.mode == "socket":

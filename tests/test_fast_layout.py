@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from simstream.pipeline import fast_ingest
 from simstream.pipeline.config import consumer_config
 from simstream.pipeline.consumer import run_consumer
-from simstream.pipeline.fast_ingest import merged_receiver_stats
+from simstream.pipeline.fast_ingest import fast_rcvbuf, merged_receiver_stats
 from simstream.pipeline.receiver import ReceiverStats
 from simstream.profile import ProfileError
 from simstream.runner.procs import free_port
@@ -36,6 +37,20 @@ def test_fast_needs_the_in_process_queue_and_a_known_layout() -> None:
         consumer_config(None, {"layout": "fast", "queue.backend": "process"})
     with pytest.raises(ProfileError, match="consumer.layout"):
         consumer_config(None, {"layout": "quick"})
+
+
+@pytest.mark.parametrize(("rmem_max", "tcp_rmem", "want"), [
+    ([4 << 20], [4096, 131072, 32 << 20], None),  # capped below autotuning's reach: leave it on
+    ([64 << 20], [4096, 131072, 6 << 20], 32 << 20),  # the cap allows more: set it
+    ([64 << 20], [4096, 131072, 64 << 20], None),  # autotuning reaches as far
+    ([], [], None),  # no /proc: leave the kernel's default
+])
+def test_receive_buffer_is_set_only_where_it_beats_autotuning(
+        monkeypatch: pytest.MonkeyPatch, rmem_max: list[int], tcp_rmem: list[int],
+        want: int | None) -> None:
+    values = {"/proc/sys/net/core/rmem_max": rmem_max, "/proc/sys/net/ipv4/tcp_rmem": tcp_rmem}
+    monkeypatch.setattr(fast_ingest, "_sysctl_ints", values.__getitem__)
+    assert fast_rcvbuf(32 << 20) == want
 
 
 class _Rx:
