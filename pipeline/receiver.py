@@ -142,17 +142,23 @@ class ReceiverStats:
 
 _IMMEDIATE_S = 1e-4  # a poll that returns data sooner found it already queued
 _RXQ_EVERY_S = 0.05  # at most this often the kernel's receive queue is sampled
+_RXQ_MAX_SHARE = 0.02  # ...and with at most this share of the receiver's time
 
 
 def _proc_rx_queue(port: int, local: bool) -> int | None:
     """Bytes in the kernel's receive queues of the established TCP sockets whose
     local (or remote) port is ``port`` (Linux /proc/net/tcp*); None elsewhere."""
     total, seen = 0, False
+    # a busy host lists thousands of sockets: skip, without splitting it, every line
+    # that does not mention the port at all
+    port_hex = f":{port:04X} "
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as fh:
                 next(fh, None)
                 for line in fh:
+                    if port_hex not in line:
+                        continue
                     f = line.split()
                     if len(f) < 5 or f[3] != "01":  # 01: ESTABLISHED
                         continue
@@ -237,8 +243,13 @@ class ZmqReceiver(Receiver):
     def _sample_rx_queue(self, t: float) -> None:
         if self._rxq_port is None or t < self._rxq_next:
             return
-        self._rxq_next = t + _RXQ_EVERY_S
+        t0 = now()
         q = _proc_rx_queue(self._rxq_port, self._rxq_local)
+        cost = now() - t0
+        # reading /proc/net/tcp holds this thread (and the GIL) for as long as the host
+        # has sockets: sample at most every _RXQ_EVERY_S, and less often where one
+        # sample costs more than _RXQ_MAX_SHARE of that
+        self._rxq_next = t + max(_RXQ_EVERY_S, cost / _RXQ_MAX_SHARE)
         if q is not None:
             self.stats.rx_queue_samples.append(q)
 

@@ -110,3 +110,25 @@ def test_fast_layout_over_two_addresses_accounts_for_every_message(tmp_path: Pat
     assert rx["messages"] == 11
     for d in rx["per_receiver"]:
         check_receiver_timing(d)
+
+
+def test_the_kernel_receive_queue_is_found_among_the_hosts_sockets() -> None:
+    """The /proc/net/tcp reader's quick skip of unrelated lines keeps the port's own."""
+    import socket
+    import time
+
+    from simstream.pipeline.receiver import _proc_rx_queue
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            server, _ = listener.accept()
+            with server:
+                client.sendall(b"x" * 5000)
+                deadline = time.monotonic() + 5
+                while (q := _proc_rx_queue(port, local=True)) != 5000 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert q == 5000
+                client_port = client.getsockname()[1]
+                assert _proc_rx_queue(port, local=False) == 0  # the client's side: nothing unread
+                assert _proc_rx_queue(client_port, local=True) == 0
