@@ -141,27 +141,23 @@ def _receive(ctx: StageContext, shared: _Shared, rx: Receiver, pool: ThreadPoolE
     """One receiver thread: its socket's messages to the parser pool."""
     try:
         while not shared.check_end():
-            # a parse slot first, then the socket: while every slot is taken (Q1 full)
-            # nothing is read, so the kernel buffers fill and the producer blocks
-            if not shared.slots.acquire(timeout=POLL_S):
-                continue
-            try:
-                msg = rx.recv(POLL_S)
-            except BaseException:
-                shared.slots.release()
-                raise
+            msg = rx.recv(POLL_S)
             if msg is None:
-                shared.slots.release()
                 continue
             index = shared.admit()
             ctx.records.arrival(msg.t_arrival)
             if msg.oversize or msg.reject:
-                shared.slots.release()
                 ctx.records.sequence(index, None, None)
                 ctx.quarantine(index, msg.payload, msg.reject or
                                f"oversize: {msg.nbytes} bytes > max_message_bytes "
                                f"{ctx.cfg.max_message_bytes}", msg.nbytes, msg.t_arrival)
             else:
+                # wait for a parse slot holding this message: while every slot is taken
+                # (Q1 full) nothing more is read, so the kernel buffers fill and the
+                # producer blocks (a receiver waiting on its socket holds no slot)
+                while not shared.slots.acquire(timeout=POLL_S):
+                    if ctx.errors:
+                        raise RuntimeError("a parser failed")
                 pool.submit(_parse_and_put, ctx, shared, msg, index)
             # silence is measured from when we were ready to read again (as in
             # ingest.receive): time blocked on a full Q1 is not the producer idling
