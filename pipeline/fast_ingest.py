@@ -188,29 +188,28 @@ def merged_receiver_stats(receivers: list[Receiver]) -> dict[str, Any]:
     summed, the span over all of them, ``busy_share`` that of the busiest
     receiver thread (the one that limits), and each receiver's own record under
     ``per_receiver``."""
-    dicts = [rx.stats.as_dict() for rx in receivers]
-    if len(dicts) == 1:
+    stats = [rx.stats for rx in receivers]
+    dicts = [st.as_dict() for st in stats]
+    if len(stats) == 1:
         return {**dicts[0], "per_receiver": dicts}
     out: dict[str, Any] = {}
-    summed = ("messages", "bytes", "oversize", "connections", "cut", "multipart", "disconnects",
-              "protocol_errors", "wait_s", "read_s", "wakeups", "ready_without_wait",
-              "rx_queue_samples")
-    for k in summed:
-        out[k] = sum(d[k] or 0 for d in dicts)
-    out["wait_s"] = round(out["wait_s"], 6)
-    out["read_s"] = round(out["read_s"], 6)
-    out["errors"] = [e for d in dicts for e in d["errors"]][-10:]
-    firsts = [rx.stats.t_first for rx in receivers if rx.stats.t_first is not None]
-    lasts = [rx.stats.t_last for rx in receivers if rx.stats.t_last is not None]
+    for k in ("messages", "bytes", "oversize", "connections", "cut", "multipart", "disconnects",
+              "protocol_errors", "wakeups", "ready_without_wait"):
+        out[k] = sum(int(getattr(st, k)) for st in stats)
+    out["wait_s"] = round(sum(st.wait_s for st in stats), 6)
+    out["read_s"] = round(sum(st.read_s for st in stats), 6)
+    out["errors"] = [e for st in stats for e in st.errors][-10:]
+    firsts = [st.t_first for st in stats if st.t_first is not None]
+    lasts = [st.t_last for st in stats if st.t_last is not None]
     out["span_s"] = round(max(lasts) - min(firsts), 6) if firsts and lasts else None
-    busy = [d["busy_share"] for d in dicts if d["busy_share"] is not None]
-    out["busy_share"] = max(busy) if busy else None
-    out["bytes_per_wakeup"] = round(out["bytes"] / max(out["wakeups"], 1), 1) if out["bytes"] else None
-    means = [(d["rx_queue_bytes_mean"], d["rx_queue_samples"]) for d in dicts
-             if d["rx_queue_bytes_mean"] is not None]
-    n = sum(c for _, c in means)
-    out["rx_queue_bytes_mean"] = round(sum(m * c for m, c in means) / n, 1) if n else None
-    maxes = [d["rx_queue_bytes_max"] for d in dicts if d["rx_queue_bytes_max"] is not None]
-    out["rx_queue_bytes_max"] = max(maxes) if maxes else None
+    busy = [1.0 - st.wait_s / (st.t_last - st.t_first) for st in stats
+            if st.t_first is not None and st.t_last is not None and st.t_last > st.t_first]
+    out["busy_share"] = round(max(0.0, max(busy)), 4) if busy else None
+    out["bytes_per_wakeup"] = (round(out["bytes"] / max(out["wakeups"], 1), 1)
+                               if out["bytes"] else None)
+    rxq = [q for st in stats for q in st.rx_queue_samples]
+    out["rx_queue_bytes_mean"] = round(sum(rxq) / len(rxq), 1) if rxq else None
+    out["rx_queue_bytes_max"] = max(rxq) if rxq else None
+    out["rx_queue_samples"] = len(rxq)
     out["per_receiver"] = dicts
     return out
