@@ -198,6 +198,15 @@ def _emit_to_slow_reader(close: str) -> tuple[list[int], list[dict[str, Any]], A
     return got, records, result
 
 
+def _reconcile(records: list[dict[str, Any]], got: list[int]) -> dict[str, Any]:
+    from simstream.records.tail import tail_loss
+
+    lost = tail_loss([r["rank"] for r in records], [r["seq"] for r in records],
+                     [r["at_close"] for r in records], [0] * len(got), got)
+    assert lost is not None
+    return lost
+
+
 def test_end_of_stream_against_a_slow_reader_loses_the_tail_like_the_real_one() -> None:
     real = json.loads((DATA / "slow-reader.json").read_text())
     n = real["messages"]
@@ -212,6 +221,11 @@ def test_end_of_stream_against_a_slow_reader_loses_the_tail_like_the_real_one() 
     assert result.ranks[0].lost_at_tail == len(tail)
     delivered = sorted(r["seq"] for r in records if r["outcome"] == "delivered")
     assert delivered == got
+    # the reconciliation `simstream run` and `diagnose` report finds the same tail
+    lost = _reconcile(records, got)
+    assert lost["count"] == len(tail) and lost["not_logged"] == 0
+    assert [(m["rank"], m["seq"]) for m in lost["messages"]] == [(0, s) for s in tail]
+    assert {m["at_close"] for m in lost["messages"]} <= {"in_flight", "queued"}
 
 
 def test_graceful_close_loses_nothing_at_the_end() -> None:
@@ -219,3 +233,4 @@ def test_graceful_close_loses_nothing_at_the_end() -> None:
     assert got == list(range(21))
     assert all(r["at_close"] is None and r["outcome"] == "delivered" for r in records)
     assert result.ranks[0].lost_at_tail == 0
+    assert _reconcile(records, got)["count"] == 0

@@ -63,6 +63,10 @@ def test_summary_keys_match_the_doc() -> None:
     assert {k for k, w in writers.items() if "records" in w} == set(c.RECORD_SUMMARY_KEYS)
     assert {k for k, w in writers.items() if "consumer" in w} == set(c.CONSUMER_SUMMARY_KEYS)
     assert {k for k, w in writers.items() if "probe" in w} == set(c.PROBE_SUMMARY_KEYS)
+    assert {k for k, w in writers.items() if "run" in w} == set(c.RUN_SUMMARY_KEYS)
+    tail = _section("### Loss at the tail")
+    assert tuple(_first_cells(tail)) == c.LOST_AT_TAIL_KEYS
+    assert f"first {c.LOST_AT_TAIL_LISTED} of them" in tail
     meaning = {k: m for k, _, m in rows}
     for key, sub in (("throughput", c.SUMMARY_THROUGHPUT_KEYS),
                      ("stage_median_ms", c.SUMMARY_STAGE_KEYS), ("q1", c.SUMMARY_Q1_KEYS)):

@@ -215,5 +215,8 @@ def test_loopback_run_with_capture_verifies_user_space_shaping(tmp_path: Path) -
     msgs = next(c for c in v["checks"] if c["name"] == "messages")
     summary = json.loads((out / "summary.json").read_text())
     assert msgs["status"] == "PASS" and msgs["measured"].startswith(f"{summary['received']} messages")
+    # the run reconciled the emit log: nothing sent went missing after the last arrival
+    tail = summary["lost_at_tail"]
+    assert tail["not_logged"] == 0 and tail == json.loads((out / "report.json").read_text())["lost_at_tail"]
     assert "## Capture verification" in (out / "report.md").read_text()
     assert not (out / "emitter-profile.yaml").exists()  # the emitter got the profile as it is

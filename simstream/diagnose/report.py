@@ -24,6 +24,7 @@ from simstream.diagnose.evidence import Evidence, compute_evidence, ks_statistic
 from simstream.diagnose.figures import EmitterFigures, Figures, LoopTime
 from simstream.diagnose.load import RunData, load_run
 from simstream.diagnose.verdict import decide, recommendations, summary_text
+from simstream.records.tail import tail_loss
 
 __all__ = ["build_report", "compare_report", "diagnose_run", "key_evidence"]
 
@@ -103,6 +104,16 @@ def key_evidence(f: Figures) -> list[str]:
     return lines
 
 
+def lost_at_tail(run: RunData) -> dict[str, Any] | None:
+    """Messages the emit log has that never arrived after each rank's last arrival
+    (simstream.records.tail), apart from the consumer's mid-stream ``lost``; null
+    without an emit log, messages.csv or sequence numbers."""
+    if run.emit is None or run.messages is None or "at_close" not in run.emit:
+        return run.summary.get("lost_at_tail")
+    return tail_loss(run.emit["rank"], run.emit["seq"], run.emit["at_close"],
+                     run.messages.get("rank", ()), run.messages.get("seq", ()))
+
+
 def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
     """The report.json dict."""
     f = ev.figures
@@ -110,6 +121,16 @@ def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
     cause = network_cause(f) if verdict == "network" else None
     if cause is not None:
         reasons = [*reasons, f"cause {cause.cause}: {cause.why}"]
+    tail = lost_at_tail(run)
+    evidence = key_evidence(f)
+    if tail and tail["count"]:
+        shown = ", ".join(f"rank {m['rank']} seq {m['seq']}"
+                          + (f" ({m['at_close']})" if m["at_close"] else "")
+                          for m in tail["messages"][:5])
+        more = f", ... ({tail['count'] - 5} more)" if tail["count"] > 5 else ""
+        evidence.append(f"lost at the tail: {tail['count']} messages in the emit log never "
+                        f"arrived, each after its rank's last arrival ({shown}{more}); "
+                        f"{tail['logged_at_close']} logged as lost when the stream closed")
     return {
         "verdict": verdict,
         "confidence": confidence,
@@ -121,8 +142,9 @@ def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:
         + summary_text(f, verdict, confidence, cause),
         "cut_short": run.cut_short,
         "reasons": reasons,
-        "key_evidence": key_evidence(f),
+        "key_evidence": evidence,
         "recommendations": recommendations(f, verdict, cause),
+        "lost_at_tail": tail,
         "evidence": ev.to_json(),
         "data_sources": {**run.sources, "profile_read": False},
         "run_dir": str(run.root),

@@ -26,11 +26,14 @@ __all__ = [
     "Q1_CSV",
     "PROBE_SUMMARY_KEYS",
     "Q1_HIGH_SHARE",
+    "LOST_AT_TAIL_KEYS",
+    "LOST_AT_TAIL_LISTED",
     "QUARANTINE_DIR",
     "QUARANTINE_HEAD_BYTES",
     "QUARANTINE_META_KEYS",
     "QUARANTINE_REASONS",
     "RECORD_SUMMARY_KEYS",
+    "RUN_SUMMARY_KEYS",
     "RUN_CSV_COLUMNS",
     "SIMSTREAM_FIELDS",
     "STAGES",
@@ -105,8 +108,15 @@ CONSUMER_SUMMARY_KEYS = (
 )
 #: keys the probe adds (simstream.probe)
 PROBE_SUMMARY_KEYS = ("wall_s", "t_start", "t_end", "mode", "device", "stages_seen")
+#: keys `simstream run` adds once both ends are done, reconciling the emit log
+RUN_SUMMARY_KEYS = ("lost_at_tail",)
 SUMMARY_KEYS = tuple(dict.fromkeys((*RECORD_SUMMARY_KEYS, *CONSUMER_SUMMARY_KEYS,
-                                    *PROBE_SUMMARY_KEYS)))
+                                    *PROBE_SUMMARY_KEYS, *RUN_SUMMARY_KEYS)))
+#: summary.json's and report.json's ``lost_at_tail`` block (simstream.records.tail)
+LOST_AT_TAIL_KEYS = ("count", "by_rank", "messages", "logged_at_close", "not_logged",
+                     "logged_not_at_tail")
+#: at most this many lost messages are listed in ``lost_at_tail.messages``
+LOST_AT_TAIL_LISTED = 100
 SUMMARY_THROUGHPUT_KEYS = ("batches_per_s", "samples_per_s", "mb_per_s")
 SUMMARY_STAGE_KEYS = ("parse", "q1_put", "q1_wait", "q1_get", "h2d", "compute", "d2h", "latency")
 SUMMARY_Q1_KEYS = ("samples", "maxsize", "mean_occupancy", "share_empty", "share_under_30",

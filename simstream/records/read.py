@@ -88,6 +88,7 @@ def read_emit_columns(path: Path) -> dict[str, Any]:
     for k in ("phase", "outcome"):
         out[k] = np.asarray([str(r.get(k, "")) for r in recs], dtype=str)
     out["faults"] = [list(r.get("faults") or []) for r in recs]
+    out["at_close"] = [r.get("at_close") for r in recs]
     return out
 
 

@@ -171,6 +171,8 @@ def run_profile(
     summary_path = out / "summary.json"
     if summary_path.exists():
         result.summary = json.loads(summary_path.read_text())
+        if mode == "socket":
+            _add_tail_loss(out, result.summary)
     if capture and failure is None and result.interrupted is None:
         # before the diagnosis, so the report carries the verification table
         result.verify, _ = kernel.verify_run(out, profile, result.port)
@@ -373,6 +375,30 @@ def _with_urls(emit_profile: Path, urls: list[str], out: Path) -> Path:
     dest = out / kernel.EMITTER_PROFILE_FILE
     dest.write_text(dump_profile(Profile.model_validate(data)))
     return dest
+
+
+def _add_tail_loss(out: Path, summary: dict[str, Any]) -> None:
+    """Write ``lost_at_tail`` into summary.json: the emit log's messages each rank
+    never delivered after its last arrival (docs/formats.md). Left out where the emit
+    log or messages.csv is missing or carries no sequence numbers."""
+    from simstream.records.read import read_emit_columns, read_messages
+    from simstream.records.tail import tail_loss
+
+    emit, messages = out / "emit.jsonl", out / "messages.csv"
+    if not (emit.is_file() and messages.is_file()):
+        return
+    try:
+        em, msg = read_emit_columns(emit), read_messages(messages)
+    except (OSError, ValueError):
+        return  # a torn file: the diagnosis says what it could read
+    tail = tail_loss(em["rank"], em["seq"], em["at_close"], msg["rank"], msg["seq"])
+    if tail is None:
+        return
+    summary["lost_at_tail"] = tail
+    path = out / "summary.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(path)
 
 
 def _delivered(emit_log: Path) -> int:
