@@ -132,3 +132,19 @@ def test_the_kernel_receive_queue_is_found_among_the_hosts_sockets() -> None:
                 client_port = client.getsockname()[1]
                 assert _proc_rx_queue(port, local=False) == 0  # the client's side: nothing unread
                 assert _proc_rx_queue(client_port, local=True) == 0
+
+
+def test_a_run_binds_every_address_for_the_fast_layout_from_profile_or_flag() -> None:
+    """The runner's fan-in (one address per transport.urls entry, the emitter's
+    ranks spread over them) follows the layout as the consumer will see it."""
+    from simstream.profile import find_profile, load_profile
+    from simstream.runner.core import _receiver_actors
+
+    base = load_profile(find_profile("peaknet-1920"))
+    assert not _receiver_actors(base)
+    assert _receiver_actors(base, ["--layout", "fast"])
+    assert _receiver_actors(base.with_overrides({"consumer.layout": "fast"}))
+    assert not _receiver_actors(base.with_overrides({"consumer.layout": "fast"}),
+                                ["--layout", "production"])
+    with pytest.raises(ProfileError, match="layout fast .* needs queue.backend local"):
+        _receiver_actors(base, ["--layout", "fast", "--queue-backend", "process"])

@@ -83,6 +83,11 @@ def test_queue_backend_reaches_the_consumer(tmp_path: Path, command: str,
     assert _exit_code(argv) == 1
     assert seen == [["--queue-backend", "ray", "--ray-address", "auto"]]
     assert _exit_code([command, "--profile", str(prof), "--queue-backend", "redis"]) == 2
+    if command == "run":  # --layout too becomes the consumer's flag
+        assert _exit_code([command, "--profile", str(prof), "--out", str(tmp_path / "r2"),
+                           "--layout", "fast"]) == 1
+        assert seen[-1] == ["--layout", "fast"]
+        assert _exit_code([command, "--profile", str(prof), "--layout", "quick"]) == 2
 
 
 @pytest.mark.parametrize(("args", "msg"), [

@@ -107,9 +107,12 @@ _QUEUE_BACKEND = click.option(
               help="with queue backend ray: attach the consumer to a running Ray cluster "
                    "(default: a local Ray instance that starts and stops with the run)")
 @_QUEUE_BACKEND
+@click.option("--layout", type=click.Choice(["production", "fast"]), default=None,
+              help="override the profile's consumer.layout (fast: one socket and receiver "
+                   "thread per transport.urls address, the emitter's ranks spread over them)")
 def run(profile_path: str, out_dir: Path | None, duration: float | None, force: bool,
         kernel_shaping: bool, capture: bool, capture_snaplen: int, ray_address: str | None,
-        queue_backend: str | None) -> None:
+        queue_backend: str | None, layout: str | None = None) -> None:
     """Consumer on a free loopback port (or across a kernel-shaped testbed), the
     emitter against it, then the verdict."""
     if duration is not None and duration <= 0:
@@ -125,7 +128,9 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
             result = run_profile(profile_path, out_dir, duration_s=duration,
                                  kernel_shaping=kernel_shaping, capture=capture,
                                  capture_snaplen=capture_snaplen, echo=click.echo,
-                                 consumer_args=_ray_args(ray_address, queue_backend), force=force)
+                                 consumer_args=[*_ray_args(ray_address, queue_backend),
+                                                *(["--layout", layout] if layout else [])],
+                                 force=force)
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         click.echo(f"the run's records (and report, if one could be made) are in {out}", err=True)

@@ -146,6 +146,7 @@ def run_profile(
     from simstream.pipeline.config import consumer_config
 
     consumer_config(profile)
+    _receiver_actors(profile, consumer_args)  # the same with the run's flags over it
     if mode == "random" and (kernel_shaping or capture):
         raise UsageError("--kernel-shaping and --capture need the emitter (socket mode)")
     offer = kernel.check_kernel_shaping() if kernel_shaping else None
@@ -244,7 +245,8 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
     # a consumer of receiver actors (or of layout fast) binds every address of the
     # profile (one receiver each) and the emitter spreads its ranks over them; any
     # other consumer binds one
-    fan_in = consumer_binds and len(profile.transport.all_urls) > 1 and _receiver_actors(profile)
+    fan_in = (consumer_binds and len(profile.transport.all_urls) > 1
+              and _receiver_actors(profile, consumer_args))
     with contextlib.ExitStack() as stack:
         tb: Any = None
         if kernel_offer is not None:
@@ -357,12 +359,21 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
             )
 
 
-def _receiver_actors(profile: Profile) -> bool:
+#: the consumer flags a run passes on that decide how many addresses it binds
+_FAN_IN_FLAGS = {"--layout": "layout", "--queue-backend": "queue.backend"}
+
+
+def _receiver_actors(profile: Profile, consumer_args: list[str] | None = None) -> bool:
     """Whether the consumer takes one receiver per address: Ray receiver actors, or
-    the fast layout's receiver threads."""
+    the fast layout's receiver threads; ``consumer_args`` (the run's consumer
+    flags) override the profile as they will in the consumer. Raises ProfileError
+    for a combination the consumer would refuse."""
     from simstream.pipeline.config import consumer_config
 
-    cfg = consumer_config(profile)
+    args = consumer_args or []
+    overrides = {_FAN_IN_FLAGS[a]: v for a, v in zip(args, args[1:], strict=False)
+                 if a in _FAN_IN_FLAGS}
+    cfg = consumer_config(profile, overrides)
     return (cfg.queue.backend == "ray" and cfg.ray.actors) or cfg.layout == "fast"
 
 
