@@ -11,7 +11,15 @@ simstream fields), timed side by side in one process:
 - decode: ``codec.decode`` (zero-copy views; with its layout cache cold and warm;
   with ``alloc``: one copy into preallocated memory) vs h5py reading every dataset
   from ``io.BytesIO``;
-- for information: each compression and npz, and pool-mode messages.
+- for information: each compression and npz, and pool-mode messages;
+- ``--checks``: what decoding's safety checks cost (docs in BENCHMARKS.md, "Fault
+  campaign"), on its own 8 x 1 x 512 x 512 float32 batch, peaks and uniform random
+  content: a bitshuffle_lz4 message decoded with the checks (``codec.decode``) vs
+  the same decode with ``_hdf5._check_filters`` replaced by a no-op (the baseline);
+  and gzip / gzip_with_shuffle decoded by the codec's own zlib inflate
+  (``_read_deflated``, exact sizes checked) vs libhdf5 inflating the same message
+  with neither that path nor the checks (the baseline). Ratios are codec / baseline
+  (above 1: the checks cost time).
 
 Times are medians over the repeats (best in brackets); ratios are against the
 baseline measured in this run. Prints a markdown table and the machine.
@@ -28,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import h5py
 import hdf5plugin
@@ -83,7 +92,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-compressed", action="store_true")
+    ap.add_argument("--checks", action="store_true",
+                    help="only the decode checks' cost (Bitshuffle guard, own gzip inflate)")
+    ap.add_argument("--checks-repeats", type=int, default=300)
     args = ap.parse_args()
+    if args.checks:
+        checks_cost(args.checks_repeats)
+        return
     shape = [int(x) for x in args.shape.split(",")]
     source = Source(batch_size=args.batch, shape=shape, dtype=args.dtype, total_events=None)
     factory = MessageFactory(source)
@@ -155,6 +170,52 @@ def main() -> None:
         print(f"| hdf5 none | {len(buf) / 1e6:.1f} | 1.00 | {mb / t_fast[0]:,.0f} | {mb / t_warm[0]:,.0f} |")
         for name, size, te, td in sizes:
             print(f"| {name} | {size / 1e6:.1f} | {raw / size:.2f} | {mb / te[0]:,.0f} | {mb / td[0]:,.0f} |")
+    print(f"\nmachine: {machine()}")
+    print("command: .venv/bin/python bench/bench_codec.py " + " ".join(sys.argv[1:]))
+
+
+def checks_cost(repeats: int) -> None:
+    """The decode checks' cost as ratios against the unchecked decode, same run."""
+    print(f"machine: {machine()}", file=sys.stderr)
+    print(f"Decode checks: 8 x 1 x 512 x 512 float32 batch, median of {repeats} "
+          f"(the baseline and the checked decode alternate, call by call).\n")
+    print("| message | content | baseline | baseline ms | checked ms | checked / baseline |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    no_checks = mock.patch.object(_hdf5, "_check_filters", lambda *a, **k: None)
+    libhdf5_inflate = mock.patch.object(_hdf5, "_read_deflated", lambda *a, **k: None)
+    for content in ("peaks", "random"):
+        source = Source(batch_size=8, shape=[1, 512, 512], dtype="float32", total_events=None,
+                        content=content)
+        factory = MessageFactory(source)
+        arrays, fields = factory.batch(0), factory.fields
+        cases = [("bitshuffle_lz4", "guard off (_check_filters no-op)", [no_checks]),
+                 ("gzip", "libhdf5 inflates, unchecked", [no_checks, libhdf5_inflate]),
+                 ("gzip_with_shuffle", "libhdf5 inflates, unchecked", [no_checks, libhdf5_inflate])]
+        for comp, base_name, patches in cases:
+            buf = codec.encode(arrays, fields=fields, compression=comp)
+            checked = codec.decode(buf, fields=fields)
+            base_times, checked_times = [], []
+            for i in range(repeats + 1):  # interleaved, so load changes hit both alike
+                for p in patches:
+                    p.start()
+                try:
+                    t0 = time.perf_counter()
+                    plain = codec.decode(buf, fields=fields)
+                    t1 = time.perf_counter()
+                finally:
+                    for p in reversed(patches):
+                        p.stop()
+                if i == 0:  # warm-up, and the unchecked decode must give the same arrays
+                    assert all(np.array_equal(plain[k], checked[k]) for k in checked), comp
+                    continue
+                base_times.append(t1 - t0)
+                t0 = time.perf_counter()
+                codec.decode(buf, fields=fields)
+                checked_times.append(time.perf_counter() - t0)
+            t_base = statistics.median(base_times) * 1e3
+            t_checked = statistics.median(checked_times) * 1e3
+            print(f"| {comp} | {content} | {base_name} | {t_base:.2f} | {t_checked:.2f} | "
+                  f"{t_checked / t_base:.2f}x |")
     print(f"\nmachine: {machine()}")
     print("command: .venv/bin/python bench/bench_codec.py " + " ".join(sys.argv[1:]))
 
