@@ -9,7 +9,10 @@ to end on loopback (``simstream run``), once with no extra load and, with
 whole series. Prints one line per profile and load: the verdict it should get,
 how many runs got it, every verdict seen, the confidence range, and the
 deciding busy shares (inference loop, parser threads) with their range, so a
-profile that sits near a cut-off shows it. ``--json`` writes the same table.
+profile that sits near a cut-off shows it, then every run's verdict and
+confidence in run order. ``--queue-backend ray`` runs the consumer's queue (and,
+as the profile says, its actors) on a local Ray, as ``simstream run
+--queue-backend`` does. ``--json`` writes the same table.
 
 "Quiet" means no load of ours: on a shared machine other work still runs;
 the load average at the start and end of each series is printed with it.
@@ -50,12 +53,13 @@ def _spin(stop_at: float) -> None:
         x = (x * 1103515245 + 12345) & 0xFFFFFFFF
 
 
-def _one_run(profile: Path, out: Path) -> dict[str, Any]:
+def _one_run(profile: Path, out: Path, backend: str | None = None) -> dict[str, Any]:
     from simstream.runner.core import run_profile
 
     t = time.perf_counter()
     try:
-        result = run_profile(profile, out)
+        result = run_profile(profile, out,
+                             consumer_args=["--queue-backend", backend] if backend else None)
     except Exception as e:  # a run that fails is counted as such, not hidden
         return {"verdict": f"error: {type(e).__name__}", "confidence": None, "wall_s": time.perf_counter() - t}
     ev = result.report.get("evidence") or {}
@@ -64,7 +68,8 @@ def _one_run(profile: Path, out: Path) -> dict[str, Any]:
             "upstream_busy": ev.get("upstream_busy_share"), "wall_s": round(time.perf_counter() - t, 1)}
 
 
-def _series(name: str, profile: Path, runs: int, load: int, deadline: float) -> dict[str, Any]:
+def _series(name: str, profile: Path, runs: int, load: int, deadline: float,
+            backend: str | None = None) -> dict[str, Any]:
     procs = [mp.Process(target=_spin, args=(deadline,), daemon=True) for _ in range(load)]
     for p in procs:
         p.start()
@@ -75,7 +80,7 @@ def _series(name: str, profile: Path, runs: int, load: int, deadline: float) -> 
             for i in range(runs):
                 if time.time() > deadline:
                     break
-                got.append(_one_run(profile, Path(tmp) / f"run{i}"))
+                got.append(_one_run(profile, Path(tmp) / f"run{i}", backend))
     finally:
         for p in procs:
             p.terminate()
@@ -107,6 +112,8 @@ def main() -> None:
     ap.add_argument("--profile", action="append", help="a bundled hypothesis profile (repeatable; default all)")
     ap.add_argument("--minutes", type=float, default=120.0, help="bound on the whole bench")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--queue-backend", choices=["local", "process", "ray"], default=None,
+                    help="override the profiles' consumer.queue.backend")
     a = ap.parse_args()
     if a.runs < 1 or a.load < 0:
         ap.error("--runs must be >= 1 and --load >= 0")
@@ -119,18 +126,21 @@ def main() -> None:
         print(f"bench_verdicts: unknown hypothesis profile(s): {', '.join(unknown)}", file=sys.stderr)
         sys.exit(2)
     deadline = time.time() + 60 * a.minutes
-    print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {a.runs} run(s) per profile and load")
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {a.runs} run(s) per profile and load"
+          + (f"; queue backend {a.queue_backend}" if a.queue_backend else ""))
     print(f"{'profile':28s} {'load':>4s} {'correct':>8s}  {'confidence min/med':>18s}  "
           f"{'loop busy min-max':>17s} {'parsers max':>11s}  {'load avg':>9s}  verdicts")
     rows = []
     for load in ([0, a.load] if a.load else [0]):
         for name in names:
-            r = _series(name, bundled[name], a.runs, load, deadline)
+            r = _series(name, bundled[name], a.runs, load, deadline, a.queue_backend)
             rows.append(r)
             print(f"{name:28s} {load:4d} {r['correct']:>3d}/{r['runs']:<4d}  "
                   f"{_fmt(r['confidence_min']):>8s}/{_fmt(r['confidence_median']):<9s}  "
                   f"{_fmt(r['loop_busy_min']):>8s}-{_fmt(r['loop_busy_max']):<8s} {_fmt(r['upstream_busy_max']):>11s}  "
                   f"{r['load_average_before']:>4.1f}/{r['load_average_after']:<4.1f}  {r['verdicts']}", flush=True)
+            print(f"{'':28s} every run: " + " / ".join(
+                f"{g['verdict']} {_fmt(g.get('confidence'))}" for g in r["runs_detail"]), flush=True)
     if a.json:
         a.json.write_text(json.dumps({"cpu": cpu_model(), "cpus": os.cpu_count(), "rows": rows}, indent=2))
 
