@@ -93,3 +93,10 @@ def test_run_writes_it_into_summary_json_and_diagnose_into_report(tmp_path: Path
     # the diagnosis reconciles the files itself (a run directory from elsewhere)
     (out / "summary.json").write_text(json.dumps({"received": 7, "lost": 1}))
     assert lost_at_tail(load_run(out)) == written["lost_at_tail"]
+
+
+def test_run_prints_it_on_the_consumer_line() -> None:
+    from simstream.runner.cli import _tail_words
+
+    assert _tail_words(None) == ""
+    assert _tail_words({"count": 5, "logged_at_close": 2}) == " lost_at_tail 5 (2 logged at close)"

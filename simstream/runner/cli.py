@@ -47,6 +47,14 @@ def _print_verify(verify: dict[str, Any]) -> None:
                         verify.get("facts") or {}))
 
 
+def _tail_words(tail: dict[str, Any] | None) -> str:
+    """`` lost_at_tail N (M logged at close)`` for the consumer line; empty without
+    the block (no emit log or no sequence numbers)."""
+    if not tail:
+        return ""
+    return f" lost_at_tail {tail['count']} ({tail['logged_at_close']} logged at close)"
+
+
 def _print_verdict(result: RunResult) -> None:
     s = result.summary
     click.echo(f"run directory: {result.out_dir}")
@@ -58,6 +66,7 @@ def _print_verdict(result: RunResult) -> None:
             f"consumer: received {s.get('received')} processed {s.get('processed')} "
             f"quarantined {s.get('quarantined')} lost {s.get('lost')} "
             f"duplicated {s.get('duplicated')} reordered {s.get('reordered')}"
+            + _tail_words(s.get("lost_at_tail"))
         )
     if result.report:
         from simstream.diagnose.cli import _print_report
