@@ -9,7 +9,9 @@ to end on loopback (``simstream run``), once with no extra load and, with
 whole series. Prints one line per profile and load: the verdict it should get,
 how many runs got it, every verdict seen, the confidence range, and the
 deciding busy shares (inference loop, parser threads) with their range, so a
-profile that sits near a cut-off shows it, then every run's verdict and
+profile that sits near a cut-off shows it, the saturated loop's deciding
+ratio (Q1 get overhead / the inference stage's share of the loop, > 1 means
+``queue``) and the median wall time of a run, then every run's verdict and
 confidence in run order. ``--queue-backend ray`` runs the consumer's queue (and,
 as the profile says, its actors) on a local Ray, as ``simstream run
 --queue-backend`` does. ``--json`` writes the same table.
@@ -61,11 +63,17 @@ def _one_run(profile: Path, out: Path, backend: str | None = None) -> dict[str, 
         result = run_profile(profile, out,
                              consumer_args=["--queue-backend", backend] if backend else None)
     except Exception as e:  # a run that fails is counted as such, not hidden
-        return {"verdict": f"error: {type(e).__name__}", "confidence": None, "wall_s": time.perf_counter() - t}
+        return {"verdict": f"error: {type(e).__name__}", "error": str(e)[:300], "confidence": None,
+                "wall_s": round(time.perf_counter() - t, 1)}
     ev = result.report.get("evidence") or {}
+    lt = ev.get("loop_time_s") or {}
+    # the saturated loop's deciding margin: Q1 get overhead over the inference stage's share
+    q_vs_inf = (round(lt["q1_get_overhead"] / lt["inference"], 2)
+                if lt.get("q1_get_overhead") is not None and lt.get("inference") else None)
     return {"verdict": result.report["verdict"], "cause": result.report.get("cause"),
             "confidence": result.report["confidence"], "loop_busy": ev.get("loop_busy_share"),
-            "upstream_busy": ev.get("upstream_busy_share"), "wall_s": round(time.perf_counter() - t, 1)}
+            "upstream_busy": ev.get("upstream_busy_share"), "q1_get_vs_inference": q_vs_inf,
+            "wall_s": round(time.perf_counter() - t, 1)}
 
 
 def _series(name: str, profile: Path, runs: int, load: int, deadline: float,
@@ -89,6 +97,8 @@ def _series(name: str, profile: Path, runs: int, load: int, deadline: float,
     conf = [g["confidence"] for g in got if g.get("confidence") is not None]
     loops = [g["loop_busy"] for g in got if g.get("loop_busy") is not None]
     ups = [g["upstream_busy"] for g in got if g.get("upstream_busy") is not None]
+    qvi = [g["q1_get_vs_inference"] for g in got if g.get("q1_get_vs_inference") is not None]
+    walls = [g["wall_s"] for g in got]
     return {
         "profile": name, "load_processes": load, "expected": want, "runs": len(got),
         "correct": sum(g["verdict"] == want for g in got),
@@ -96,6 +106,8 @@ def _series(name: str, profile: Path, runs: int, load: int, deadline: float,
         "confidence_min": min(conf) if conf else None, "confidence_median": statistics.median(conf) if conf else None,
         "loop_busy_min": min(loops) if loops else None, "loop_busy_max": max(loops) if loops else None,
         "upstream_busy_max": max(ups) if ups else None,
+        "q1_get_vs_inference_min": min(qvi) if qvi else None, "q1_get_vs_inference_max": max(qvi) if qvi else None,
+        "wall_s_median": statistics.median(walls) if walls else None,
         "load_average_before": round(load_before, 1), "load_average_after": round(os.getloadavg()[0], 1),
         "runs_detail": got,
     }
@@ -129,7 +141,8 @@ def main() -> None:
     print(f"# {cpu_model()}, {os.cpu_count()} CPUs; {a.runs} run(s) per profile and load"
           + (f"; queue backend {a.queue_backend}" if a.queue_backend else ""))
     print(f"{'profile':28s} {'load':>4s} {'correct':>8s}  {'confidence min/med':>18s}  "
-          f"{'loop busy min-max':>17s} {'parsers max':>11s}  {'load avg':>9s}  verdicts")
+          f"{'loop busy min-max':>17s} {'parsers max':>11s}  {'get/inf min-max':>15s} {'wall med':>8s}  "
+          f"{'load avg':>9s}  verdicts")
     rows = []
     for load in ([0, a.load] if a.load else [0]):
         for name in names:
@@ -138,6 +151,8 @@ def main() -> None:
             print(f"{name:28s} {load:4d} {r['correct']:>3d}/{r['runs']:<4d}  "
                   f"{_fmt(r['confidence_min']):>8s}/{_fmt(r['confidence_median']):<9s}  "
                   f"{_fmt(r['loop_busy_min']):>8s}-{_fmt(r['loop_busy_max']):<8s} {_fmt(r['upstream_busy_max']):>11s}  "
+                  f"{_fmt(r['q1_get_vs_inference_min']):>7s}-{_fmt(r['q1_get_vs_inference_max']):<7s} "
+                  f"{_fmt(r['wall_s_median']):>8s}  "
                   f"{r['load_average_before']:>4.1f}/{r['load_average_after']:<4.1f}  {r['verdicts']}", flush=True)
             print(f"{'':28s} every run: " + " / ".join(
                 f"{g['verdict']} {_fmt(g.get('confidence'))}" for g in r["runs_detail"]), flush=True)
