@@ -594,8 +594,13 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     windows = timeline_windows(profile, t0, t_end)
     facts["windows"] = [w.__dict__ for w in windows]
     asks_latency = any(w.latency_ms or w.jitter_ms for w in windows)
+    # the rate is measured while messages were on the wire: before the first
+    # message (handshake, a peer still starting) and after the last (closing)
+    # the wire is quiet by design, not held back by a shaper
+    data_first = messages[0].t_first if messages else t_first_pkt
+    data_last = max(m.t_last for m in messages) if messages else t_last_pkt
     for w in windows:
-        a, b = max(w.start, t_first_pkt), min(w.end, t_last_pkt)
+        a, b = max(w.start, data_first), min(w.end, data_last)
         span = b - a
         where = f"{w.phase} {w.start - t0:.2f}-{w.end - t0:.2f} s"
         if asks_latency:
