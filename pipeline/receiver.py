@@ -92,8 +92,9 @@ class ReceiverStats:
     connections: int = 0
     cut: int = 0  # connections that closed part-way through a message
     multipart: int = 0  # zmq messages of more than one frame (quarantined)
-    # zmq: connections libzmq closed (a peer leaving, or one sending a message over
-    # max_message_bytes: libzmq drops it at its size header, before buffering it)
+    # connections that ended: a peer leaving or found dead by keepalive (a cut link);
+    # zmq: also one sending a message over max_message_bytes (libzmq drops it at its
+    # size header, before buffering it)
     disconnects: int = 0
     protocol_errors: int = 0
     errors: list[str] = field(default_factory=list)
@@ -143,6 +144,22 @@ class ReceiverStats:
 _IMMEDIATE_S = 1e-4  # a poll that returns data sooner found it already queued
 _RXQ_EVERY_S = 0.05  # at most this often the kernel's receive queue is sampled
 _RXQ_MAX_SHARE = 0.02  # ...and with at most this share of the receiver's time
+#: keepalive on the stream's connections: a peer that stops answering (a cut link,
+#: a host gone) is found within about IDLE + CNT * INTVL seconds of silence
+KEEPALIVE_IDLE_S = 2
+KEEPALIVE_INTVL_S = 1
+KEEPALIVE_CNT = 3
+
+
+def _keepalive(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTVL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_CNT)):
+        opt = getattr(socket, name, None)
+        if opt is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, opt, value)
 
 
 def _proc_rx_queue(port: int, local: bool) -> int | None:
@@ -222,7 +239,14 @@ class ZmqReceiver(Receiver):
         self._sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         if rcvbuf is not None:  # SO_RCVBUF of every connection (None: the kernel's autotuning)
             self._sock.setsockopt(zmq.RCVBUF, rcvbuf)
-        self._mon = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # a peer behind a cut link is found dead by keepalive within about
+        # KEEPALIVE_IDLE_S + 3 * KEEPALIVE_INTVL_S, and counted as a disconnect
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, KEEPALIVE_IDLE_S)
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, KEEPALIVE_INTVL_S)
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, KEEPALIVE_CNT)
+        self._mon = self._sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED)
         host, port = split_url(url)
         # the kernel queues of the stream's TCP sockets: ours have the bound port as
         # their local port, or the server's as their remote one
@@ -260,8 +284,11 @@ class ZmqReceiver(Receiver):
         t_woke = now()
         self.stats.waited(t_wait, t_woke, bool(got))
         while self._mon.poll(0):
-            self._mon.recv_multipart()
-            self.stats.disconnects += 1
+            event = self._mon.recv_multipart()[0]
+            if struct.unpack("=H", event[:2])[0] == zmq.EVENT_DISCONNECTED:
+                self.stats.disconnects += 1
+            else:
+                self.stats.connections += 1
         if not got:
             self.stats.t_last = t_woke
             return None
@@ -368,6 +395,7 @@ class StreamReceiver(Receiver):
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keepalive(sock)
         wire = new_connection(self.kind, "PULL", max_message_bytes=self.max_message_bytes,
                               on_oversize="skip", keep_head=HEAD_KEEP)
         opening = wire.initiate()  # nng: our Pull0 header; tcp: nothing
@@ -379,7 +407,9 @@ class StreamReceiver(Receiver):
         self._sel.register(sock, selectors.EVENT_READ, conn)
         self.stats.connections += 1
 
-    def _drop(self, conn: _Conn, why: str | None = None) -> None:
+    def _drop(self, conn: _Conn, why: str | None = None, *, ended: bool = True) -> None:
+        if ended:  # the peer left or failed; not our own close at the end
+            self.stats.disconnects += 1
         if conn.mid_message:
             self.stats.cut += 1
         if why:
@@ -483,7 +513,7 @@ class StreamReceiver(Receiver):
 
     def close(self) -> None:
         for conn in list(self._conns.values()):
-            self._drop(conn)
+            self._drop(conn, ended=False)
         if self._listener is not None:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(self._listener)

@@ -47,6 +47,7 @@ attempt}; ``handshake_failed`` {url, peer, error} (server role);
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -151,6 +152,23 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _set_user_timeout(sock: socket.socket, ms: float) -> None:
+    """A cut link ends the connection within about ``ms``: TCP_USER_TIMEOUT bounds how
+    long sent bytes may stay unacknowledged, and keepalive probes (every ``ms``/3 once
+    idle that long; the user timeout bounds them too) find a silent peer while
+    nothing is being sent. The kernel then fails the socket (ETIMEDOUT) and the next
+    send reconnects. Linux only; elsewhere the kernel's defaults stay."""
+    sec = max(1, round(ms / 3000))
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_USER_TIMEOUT", max(1, round(ms))), ("TCP_KEEPIDLE", sec),
+                        ("TCP_KEEPINTVL", sec), ("TCP_KEEPCNT", 3)):
+        opt = getattr(socket, name, None)
+        if opt is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
 def _close_socket(sock: socket.socket, *, rst: bool) -> None:
     try:
         if rst:
@@ -219,6 +237,7 @@ class Sender:
         backoff_ms: tuple[float, float] = (100.0, 5000.0),
         on_event: EventHook | None = None,
         dial: Dial | None = None,
+        user_timeout_ms: float | None = None,
     ) -> None:
         if kind not in KINDS:
             raise UsageError(f"unknown transport kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -238,6 +257,7 @@ class Sender:
         self.backoff_ms = (float(first), float(largest))
         self.bound_port: int | None = None
         self.connects = 0  # connections established so far
+        self.user_timeout_ms = user_timeout_ms
         self._on_event = on_event
         self._dial = dial
         self._listener: socket.socket | None = None
@@ -313,6 +333,8 @@ class Sender:
         else:
             sock = await self._accept()
         _set_nodelay(sock)
+        if self.user_timeout_ms is not None:
+            _set_user_timeout(sock, self.user_timeout_ms)
         return sock
 
     async def _ensure_link(self) -> _Link:
@@ -736,6 +758,7 @@ def open_sender(
     connect_timeout_s: float = 30.0,
     backoff_ms: tuple[float, float] = (100.0, 5000.0),
     on_event: EventHook | None = None,
+    user_timeout_ms: float | None = None,
 ) -> _OpenSender:
     """Open the producer end of a transport: ``sender = await open_sender(...)`` or
     ``async with open_sender(...) as sender``.
@@ -744,5 +767,5 @@ def open_sender(
     Raises UsageError (bad kind, role, url), AddressInUse, ConnectTimeout."""
     return _OpenSender(
         Sender(kind, role, url, connect_timeout_s=connect_timeout_s, backoff_ms=backoff_ms,
-               on_event=on_event)
+               on_event=on_event, user_timeout_ms=user_timeout_ms)
     )

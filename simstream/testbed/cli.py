@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -176,17 +176,34 @@ def _foreground(tb: Testbed, repeat: bool, horizon_s: float | None, cmd: list[st
             click.echo(f"timeline anchored to the emitter's first message "
                        f"({t_sched - t_started:.3f} s after testbed start)")
     rc = 0
+    current = tb.phases[0].shaping if tb.phases else None
+
+    def reshape() -> None:
+        # a named interface that came back (a container's link cut and reconnected)
+        # has lost its qdiscs: put the phase in force back on it
+        if current is None:
+            return
+        try:
+            lines = tb.reshape_if_recreated(current)
+        except TestbedError as e:
+            click.echo(f"{tb.producer_iface} came back; shaping NOT re-applied: {e}")
+            return
+        if lines is not None:
+            click.echo(f"{tb.producer_iface} came back at {time.monotonic() - t0:.3f} s: "
+                       f"re-applied {'; '.join(lines) or 'no shaping'}")
+
     try:
         for start, idx in phase_boundaries(tb.phases, repeat, limit):
-            if not _wait_until(t0 + start, child):
+            if not _wait_until(t0 + start, child, reshape):
                 break
             if start > 0:
                 ph = tb.phases[idx]
+                current = ph.shaping
                 dt = tb.set_phase(ph.shaping)
                 desc = "; ".join(tc.describe(ph.shaping, tb.plan.layout if tb.plan else "none"))
                 click.echo(f"phase {ph.name} at {start:.3f} s: {desc or 'no change'} "
                            f"(took effect in {dt * 1e3:.1f} ms)")
-        _wait_until(t0 + limit, child)
+        _wait_until(t0 + limit, child, reshape)
     finally:
         if child is not None:
             if child.poll() is None:
@@ -223,11 +240,15 @@ def _first_t_sched(path: Path, not_before: float,
     return None
 
 
-def _wait_until(deadline: float, child: subprocess.Popen[bytes] | None) -> bool:
-    """Sleep in ticks until ``deadline`` (monotonic); False if the child exited first."""
+def _wait_until(deadline: float, child: subprocess.Popen[bytes] | None,
+                on_tick: Callable[[], None] | None = None) -> bool:
+    """Sleep in ticks until ``deadline`` (monotonic); False if the child exited first.
+    ``on_tick`` runs every tick."""
     while True:
         if child is not None and child.poll() is not None:
             return False
+        if on_tick is not None:
+            on_tick()
         left = deadline - time.monotonic()
         if left <= 0:
             return True

@@ -222,6 +222,7 @@ class Testbed:
         self.last_change: PhaseChange | None = None
         self._created: list[str] = []
         self._shaped = False
+        self._ifindex: int | None = None  # the named interface's index when shaped
 
     # ------------------------------------------------------------------ life
 
@@ -266,6 +267,8 @@ class Testbed:
             else:
                 self._check_iface(self.explicit_iface)
             self._shape()
+            if self.explicit_iface is not None:
+                self._ifindex = _ifindex(self.explicit_iface)
         except BaseException:
             self.down()
             raise
@@ -457,6 +460,22 @@ class Testbed:
                                        tc.describe(shaping, self.plan.layout))
         return confirmed_s if confirmed_s is not None else command_s
 
+    def reshape_if_recreated(self, shaping: tc.Shaping) -> list[str] | None:
+        """A named interface that was removed and is back (a container's eth0 after
+        ``docker network disconnect`` and ``connect``: a new device, without the
+        qdiscs) gets them again, with ``shaping`` (the phase in force). Returns what
+        was applied, or None when the interface is unchanged or still missing.
+        Raises TestbedError when tc refuses."""
+        if self.explicit_iface is None or not self._shaped or self.plan is None:
+            return None
+        idx = _ifindex(self.explicit_iface)
+        if idx is None or idx == self._ifindex:
+            return None
+        for cmd in tc.apply_commands(self.explicit_iface, shaping, self.plan.layout):
+            self._run(cmd)
+        self._ifindex = idx
+        return tc.describe(shaping, self.plan.layout)
+
     def _set_link_phase(self, shaping: tc.Shaping) -> float:
         if self.forwarder is None:
             raise TestbedError("the link forwarder is not running (a detached testbed's "
@@ -505,6 +524,16 @@ class Testbed:
 
 # --------------------------------------------------------------------------
 # finding and removing testbeds by name
+
+
+def _ifindex(iface: str) -> int | None:
+    """The interface's index in this network namespace, None when there is none."""
+    import socket
+
+    try:
+        return socket.if_nametoindex(iface)
+    except OSError:
+        return None
 
 
 def _namespaces() -> list[str]:
