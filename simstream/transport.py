@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 import struct
@@ -190,18 +191,42 @@ async def _recv(sock: socket.socket) -> bytes:
             await trio.lowlevel.wait_readable(sock)
 
 
-async def _tcp_dial(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket; raises OSError (refused, unreachable)."""
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+async def _tcp_dial(host: str, port: int, *, user_timeout_ms: float | None = None,
+                    known: list[Any] | None = None) -> tuple[socket.socket, list[Any]]:
+    """A connected non-blocking TCP socket and the addresses ``host`` resolved to;
+    raises OSError (refused, unreachable, timed out).
+
+    With ``user_timeout_ms`` the socket gets TCP_USER_TIMEOUT and keepalive before it
+    connects, and resolving and connecting are each bounded by that time: a host
+    cut off from its network (no resolver, SYNs unanswered) fails fast and the
+    caller retries. ``known``: the addresses of an earlier resolution, used when
+    resolving fails or takes too long."""
+    bound = math.inf if user_timeout_ms is None else user_timeout_ms / 1000
+    infos: list[Any] | None = None
+    try:
+        with trio.move_on_after(bound):
+            infos = list(await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    except OSError:
+        if not known:
+            raise
+    if not infos:
+        if not known:
+            raise OSError(errno.ETIMEDOUT, f"resolving {host!r} took over {bound:g} s")
+        infos = known
     last: OSError = OSError(f"no address for {host!r}")
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)
         sock.setblocking(False)
+        if user_timeout_ms is not None:
+            _set_user_timeout(sock, user_timeout_ms)
         try:
             err = sock.connect_ex(addr)
             if err == errno.EINPROGRESS:
-                await trio.lowlevel.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                with trio.move_on_after(bound):
+                    await trio.lowlevel.wait_writable(sock)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err == errno.EINPROGRESS:
+                    err = errno.ETIMEDOUT
             if err:
                 raise OSError(err, os.strerror(err))
         except OSError as exc:
@@ -211,7 +236,7 @@ async def _tcp_dial(host: str, port: int) -> socket.socket:
         except BaseException:
             _close_socket(sock, rst=False)
             raise
-        return sock
+        return sock, infos
     raise last
 
 
@@ -258,6 +283,7 @@ class Sender:
         self.bound_port: int | None = None
         self.connects = 0  # connections established so far
         self.user_timeout_ms = user_timeout_ms
+        self._addresses: list[Any] = []  # what the peer's host name last resolved to
         self._on_event = on_event
         self._dial = dial
         self._listener: socket.socket | None = None
@@ -329,7 +355,9 @@ class Sender:
         if self._dial is not None:
             sock = await self._dial()
         elif self.role == "client":
-            sock = await _tcp_dial(self.host, self.port)
+            sock, self._addresses = await _tcp_dial(
+                self.host, self.port, user_timeout_ms=self.user_timeout_ms,
+                known=self._addresses)
         else:
             sock = await self._accept()
         _set_nodelay(sock)

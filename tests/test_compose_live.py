@@ -67,16 +67,24 @@ def test_two_emitters_a_shaped_link_and_a_cut(tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     qdisc = ""
+    cut_qdiscs: list[tuple[float, str]] = []  # emitter-1's eth0 qdiscs: (time, tc output)
     try:
-        # the tbf qdisc as the kernel inside emitter-0 has it, while it sends
+        # the tbf qdisc as the kernel inside emitter-0 has it while it sends, and
+        # emitter-1's, read again and again across its cut
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and "tbf" not in qdisc:
-            ids = _labelled(project, "emitter-0")
-            if ids:
+        while time.monotonic() < deadline and proc.poll() is None:
+            for service in ("emitter-0", "emitter-1") if "tbf" not in qdisc else ("emitter-1",):
+                ids = _labelled(project, service)
+                if not ids:
+                    continue
+                t = time.time()
                 cp = _docker("exec", ids[0], "tc", "-s", "qdisc", "show", "dev", "eth0",
                              timeout=30)
-                qdisc = cp.stdout
-            time.sleep(0.5)
+                if service == "emitter-0":
+                    qdisc = cp.stdout
+                elif cp.returncode == 0:
+                    cut_qdiscs.append((t, cp.stdout))
+            time.sleep(0.3)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
