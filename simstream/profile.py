@@ -286,11 +286,12 @@ class Transport(_Model):
         max_length=2,
         description="[first, max] reconnect backoff, doubled per attempt",
     )
-    user_timeout_ms: float | None = Field(
-        None, gt=0, description="drop and re-establish a connection whose sent bytes stay "
-        "unacknowledged this long, or whose idle peer stops answering keepalive probes "
-        "(TCP_USER_TIMEOUT with keepalive; a cut link then ends in a real disconnect and "
-        "reconnect); None: the kernel's defaults (minutes)",
+    dead_link_ms: float | None = Field(
+        None, gt=0, description="drop and re-establish a connection whose peer has "
+        "answered nothing (retransmissions, zero-window or keepalive probes) this long: "
+        "a cut link then ends in a real disconnect and reconnect; a consumer that keeps "
+        "answering with a shut window (backpressure) is never dropped; None: TCP's own "
+        "time-outs (many minutes)",
     )
 
     @field_validator("url")

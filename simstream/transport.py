@@ -138,6 +138,7 @@ class _Link:
         self.on_purpose = False  # we cut or reset it
         self.closed = False
         self.reader_scope = trio.CancelScope()
+        self.watch_scope = trio.CancelScope()  # the dead-link watch, when there is one
 
 
 def _describe(exc: BaseException) -> str:
@@ -153,21 +154,54 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _set_user_timeout(sock: socket.socket, ms: float) -> None:
-    """A cut link ends the connection within about ``ms``: TCP_USER_TIMEOUT bounds how
-    long sent bytes may stay unacknowledged, and keepalive probes (every ``ms``/3 once
-    idle that long; the user timeout bounds them too) find a silent peer while
-    nothing is being sent. The kernel then fails the socket (ETIMEDOUT) and the next
-    send reconnects. Linux only; elsewhere the kernel's defaults stay."""
+def _set_keepalive(sock: socket.socket, ms: float) -> None:
+    """Keepalive probes on an idle connection, every ``ms``/3 (at least 1 s) after as
+    long without traffic: an idle peer behind a cut link leaves them unanswered
+    (``_peer_silent``). Linux names; elsewhere the kernel's defaults stay."""
     sec = max(1, round(ms / 3000))
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_USER_TIMEOUT", max(1, round(ms))), ("TCP_KEEPIDLE", sec),
-                        ("TCP_KEEPINTVL", sec), ("TCP_KEEPCNT", 3)):
+    for name, value in (("TCP_KEEPIDLE", sec), ("TCP_KEEPINTVL", sec), ("TCP_KEEPCNT", 3)):
         opt = getattr(socket, name, None)
         if opt is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+
+
+#: struct tcp_info (linux/tcp.h): tcpi_retransmits and tcpi_probes are bytes 2 and 3,
+#: tcpi_last_ack_recv (ms) the u32 at byte 56
+_TCP_INFO_BYTES = 60
+
+
+def _peer_silent(sock: socket.socket, bound_ms: float) -> float | None:
+    """Seconds since the peer last acknowledged anything, when that exceeds
+    ``bound_ms`` while at least two retransmissions or probes (zero-window or
+    keepalive) in a row went unanswered: the link is cut or the peer's host is
+    gone. None otherwise, and where TCP_INFO cannot be read.
+
+    Not TCP_USER_TIMEOUT: that one also ends a connection whose receiver keeps
+    answering with a zero window for longer than the bound, i.e. backpressure,
+    which must stall the producer, never disconnect it. A live peer answers every
+    probe, so its unanswered count stays below two however long the window is shut."""
+    opt = getattr(socket, "TCP_INFO", None)
+    if opt is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, opt, _TCP_INFO_BYTES)
+    except OSError:
+        return None
+    return _silence(info, bound_ms)
+
+
+def _silence(info: bytes, bound_ms: float) -> float | None:
+    """``_peer_silent`` from the bytes of a struct tcp_info."""
+    if len(info) < _TCP_INFO_BYTES:
+        return None
+    retransmits, probes = info[2], info[3]
+    (last_ack_ms,) = struct.unpack_from("I", info, 56)
+    if max(retransmits, probes) >= 2 and last_ack_ms > bound_ms:
+        return last_ack_ms / 1000
+    return None
 
 
 def _close_socket(sock: socket.socket, *, rst: bool) -> None:
@@ -191,17 +225,17 @@ async def _recv(sock: socket.socket) -> bytes:
             await trio.lowlevel.wait_readable(sock)
 
 
-async def _tcp_dial(host: str, port: int, *, user_timeout_ms: float | None = None,
+async def _tcp_dial(host: str, port: int, *, dead_link_ms: float | None = None,
                     known: list[Any] | None = None) -> tuple[socket.socket, list[Any]]:
     """A connected non-blocking TCP socket and the addresses ``host`` resolved to;
     raises OSError (refused, unreachable, timed out).
 
-    With ``user_timeout_ms`` the socket gets TCP_USER_TIMEOUT and keepalive before it
-    connects, and resolving and connecting are each bounded by that time: a host
+    With ``dead_link_ms`` the socket gets keepalive before it connects, and
+    resolving and connecting are each bounded by that time: a host
     cut off from its network (no resolver, SYNs unanswered) fails fast and the
     caller retries. ``known``: the addresses of an earlier resolution, used when
     resolving fails or takes too long."""
-    bound = math.inf if user_timeout_ms is None else user_timeout_ms / 1000
+    bound = math.inf if dead_link_ms is None else dead_link_ms / 1000
     infos: list[Any] | None = None
     try:
         with trio.move_on_after(bound):
@@ -217,8 +251,8 @@ async def _tcp_dial(host: str, port: int, *, user_timeout_ms: float | None = Non
     for family, type_, proto, _, addr in infos:
         sock = socket.socket(family, type_, proto)
         sock.setblocking(False)
-        if user_timeout_ms is not None:
-            _set_user_timeout(sock, user_timeout_ms)
+        if dead_link_ms is not None:
+            _set_keepalive(sock, dead_link_ms)
         try:
             err = sock.connect_ex(addr)
             if err == errno.EINPROGRESS:
@@ -262,7 +296,7 @@ class Sender:
         backoff_ms: tuple[float, float] = (100.0, 5000.0),
         on_event: EventHook | None = None,
         dial: Dial | None = None,
-        user_timeout_ms: float | None = None,
+        dead_link_ms: float | None = None,
     ) -> None:
         if kind not in KINDS:
             raise UsageError(f"unknown transport kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -282,7 +316,7 @@ class Sender:
         self.backoff_ms = (float(first), float(largest))
         self.bound_port: int | None = None
         self.connects = 0  # connections established so far
-        self.user_timeout_ms = user_timeout_ms
+        self.dead_link_ms = dead_link_ms
         self._addresses: list[Any] = []  # what the peer's host name last resolved to
         self._on_event = on_event
         self._dial = dial
@@ -356,13 +390,13 @@ class Sender:
             sock = await self._dial()
         elif self.role == "client":
             sock, self._addresses = await _tcp_dial(
-                self.host, self.port, user_timeout_ms=self.user_timeout_ms,
+                self.host, self.port, dead_link_ms=self.dead_link_ms,
                 known=self._addresses)
         else:
             sock = await self._accept()
         _set_nodelay(sock)
-        if self.user_timeout_ms is not None:
-            _set_user_timeout(sock, self.user_timeout_ms)
+        if self.dead_link_ms is not None:
+            _set_keepalive(sock, self.dead_link_ms)
         return sock
 
     async def _ensure_link(self) -> _Link:
@@ -425,6 +459,8 @@ class Sender:
                 self._after_loss = False
                 self._emit("connected", peer=peer, attempt=attempt)
                 trio.lowlevel.spawn_system_task(self._read, link, name=f"reader {self.url}")
+                if self.dead_link_ms is not None and self._dial is None:
+                    trio.lowlevel.spawn_system_task(self._watch, link, name=f"watch {self.url}")
                 return link
         if self.role == "server":
             what = f"no {self.kind} peer connected to {self.url}"
@@ -489,6 +525,20 @@ class Sender:
                         await _write_all(link.sock, owed)
             await trio.lowlevel.checkpoint()
 
+    async def _watch(self, link: _Link) -> None:
+        """Drops the connection (RST) once its peer has stopped answering for longer
+        than ``dead_link_ms`` (``_peer_silent``); a write blocked on it fails as a
+        lost connection and the next send reconnects."""
+        assert self.dead_link_ms is not None
+        with link.watch_scope:
+            while not (link.dead or link.closed):
+                await trio.sleep(self.dead_link_ms / 4000)
+                silent = None if link.closed else _peer_silent(link.sock, self.dead_link_ms)
+                if silent is not None:
+                    self._mark_dead(link, f"the peer has not answered for {silent:.1f} s "
+                                          f"(link cut or host gone)")
+                    self._drop(link, rst=True)
+
     def _mark_dead(self, link: _Link, why: str, *, on_purpose: bool = False) -> None:
         if link.dead:
             return
@@ -500,6 +550,7 @@ class Sender:
 
     def _drop(self, link: _Link, *, rst: bool) -> None:
         link.reader_scope.cancel()
+        link.watch_scope.cancel()
         if not link.closed:
             link.closed = True
             _close_socket(link.sock, rst=rst)
@@ -786,7 +837,7 @@ def open_sender(
     connect_timeout_s: float = 30.0,
     backoff_ms: tuple[float, float] = (100.0, 5000.0),
     on_event: EventHook | None = None,
-    user_timeout_ms: float | None = None,
+    dead_link_ms: float | None = None,
 ) -> _OpenSender:
     """Open the producer end of a transport: ``sender = await open_sender(...)`` or
     ``async with open_sender(...) as sender``.
@@ -795,5 +846,5 @@ def open_sender(
     Raises UsageError (bad kind, role, url), AddressInUse, ConnectTimeout."""
     return _OpenSender(
         Sender(kind, role, url, connect_timeout_s=connect_timeout_s, backoff_ms=backoff_ms,
-               on_event=on_event, user_timeout_ms=user_timeout_ms)
+               on_event=on_event, dead_link_ms=dead_link_ms)
     )

@@ -240,10 +240,10 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
 @click.option("--url-spread", "url_spread", type=click.Choice(["rank", "message"]),
               help="several urls (transport.url_spread): one per rank, or every rank "
                    "sends its messages over all of them in turn (LCLStreamer)")
-@click.option("--user-timeout-ms", "user_timeout_ms", type=click.FloatRange(0, min_open=True),
-              help="drop and re-establish a connection whose sent bytes stay unacknowledged "
-                   "(or whose idle peer stops answering keepalives) this long "
-                   "(transport.user_timeout_ms): a cut link becomes a real reconnect")
+@click.option("--dead-link-ms", "dead_link_ms", type=click.FloatRange(0, min_open=True),
+              help="drop and re-establish a connection whose peer has answered nothing "
+                   "(retransmissions, probes) this long (transport.dead_link_ms): a cut "
+                   "link becomes a real disconnect and reconnect; backpressure never does")
 @click.option("--control", "control_addr", metavar="HOST:PORT",
               help="serve the live control API (HTTP JSON: GET /status, POST /network, "
                    "/faults, /rate, /pause, /resume; docs/testing.md) on this loopback "
@@ -255,7 +255,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
          ranks: int | None, processes: int | None, rank_offset: int | None, seed: int | None,
          count: int | None, duration: float | None, log_path: str | None, dry_run: bool,
          lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
-         close: str | None, url_spread: str | None, user_timeout_ms: float | None,
+         close: str | None, url_spread: str | None, dead_link_ms: float | None,
          control_addr: str | None, control_any_host: bool) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
     control = None
@@ -271,7 +271,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
                  "transport.processes": processes, "transport.rank_offset": rank_offset,
                  "seed": seed, "stop.messages": count, "stop.duration_s": duration,
                  "transport.close": close, "transport.url_spread": url_spread,
-                 "transport.user_timeout_ms": user_timeout_ms}
+                 "transport.dead_link_ms": dead_link_ms}
     p = build_profile(profile_arg, lclstreamer_config, overrides)
     if url is not None:
         p = _with_url(p, url)

@@ -92,12 +92,12 @@ class SenderFactory(Protocol):
 def default_sender_factory(kind: str, role: str, url: str, *, connect_timeout_s: float,
                            backoff_ms: tuple[float, float],
                            on_event: Callable[..., None] | None,
-                           user_timeout_ms: float | None = None) -> Any:
+                           dead_link_ms: float | None = None) -> Any:
     """The real transport (``simstream.transport.open_sender``), imported when used."""
     from simstream.transport import open_sender
 
     return open_sender(kind, role, url, connect_timeout_s=connect_timeout_s,
-                       backoff_ms=backoff_ms, on_event=on_event, user_timeout_ms=user_timeout_ms)
+                       backoff_ms=backoff_ms, on_event=on_event, dead_link_ms=dead_link_ms)
 
 
 def default_message_factory(profile: Profile, rank: int) -> Any:
@@ -543,7 +543,7 @@ async def run_emitter(
 
     async with contextlib.AsyncExitStack() as stack:
         senders: list[list[tuple[str, Any]]] = []
-        extra = {"user_timeout_ms": tp.user_timeout_ms} if tp.user_timeout_ms else {}
+        extra = {"dead_link_ms": tp.dead_link_ms} if tp.dead_link_ms else {}
         for st in stats:
             links = []
             for url in rank_urls[st.rank]:
