@@ -183,14 +183,16 @@ def _foreground(tb: Testbed, repeat: bool, horizon_s: float | None, cmd: list[st
         # has lost its qdiscs: put the phase in force back on it
         if current is None:
             return
+        was = tb.producer_iface
         try:
             lines = tb.reshape_if_recreated(current)
         except TestbedError as e:
-            click.echo(f"{tb.producer_iface} came back; shaping NOT re-applied: {e}")
+            click.echo(f"{was} came back as {tb.producer_iface}; shaping NOT re-applied: {e}")
             return
         if lines is not None:
-            click.echo(f"{tb.producer_iface} came back at {time.monotonic() - t0:.3f} s: "
-                       f"re-applied {'; '.join(lines) or 'no shaping'}")
+            click.echo(f"{was} came back as {tb.producer_iface} at "
+                       f"{time.monotonic() - t0:.3f} s: re-applied "
+                       f"{'; '.join(lines) or 'no shaping'}")
 
     try:
         for start, idx in phase_boundaries(tb.phases, repeat, limit):

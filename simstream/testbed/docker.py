@@ -9,8 +9,14 @@ run directory out (``--out``) and takes everything down again, unless
 ``--keep``. Faults, each undone after FOR seconds:
 
 - ``cut``: the container is disconnected from the compose network and connected
-  again (its eth0 disappears and comes back, without the tbf qdisc the emitter's
-  testbed had put on the old one; what TCP does meanwhile is TCP's);
+  again. Its eth0 disappears and comes back as a new device; the emitter's
+  testbed notices and puts the phase's qdisc on it again. A cut longer than the
+  emitters' ``--dead-link-ms`` (SIMSTREAM_DEAD_LINK_MS, 1000 ms) is a real TCP
+  disconnect and reconnect: the emitter drops the connection whose peer stopped
+  answering (messages in flight are lost, recorded as such, never sent twice)
+  and connects again once the link is back; the consumer finds the old
+  connection dead by keepalive. Both count in summary.json ``receiver``
+  (connections, disconnects);
 - ``pause``: the container is frozen (cgroup freezer) and thawed;
 - ``kill``: the container is killed (SIGKILL) and started again; its command
   starts from the beginning.

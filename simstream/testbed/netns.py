@@ -39,6 +39,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -223,6 +224,7 @@ class Testbed:
         self._created: list[str] = []
         self._shaped = False
         self._ifindex: int | None = None  # the named interface's index when shaped
+        self._known_ifaces: set[str] = set()  # the interfaces there when it was shaped
 
     # ------------------------------------------------------------------ life
 
@@ -269,6 +271,7 @@ class Testbed:
             self._shape()
             if self.explicit_iface is not None:
                 self._ifindex = _ifindex(self.explicit_iface)
+                self._known_ifaces = {name for _, name in socket.if_nameindex()}
         except BaseException:
             self.down()
             raise
@@ -462,18 +465,26 @@ class Testbed:
 
     def reshape_if_recreated(self, shaping: tc.Shaping) -> list[str] | None:
         """A named interface that was removed and is back (a container's eth0 after
-        ``docker network disconnect`` and ``connect``: a new device, without the
-        qdiscs) gets them again, with ``shaping`` (the phase in force). Returns what
-        was applied, or None when the interface is unchanged or still missing.
-        Raises TestbedError when tc refuses."""
+        ``docker network disconnect`` and ``connect``: a new device without the
+        qdiscs, under the same name or as the next one, eth1) gets them again, with
+        ``shaping`` (the phase in force); the testbed follows a new name from then
+        on (``producer_iface``). Returns what was applied, or None when the
+        interface is unchanged or not back yet. Raises TestbedError when tc refuses."""
         if self.explicit_iface is None or not self._shaped or self.plan is None:
             return None
         idx = _ifindex(self.explicit_iface)
+        if idx is None:
+            new = _new_ethernet(self._known_ifaces)
+            if new is None:
+                return None
+            self.explicit_iface = self.producer_iface = new
+            idx = _ifindex(new)
         if idx is None or idx == self._ifindex:
             return None
         for cmd in tc.apply_commands(self.explicit_iface, shaping, self.plan.layout):
             self._run(cmd)
         self._ifindex = idx
+        self._known_ifaces = {name for _, name in socket.if_nameindex()}
         return tc.describe(shaping, self.plan.layout)
 
     def _set_link_phase(self, shaping: tc.Shaping) -> float:
@@ -528,12 +539,26 @@ class Testbed:
 
 def _ifindex(iface: str) -> int | None:
     """The interface's index in this network namespace, None when there is none."""
-    import socket
-
     try:
         return socket.if_nametoindex(iface)
     except OSError:
         return None
+
+
+def _new_ethernet(known: set[str]) -> str | None:
+    """The one Ethernet interface (veth included) of this network namespace that is
+    not in ``known``; None when there is none or more than one."""
+    new = []
+    for _, name in socket.if_nameindex():
+        if name in known:
+            continue
+        try:
+            kind = Path(f"/sys/class/net/{name}/type").read_text().strip()
+        except OSError:
+            continue
+        if kind == "1":  # ARPHRD_ETHER
+            new.append(name)
+    return new[0] if len(new) == 1 else None
 
 
 def _namespaces() -> list[str]:
