@@ -37,6 +37,28 @@ def _leaked(before: set[threading.Thread]) -> list[threading.Thread]:
 
 
 @pytest.fixture(autouse=True)
+def _reports_are_consistent(request):
+    """Every report.json a test leaves under its tmp_path says only what its evidence
+    shows (simstream.diagnose.consistency)."""
+    yield
+    root = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if root is None:
+        return
+    import json
+
+    from simstream.diagnose.consistency import check
+
+    for path in sorted(root.rglob("report.json")):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # not a diagnosis (a test's own broken file)
+        if isinstance(report, dict) and "verdict" in report:
+            problems = check(report)
+            assert not problems, f"{path} contradicts its evidence:\n  " + "\n  ".join(problems)
+
+
+@pytest.fixture(autouse=True)
 def _no_leaked_threads():
     before = set(threading.enumerate())
     yield

@@ -49,7 +49,10 @@ def test_each_contradiction_is_caught(reports: dict[str, dict[str, Any]]) -> Non
         (net, lambda r: r.update(summary=r["summary"].replace(", cause link", "")), "does not name the cause"),
         (rcv, lambda r: r["cause_evidence"].update(receiver_busy_share=0.1), "receiver_busy_share"),
         (con, lambda r: r["evidence"].update(gpu_busy_any_stream_share=0.01), "device busy"),
-        (con, lambda r: r["evidence"].update(loop_busy_share=0.5), "neither the loop"),
+        (con, lambda r: (r["evidence"].update(loop_busy_share=0.5),
+                         r["evidence"]["q1"].update(share_over_80pct=0.1)), "neither the loop"),
+        (net, lambda r: r["evidence"]["q1"].update(share_over_80pct=0.9),
+         "verdict network although Q1 was over 80 % full"),
     ]
     for rep, edit, expect in cases:
         problems = _planted(rep, edit)

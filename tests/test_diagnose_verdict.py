@@ -21,6 +21,7 @@ from simstream.diagnose.figures import (
     EmitterSending,
     Figures,
     LoopFigures,
+    LoopTime,
     Q1Figures,
     UpstreamFigures,
 )
@@ -124,10 +125,15 @@ def test_blocked_emitter_with_full_q1_lowers_network_confidence() -> None:
     v2, c2, _ = decide(replace(ev, emitter=blocked))
     assert v1 == v2 == "network"
     assert c2 == c1  # blocked with Q1 empty: a full socket on a slow link
-    v3, c3, reasons = decide(replace(ev, q1=Q1Figures(share_under_30pct=0.2, share_over_80pct=0.6),
+    v3, c3, reasons = decide(replace(ev, q1=Q1Figures(share_under_30pct=0.2, share_over_80pct=0.4),
                                      emitter=blocked))
     assert v3 == "network" and c3 < c1
     assert "blocked by backpressure" in reasons[-1]
+    # Q1 full for most of the run: the backpressure came from the consumer, whose loop is the limit
+    v4, _, _ = decide(replace(ev, q1=Q1Figures(share_under_30pct=0.2, share_over_80pct=0.6),
+                              loop=LoopFigures(busy_share=0.3, time_s=LoopTime(inference=1.0)),
+                              emitter=blocked))
+    assert v4 == "consumer"
 
 
 def test_recommendations_are_quantitative(tmp_path: Path) -> None:

@@ -60,6 +60,15 @@ def test_loop_saturation_cut_off(busy: float, verdict: str) -> None:
     assert decide(figures(loop=busy))[0] == verdict
 
 
+@pytest.mark.parametrize(("full", "verdict"), [(0.5, "consumer"), (0.5 - EPS, "network"), (1.0, "consumer")])
+def test_a_mostly_full_q1_means_the_loop_is_the_limit(full: float, verdict: str) -> None:
+    # get waits say the loop starved (busy 0.35), yet Q1 was over 80 % full this share of the run
+    v, _, reasons = decide(figures(loop=0.35, full=full, low=0.0))
+    assert v == verdict
+    if verdict == "consumer":
+        assert reasons[0].startswith("Q1 was over 80 % full")
+
+
 @pytest.mark.parametrize(("costs", "verdict"), [
     ((1.01, 1.0, 0.99), "parse"), ((1.0, 1.01, 0.99), "queue"), ((0.99, 1.0, 1.01), "consumer")])
 def test_the_largest_share_of_the_loop_decides(costs: tuple[float, float, float], verdict: str) -> None:

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from simstream.diagnose.cause import CAUSES, EMITTER_BLOCKED, Q1_FULL, RECEIVER_BUSY
-from simstream.diagnose.verdict import LOOP_SATURATED, UPSTREAM_SATURATED, VERDICTS
+from simstream.diagnose.verdict import (
+    LOOP_SATURATED,
+    Q1_FULL_SATURATED,
+    UPSTREAM_SATURATED,
+    VERDICTS,
+)
 
 __all__ = ["check", "check_file"]
 
@@ -46,11 +51,14 @@ def _verdict_rules(r: dict[str, Any], ev: dict[str, Any]) -> list[str]:
     loop, up = _num(ev.get("loop_busy_share")), _num(ev.get("upstream_busy_share"))
     if not ev.get("batches_processed") or loop is None or up is None:
         return out
+    full = _num((ev.get("q1") or {}).get("share_over_80pct")) or 0.0
     if loop >= LOOP_SATURATED and v == "network":
         out.append(f"verdict network although the inference loop was busy {loop:.0%} (saturated)")
+    if full >= Q1_FULL_SATURATED and v == "network":
+        out.append(f"verdict network although Q1 was over 80 % full {full:.0%} of the run")
     if v == "network" and up >= UPSTREAM_SATURATED:
         out.append(f"verdict network although the parser threads were busy {up:.0%} (saturated)")
-    if loop < LOOP_SATURATED and up < UPSTREAM_SATURATED and v != "network":
+    if loop < LOOP_SATURATED and up < UPSTREAM_SATURATED and full < Q1_FULL_SATURATED and v != "network":
         out.append(f"verdict {v} although neither the loop ({loop:.0%}) nor the parser threads ({up:.0%}) "
                    "were saturated")
     return out

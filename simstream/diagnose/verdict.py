@@ -17,6 +17,11 @@ Decision, in order (figures from ``evidence.compute_evidence``):
    waiting for a free buffer, i.e. the GPU's pace). The largest names the
    verdict: ``parse``, ``queue`` or ``consumer``.
    ``consumer`` is the healthy case: no starvation, Q1 stays full.
+   Q1 over 80 % full for at least half of the run (``Q1_FULL_SATURATED``)
+   also means the loop is the limit, whatever its get waits say: a loop that
+   starves cannot leave Q1 full. This guards the rule where get waits are
+   measured across processes or actors (a busy machine delays a put's stamp,
+   so a get seems to wait for data that was already queued).
 2. Otherwise the loop starves (it waited on an empty Q1 for >= 15 % of the
    run). If the upstream side is saturated (``upstream_busy_share`` =
    parser-thread work (parse + the put's own cost) / (threads x span) >= 0.85),
@@ -47,10 +52,11 @@ import math
 from simstream.diagnose.cause import Cause, network_cause
 from simstream.diagnose.figures import Figures
 
-__all__ = ["LOOP_SATURATED", "UPSTREAM_SATURATED", "VERDICTS", "decide", "recommendations", "summary_text"]
+__all__ = ["LOOP_SATURATED", "Q1_FULL_SATURATED", "UPSTREAM_SATURATED", "VERDICTS", "decide", "recommendations", "summary_text"]
 
 VERDICTS = ("network", "parse", "queue", "consumer")
 LOOP_SATURATED = 0.85
+Q1_FULL_SATURATED = 0.5
 UPSTREAM_SATURATED = 0.85
 
 
@@ -86,6 +92,10 @@ def _loop_bound(f: Figures, u_loop: float) -> tuple[str, float, list[str]]:
         f"the loop's busy time went to: parsing inside the loop {costs['parse']:.2f}, "
         f"Q1 get overhead {costs['queue']:.2f}, the inference stage (submit, copies, "
         f"compute pacing) {costs['consumer']:.2f} (s in all)"]
+    full = _v(f.q1.share_over_80pct)
+    if u_loop < LOOP_SATURATED:
+        reasons[0] = (f"Q1 was over 80 % full {full:.0%} of the run: the inference loop is the limit "
+                      f"(its get waits, {1 - u_loop:.0%} of the run, were not waits for data)")
     primary = _clamp((u_loop - LOOP_SATURATED) / (1 - LOOP_SATURATED))
     dom = _dominance(ranked[0][1], ranked[1][1])
     conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * _v(f.q1.share_over_80pct)
@@ -137,7 +147,7 @@ def decide(f: Figures) -> tuple[str, float, list[str]]:
             return "parse", 0.3, ["no batch was processed: every received message failed to decode"]
         return "network", 0.3, ["no batch was processed: nothing usable arrived"]
     u_loop, u_up = _v(f.loop.busy_share), _v(f.upstream.busy_share)
-    if u_loop >= LOOP_SATURATED:
+    if u_loop >= LOOP_SATURATED or _v(f.q1.share_over_80pct) >= Q1_FULL_SATURATED:
         return _loop_bound(f, u_loop)
     starve = (f"the inference loop waited on an empty Q1 {1 - u_loop:.0%} of the run (busy {u_loop:.0%}): "
               "it starves")
