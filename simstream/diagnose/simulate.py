@@ -152,6 +152,132 @@ def _draw(rng: np.random.Generator, mean_ms: float, n: int, sigma: float) -> np.
     return (mean_ms / 1e3) * rng.lognormal(-0.5 * sigma * sigma, sigma, n)
 
 
+_COLUMNS = ("t_sched", "send_start", "send_end", "blocked", "t_arrival", "parse_start",
+            "parse_end", "put_start", "put_end", "get_start", "get_end", "h2d_start",
+            "h2d_end", "comp_start", "comp_end", "d2h_start", "d2h_end")
+
+
+class _Model:
+    """The queueing model's state: one list per column, filled message by message
+    (``arrive``, then ``queue``, then ``infer``), each step reading only earlier
+    messages' times."""
+
+    def __init__(self, sc: Scenario, n: int, rng: np.random.Generator) -> None:
+        self.sc = sc
+        sig = sc.jitter
+        self.parse_s = _draw(rng, sc.parse_ms, n, sig)
+        self.put_s = _draw(rng, sc.put_ms, n, sig)
+        self.get_s = _draw(rng, sc.get_ms, n, sig)
+        self.h2d_s = _draw(rng, sc.h2d_ms, n, sig)
+        self.comp_s = _draw(rng, sc.compute_ms, n, sig)
+        self.d2h_s = _draw(rng, sc.d2h_ms, n, sig)
+        wire_bytes = sc.nbytes + 64
+        self.send_s = (wire_bytes * 8 / (sc.bandwidth_mbps * 1e6) if sc.bandwidth_mbps
+                       else wire_bytes / 5e9)
+        self.hwm = sc.sndhwm + 1
+        self.k = max(1, sc.parser_threads)
+        self.parse_recv = sc.mode == "socket" and sc.parse_in == "receiver"
+        self.parse_loop = sc.mode == "socket" and sc.parse_in == "actor"
+        self.asap = [rate is None for _, _, rate in sc.phases] + [False]
+        self.c = {name: [0.0] * n for name in _COLUMNS}
+        self.loop_free = 0.0
+        self.prev_send_end = 0.0
+
+    def arrive(self, i: int, ts: float, phase: int) -> bool:
+        """Message i sent and read by the receiver; False once the run is over."""
+        sc, c = self.sc, self.c
+        arr, pue = c["t_arrival"], c["put_end"]
+        if sc.mode == "random":
+            ready = max(ts, pue[i - 1] if i else 0.0)
+            if ready > sc.duration_s:
+                return False
+            c["send_start"][i] = c["send_end"][i] = arr[i] = ready
+            return True
+        free = max(ts, self.prev_send_end)
+        if self.asap[phase]:
+            # as fast as possible: the emitter schedules a message when it is free to send it
+            c["t_sched"][i] = free
+        unblock = arr[i - self.hwm] if i >= self.hwm else 0.0
+        start = max(free, unblock)
+        if start > sc.duration_s:
+            return False
+        c["blocked"][i] = start - free
+        c["send_start"][i] = start
+        c["send_end"][i] = self.prev_send_end = start + self.send_s
+        a = c["send_end"][i] + sc.latency_ms / 1e3
+        if i:
+            a = max(a, arr[i - 1])
+        if self.parse_recv:
+            # a worker's inbox holds one message: read i once i-k-1 started parsing
+            if i > self.k:
+                a = max(a, c["parse_start"][i - self.k - 1])
+        elif i:
+            a = max(a, pue[i - 1])  # the receiver puts the raw bytes itself
+        arr[i] = a + sc.recv_ms / 1e3  # reading and copying the message
+        return True
+
+    def queue(self, i: int) -> None:
+        """Message i parsed by a receiver-side worker (when parsing happens there) and put in Q1."""
+        c, m = self.c, max(1, self.sc.q1_maxsize)
+        pus, pue = c["put_start"], c["put_end"]
+        if self.parse_recv:
+            worker_free = pue[i - self.k] if i >= self.k else 0.0
+            c["parse_start"][i] = max(c["t_arrival"][i], worker_free)
+            c["parse_end"][i] = c["parse_start"][i] + self.parse_s[i]
+            pus[i] = c["parse_end"][i]
+        else:
+            pus[i] = c["t_arrival"][i]
+        slot = c["get_end"][i - m] if i >= m else 0.0
+        pe = max(pus[i], slot) + self.put_s[i]
+        pue[i] = max(pe, pue[i - 1]) if i else pe
+
+    def infer(self, i: int) -> None:
+        """The inference loop's get of message i, its parse there if any, and the device stages."""
+        c, poll = self.c, self.sc.poll_ms / 1e3
+        gs = self.loop_free
+        c["get_start"][i] = gs
+        if c["put_end"][i] <= gs:
+            c["get_end"][i] = gs + self.get_s[i]
+        else:
+            wake = c["put_end"][i]
+            if poll > 0:
+                wake = gs + math.ceil((c["put_end"][i] - gs) / poll) * poll
+            c["get_end"][i] = wake + self.get_s[i]
+        host = c["get_end"][i]
+        if self.parse_loop:
+            c["parse_start"][i] = host
+            c["parse_end"][i] = host = host + self.parse_s[i]
+        if self.sc.gpu_async:
+            self._device_async(i, host)
+        else:
+            c["h2d_start"][i] = host
+            c["h2d_end"][i] = c["comp_start"][i] = host + self.h2d_s[i]
+            c["comp_end"][i] = c["d2h_start"][i] = c["comp_start"][i] + self.comp_s[i]
+            c["d2h_end"][i] = c["d2h_start"][i] + self.d2h_s[i]
+            self.loop_free = c["d2h_end"][i]
+
+    def _device_async(self, i: int, host: float) -> None:
+        """H2D, compute and D2H on their own streams with N-way buffering."""
+        c, nb = self.c, max(1, self.sc.buffers)
+        hs, he, cs, ce = c["h2d_start"], c["h2d_end"], c["comp_start"], c["comp_end"]
+        ds, de = c["d2h_start"], c["d2h_end"]
+        h0 = host
+        if i:
+            h0 = max(h0, he[i - 1])
+        if i >= nb:
+            h0 = max(h0, de[i - nb])
+        hs[i] = h0
+        he[i] = h0 + self.h2d_s[i]
+        cs[i] = max(he[i], ce[i - 1]) if i else he[i]
+        ce[i] = cs[i] + self.comp_s[i]
+        ds[i] = max(ce[i], de[i - 1]) if i else ce[i]
+        de[i] = ds[i] + self.d2h_s[i]
+        lf = host + 5e-5
+        if i >= nb - 1:
+            lf = max(lf, de[i - nb + 1])
+        self.loop_free = lf
+
+
 def simulate(sc: Scenario) -> SimResult:
     """Run the model. Pure: the same scenario gives the same result."""
     rng = np.random.default_rng(sc.seed)
@@ -162,123 +288,20 @@ def simulate(sc: Scenario) -> SimResult:
     else:
         t_sched, phase = _schedule(sc, rng)
         n = t_sched.size
-    sig = sc.jitter
-    parse_s = _draw(rng, sc.parse_ms, n, sig)
-    put_s = _draw(rng, sc.put_ms, n, sig)
-    get_s = _draw(rng, sc.get_ms, n, sig)
-    h2d_s = _draw(rng, sc.h2d_ms, n, sig)
-    comp_s = _draw(rng, sc.compute_ms, n, sig)
-    d2h_s = _draw(rng, sc.d2h_ms, n, sig)
-    wire_bytes = sc.nbytes + 64
-    send_s = wire_bytes * 8 / (sc.bandwidth_mbps * 1e6) if sc.bandwidth_mbps else wire_bytes / 5e9
-    lat = sc.latency_ms / 1e3
-    recv_s = sc.recv_ms / 1e3
-    poll = sc.poll_ms / 1e3
-    hwm = sc.sndhwm + 1
-    k = max(1, sc.parser_threads)
-    m = max(1, sc.q1_maxsize)
-    nb = max(1, sc.buffers)
-    parse_recv = sc.mode == "socket" and sc.parse_in == "receiver"
-    parse_loop = sc.mode == "socket" and sc.parse_in == "actor"
-    stop = sc.duration_s
-
-    names = ("t_sched", "send_start", "send_end", "blocked", "t_arrival", "parse_start",
-             "parse_end", "put_start", "put_end", "get_start", "get_end", "h2d_start",
-             "h2d_end", "comp_start", "comp_end", "d2h_start", "d2h_end")
-    c = {k_: [0.0] * n for k_ in names}
-    arr, pst, pen = c["t_arrival"], c["parse_start"], c["parse_end"]
-    pus, pue, ges, gee = c["put_start"], c["put_end"], c["get_start"], c["get_end"]
-    hs, he, cs, ce, ds, de = (c["h2d_start"], c["h2d_end"], c["comp_start"], c["comp_end"],
-                              c["d2h_start"], c["d2h_end"])
-    ss, se, bl = c["send_start"], c["send_end"], c["blocked"]
-    loop_free = 0.0
-    prev_send_end = 0.0
-    asap = [rate is None for _, _, rate in sc.phases] + [False]
+    model = _Model(sc, n, rng)
     done = n
     for i in range(n):
-        ts = float(t_sched[i])
-        if sc.mode == "random":
-            ready = max(ts, pue[i - 1] if i else 0.0)
-            if ready > stop:
-                done = i
-                break
-            ss[i] = se[i] = ready
-            arr[i] = ready
-        else:
-            free = max(ts, prev_send_end)
-            if asap[phase[i]]:
-                # as fast as possible: the emitter schedules a message when it is free to send it
-                c["t_sched"][i] = ts = free
-            unblock = arr[i - hwm] if i >= hwm else 0.0
-            start = max(free, unblock)
-            if start > stop:
-                done = i
-                break
-            bl[i] = start - free
-            ss[i] = start
-            se[i] = prev_send_end = start + send_s
-            a = se[i] + lat
-            if i:
-                a = max(a, arr[i - 1])
-            if parse_recv:
-                # a worker's inbox holds one message: read i once i-k-1 started parsing
-                if i > k:
-                    a = max(a, pst[i - k - 1])
-            elif i:
-                a = max(a, pue[i - 1])  # the receiver puts the raw bytes itself
-            arr[i] = a + recv_s  # reading and copying the message
-        if parse_recv:
-            worker_free = pue[i - k] if i >= k else 0.0
-            pst[i] = max(arr[i], worker_free)
-            pen[i] = pst[i] + parse_s[i]
-            pus[i] = pen[i]
-        else:
-            pus[i] = arr[i]
-        slot = gee[i - m] if i >= m else 0.0
-        pe = max(pus[i], slot) + put_s[i]
-        pue[i] = max(pe, pue[i - 1]) if i else pe
-        # the inference loop
-        gs = loop_free
-        ges[i] = gs
-        if pue[i] <= gs:
-            gee[i] = gs + get_s[i]
-        else:
-            wake = pue[i]
-            if poll > 0:
-                wake = gs + math.ceil((pue[i] - gs) / poll) * poll
-            gee[i] = wake + get_s[i]
-        host = gee[i]
-        if parse_loop:
-            pst[i] = host
-            pen[i] = host + parse_s[i]
-            host = pen[i]
-        if sc.gpu_async:
-            h0 = host
-            if i:
-                h0 = max(h0, he[i - 1])
-            if i >= nb:
-                h0 = max(h0, de[i - nb])
-            hs[i] = h0
-            he[i] = h0 + h2d_s[i]
-            cs[i] = max(he[i], ce[i - 1]) if i else he[i]
-            ce[i] = cs[i] + comp_s[i]
-            ds[i] = max(ce[i], de[i - 1]) if i else ce[i]
-            de[i] = ds[i] + d2h_s[i]
-            lf = host + 5e-5
-            if i >= nb - 1:
-                lf = max(lf, de[i - nb + 1])
-            loop_free = lf
-        else:
-            hs[i] = host
-            he[i] = cs[i] = host + h2d_s[i]
-            ce[i] = ds[i] = cs[i] + comp_s[i]
-            de[i] = ds[i] + d2h_s[i]
-            loop_free = de[i]
+        if not model.arrive(i, float(t_sched[i]), int(phase[i])):
+            done = i
+            break
+        model.queue(i)
+        model.infer(i)
+    c = model.c
     cols = {k_: np.asarray(v[:done], dtype=np.float64) + T0 for k_, v in c.items()}
     cols["blocked"] -= T0
     cols["t_sched"] = np.where(np.asarray(c["t_sched"][:done]) > 0, np.asarray(c["t_sched"][:done]),
                                t_sched[:done]) + T0
-    if not (parse_recv or parse_loop):
+    if not (model.parse_recv or model.parse_loop):
         cols["parse_start"][:] = np.nan
         cols["parse_end"][:] = np.nan
     cols["phase"] = phase[:done].astype(np.float64)
