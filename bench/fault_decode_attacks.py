@@ -1,4 +1,4 @@
-"""Decode attacks from the fault campaign (issue 13), through the consumer's decoder
+"""Decode attacks from the fault campaign, through the consumer's decoder
 with its default limits: how long each takes to be refused (or decoded) and the
 process's peak RSS. Run under an address-space limit so a regression fails instead
 of taking the machine:

@@ -1,4 +1,4 @@
-"""The fault campaign's findings (issue 13), each as a regression test.
+"""The fault campaign's findings, each as a regression test.
 
 Bounded throughout: every wait has a timeout, memory attacks run in a child under
 RLIMIT_AS (or measure the consumer's bytes, never a peer's), and disk attacks run on
