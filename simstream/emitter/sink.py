@@ -131,6 +131,19 @@ def format_arrival(a: Arrival, t_start: float, prev_t: float | None) -> str:
     return f"+{a.t - t_start:9.4f}s  {ids}  {a.nbytes / 1e6:9.3f} MB  {gap}{mark}"
 
 
+def _arrived(summary: ReceiveSummary, buf: Any, t: float, prev_t: float | None, *, decode: bool,
+             echo: Callable[[str], None] | None,
+             on_message: Callable[[Arrival], None] | None) -> None:
+    """One message that arrived at ``t``: recorded in ``summary``, echoed, handed on."""
+    seq, rank, events, err = decode_ids(buf) if decode else (None, None, None, None)
+    a = Arrival(len(summary.arrivals), t, len(buf), seq, rank, events, err)
+    summary.arrivals.append(a)
+    if echo is not None:
+        echo(format_arrival(a, summary.t_start, prev_t))
+    if on_message is not None:
+        on_message(a)
+
+
 def receive(
     url: str,
     *,
@@ -199,17 +212,7 @@ def receive(
             frames = sock.recv_multipart(copy=True)
             t = clock.now()
             buf = frames[-1] if len(frames) == 1 else b"".join(frames)
-            if decode:
-                seq, rank, events, err = decode_ids(buf)
-            else:
-                seq = rank = events = None
-                err = None
-            a = Arrival(len(summary.arrivals), t, len(buf), seq, rank, events, err)
-            summary.arrivals.append(a)
-            if echo is not None:
-                echo(format_arrival(a, summary.t_start, prev_t))
-            if on_message is not None:
-                on_message(a)
+            _arrived(summary, buf, t, prev_t, decode=decode, echo=echo, on_message=on_message)
             prev_t = t
             t_last = t
     finally:
@@ -330,17 +333,8 @@ def listen(
                             continue
                         t = clock.now()
                         buf = event.payload
-                        if decode:
-                            seq, rank, events, err = decode_ids(buf)
-                        else:
-                            seq = rank = events = None
-                            err = None
-                        a = Arrival(len(summary.arrivals), t, len(buf), seq, rank, events, err)
-                        summary.arrivals.append(a)
-                        if echo is not None:
-                            echo(format_arrival(a, summary.t_start, prev_t))
-                        if on_message is not None:
-                            on_message(a)
+                        _arrived(summary, buf, t, prev_t, decode=decode, echo=echo,
+                                 on_message=on_message)
                         prev_t = t_last = t
                 except RemoteProtocolError as e:
                     if echo is not None:
