@@ -159,8 +159,10 @@ def test_bf16_autocast_through_the_engine(tiny):
 
 @pytest.mark.slow
 def test_synthetic_calibration_on_cpu():
-    """The model alone holds for the stated time: never less, a few ms more at most on a
-    loaded machine (the engine-level check is in test_engine, the CUDA one in test_gpu)."""
+    """The model alone holds for the stated time: never less, and its own overhead a few
+    ms at most. A busy machine only adds time (a late wake-up), so the fastest of the
+    calls measures the model and the slowest are the machine (the engine-level check is
+    in test_engine, the CUDA one in test_gpu)."""
     model = build_model({"kind": "synthetic", "compute_ms": 15, "compute_ms_per_event": 2.5})
     x = torch.zeros(4, 32)
     took = []
@@ -170,4 +172,4 @@ def test_synthetic_calibration_on_cpu():
         took.append((now() - t0) * 1e3)
     took.sort()
     assert took[0] >= 25.0
-    assert took[len(took) // 2] <= 25.0 + 8.0
+    assert took[0] <= 25.0 + 8.0, took
