@@ -1,90 +1,33 @@
-"""Byte buffers without hidden copies.
+"""Byte buffers for the encoders and decoders.
 
-``new_bytes(n)`` returns a fresh ``bytes`` object together with a writable uint8
-view of its storage, so an encoder can fill an immutable message in place before
-anyone else sees it. Why: a 118 MB ``bytes`` made the ordinary way costs one extra
-copy and, worse, ~29 000 page faults on first touch (about 55 ms here), five times
-the copy itself. Here the storage is asked for huge pages (``madvise``) before it
-is touched, and filled exactly once. The trick relies on CPython's bytes layout;
-it is checked once at import and replaced by an ordinary (slower) path when the
-check fails or on another interpreter.
+``new_bytes(n)`` returns a fresh ``bytearray`` together with a writable uint8
+view of it, so an encoder fills the message through numpy; ``finish`` hands it
+out as ``bytes``. Filling an immutable ``bytes`` in place (through its address,
+which relies on CPython's object layout) would save that last copy, but no
+interpreter internals are used here: the copy is the price, measured in
+bench/bench_codec.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import io
-import platform
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-_PAGE = 4096
-_MADV_HUGEPAGE = 14
-_SMALL = 1 << 12  # below this the extra copy of the plain path costs nothing
 
-
-def _madvise_fn() -> Callable[[int, int], None]:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        madvise.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return lambda addr, n: None
-
-    def advise(addr: int, n: int) -> None:
-        start = (addr + _PAGE - 1) & ~(_PAGE - 1)
-        end = (addr + n) & ~(_PAGE - 1)
-        if end > start:
-            madvise(start, end - start, _MADV_HUGEPAGE)  # best effort; failure is harmless
-
-    return advise
-
-
-_advise = _madvise_fn()
-_DATA_OFFSET = bytes.__basicsize__ - 1  # offset of ob_sval in a CPython bytes object
-
-
-def _fill_in_place(n: int) -> tuple[bytes, np.ndarray]:
-    b = bytes(n)  # calloc: untouched zero pages, so madvise still decides their size
-    addr = id(b) + _DATA_OFFSET
-    _advise(addr, n)
-    view = np.ctypeslib.as_array((ctypes.c_ubyte * n).from_address(addr))
-    return b, view
-
-
-def _self_test() -> bool:
-    if platform.python_implementation() != "CPython" or sys.byteorder not in ("little", "big"):
-        return False
-    try:
-        b, view = _fill_in_place(64)
-        view[:] = np.arange(64, dtype=np.uint8)
-        return b == bytes(range(64))
-    except Exception:  # any surprise: fall back to the plain path
-        return False
-
-
-_IN_PLACE = _self_test()
-
-
-def new_bytes(n: int) -> tuple[bytes | bytearray, np.ndarray]:
+def new_bytes(n: int) -> tuple[bytearray, np.ndarray]:
     """A fresh message buffer of ``n`` bytes and a writable uint8 view of it.
 
-    Write the whole message through the view, then drop the view and hand out the
-    buffer. The buffer is ``bytes`` (immutable once returned) on CPython; elsewhere,
-    and for messages under 4 KiB, a ``bytearray``.
+    Write the whole message through the view, then drop the view and pass the
+    buffer to :func:`finish`.
     """
-    if n >= _SMALL and _IN_PLACE:
-        return _fill_in_place(n)
     ba = bytearray(n)
     return ba, np.frombuffer(ba, dtype=np.uint8)
 
 
 def finish(buf: bytes | bytearray) -> bytes:
-    """``buf`` as bytes (a copy only for the small bytearray path)."""
+    """``buf`` as bytes (one copy of a bytearray)."""
     return buf if isinstance(buf, bytes) else bytes(buf)
 
 
