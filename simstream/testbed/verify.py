@@ -176,8 +176,8 @@ def _parse_tcp(frame: bytes) -> tuple[str, int, str, int, _Seg, bytes] | None:
     return _ip(src), sport, _ip(dst), dport, seg, options
 
 
-def _timestamps_option(options: bytes) -> tuple[int, int] | None:
-    """(TSval, TSecr) of the TCP timestamps option (kind 8), None without one."""
+def _tcp_option(options: bytes, want: int, length: int) -> bytes | None:
+    """The body of TCP option ``want`` when it has ``length`` bytes in all, None without one."""
     i = 0
     while i < len(options):
         kind = options[i]
@@ -189,11 +189,19 @@ def _timestamps_option(options: bytes) -> tuple[int, int] | None:
         if i + 1 >= len(options):
             return None
         ln = options[i + 1]
-        if kind == 8 and ln == 10 and i + 10 <= len(options):
-            a, b = struct.unpack_from("!II", options, i + 2)
-            return int(a), int(b)
+        if kind == want and ln == length and i + length <= len(options):
+            return options[i + 2: i + length]
         i += max(ln, 2)
     return None
+
+
+def _timestamps_option(options: bytes) -> tuple[int, int] | None:
+    """(TSval, TSecr) of the TCP timestamps option (kind 8), None without one."""
+    body = _tcp_option(options, 8, 10)
+    if body is None:
+        return None
+    a, b = struct.unpack("!II", body)
+    return int(a), int(b)
 
 
 def receiver_rtts(data: Flow, acks: Flow) -> list[tuple[float, float]]:
@@ -219,21 +227,8 @@ def receiver_rtts(data: Flow, acks: Flow) -> list[tuple[float, float]]:
 
 
 def _mss_option(options: bytes) -> int | None:
-    i = 0
-    while i < len(options):
-        kind = options[i]
-        if kind == 0:
-            return None
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= len(options):
-            return None
-        ln = options[i + 1]
-        if kind == 2 and ln == 4 and i + 4 <= len(options):
-            return int(struct.unpack_from("!H", options, i + 2)[0])
-        i += max(ln, 2)
-    return None
+    body = _tcp_option(options, 2, 4)
+    return None if body is None else int(struct.unpack("!H", body)[0])
 
 
 def tcp_flows(path: Path, port: int) -> list[Flow]:
