@@ -28,15 +28,15 @@ every receiver after the first message, stop) are those of ``ingest.receive``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .context import POLL_S, Q1Item, StageContext
-from .parse import ParseError
+from .context import POLL_S, StageContext
+from .ingest import put_parsed
 from .receiver import RawMessage, Receiver
-from .records import BatchTimes
 
 __all__ = ["RCVBUF_BYTES", "fast_rcvbuf", "merged_receiver_stats", "parse_in_fast"]
 
@@ -119,18 +119,7 @@ class _Shared:
 def _parse_and_put(ctx: StageContext, shared: _Shared, msg: RawMessage, index: int) -> None:
     """One parser thread's work: decode into host memory, then straight into Q1."""
     try:
-        try:
-            pb = ctx.parser.parse(msg.payload)
-        except ParseError as e:
-            ctx.records.sequence(index, e.rank, e.seq)
-            ctx.quarantine(index, msg.payload, str(e), msg.nbytes, msg.t_arrival, e.rank, e.seq)
-            return
-        ctx.records.sequence(index, pb.rank, pb.seq)
-        host = BatchTimes(index, pb.rank, pb.seq, pb.events, msg.nbytes, msg.t_arrival,
-                          pb.t_parse_start, pb.t_parse_end)
-        if not ctx.put(Q1Item(host, data=pb.data, release=pb.release)):
-            ctx.quarantine(index, None, "aborted: Q1 closed before the batch was queued",
-                           msg.nbytes, msg.t_arrival, pb.rank, pb.seq)
+        put_parsed(ctx, index, msg, functools.partial(ctx.parser.parse, msg.payload))
     except BaseException as exc:  # a bug here must end the run, not hang it
         ctx.fail(exc)
     finally:

@@ -32,8 +32,8 @@ from .records import BatchTimes
 
 log = logging.getLogger("pipeline.ingest")
 
-__all__ = ["parse_in_actor", "parse_in_receiver", "producer_thread", "random_producer",
-           "receive"]
+__all__ = ["parse_in_actor", "parse_in_receiver", "producer_thread", "put_parsed",
+           "random_producer", "receive"]
 
 
 def _ended(ctx: StageContext, n: int, t0: float, last_activity: float | None) -> str | None:
@@ -78,6 +78,28 @@ def receive(ctx: StageContext, rx: Any, on_message: Callable[[RawMessage, int], 
         # blocked on a full Q1 does not count as the producer being idle
         last_activity = ctx.clock()
     ctx.end_reason = "stopped"
+
+
+def put_parsed(ctx: StageContext, index: int, msg: RawMessage,
+               parsed: Callable[[], ParsedBatch]) -> None:
+    """Account message ``index`` and hand its batch to Q1: ``parsed()`` gives the
+    parsed batch (the parse itself, or a finished parse's result) or raises
+    ParseError, which quarantines the message. A batch Q1 no longer takes (closed by
+    a failure elsewhere) is quarantined too: nothing is lost unrecorded. Both
+    layouts' parsers end here (``parse_in_receiver``'s feeder and the fast
+    layout's parser threads)."""
+    try:
+        pb = parsed()
+    except ParseError as e:
+        ctx.records.sequence(index, e.rank, e.seq)
+        ctx.quarantine(index, msg.payload, str(e), msg.nbytes, msg.t_arrival, e.rank, e.seq)
+        return
+    ctx.records.sequence(index, pb.rank, pb.seq)
+    host = BatchTimes(index, pb.rank, pb.seq, pb.events, msg.nbytes, msg.t_arrival,
+                      pb.t_parse_start, pb.t_parse_end)
+    if not ctx.put(Q1Item(host, data=pb.data, release=pb.release)):
+        ctx.quarantine(index, None, "aborted: Q1 closed before the batch was queued",
+                       msg.nbytes, msg.t_arrival, pb.rank, pb.seq)
 
 
 class _InOrderFeeder:
@@ -170,20 +192,7 @@ class _InOrderFeeder:
             ctx.fail(exc)
 
     def _feed(self, index: int, msg: RawMessage, fut: Future[ParsedBatch]) -> None:
-        ctx = self.ctx
-        try:
-            pb = fut.result()
-        except ParseError as e:
-            ctx.records.sequence(index, e.rank, e.seq)
-            ctx.quarantine(index, msg.payload, str(e), msg.nbytes, msg.t_arrival, e.rank, e.seq)
-            return
-        ctx.records.sequence(index, pb.rank, pb.seq)
-        host = BatchTimes(index, pb.rank, pb.seq, pb.events, msg.nbytes, msg.t_arrival,
-                          pb.t_parse_start, pb.t_parse_end)
-        if not ctx.put(Q1Item(host, data=pb.data, release=pb.release)):
-            # Q1 closed under us (a failure elsewhere): account it, do not lose it
-            ctx.quarantine(index, None, "aborted: Q1 closed before the batch was queued",
-                           msg.nbytes, msg.t_arrival, pb.rank, pb.seq)
+        put_parsed(self.ctx, index, msg, fut.result)
 
 
 def parse_in_receiver(ctx: StageContext, rx: Any) -> None:
