@@ -405,7 +405,8 @@ def test_run_stops_in_order_on_sigint_to_its_process_group(tmp_path: Path) -> No
     prof.write_text(SIG_PROFILE)
     out = tmp_path / "run"
     # SIGINT goes to the whole process group, as a terminal's Ctrl-C does
-    p = _simstream(["run", "--profile", str(prof), "--out", str(out)], process_group=0)
+    p = _simstream(["run", "--profile", str(prof), "--out", str(out), "--progress-every", "0.2"],
+                   process_group=0)
     try:
         _wait_rows(out / "messages.csv", 10, p)
         if sig == signal.SIGINT:
@@ -413,9 +414,16 @@ def test_run_stops_in_order_on_sigint_to_its_process_group(tmp_path: Path) -> No
         else:
             p.send_signal(sig)
     finally:
-        _, err = _end(p)
+        stdout, err = _end(p)
     assert p.returncode == 128 + sig, err
     assert "cut short" in err and str(out) in err
+    # the run directory first; into a pipe, plain progress lines, then where the run stood
+    assert stdout.splitlines()[0] == f"run directory: {out}", stdout
+    progress = [ln for ln in err.splitlines() if ln.startswith("run ")]
+    assert len(progress) >= 3, err
+    assert "emitter not started" in progress[0] or "sent " in progress[0]
+    assert "processed " in progress[-2] and "Q1 " in progress[-2] and "msg/s" in progress[-2]
+    assert progress[-1].endswith("(done)") and "\r" not in err
     s = json.loads((out / "summary.json").read_text())
     assert s["received"] >= 10 and s["received"] == s["processed"] + s["quarantined"]
     assert (out / "report.md").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import sys
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from simstream.errors import UsageError
-from simstream.profile import find_profile, load_profile
+from simstream.profile import Profile, find_profile, load_profile
 from simstream.runner.core import RunResult, default_out_dir, run_profile
 from simstream.runner.procs import Interrupted, orderly_signals
 
@@ -55,9 +56,33 @@ def _tail_words(tail: dict[str, Any] | None) -> str:
     return f" lost_at_tail {tail['count']} ({tail['logged_at_close']} logged at close)"
 
 
+def _watch(every_s: float, label: str = "") -> Any:
+    """``run_profile``'s ``watch``: the run's progress on stderr, a live line on a
+    terminal, else a plain line every ``every_s`` seconds (0: none)."""
+    from simstream.runner.progress import RunProgress
+
+    def watch(out: Path, profile: Profile, mode: str, duration_s: float | None) -> Any:
+        if every_s == 0:
+            return contextlib.nullcontext()
+        planned = duration_s or profile.stop.duration_s
+        text = "" if planned else (f"until {profile.stop.messages} messages per rank"
+                                   if profile.stop.messages else "")
+        return RunProgress(out, planned_s=planned, planned_text=text, label=label,
+                           emitter=mode != "random", interval_s=every_s)
+
+    return watch
+
+
+_PROGRESS_EVERY = click.option(
+    "--progress-every", type=click.FloatRange(min=0), default=5.0, show_default=True,
+    metavar="SECONDS",
+    help="where stderr is not a terminal: a progress line (messages sent, processed, "
+         "quarantined, Q1, rate, elapsed of planned) this often (0: none); a terminal "
+         "gets one line refreshed in place")
+
+
 def _print_verdict(result: RunResult) -> None:
     s = result.summary
-    click.echo(f"run directory: {result.out_dir}")
     _print_shaping(result.shaping)
     if result.verify is not None:
         _print_verify(result.verify)
@@ -116,12 +141,14 @@ _QUEUE_BACKEND = click.option(
               help="with queue backend ray: attach the consumer to a running Ray cluster "
                    "(default: a local Ray instance that starts and stops with the run)")
 @_QUEUE_BACKEND
+@_PROGRESS_EVERY
 @click.option("--layout", type=click.Choice(["production", "fast"]), default=None,
               help="override the profile's consumer.layout (fast: one socket and receiver "
                    "thread per transport.urls address, the emitter's ranks spread over them)")
 def run(profile_path: str, out_dir: Path | None, duration: float | None, force: bool,
         kernel_shaping: bool, capture: bool, capture_snaplen: int, ray_address: str | None,
-        queue_backend: str | None, layout: str | None = None) -> None:
+        queue_backend: str | None, progress_every: float = 5.0,
+        layout: str | None = None) -> None:
     """Consumer on a free loopback port (or across a kernel-shaped testbed), the
     emitter against it, then the verdict."""
     if duration is not None and duration <= 0:
@@ -139,7 +166,7 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
                                  capture_snaplen=capture_snaplen, echo=click.echo,
                                  consumer_args=[*_ray_args(ray_address, queue_backend),
                                                 *(["--layout", layout] if layout else [])],
-                                 force=force)
+                                 force=force, watch=_watch(progress_every))
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         click.echo(f"the run's records (and report, if one could be made) are in {out}", err=True)
@@ -167,8 +194,10 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
               help="with queue backend ray: attach the consumer to a running Ray cluster "
                    "(default: a local Ray instance that starts and stops with the run)")
 @_QUEUE_BACKEND
+@_PROGRESS_EVERY
 def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
-                ray_address: str | None, queue_backend: str | None) -> None:
+                ray_address: str | None, queue_backend: str | None,
+                progress_every: float = 5.0) -> None:
     """The investigation's comparative plan: a random-mode run and a socket-mode
     run with identical batch size, model and buffers, then a side-by-side report."""
     profile = load_profile(find_profile(profile_path))
@@ -176,12 +205,15 @@ def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
     dur = duration or profile.stop.duration_s or 30.0
     try:
         extra = _ray_args(ray_address, queue_backend)
+        click.echo(f"investigation directory: {root}")
         with orderly_signals():
             rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur,
-                              consumer_args=extra)
+                              consumer_args=extra, echo=click.echo,
+                              watch=_watch(progress_every, "random mode"))
             if rnd.interrupted is None:
                 sock = run_profile(profile_path, root / "socket", duration_s=dur,
-                                   consumer_args=extra)
+                                   consumer_args=extra, echo=click.echo,
+                                   watch=_watch(progress_every, "socket mode"))
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -22,6 +22,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ def run_profile(
     capture_snaplen: int = 0,
     echo: Callable[[str], None] | None = None,
     force: bool = False,
+    watch: Callable[[Path, Profile, str, float | None], AbstractContextManager[Any]] | None = None,
 ) -> RunResult:
     """Run one experiment. ``mode="random"`` runs the consumer alone on batches it
     generates (no emitter) for the profile's duration.
@@ -131,8 +133,11 @@ def run_profile(
     stream's port, checked afterwards into DIR/verify.json (``capture_snaplen``
     > 0 keeps only each packet's first bytes: rates are checked, message
     framing is not, and the file stays small). ``echo`` receives
-    progress lines (testbed, phase changes). ``out_dir`` must be new or empty
-    (``force``: an earlier run's files there are removed first).
+    progress lines (the run directory first, then testbed, phase changes).
+    ``watch(out, profile, mode, duration_s)``: a context manager held while the
+    consumer and the emitter run (``simstream run``'s progress display).
+    ``out_dir`` must be new or empty (``force``: an earlier run's files there are
+    removed first).
 
     Raises UsageError (missing privileges, a flag that does not fit the mode),
     ProfileError, and RuntimeError when a child fails to start or exits with an
@@ -155,13 +160,16 @@ def run_profile(
                          "run as root, or leave out --capture")
     out = prepare_run_dir(out_dir or default_out_dir(profile), force=force)
     (out / "profile.yaml").write_text(dump_profile(profile))
+    say(f"run directory: {out}")
     result = RunResult(out_dir=out, mode=mode)
 
     failure: RuntimeError | None = None
     try:
-        _run_children(path, profile, out, result, mode=mode, duration_s=duration_s,
-                      consumer_args=consumer_args, emitter_args=emitter_args, offer=offer,
-                      capture=capture, capture_snaplen=capture_snaplen, say=say)
+        with (watch(out, profile, mode, duration_s) if watch is not None
+              else contextlib.nullcontext()):
+            _run_children(path, profile, out, result, mode=mode, duration_s=duration_s,
+                          consumer_args=consumer_args, emitter_args=emitter_args, offer=offer,
+                          capture=capture, capture_snaplen=capture_snaplen, say=say)
     except Interrupted as e:
         result.interrupted = e.signum
         say(f"{signal.Signals(e.signum).name}: the run was stopped; its children finished "
