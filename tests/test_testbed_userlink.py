@@ -244,31 +244,201 @@ def _ts_frame(src: tuple[str, int], dst: tuple[str, int], seq: int, payload: byt
     return ethernet_framed(ip + tcp + opts + payload)
 
 
-def test_verify_reads_round_trips_from_tcp_timestamps(tmp_path: Path) -> None:
+def _write_pcap(path: Path, pkts: list[tuple[float, bytes]]) -> Path:
     import struct
 
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+        for ts, data in sorted(pkts, key=lambda p: p[0]):
+            sec = int(ts)
+            f.write(struct.pack("<IIII", sec, round((ts - sec) * 1e9), len(data), len(data)))
+            f.write(data)
+    return path
+
+
+PROD, CONS = ("10.213.0.1", 40000), ("10.213.0.2", 12321)
+
+
+def test_verify_reads_round_trips_from_tcp_timestamps(tmp_path: Path) -> None:
     from simstream.testbed.verify import receiver_rtts, tcp_flows
 
-    prod, cons = ("10.213.0.1", 40000), ("10.213.0.2", 12321)
     pkts = []
     # the consumer ACKs with TSval k at t = k * 0.1; the producer's next segment echoes it
     # 40 ms later (the round trip), except the third, which the sender held 60 ms more
     for k in range(1, 6):
         t = k * 0.1
-        pkts.append((t, _ts_frame(cons, prod, 1, b"", tsval=k, tsecr=0)))
+        pkts.append((t, _ts_frame(CONS, PROD, 1, b"", tsval=k, tsecr=0)))
         extra = 0.06 if k == 3 else 0.0
-        pkts.append((t + 0.04 + extra, _ts_frame(prod, cons, 1 + k * 100, b"x" * 100,
+        pkts.append((t + 0.04 + extra, _ts_frame(PROD, CONS, 1 + k * 100, b"x" * 100,
                                                  tsval=1000 + k, tsecr=k)))
-    path = tmp_path / "ts.pcap"
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
-        for ts, data in pkts:
-            sec = int(ts)
-            f.write(struct.pack("<IIII", sec, round((ts - sec) * 1e9), len(data), len(data)))
-            f.write(data)
+    path = _write_pcap(tmp_path / "ts.pcap", pkts)
     data, acks = sorted(tcp_flows(path, 12321), key=lambda f: -f.payload_bytes)
-    got = receiver_rtts(data, acks)
+    got = receiver_rtts(data, acks, ack_clocked=False)
     assert [round(r, 6) for _, r in got] == [0.04, 0.04, 0.1, 0.04, 0.04]
+    # one packet in flight: no data arrives between an ACK and its echo, so none of
+    # these is known to be ACK-clocked (the sender may have waited for its application)
+    assert receiver_rtts(data, acks) == []
+
+
+def _simulated_tcp(n: int, lost: set[int], *, idle_after: int | None = None, d: float = 0.02,
+                   window: int = 8, size: int = 1000) -> list[tuple[float, bytes]]:
+    """What a capture at the consumer sees of an ACK-clocked sender: one-way delay ``d``
+    both ways, ``window`` packets in flight, the packets in ``lost`` dropped on their
+    first sending and resent on the third ACK after, a 0.5 s application pause before packet
+    ``idle_after``. The consumer ACKs each packet at once, TSval its millisecond clock."""
+    import heapq
+
+    ev: list[tuple[float, int, str, int, int]] = []  # (time, order, kind, index or TSval, TSecr)
+    order = iter(range(10**6))
+    out: list[tuple[float, bytes]] = []
+    dropped: set[int] = set()
+    retx: list[list[int]] = []  # [index, ACKs to wait before resending it]
+    st = {"next": 0, "held": 0, "paused": 0, "idled": 0, "latest": 0}
+
+    def send(t: float, i: int, tsecr: int) -> None:
+        if i in lost and i not in dropped:
+            dropped.add(i)
+            retx.append([i, 3])  # resent on the third duplicate ACK
+            return
+        heapq.heappush(ev, (t + d, next(order), "data", i, tsecr))
+
+    def send_next(t: float, tsecr: int) -> None:
+        for r in retx:
+            r[1] -= 1
+        if retx and retx[0][1] <= 0:
+            send(t, retx.pop(0)[0], tsecr)
+            return
+        if st["next"] >= n:
+            return
+        if st["next"] == idle_after and not st["idled"]:
+            st["idled"] = st["paused"] = 1
+            heapq.heappush(ev, (t + 0.5, next(order), "resume", 0, 0))
+        if st["paused"]:
+            st["held"] += 1
+            return
+        send(t, st["next"], tsecr)
+        st["next"] += 1
+
+    for k in range(window):  # the first window, 1 ms apart (a 1000-byte packet at 8 Mbit/s)
+        send_next(k * 0.001, 0)
+    for _ in range(100 * n):
+        if not ev:
+            break
+        t, _, kind, a, b = heapq.heappop(ev)
+        if kind == "data":
+            out.append((t, _ts_frame(PROD, CONS, 1 + a * size, b"x" * size, tsval=10**6 + a,
+                                     tsecr=b)))
+            tsval = int(t * 1000)
+            out.append((t, _ts_frame(CONS, PROD, 1, b"", tsval=tsval, tsecr=10**6 + a)))
+            heapq.heappush(ev, (t + d, next(order), "ack", tsval, 0))
+        elif kind == "ack":
+            st["latest"] = a
+            send_next(t, a)
+        else:  # the application resumes: the held sends go out at once
+            held, st["held"], st["paused"] = st["held"], 0, 0
+            for _ in range(held):
+                send_next(t, st["latest"])
+    return out
+
+
+def test_round_trips_and_losses_of_a_simulated_stream(tmp_path: Path) -> None:
+    from simstream.testbed.verify import reassemble, receiver_losses, receiver_rtts, tcp_flows
+
+    lost = {50, 51, 120, 300}
+    path = _write_pcap(tmp_path / "sim.pcap", _simulated_tcp(400, lost, idle_after=200))
+    data, acks = sorted(tcp_flows(path, 12321), key=lambda f: -f.payload_bytes)
+    assert reassemble(data).contiguous == 400 * 1000  # every byte arrived in the end
+    rtts = [r for _, r in receiver_rtts(data, acks)]
+    # ACK-clocked echoes: the round trip (2 x 20 ms) plus at most the TSval clock's 1 ms;
+    # the echo after the 0.5 s pause is not one of them
+    assert len(rtts) > 150 and all(0.04 - 1e-9 <= r <= 0.041 + 1e-9 for r in rtts), rtts
+    unfiltered = [r for _, r in receiver_rtts(data, acks, ack_clocked=False)]
+    assert max(unfiltered) > 0.5
+    losses, never_filled = receiver_losses(data)
+    # 50 and 51 are one hole of two packets
+    assert [(x.packets, x.nbytes) for x in losses] == [(2, 2000), (1, 1000), (1, 1000)]
+    assert never_filled == 0
+    # a packet the capture missed is never resent: not a loss of the link
+    missed = [p for p in _simulated_tcp(100, set()) if b"x" * 1000 not in p[1]
+              or p[1].find((1 + 70 * 1000).to_bytes(4, "big")) != 38]
+    flows = tcp_flows(_write_pcap(tmp_path / "missed.pcap", missed), 12321)
+    d2 = max(flows, key=lambda f: f.payload_bytes)
+    assert receiver_losses(d2) == ([], 1000)
+
+
+def test_round_trip_and_loss_checks_have_stated_bounds() -> None:
+    from simstream.testbed.verify import Window, _loss_check, _rtt_check, loss_tolerance, rtt_bounds
+
+    w = Window("steady", 0.0, 10.0, None, None, latency_ms=20, jitter_ms=2, loss_pct=1.0)
+    low, high = rtt_bounds(w, "user-link")
+    assert round(low, 2) == round(40 - 3 * 2 ** 0.5 * 2 - 1, 2) and high == 40 + 8 + 5
+    assert rtt_bounds(w, "tc") == (20 - 6 - 1, 20 + 4 + 5)
+    ok = _rtt_check("p", w, [0.04] * 20, "user-link")
+    assert ok.status == "PASS" and "median 40.00 ms" in ok.measured
+    assert _rtt_check("p", w, [0.0002] * 20, "user-link").status == "FAIL"  # not applied
+    assert _rtt_check("p", w, [0.09] * 20, "user-link").status == "FAIL"
+    capped = Window("c", 0, 10, 80.0, None, latency_ms=20, rate_stage=True)
+    assert "bufferbloat" in _rtt_check("p", capped, [0.09] * 20, "user-link").note
+    assert _rtt_check("p", w, [0.04] * 5, "user-link").status == "SKIP"
+    assert _rtt_check("p", w, [0.0002] * 20, "tc").status == "INFO"
+    assert _rtt_check("p", w, [0.04] * 20, None).status == "INFO"
+    # 1 % of 10 000 packets: 100 +- (3 x 9.95 + 1)
+    assert round(loss_tolerance(10_000, 1.0), 2) == 30.85
+    assert _loss_check("p", w, 100, 9900, "user-link").status == "PASS"
+    assert _loss_check("p", w, 131, 9869, "user-link").status == "FAIL"
+    assert _loss_check("p", w, 69, 9931, "user-link").status == "FAIL"
+    assert _loss_check("p", w, 0, 10_000, "user-link").note.startswith("fewer losses")
+    assert _loss_check("p", w, 1, 20, "user-link").status == "SKIP"
+    assert _loss_check("p", w, 0, 10_000, "tc").status == "INFO"
+    queue = Window("q", 0, 10, 10.0, None, loss_pct=1.0, rate_stage=True)
+    assert _loss_check("p", queue, 200, 9800, "user-link").status == "WARN"
+
+
+def test_the_emulator_is_read_from_the_run_or_the_profile(tmp_path: Path) -> None:
+    from simstream.testbed.verify import emulator_of
+
+    assert emulator_of(tmp_path, _profile(latency_ms=5)) is None  # type: ignore[arg-type]
+    assert emulator_of(tmp_path, _profile(emulator="tc")) == "tc"  # type: ignore[arg-type]
+    (tmp_path / "shaping.json").write_text(json.dumps({"emulator": "user-link"}))
+    assert emulator_of(tmp_path, _profile(emulator="tc")) == "user-link"  # type: ignore[arg-type]
+
+
+@pytest.mark.netns
+@pytest.mark.integration
+def test_verify_judges_round_trip_and_loss_of_an_emulated_link(offer: KernelOffer,
+                                                               tmp_path: Path) -> None:
+    from simstream.testbed.capture import capture_argv
+    from simstream.testbed.verify import verify_capture
+
+    prof = _profile(latency_ms=20, jitter_ms=2, loss_pct=1, emulator="user-link")
+    pcap = tmp_path / "link.pcap"
+    with Testbed.up("ulverify", prof, offer=offer) as tb:  # type: ignore[arg-type]
+        cap = subprocess.Popen(capture_argv(tb.consumer_iface, 5001, pcap, 30,
+                                            netns=tb.consumer_ns), stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            assert cap.stderr is not None
+            # scapy may warn first (a TUN device's link type)
+            assert any("capturing on" in cap.stderr.readline() for _ in range(5))
+            _tcp_mbps(tb, 3.0)
+        finally:
+            cap.send_signal(signal.SIGINT)
+            cap.communicate(timeout=20)
+        stats = tb.forwarder.stats() if tb.forwarder else {}
+    rep = verify_capture(pcap, prof, framing="none", emulator="user-link")  # type: ignore[arg-type]
+    got = {c.name: c for c in rep.checks}
+    assert got["rtt"].status == "PASS", got["rtt"]
+    assert got["loss"].status == "PASS", got["loss"]
+    # the holes the retransmissions filled are the packets the forwarder dropped (a
+    # dropped handshake packet or retransmission leaves no hole)
+    lost = stats["p2c"]["lost"]  # type: ignore[index]
+    assert abs(rep.facts["lost_packets"] - lost) <= 1 + 0.2 * lost, (rep.facts, stats)
+    # the same capture against a profile asking more than the link did
+    more = _profile(latency_ms=40, jitter_ms=2, loss_pct=10, emulator="user-link")
+    worse = {c.name: c for c in verify_capture(pcap, more, framing="none",  # type: ignore[arg-type]
+                                               emulator="user-link").checks}
+    assert worse["rtt"].status == "FAIL" and worse["loss"].status == "FAIL", worse
+    _nothing_left("ulverify")
 
 
 @pytest.mark.netns

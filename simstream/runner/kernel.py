@@ -341,11 +341,12 @@ def verify_run(out: Path, profile: Profile, port: int) -> tuple[dict[str, Any], 
     """
     import json
 
-    from simstream.testbed.verify import load_emit_log, verify_capture
+    from simstream.testbed.verify import emulator_of, load_emit_log, verify_capture
 
     emit = out / "emit.jsonl"
     log = load_emit_log(emit) if emit.exists() else None
-    report = verify_capture(out / CAPTURE_FILE, profile, emit_log=log, port=port)
+    report = verify_capture(out / CAPTURE_FILE, profile, emit_log=log, port=port,
+                            emulator=emulator_of(out, profile))
     n_fail = sum(c.status == "FAIL" for c in report.checks)
     data = {
         "pcap": CAPTURE_FILE,

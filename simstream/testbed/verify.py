@@ -41,11 +41,13 @@ import click
 from simstream.errors import UsageError
 from simstream.profile import Profile, find_profile, load_profile, split_url
 from simstream.testbed import tc
+from simstream.testbed.link import GilbertElliott
 
 __all__ = [
     "Check",
     "Flow",
     "Report",
+    "Loss",
     "WireMessage",
     "read_pcap",
     "tcp_flows",
@@ -204,17 +206,24 @@ def _timestamps_option(options: bytes) -> tuple[int, int] | None:
     return int(a), int(b)
 
 
-def receiver_rtts(data: Flow, acks: Flow) -> list[tuple[float, float]]:
+def receiver_rtts(data: Flow, acks: Flow, *, ack_clocked: bool = True) -> list[tuple[float, float]]:
     """(time, seconds) round trips seen where the capture is, from TCP timestamps.
 
     A TSval the receiver sent at t comes back as the TSecr of the first data
     segment the sender sent after hearing it; that segment's arrival minus t is
-    one round trip plus whatever the sender waited (none for a bulk stream), so
-    the low samples are the path's round trip.
+    one round trip plus whatever the sender waited. The TSval clock ticks every
+    millisecond and t is the first ACK that carried it, so a sample may be up to
+    1 ms long.
+
+    ``ack_clocked``: keep only samples where data kept arriving between the ACK
+    and its echo (the sender was sending on ACKs, not waiting for its
+    application): the first segment after the sender was idle echoes an ACK sent
+    before the silence and would count the silence as a round trip.
     """
     sent: dict[int, float] = {}
     for t, v in acks.tsvals:
         sent.setdefault(v, t)
+    arrivals = sorted(s.ts for s in data.segs)
     out = []
     used: set[int] = set()
     for seg in sorted(data.segs, key=lambda x: x.ts):
@@ -222,8 +231,58 @@ def receiver_rtts(data: Flow, acks: Flow) -> list[tuple[float, float]]:
         if e is None or e in used or e not in sent or seg.ts < sent[e]:
             continue
         used.add(e)
+        if ack_clocked:
+            i = bisect.bisect_right(arrivals, sent[e])
+            if i >= len(arrivals) or arrivals[i] >= seg.ts:
+                continue
         out.append((seg.ts, seg.ts - sent[e]))
     return out
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Packets of one direction that the receiver never got in their first sending."""
+
+    ts: float  # arrival of the packet after the hole (when the receiver saw the gap)
+    packets: int  # estimated packets in the hole (its bytes / the flow's usual packet)
+    nbytes: int
+
+
+def receiver_losses(flow: Flow) -> tuple[list[Loss], int]:
+    """Losses on the way to the capture point, from sequence holes that are filled later.
+
+    On a link that keeps order, a segment starting beyond the highest byte seen
+    so far means the bytes in between were sent and lost; the sender's
+    retransmission filling the hole proves it. A hole never filled is the
+    capture missing packets, not the link losing them, and is not counted
+    (``reassemble`` reports it as missing bytes). A hole's packet count is its
+    bytes over the median payload of the flow's packets (at least 1). A lost
+    retransmission leaves no hole of its own and is not seen here.
+
+    Returns (losses, bytes in holes never filled).
+    """
+    if not flow.segs:
+        return [], 0
+    offsets = _offsets(flow)
+    sizes = sorted(s.plen for s in flow.segs)
+    usual = max(1, sizes[len(sizes) // 2])
+    highest: int | None = None
+    holes: list[list[Any]] = []  # [start, end, ts, filled]
+    for s, start in zip(flow.segs, offsets, strict=True):
+        end = start + s.plen
+        if highest is None:
+            highest = end
+            continue
+        if start > highest:
+            holes.append([highest, start, s.ts, False])
+        elif start < highest:
+            for h in holes:
+                if not h[3] and start < h[1] and end > h[0]:
+                    h[3] = True
+        highest = max(highest, end)
+    losses = [Loss(h[2], max(1, round((h[1] - h[0]) / usual)), h[1] - h[0])
+              for h in holes if h[3]]
+    return losses, sum(h[1] - h[0] for h in holes if not h[3])
 
 
 def _mss_option(options: bytes) -> int | None:
@@ -287,17 +346,15 @@ class Stream:
         self._starts = [c[0] for c in self.chunks]
 
 
-def reassemble(flow: Flow) -> Stream:
-    """Order ``flow``'s payload by sequence number; first sighting wins."""
-    if not flow.segs:
-        return Stream([], 0, 0, 0, 0)
+def _offsets(flow: Flow) -> list[int]:
+    """Stream offset of each of ``flow``'s segments (sequence numbers unwrapped past 4 GiB
+    by following the stream in time order)."""
     base = (flow.syn_seq + 1) if flow.syn_seq is not None else flow.segs[0].seq
 
     def rel(seq: int) -> int:
         r = (seq - base) % 2**32
         return r - 2**32 if r >= 2**31 else r
 
-    # unwrap sequence numbers beyond 4 GiB by following the stream in time order
     offsets = []
     hi = 0
     for s in flow.segs:
@@ -307,6 +364,14 @@ def reassemble(flow: Flow) -> Stream:
             cand += 2**32
         offsets.append(cand)
         hi = max(hi, cand + len(s.payload))
+    return offsets
+
+
+def reassemble(flow: Flow) -> Stream:
+    """Order ``flow``'s payload by sequence number; first sighting wins."""
+    if not flow.segs:
+        return Stream([], 0, 0, 0, 0)
+    offsets = _offsets(flow)
     order = sorted(range(len(flow.segs)), key=lambda i: (offsets[i], flow.segs[i].ts))
     chunks: list[tuple[int, bytes, float]] = []
     cursor = 0
@@ -409,22 +474,122 @@ class Window:
     rate_hz: float | None
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    burst_loss: bool = False  # Gilbert-Elliott: loss_pct is its stationary mean
+    rate_stage: bool = False  # a cap or a trace: queueing adds to the round trip
 
 
-def _rtt_check(where: str, w: Window, samples: list[float]) -> Check:
+#: slack above the profile's round trip for a user-space forwarder's late wake-ups
+#: (a loaded machine) and the TCP timestamp clock's millisecond: the larger of
+#: these, in ms and as a fraction of the round trip
+RTT_SLACK_MS = 5.0
+RTT_SLACK_FRAC = 0.10
+#: fewest samples a phase needs before its round trip or loss is judged
+MIN_RTT_SAMPLES = 10
+MIN_LOSS_PACKETS = 50
+
+
+def rtt_bounds(w: Window, emulator: str) -> tuple[float, float]:
+    """(low, high) ms the median round trip must lie in, for ``emulator``.
+
+    The profile's round trip R is 2 x latency through the user-space link (both
+    ways) and 1 x latency with tc netem (the producer's egress only). Low: R
+    less three standard deviations of the jitter (sqrt(2) x jitter with two
+    directions) less 1 ms. High: R plus 4 x jitter (a link that keeps packet
+    order holds a packet behind a later-drawn one, so a dense stream's delays
+    are the running maximum of the draws, up to about 2 jitters a direction)
+    plus the larger of 5 ms and 10 % of R (late wake-ups, the timestamp clock).
+    """
+    ways = 2 if emulator == "user-link" else 1
+    r = ways * w.latency_ms
+    low = max(0.0, r - 3 * math.sqrt(ways) * w.jitter_ms - 1.0)
+    high = r + 2 * ways * w.jitter_ms + max(RTT_SLACK_MS, RTT_SLACK_FRAC * r)
+    return low, high
+
+
+def _rtt_check(where: str, w: Window, samples: list[float], emulator: str | None) -> Check:
     """Round trips from TCP timestamps in one phase, against the profile's latency."""
     lat = f"{w.latency_ms:g} ms" + (f" +- {w.jitter_ms:g} ms jitter" if w.jitter_ms else "")
-    expected = (f"{2 * w.latency_ms:g} ms with the user-space link (latency {lat} each way); "
-                f"{w.latency_ms:g} ms with tc netem (producer's egress only)")
+    if emulator not in ("user-link", "tc"):
+        expected = (f"{2 * w.latency_ms:g} ms with the user-space link (latency {lat} each "
+                    f"way); {w.latency_ms:g} ms with tc netem (producer's egress only)")
+        return _rtt_info(where, samples, expected, "which emulator shaped is unknown "
+                         "(--emulator): not judged")
+    low, high = rtt_bounds(w, emulator)
+    ways = "each way" if emulator == "user-link" else "producer's egress"
+    expected = f"median in {low:.1f}-{high:.1f} ms (latency {lat} {ways})"
+    if emulator == "tc":
+        return _rtt_info(where, samples, expected, "tc netem's latency is not judged here "
+                         "(no kernel of this project has netem to calibrate it)")
+    if len(samples) < MIN_RTT_SAMPLES:
+        return Check("rtt", where, f"{len(samples)} samples", expected, "SKIP",
+                     f"fewer than {MIN_RTT_SAMPLES} ACK-clocked TCP timestamp echoes")
+    srt = sorted(samples)
+    med = srt[len(srt) // 2] * 1e3
+    measured = _rtt_text(srt)
+    if med < low:
+        return Check("rtt", where, measured, expected, "FAIL",
+                     "round trips shorter than the profile's: the latency was not applied")
+    if med <= high:
+        return Check("rtt", where, measured, expected, "PASS",
+                     "from TCP timestamps echoed at the consumer")
+    if w.rate_stage:
+        return Check("rtt", where, measured, expected, "PASS",
+                     "above the path's round trip: packets queue at the rate cap (bufferbloat)")
+    return Check("rtt", where, measured, expected, "FAIL",
+                 "round trips longer than the profile's and no rate cap to queue at")
+
+
+def _rtt_text(srt: list[float]) -> str:
+    def q(f: float) -> float:
+        return srt[min(len(srt) - 1, int(f * len(srt)))] * 1e3
+
+    return f"median {q(0.5):.2f} ms (p10 {q(0.1):.2f}, p90 {q(0.9):.2f}; {len(srt)} samples)"
+
+
+def _rtt_info(where: str, samples: list[float], expected: str, note: str) -> Check:
     if not samples:
         return Check("rtt", where, "no samples", expected, "INFO",
-                     "no TCP timestamps seen in this phase")
-    srt = sorted(samples)
-    low = srt[len(srt) // 10]
-    return Check("rtt", where, f"p10 {low * 1e3:.2f} ms, median {srt[len(srt) // 2] * 1e3:.2f} ms "
-                 f"({len(srt)} samples)", expected, "INFO",
-                 "round trip seen at the consumer from TCP timestamps; the median includes "
-                 "time the sender had nothing to send")
+                     "no ACK-clocked TCP timestamp echoes in this phase")
+    return Check("rtt", where, _rtt_text(sorted(samples)), expected, "INFO", note)
+
+
+def loss_tolerance(n: int, pct: float) -> float:
+    """Packets a loss count may differ from n x pct %: three binomial standard deviations
+    plus one packet."""
+    p = pct / 100
+    return 3 * math.sqrt(n * p * (1 - p)) + 1
+
+
+def _loss_check(where: str, w: Window, lost: int, seen: int, emulator: str | None) -> Check:
+    """Packets lost producer -> consumer in one phase against the profile's loss."""
+    n = lost + seen
+    pct = 100 * lost / n if n else 0.0
+    measured = f"{pct:.2f} % ({lost} of {n} packets)"
+    tol = loss_tolerance(n, w.loss_pct)
+    lo, hi = max(0.0, n * w.loss_pct / 100 - tol), n * w.loss_pct / 100 + tol
+    kind = "burst loss, stationary mean" if w.burst_loss else "random loss"
+    expected = (f"{w.loss_pct:.3g} % {kind}: {lo:.0f}-{hi:.0f} packets "
+                f"(3 binomial std + 1)")
+    if emulator != "user-link":
+        return Check("loss", where, measured, f"{w.loss_pct:.3g} % ({kind})", "INFO",
+                     "judged for the user-space link only" if emulator == "tc"
+                     else "which emulator shaped is unknown (--emulator): not judged")
+    if n < MIN_LOSS_PACKETS:
+        return Check("loss", where, f"{n} packets", expected, "SKIP",
+                     f"fewer than {MIN_LOSS_PACKETS} packets to count losses among")
+    if w.burst_loss:
+        return Check("loss", where, measured, f"{w.loss_pct:.3g} % ({kind})", "INFO",
+                     "bursts make the count vary more than a binomial: not judged")
+    if lo <= lost <= hi:
+        return Check("loss", where, measured, expected, "PASS",
+                     "sequence holes the sender's retransmissions filled, at the consumer")
+    if lost > hi and w.rate_stage:
+        return Check("loss", where, measured, expected, "WARN",
+                     "more than asked: the drop-tail queue at the rate cap drops too")
+    return Check("loss", where, measured, expected, "FAIL",
+                 "fewer losses than asked: loss was not applied" if lost < lo
+                 else "more losses than asked, and no queue to drop them")
 
 
 def timeline_windows(profile: Profile, t0: float, t_end: float) -> list[Window]:
@@ -439,8 +604,15 @@ def timeline_windows(profile: Profile, t0: float, t_end: float) -> list[Window]:
             shaping = tc.shaping_from_network(profile.network, ph.network,
                                               ranks=profile.transport.ranks)
             end = t_end if ph.duration_s is None else min(t + ph.duration_s, t_end)
+            burst = profile.network.loss_burst
+            loss = shaping.netem.loss_pct
+            if burst is not None:
+                loss = GilbertElliott(burst.p_pct, burst.r_pct, burst.bad_loss_pct,
+                                      burst.good_loss_pct).mean_loss_pct
             out.append(Window(ph.name, t, end, shaping.rate_mbps, ph.rate_hz,
-                              shaping.netem.delay_ms, shaping.netem.jitter_ms))
+                              shaping.netem.delay_ms, shaping.netem.jitter_ms, loss,
+                              burst is not None,
+                              shaping.rate_mbps is not None or profile.network.trace is not None))
             if ph.duration_s is None:
                 return out
             t += ph.duration_s
@@ -520,8 +692,13 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any]] | None = None,
                    port: int | None = None, framing: str | None = None,
                    tolerance: float = DEFAULT_TOLERANCE, gap_ms: float = DEFAULT_GAP_MS,
-                   saturated: bool = False) -> Report:
-    """All checks for one capture. Raises UsageError for an unreadable capture."""
+                   saturated: bool = False, emulator: str | None = None) -> Report:
+    """All checks for one capture. Raises UsageError for an unreadable capture.
+
+    ``emulator``: what shaped the link ("user-link" or "tc"; None: unknown), which
+    says how far a round trip goes through the latency and whether the round
+    trips and losses are judged or only reported.
+    """
     port = port if port is not None else split_url(profile.transport.all_urls[0])[1]
     kind = framing or profile.transport.kind
     flows = tcp_flows(pcap, port)
@@ -542,7 +719,12 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
         if len(fls) == 2:
             data, acks = sorted(fls, key=lambda f: f.payload_bytes, reverse=True)
             rtts += receiver_rtts(data, acks)
+    losses: list[Loss] = []
+    for fl in data_flows:
+        losses += receiver_losses(fl)[0]
     facts["connections"] = len(data_flows)
+    facts["emulator"] = emulator
+    facts["lost_packets"] = sum(x.packets for x in losses)
     if not data_flows:
         checks.append(Check("data", "capture", "no TCP payload", f"traffic on port {port}",
                             "FAIL", "nothing to verify: wrong port, interface or time?"))
@@ -589,6 +771,7 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     windows = timeline_windows(profile, t0, t_end)
     facts["windows"] = [w.__dict__ for w in windows]
     asks_latency = any(w.latency_ms or w.jitter_ms for w in windows)
+    asks_loss = any(w.loss_pct for w in windows)
     # the rate is measured while messages were on the wire: before the first
     # message (handshake, a peer still starting) and after the last (closing)
     # the wire is quiet by design, not held back by a shaper
@@ -599,7 +782,12 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
         span = b - a
         where = f"{w.phase} {w.start - t0:.2f}-{w.end - t0:.2f} s"
         if asks_latency:
-            checks.append(_rtt_check(where, w, [r for t, r in rtts if w.start <= t < w.end]))
+            checks.append(_rtt_check(where, w, [r for t, r in rtts if w.start <= t < w.end],
+                                     emulator))
+        if asks_loss:
+            lost = sum(x.packets for x in losses if w.start <= x.ts < w.end)
+            seen = bisect.bisect_left(times, w.end) - bisect.bisect_left(times, w.start)
+            checks.append(_loss_check(where, w, lost, seen, emulator))
         if span < MIN_WINDOW_S:
             checks.append(Check("rate", where, f"{span:.3f} s of data", f">= {MIN_WINDOW_S} s",
                                 "SKIP", "too short to measure against a token bucket"))
@@ -732,6 +920,19 @@ def _blocked_during(emit_log: list[dict[str, Any]], g0: float, g1: float) -> boo
 # command
 
 
+def emulator_of(run_dir: Path, profile: Profile) -> str | None:
+    """What shaped a run's link: ``emulator`` of DIR/shaping.json (a ``--kernel-shaping``
+    run), else the profile's ``network.emulator`` when it is not auto; None when unknown."""
+    try:
+        got = json.loads((run_dir / "shaping.json").read_text()).get("emulator")
+    except (OSError, ValueError, AttributeError):
+        got = None
+    if got in ("tc", "user-link"):
+        return str(got)
+    emu = profile.network.emulator
+    return emu if emu in ("tc", "user-link") else None
+
+
 def print_report(report: Report) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -763,11 +964,15 @@ def print_report(report: Report) -> None:
               help="silence on the wire longer than this is a gap")
 @click.option("--saturated", is_flag=True,
               help="the sender always had data: a rate below the cap is a failure")
+@click.option("--emulator", type=click.Choice(["auto", "tc", "user-link"]), default="auto",
+              show_default=True,
+              help="what shaped the link; auto: the run's shaping.json beside the capture, "
+                   "else the profile's network.emulator when it names one")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="also write the checks and facts as JSON")
 def verify(pcap: Path, profile_path: str, emit_log: Path | None, port: int | None,
            framing: str | None, tolerance: float, gap_ms: float, saturated: bool,
-           json_out: Path | None) -> None:
+           emulator: str, json_out: Path | None) -> None:
     """Check a capture against the profile: rate vs cap per phase, gaps vs stalls,
     messages and latency vs the emit log. Exit 1 when a check fails."""
     if not pcap.exists():
@@ -779,7 +984,9 @@ def verify(pcap: Path, profile_path: str, emit_log: Path | None, port: int | Non
     profile = load_profile(find_profile(profile_path))
     log = load_emit_log(emit_log) if emit_log else None
     report = verify_capture(pcap, profile, emit_log=log, port=port, framing=framing,
-                            tolerance=tolerance, gap_ms=gap_ms, saturated=saturated)
+                            tolerance=tolerance, gap_ms=gap_ms, saturated=saturated,
+                            emulator=emulator_of(pcap.parent, profile) if emulator == "auto"
+                            else emulator)
     print_report(report)
     if json_out:
         json_out.write_text(json.dumps({"checks": [c.__dict__ for c in report.checks],
