@@ -7,9 +7,11 @@ copied once between the socket buffer and the H2D. Both layouts the real produce
 sends are accepted: (B, H, W) and (B, C, H, W); a partial last batch (any B >= 1)
 too.
 
-simstream's own per-message fields (``/simstream/sequence``, ``/simstream/rank``
-in HDF5, ``simstream_sequence``, ``simstream_rank`` in npz) give (rank, seq) for
-the accounting; a real LCLStreamer message lacks them, and then both are None.
+simstream's own per-message fields (``/simstream/sequence``, ``/simstream/rank``,
+``/simstream/epoch`` in HDF5, ``simstream_sequence``, ``simstream_rank``,
+``simstream_epoch`` in npz) give (rank, seq, epoch) for the accounting; a real
+LCLStreamer message lacks them, and then all are None (an emitter older than the
+epoch sends rank and seq only: epoch None).
 
 Anything unusable raises ``ParseError`` with a one-line reason that begins with a
 category (``codec:``, ``missing field:``, ``shape:``, ``batch:``) so quarantine
@@ -54,10 +56,12 @@ class ParseError(Exception):
     """A message that cannot become a batch; ``str()`` is the quarantine reason.
     ``rank``/``seq`` are set when they could be read before the failure."""
 
-    def __init__(self, reason: str, rank: int | None = None, seq: int | None = None) -> None:
+    def __init__(self, reason: str, rank: int | None = None, seq: int | None = None,
+                 epoch: int | None = None) -> None:
         super().__init__(reason)
         self.rank = rank
         self.seq = seq
+        self.epoch = epoch
 
 
 @dataclass
@@ -72,6 +76,7 @@ class ParsedBatch:
     events: int
     t_parse_start: float
     t_parse_end: float
+    epoch: int | None = None  # the emitter's start id (``/simstream/epoch``), if sent
 
 
 def _key(path: str) -> str:
@@ -207,27 +212,29 @@ class Decoder:
 
         rank = _first_int(field("simstream_rank"))
         seq = _first_int(field("simstream_sequence"))
+        epoch = _first_int(field("simstream_epoch"))
         missing = [n for n in self.expected if field(n) is None]
         if missing:
             release_all()
             have = ", ".join(sorted(arrays)) or "none"
-            raise ParseError(f"missing field: {', '.join(missing)} (message has: {have})", rank, seq)
+            raise ParseError(f"missing field: {', '.join(missing)} (message has: {have})", rank, seq, epoch)
         data = field("detector_data")
         if data is None:
             release_all()
-            raise ParseError("missing field: detector_data", rank, seq)
+            raise ParseError("missing field: detector_data", rank, seq, epoch)
         if not self._shape_ok(tuple(data.shape)):
             release_all()
             raise ParseError(f"shape: detector_data is {tuple(data.shape)}, expected {self._want()}",
-                             rank, seq)
+                             rank, seq, epoch)
         if data.dtype.kind not in "biuf":
             release_all()
-            raise ParseError(f"shape: detector_data has dtype {data.dtype}, not numeric", rank, seq)
+            raise ParseError(f"shape: detector_data has dtype {data.dtype}, not numeric", rank, seq, epoch)
         lengths = {n: a.shape[0] for n, a in arrays.items() if a.ndim >= 1}
         if len(set(lengths.values())) > 1:
             release_all()
-            raise ParseError(f"batch: fields disagree on the batch size {lengths}", rank, seq)
+            raise ParseError(f"batch: fields disagree on the batch size {lengths}", rank, seq, epoch)
         release = release_all(keep=data)
         if release is None and not (data.flags.c_contiguous and data.flags.writeable):
             data = np.ascontiguousarray(data)
-        return ParsedBatch(data, release, rank, seq, int(data.shape[0]), t0, self.clock())
+        return ParsedBatch(data, release, rank, seq, int(data.shape[0]), t0, self.clock(),
+                           epoch)

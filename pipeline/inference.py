@@ -126,12 +126,12 @@ class InferenceLoop:
         try:
             pb = ctx.parser.parse(item.raw)
         except ParseError as e:
-            ctx.records.sequence(host.index, e.rank, e.seq)
+            ctx.records.sequence(host.index, e.rank, e.seq, e.epoch)
             ctx.put_end(host.index)
             ctx.quarantine(host.index, item.raw, str(e), host.nbytes, host.t_arrival,
                            e.rank, e.seq)
             return None
-        ctx.records.sequence(host.index, pb.rank, pb.seq)
+        ctx.records.sequence(host.index, pb.rank, pb.seq, pb.epoch)
         host.rank, host.seq, host.events = pb.rank, pb.seq, pb.events
         host.t_parse_start, host.t_parse_end = pb.t_parse_start, pb.t_parse_end
         return pb.data, pb.release

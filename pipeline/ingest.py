@@ -91,10 +91,10 @@ def put_parsed(ctx: StageContext, index: int, msg: RawMessage,
     try:
         pb = parsed()
     except ParseError as e:
-        ctx.records.sequence(index, e.rank, e.seq)
+        ctx.records.sequence(index, e.rank, e.seq, e.epoch)
         ctx.quarantine(index, msg.payload, str(e), msg.nbytes, msg.t_arrival, e.rank, e.seq)
         return
-    ctx.records.sequence(index, pb.rank, pb.seq)
+    ctx.records.sequence(index, pb.rank, pb.seq, pb.epoch)
     host = BatchTimes(index, pb.rank, pb.seq, pb.events, msg.nbytes, msg.t_arrival,
                       pb.t_parse_start, pb.t_parse_end)
     if not ctx.put(Q1Item(host, data=pb.data, release=pb.release)):

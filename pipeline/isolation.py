@@ -61,14 +61,14 @@ def _worker_main(conn: Any, fields: dict[str, str], expected: list[str],
         try:
             pb = parser.parse(payload)
         except ParseError as e:
-            conn.send(("error", str(e), e.rank, e.seq))
+            conn.send(("error", str(e), e.rank, e.seq, e.epoch))
             continue
         except Exception as e:  # a defect in the decoder still costs one message only
-            conn.send(("error", f"codec: {type(e).__name__}: {e}", None, None))
+            conn.send(("error", f"codec: {type(e).__name__}: {e}", None, None, None))
             continue
         data = np.ascontiguousarray(pb.data)
         conn.send(("ok", data.shape, data.dtype.str, pb.rank, pb.seq, pb.events,
-                   pb.t_parse_start, pb.t_parse_end))
+                   pb.t_parse_start, pb.t_parse_end, pb.epoch))
         # a flat byte view of the array (no copy)
         conn.send_bytes(data.reshape(-1).view(np.uint8) if data.nbytes else b"")
 
@@ -196,7 +196,7 @@ class IsolatedParser:
                 raise ParseError(f"crash: {w.why_dead()} while decoding this message") from None
             if head[0] == "error":
                 healthy = True
-                raise ParseError(head[1], head[2], head[3])
+                raise ParseError(head[1], head[2], head[3], head[4])
             _, shape, dtype, rank, seq, events = head[:6]
             dt = np.dtype(dtype)
             release = None
@@ -215,7 +215,7 @@ class IsolatedParser:
                 raise
             healthy = True
             # the worker's own times are on its clock (another process): ours are used
-            return ParsedBatch(arr, release, rank, seq, int(events), t0, self.clock())
+            return ParsedBatch(arr, release, rank, seq, int(events), t0, self.clock(), head[8])
         finally:
             if healthy:
                 self._idle.put(w)

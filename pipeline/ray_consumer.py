@@ -84,8 +84,9 @@ class RecordRelay:
     def arrival(self, t_arrival: float) -> None:
         self._add("arrival", (t_arrival,))
 
-    def sequence(self, index: int, rank: int | None, seq: int | None) -> None:
-        self._add("sequence", (index, rank, seq))
+    def sequence(self, index: int, rank: int | None, seq: int | None,
+                 epoch: int | None = None) -> None:
+        self._add("sequence", (index, rank, seq, epoch))
 
     def quarantine(self, index: int, payload: Any, reason: str, *, nbytes: int, t_arrival: float,
                    rank: int | None = None, seq: int | None = None) -> None:

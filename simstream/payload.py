@@ -13,6 +13,7 @@ name (HDF5 path from ``fields``)   dtype      content
 ``simstream_sequence``             int64      the message's sequence number (all B equal)
 ``simstream_rank``                 int32      the emitting rank
 ``simstream_event``                int64      event index within the rank: seq * batch_size + i
+``simstream_epoch``                int64      the emitter's start id (all B equal; ``epoch``)
 other names in ``fields``          int64 or   constant per-event scalars (LCLStreamer's
                                    float64    IntValue/FloatValue); value from ``source.scalars``
                                               where the profile has it, else 0.0
@@ -20,10 +21,13 @@ other names in ``fields``          int64 or   constant per-event scalars (LCLStr
 
 ``detector_data``, ``timestamp`` and ``photon_wavelength`` (and extra scalars)
 are sent when ``source.fields`` maps them (``detector_data`` always is). The
-three ``simstream_*`` fields are simstream's own, so a receiver can count loss,
+four ``simstream_*`` fields are simstream's own, so a receiver can count loss,
 duplication and reordering: they are added to the fields automatically unless
-already mapped, at HDF5 paths ``/simstream/sequence``, ``/simstream/rank`` and
-``/simstream/event`` (npz keys: the names). ``wire_fields(source)`` gives the full
+already mapped, at HDF5 paths ``/simstream/sequence``, ``/simstream/rank``,
+``/simstream/event`` and ``/simstream/epoch`` (npz keys: the names). The epoch
+tells a restarted emitter's messages (sequence numbers from 0 again) from its
+earlier life's: the emitter gives every run a new one, the factory's default
+is 0. ``wire_fields(source)`` gives the full
 mapping a receiver passes to ``simstream.codec.decode``. A real LCLStreamer
 sends none of them; receivers must cope (``docs/formats.md``).
 
@@ -53,7 +57,7 @@ with zeros does there. npz messages then carry ``detector_data_original_shape``
 as the numpy branch's GenericRandomTimestamp (uniform in [1.6e9, 1.7e9) s) and
 GenericRandomWavelength (uniform in [0.1, 10) Å) do, seeded per event.
 
-Determinism: the same source, seed, rank and sequence number give a
+Determinism: the same source, seed, rank, epoch and sequence number give a
 byte-identical payload (every random draw is seeded from (seed, rank, event);
 timestamps are synthetic, never the wall clock).
 
@@ -150,10 +154,11 @@ class MessageFactory:
     file), ValueError for a ``seq`` out of range.
     """
 
-    def __init__(self, source: Source, *, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, source: Source, *, rank: int = 0, seed: int = 0, epoch: int = 0) -> None:
         self.source = source
         self.rank = rank
         self.seed = seed
+        self.epoch = int(epoch)
         self.fields = wire_fields(source)
         self.batch_size = source.batch_size
         self.total_messages: int | None = (
@@ -205,6 +210,7 @@ class MessageFactory:
             "simstream_sequence": np.full(n, seq, dtype=np.int64),
             "simstream_rank": np.full(n, self.rank, dtype=np.int32),
             "simstream_event": events,
+            "simstream_epoch": np.full(n, self.epoch, dtype=np.int64),
         }
         return {k: values[k] for k in self._per_message}
 

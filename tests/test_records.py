@@ -71,7 +71,7 @@ def test_crafted_sequences() -> None:
         led.see(7, s)
     # 4 never came; the second 2 is a duplicate; 2 and 5 came late
     assert led.counts() == {"lost": 1, "duplicated": 1, "reordered": 2}
-    assert led.ranks() == {"7": {"max_seq": 6, "lost": 1}}
+    assert led.ranks() == {"7": {"max_seq": 6, "lost": 1, "epochs": []}}
 
 
 def test_first_message_late_counts_the_earlier_ones_lost() -> None:

@@ -72,7 +72,7 @@ def _run_dir(root: Path) -> Path:
     (root / "emit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in EMITTED))
     rows = [",".join(map(str, MESSAGE_COLUMNS))]
     for i, (r, s) in enumerate(RECEIVED):
-        rows.append(f"{i},{_cell(r)},{_cell(s)},10,{1.0 + i},processed,")
+        rows.append(f"{i},{_cell(r)},{_cell(s)},10,{1.0 + i},processed,,")
     (root / "messages.csv").write_text("\n".join(rows) + "\n")
     (root / "batches.csv").write_text(",".join(BATCH_COLUMNS) + "\n")
     (root / "summary.json").write_text(json.dumps({"received": 7, "lost": 1}))
@@ -89,7 +89,8 @@ def test_run_writes_it_into_summary_json_and_diagnose_into_report(tmp_path: Path
     _add_tail_loss(out, summary)
     written = json.loads((out / "summary.json").read_text())
     assert written["lost"] == 1 and written["lost_at_tail"]["count"] == 5
-    assert written["lost_at_tail"]["messages"][0] == {"rank": 0, "seq": 5, "at_close": "queued"}
+    assert written["lost_at_tail"]["messages"][0] == {"rank": 0, "seq": 5, "at_close": "queued",
+                                                      "epoch": None}
     # the diagnosis reconciles the files itself (a run directory from elsewhere)
     (out / "summary.json").write_text(json.dumps({"received": 7, "lost": 1}))
     assert lost_at_tail(load_run(out)) == written["lost_at_tail"]

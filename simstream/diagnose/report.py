@@ -111,7 +111,8 @@ def lost_at_tail(run: RunData) -> dict[str, Any] | None:
     if run.emit is None or run.messages is None or "at_close" not in run.emit:
         return run.summary.get("lost_at_tail")
     return tail_loss(run.emit["rank"], run.emit["seq"], run.emit["at_close"],
-                     run.messages.get("rank", ()), run.messages.get("seq", ()))
+                     run.messages.get("rank", ()), run.messages.get("seq", ()),
+                     emit_epoch=run.emit.get("epoch"), recv_epoch=run.messages.get("epoch"))
 
 
 def build_report(run: RunData, ev: Evidence) -> dict[str, Any]:

@@ -357,7 +357,7 @@ def write_run_dir(sc: Scenario | SimResult, out: str | Path) -> Path:
     arr = _fmt(c["t_arrival"])
     with (out / MESSAGES_CSV).open("w") as f:
         f.write(",".join(MESSAGE_COLUMNS) + "\n")
-        f.write("".join(f"{i},{rank[i]},{seq[i]},{s.nbytes},{arr[i]},processed,\n" for i in range(n)))
+        f.write("".join(f"{i},{rank[i]},{seq[i]},{s.nbytes},{arr[i]},processed,,\n" for i in range(n)))
     fmt = {k_: _fmt(c[k_]) for k_ in ("parse_start", "parse_end", "put_start", "put_end",
                                       "get_start", "get_end", "h2d_start", "h2d_end",
                                       "comp_start", "comp_end", "d2h_start", "d2h_end")}

@@ -138,7 +138,8 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 
 async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
-                     control: tuple[str, int] | None = None) -> tuple[Any, int]:
+                     control: tuple[str, int] | None = None,
+                     append_log: bool = False) -> tuple[Any, int]:
     """Run the engine with the log, the progress display, signal handling and, with
     ``control`` (host, port), the live control API."""
     import trio
@@ -147,7 +148,7 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
     from simstream.emitter.log import EmitLog
     from simstream.emitter.progress import Progress
 
-    log = EmitLog(log_path) if log_path else None
+    log = EmitLog(log_path, append=append_log) if log_path else None
     stats: list[RankStats] = []  # filled in place by the engine
     progress = Progress(stats, sndhwm=p.transport.sndhwm, tty=tty)
 
@@ -226,6 +227,10 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
               help="seconds (stop.duration_s)")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="write the emit log (JSON lines, docs/formats.md) here")
+@click.option("--append-log", is_flag=True,
+              help="append to --log instead of truncating it: an emitter restarted with "
+                   "the same command (a container started again) keeps its earlier "
+                   "life's records; each life's records carry its own epoch")
 @click.option("--dry-run", is_flag=True, help="print the schedule; open no socket")
 @click.option("--lclstreamer-config", type=click.Path(dir_okay=False),
               help="a real LCLStreamer YAML config as the base profile")
@@ -253,8 +258,8 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
                    "authentication: anyone who reaches it steers the emitter)")
 def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str | None,
          ranks: int | None, processes: int | None, rank_offset: int | None, seed: int | None,
-         count: int | None, duration: float | None, log_path: str | None, dry_run: bool,
-         lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
+         count: int | None, duration: float | None, log_path: str | None, append_log: bool,
+         dry_run: bool, lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
          close: str | None, url_spread: str | None, dead_link_ms: float | None,
          control_addr: str | None, control_any_host: bool) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
@@ -283,6 +288,8 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
                          f"transport.urls (each rank binds its own); got {len(tp.all_urls)}")
     if log_path is not None:
         check_log_file(log_path)
+    if append_log and (log_path is None or dry_run or p.transport.processes > 1):
+        raise UsageError("--append-log goes with --log, one emitter process and no --dry-run")
     if dry_run:
         try:
             _dry_run(p, log_path)
@@ -309,7 +316,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     if p.transport.processes > 1:
         code = run_processes(p, log_path, echo=lambda line, err: click.echo(line, err=err))
     else:
-        code = _run(p, log_path, tty=tty, control=control)
+        code = _run(p, log_path, tty=tty, control=control, append_log=append_log)
     if receiver is not None:
         receiver["stop"].set()
         receiver["thread"].join(timeout=30.0)
@@ -386,7 +393,7 @@ def _start_loopback(p: Profile) -> dict[str, Any]:
 
 
 def _run(p: Profile, log_path: str | None, *, tty: bool | None,
-         control: tuple[str, int] | None = None) -> int:
+         control: tuple[str, int] | None = None, append_log: bool = False) -> int:
     import trio
 
     from simstream.emitter.progress import summary_lines
@@ -399,7 +406,8 @@ def _run(p: Profile, log_path: str | None, *, tty: bool | None,
     sys.setswitchinterval(min(switch, 0.0005))
     try:
         result, interrupted = trio.run(functools.partial(_emit_main, p, log_path, tty=tty,
-                                                         control=control))
+                                                         control=control,
+                                                         append_log=append_log))
     except BaseException as e:  # noqa: BLE001 - unwrapped below; the rest re-raised
         hit = _find(e, (AddressInUse, UsageError))
         if hit is not None:

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -59,6 +60,7 @@ __all__ = [
     "SenderFactory",
     "default_message_factory",
     "default_sender_factory",
+    "new_epoch",
     "run_emitter",
 ]
 
@@ -100,11 +102,19 @@ def default_sender_factory(kind: str, role: str, url: str, *, connect_timeout_s:
                        backoff_ms=backoff_ms, on_event=on_event, dead_link_ms=dead_link_ms)
 
 
-def default_message_factory(profile: Profile, rank: int) -> Any:
+def default_message_factory(profile: Profile, rank: int, epoch: int = 0) -> Any:
     """The real payloads (``simstream.payload.MessageFactory``), imported when used."""
     from simstream.payload import MessageFactory
 
-    return MessageFactory(profile.source, rank=rank, seed=profile.seed)
+    return MessageFactory(profile.source, rank=rank, seed=profile.seed, epoch=epoch)
+
+
+def new_epoch() -> int:
+    """A start id for one emitter run: microseconds of Unix time, so a restarted
+    emitter (a killed host started again) sends under a later epoch than its earlier
+    life and the consumer counts its sequence numbers as a new stream. Below 2**53,
+    so it survives a float column."""
+    return time.time_ns() // 1000
 
 
 @contextlib.asynccontextmanager
@@ -207,6 +217,8 @@ class _Run:
     drain_deadline: float | None = None
     #: live changes (``simstream.emitter.control.LiveConditions``), or None
     live: Any = None
+    #: this run's start id: every payload's ``/simstream/epoch`` and every record's
+    epoch: int = 0
 
     def rank_stats(self, rank: int) -> RankStats:
         """The totals of the rank with this (global) id."""
@@ -258,6 +270,7 @@ def _record(run: _Run, item: _Item, url: str, *, outcome: str, t_first: float | 
         "url": url,
         # lost because the stream's end closed the socket: "in_flight" or "queued"
         "at_close": at_close,
+        "epoch": run.epoch,
     }
 
 
@@ -501,6 +514,7 @@ async def run_emitter(
     messages_in_thread: bool = True,
     stats_out: list[RankStats] | None = None,
     live: Any = None,
+    epoch: int | None = None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> EmitResult:
     """Run the profile's emitter to its stop condition; return the per-rank totals.
@@ -515,6 +529,9 @@ async def run_emitter(
     live :class:`RankStats` (for a progress display). ``live``: a
     ``simstream.emitter.control.LiveConditions`` whose changes (network fields,
     rate, pause, injected faults) the run follows from each rank's next message.
+    ``epoch``: the run's start id (default ``new_epoch()``), in every record and,
+    with the default message factory, in every payload (``/simstream/epoch``); a
+    custom factory's payloads carry whatever epoch it puts there.
 
     Ranks: the ids ``transport.rank_offset`` .. ``rank_offset + ranks - 1``, all in
     this process (``transport.processes`` is the command line's business: it
@@ -525,6 +542,9 @@ async def run_emitter(
     recorded, then propagates.
     """
     tp = profile.transport
+    epoch = new_epoch() if epoch is None else int(epoch)
+    if message_factory is default_message_factory:
+        message_factory = functools.partial(default_message_factory, epoch=epoch)
     # rank ids are global (MPI) ids: the payload's rank, the log's, the seed of every
     # random stream and the URL choice all use them, so a rank is the same rank
     # whichever emitter process runs it
@@ -568,7 +588,7 @@ async def run_emitter(
             factories.append(f)
             firsts.append(first)
         run = _Run(profile, trio.current_time(), wall_clock(), wall_clock, emit, stats,
-                   live=live)
+                   live=live, epoch=epoch)
         if live is not None:
             live.attach([st.rank for st in stats], functools.partial(_live_status, run))
         if profile.stop.duration_s is not None and drain_timeout_s is not None:

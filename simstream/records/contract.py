@@ -59,7 +59,7 @@ EMIT_LOG = "emit.jsonl"  # in a `simstream run` directory: the emitter's log
 # into EMIT_LOG in time order when that is absent
 EMIT_LOG_HOSTS = "emit-*.jsonl"
 
-MESSAGE_COLUMNS = ("index", "rank", "seq", "nbytes", "t_arrival", "status", "reason")
+MESSAGE_COLUMNS = ("index", "rank", "seq", "nbytes", "t_arrival", "status", "reason", "epoch")
 MESSAGE_STATUSES = ("processed", "quarantined")
 BATCH_COLUMNS = (
     "index", "rank", "seq", "events", "nbytes", "t_arrival", "t_parse_start", "t_parse_end",
@@ -132,7 +132,7 @@ Q1_HIGH_SHARE = 0.80
 EMIT_LOG_KEYS = (
     "rank", "seq", "phase", "t_sched", "t_first_byte", "t_last_byte", "nbytes",
     "wire_bytes", "events", "blocked_s", "hwm_wait_s", "socket_wait_s", "faults", "outcome", "url",
-    "at_close",
+    "at_close", "epoch",
 )
 EMIT_OUTCOMES = ("delivered", "cut", "lost")
 
@@ -142,6 +142,8 @@ SIMSTREAM_FIELDS = {
     "simstream_sequence": "/simstream/sequence",
     "simstream_rank": "/simstream/rank",
     "simstream_event": "/simstream/event",
+    # the emitter's start id: a restarted emitter's ranks begin new sequence spaces
+    "simstream_epoch": "/simstream/epoch",
 }
 #: compression names of source.compression and simstream.codec.encode
 COMPRESSIONS = ("none", "gzip", "gzip_with_shuffle", "bitshuffle_lz4", "bitshuffle_zstd")

@@ -24,15 +24,18 @@ OUTCOMES = EMIT_OUTCOMES
 class EmitLog:
     """Append-only JSON-lines writer for emit records.
 
-    ``path``: a file path (created/truncated) or an open text stream. Raises
+    ``path``: a file path (created/truncated; with ``append`` created or appended
+    to: a restarted emitter keeps its earlier life's records) or an open text stream. Raises
     OSError if the file cannot be opened; ValueError for a record whose keys or
     outcome break the contract (a programming error, caught in tests).
     """
 
     def __init__(self, path: str | Path | IO[str], *, flush_every: int = 64,
-                 flush_interval_s: float = 0.5) -> None:
+                 flush_interval_s: float = 0.5, append: bool = False) -> None:
         if isinstance(path, (str, Path)):
-            self._fh: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+            if append:
+                _end_torn_line(Path(path))
+            self._fh: IO[str] = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
             self._owns = True
         else:
             self._fh = path
@@ -81,6 +84,22 @@ class EmitLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _end_torn_line(path: Path) -> None:
+    """Before appending: a last line without its newline (the earlier writer was
+    killed mid-write) gets one, so it stays one torn line and the next record starts
+    whole on its own line."""
+    try:
+        with open(path, "rb+") as fh:
+            fh.seek(0, 2)
+            if fh.tell() == 0:
+                return
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+    except FileNotFoundError:
+        return
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

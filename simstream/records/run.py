@@ -7,12 +7,15 @@ per stream), ``quarantine/`` (undecodable messages) and, at the end,
 running totals (and a bounded sample of each stage's times, for the medians) in memory and a reader (the runner waiting for the consumer to go
 quiet) sees progress. Times are Unix seconds on ``simstream.clock.now()``.
 
-The accounting (``SequenceLedger``) is a pure function of the arrivals' per-rank
-sequence numbers:
-- lost: per rank, sequence numbers below the highest seen that never arrived;
-- duplicated: arrivals of an already seen (rank, seq);
+The accounting (``SequenceLedger``) is a pure function of the arrivals' per-stream
+sequence numbers, a stream being one (rank, epoch): an emitter that restarts (a
+killed host started again) sends from sequence 0 under a new epoch, a new stream,
+so its messages are never taken for duplicates of its earlier life's; messages
+without an epoch (a real LCLStreamer's, an older emitter's) are one stream per rank:
+- lost: per stream, sequence numbers below the highest seen that never arrived;
+- duplicated: arrivals of an already seen (rank, epoch, seq);
 - reordered: arrivals with a seq lower than the highest seen so far for that
-  rank that were not duplicates (a late arrival fills a gap).
+  stream that were not duplicates (a late arrival fills a gap).
 All three are None when no message carried a sequence number.
 """
 
@@ -117,15 +120,18 @@ class _Gaps:
 
 
 class SequenceLedger:
-    """Lost / duplicated / reordered from per-rank sequence numbers (module docstring).
+    """Lost / duplicated / reordered from per-stream sequence numbers, a stream being
+    one (rank, epoch) (module docstring).
 
-    Memory grows with the number of gaps, not of messages. Sequence numbers start
-    at 0 for every rank, so seqs below a rank's first arrival count as lost.
+    Memory grows with the number of gaps and streams, not of messages. Sequence
+    numbers start at 0 in every stream, so seqs below a stream's first arrival count
+    as lost.
     """
 
     def __init__(self, window: int = SEQ_WINDOW) -> None:
-        self._max: dict[int, int] = {}
-        self._gaps: dict[int, _Gaps] = {}
+        # keyed by (rank, epoch), in the order the streams first arrived
+        self._max: dict[tuple[int, int | None], int] = {}
+        self._gaps: dict[tuple[int, int | None], _Gaps] = {}
         self.window = window
         self.duplicated = 0
         self.reordered = 0
@@ -133,21 +139,23 @@ class SequenceLedger:
         self.without_seq = 0
         self.out_of_window = 0
 
-    def see(self, rank: int | None, seq: int | None) -> str:
+    def see(self, rank: int | None, seq: int | None, epoch: int | None = None) -> str:
         """Account one arrival; returns ``new``, ``duplicate``, ``reordered``,
-        ``out_of_window`` (more than ``window`` above the rank's highest) or ``unknown``."""
+        ``out_of_window`` (more than ``window`` above the stream's highest) or
+        ``unknown``. ``epoch``: the emitter's start id, None when the message has none."""
         if rank is None or seq is None or seq < 0:
             self.without_seq += 1
             return "unknown"
         self.with_seq += 1
-        top = self._max.get(rank, -1)
+        key = (rank, epoch)
+        top = self._max.get(key, -1)
         if seq - top > self.window:
             self.out_of_window += 1
             return "out_of_window"
-        gaps = self._gaps.setdefault(rank, _Gaps())
+        gaps = self._gaps.setdefault(key, _Gaps())
         if seq > top:
             gaps.add(top + 1, seq)
-            self._max[rank] = seq
+            self._max[key] = seq
             return "new"
         if gaps.remove(seq):
             self.reordered += 1
@@ -168,10 +176,20 @@ class SequenceLedger:
             return {"lost": None, "duplicated": None, "reordered": None}
         return {"lost": self.lost, "duplicated": self.duplicated, "reordered": self.reordered}
 
-    def ranks(self) -> dict[str, dict[str, int]]:
-        return {
-            str(r): {"max_seq": self._max[r], "lost": self._gaps[r].total} for r in sorted(self._max)
-        }
+    def ranks(self) -> dict[str, dict[str, Any]]:
+        """rank -> ``max_seq`` (of the rank's latest stream: the epoch that arrived
+        last), ``lost`` (over all its epochs) and ``epochs``: one entry per epoch
+        seen, in the order they first arrived (``epoch``, ``max_seq``, ``lost``);
+        empty when the rank's messages carry no epoch."""
+        out: dict[str, dict[str, Any]] = {}
+        for (r, e), top in self._max.items():  # streams in first-arrival order
+            row = out.setdefault(str(r), {"max_seq": top, "lost": 0, "epochs": []})
+            lost = self._gaps[(r, e)].total
+            row["max_seq"] = top
+            row["lost"] += lost
+            if e is not None:
+                row["epochs"].append({"epoch": e, "max_seq": top, "lost": lost})
+        return {r: out[r] for r in sorted(out, key=int)}
 
 
 class UnionTracker:
@@ -313,7 +331,9 @@ class RunRecords:
             self._files[name] = fh
             self._writers[name] = w
         self.ledger = SequenceLedger(seq_window)
-        self._pending_seq: dict[int, tuple[int | None, int | None]] = {}
+        self._pending_seq: dict[int, tuple[int | None, int | None, int | None]] = {}
+        # message index -> epoch, until its messages.csv row is written
+        self._epoch_of: dict[int, int] = {}
         self._next_seq = list(range(streams))  # per stream, the next index to account
         self.received = 0
         self.processed = 0
@@ -342,25 +362,30 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                 self.first_arrival = t_arrival
             self.last_arrival = t_arrival
 
-    def sequence(self, index: int, rank: int | None, seq: int | None) -> None:
-        """Account message ``index``'s (rank, seq) once known (decoded, or None when it
-        could not be). Parsers finish out of order; the ledger is fed in arrival
-        (index) order so "reordered" means reordered on the wire, not by parsing."""
+    def sequence(self, index: int, rank: int | None, seq: int | None,
+                 epoch: int | None = None) -> None:
+        """Account message ``index``'s (rank, seq, epoch) once known (decoded, or None
+        when it could not be). Parsers finish out of order; the ledger is fed in arrival
+        (index) order so "reordered" means reordered on the wire, not by parsing.
+        Called before the message's ``quarantine`` or ``batch_done``, whose
+        messages.csv row then carries the epoch."""
         with self._lock:
-            self._pending_seq[index] = (rank, seq)
+            self._pending_seq[index] = (rank, seq, epoch)
+            if epoch is not None:
+                self._epoch_of[index] = epoch
             stream = index % self.streams
             nxt = self._next_seq[stream]
             while nxt in self._pending_seq:
-                r, s = self._pending_seq.pop(nxt)
-                self.ledger.see(r, s)
+                r, s, e = self._pending_seq.pop(nxt)
+                self.ledger.see(r, s, e)
                 nxt += self.streams
             self._next_seq[stream] = nxt
 
     def _flush_sequences(self) -> None:
         # indices never accounted (dropped at a stop) leave holes: feed the rest in order
         for i in sorted(self._pending_seq):
-            r, s = self._pending_seq[i]
-            self.ledger.see(r, s)
+            r, s, e = self._pending_seq[i]
+            self.ledger.see(r, s, e)
         self._pending_seq.clear()
 
     def quarantine(
@@ -386,7 +411,8 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
         with self._lock:
             self.quarantined += 1
             self.reasons[reason.split(":")[0]] += 1
-            self._row("messages", (index, rank, seq, nbytes, t_arrival, "quarantined", reason))
+            self._row("messages", (index, rank, seq, nbytes, t_arrival, "quarantined", reason,
+                                   self._epoch_of.pop(index, None)))
             save = (self.disk_error is None
                     and self.quarantine_saved < self.quarantine_max_files
                     and self.quarantine_saved_bytes + size <= self.quarantine_max_bytes)
@@ -437,7 +463,7 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
             self.samples += int(fin.events)
             self.bytes += int(host.nbytes)
             self._row("messages", (host.index, host.rank, host.seq, host.nbytes, host.t_arrival,
-                                   "processed", ""))
+                                   "processed", "", self._epoch_of.pop(host.index, None)))
             self._row("batches", (
                 host.index, host.rank, host.seq, fin.events, host.nbytes, host.t_arrival,
                 host.t_parse_start, host.t_parse_end, host.t_q1_put_start, host.t_q1_put_end,

@@ -410,7 +410,8 @@ def _add_tail_loss(out: Path, summary: dict[str, Any]) -> None:
         em, msg = read_emit_columns(emit), read_messages(messages)
     except (OSError, ValueError):
         return  # a torn file: the diagnosis says what it could read
-    tail = tail_loss(em["rank"], em["seq"], em["at_close"], msg["rank"], msg["seq"])
+    tail = tail_loss(em["rank"], em["seq"], em["at_close"], msg["rank"], msg["seq"],
+                     emit_epoch=em.get("epoch"), recv_epoch=msg.get("epoch"))
     if tail is None:
         return
     summary["lost_at_tail"] = tail

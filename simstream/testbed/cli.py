@@ -224,19 +224,27 @@ def _first_t_sched(path: Path, not_before: float,
     """t_sched of the first emit-log record written after ``not_before`` (bounded wait).
 
     A record older than ``not_before`` is a previous run's: the emitter has not
-    truncated the file yet.
+    truncated the file yet, or appends to it (``emit --append-log``: a restarted
+    emitter's log keeps its earlier life's records before the new ones).
     """
     deadline = time.monotonic() + SYNC_TIMEOUT_S
     while time.monotonic() < deadline:
         if child is not None and child.poll() is not None:
             return None
+        t = None
         try:
             with open(path, encoding="utf-8") as f:
-                line = f.readline()
-            t = float(json.loads(line)["t_sched"]) if line.endswith("\n") else None
-        except (OSError, ValueError, KeyError, TypeError):
+                for line in f:
+                    try:
+                        ts = float(json.loads(line)["t_sched"]) if line.endswith("\n") else None
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn line (a killed writer's last)
+                    if ts is not None and ts >= not_before - 1.0:
+                        t = ts
+                        break
+        except OSError:
             t = None
-        if t is not None and t >= not_before - 1.0:
+        if t is not None:
             return t
         time.sleep(TICK_S)
     return None
