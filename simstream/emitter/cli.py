@@ -62,7 +62,7 @@ def _endless(p: Profile) -> bool:
     return n is None and p.stop.duration_s is None and not timeline_ends
 
 
-def _dry_run(p: Profile, log_path: str | None) -> None:
+def _dry_run(p: Profile, log_path: str | None, *, append: bool = False) -> None:
     from simstream.schedule import format_planned, iter_schedule
 
     if _endless(p):
@@ -75,7 +75,8 @@ def _dry_run(p: Profile, log_path: str | None) -> None:
     merged = heapq.merge(*(iter_schedule(p, r) for r in range(first, first + p.transport.ranks)),
                          key=lambda x: (x.t_sched, x.rank))
     as_json = log_path is not None
-    out = open(log_path, "w", encoding="utf-8") if log_path else sys.stdout  # noqa: SIM115
+    out = (open(log_path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+           if log_path else sys.stdout)
     n = 0
     try:
         for planned in merged:
@@ -288,11 +289,11 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
                          f"transport.urls (each rank binds its own); got {len(tp.all_urls)}")
     if log_path is not None:
         check_log_file(log_path)
-    if append_log and (log_path is None or dry_run or p.transport.processes > 1):
-        raise UsageError("--append-log goes with --log, one emitter process and no --dry-run")
+    if append_log and (log_path is None or p.transport.processes > 1):
+        raise UsageError("--append-log goes with --log and one emitter process")
     if dry_run:
         try:
-            _dry_run(p, log_path)
+            _dry_run(p, log_path, append=append_log)
             sys.stdout.flush()
         except BrokenPipeError:
             # the reader left (`emit --dry-run | head`): that is the reader's choice,

@@ -17,17 +17,21 @@ run directory out (``--out``) and takes everything down again, unless
   and connects again once the link is back; the consumer finds the old
   connection dead by keepalive. Both count in summary.json ``receiver``
   (connections, disconnects);
-- ``pause``: the container is frozen (cgroup freezer) and thawed;
-- ``kill``: the container is killed (SIGKILL) and started again; its command
-  starts from the beginning: the emitter sends from sequence number 0 again
-  and rewrites its emit log. The consumer counts each repeated (rank, seq) in
-  ``duplicated`` (summary.json), while received and processed count every
-  arrival, so received exceeds the distinct messages by that number; the first
-  life's emit-log records are gone. Resuming the
-  sequence from the log is not sound (records not yet flushed at the SIGKILL
-  are lost, so the logged last seq can be behind what was sent); a sound
-  restart needs an epoch in the wire header and the consumer's ledger. Use
-  ``kill`` for what a host crash does to the stream, not for accounting.
+- ``pause``: the container is frozen (cgroup freezer: ``docker pause``) and
+  thawed (``docker unpause``). Its kernel is not frozen: the connection stays
+  up (keepalives answered, bytes already in the socket buffer still go), the
+  emitter just stops and resumes; nothing is lost;
+- ``kill``: the container is killed (``docker kill``, SIGKILL) and started
+  again (``docker start``); its command starts from the beginning: a new
+  emitter run with a new epoch (``/simstream/epoch``), sending from sequence
+  number 0 again and appending to its emit log (``--append-log``). The
+  consumer accounts each (rank, epoch) as its own stream: the new life's
+  messages are not duplicates, the old life's messages still in flight at the
+  kill are delivered (counted once) or lost, gaps in ``lost`` and the old
+  life's tail in the diagnosis's ``lost_at_tail`` (as far as the log had
+  flushed them: an attempt that had not ended at the SIGKILL has no record).
+  The killed emitter's connection ends (its kernel closes the socket), the
+  restarted one is a new connection (summary.json ``receiver``).
 
 Cleanup: the compose project ``simstream-NAME`` is taken down (containers,
 network, volume) after ``up`` ends, fails or is interrupted (SIGINT, SIGTERM),
@@ -369,9 +373,6 @@ def up(name: str, compose_file: Path | None, profile: str, duration: float, tran
        image: str, keep: bool) -> None:
     """Run one experiment on the compose testbed, copy its run directory out, take it down."""
     parsed = [parse_fault(f) for f in faults]
-    if any(f.kind == "kill" and f.service != "consumer" for f in parsed):
-        click.echo("warning: a killed emitter restarts at sequence 0 and rewrites its emit "
-                   "log: the consumer counts its repeated messages as duplicated", err=True)
     problem = engine_problem()
     if problem:
         raise click.ClickException(problem)
