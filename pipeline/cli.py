@@ -25,6 +25,7 @@ from simstream.outdir import prepare_run_dir
 from simstream.profile import _check_url, find_profile, load_profile
 
 from .config import consumer_config
+from .inference import busy_words
 
 __all__ = ["consume"]
 
@@ -46,7 +47,6 @@ def summary_lines(s: dict[str, Any], out: Path) -> list[str]:
     """The final summary as a few lines of text."""
     tp = s.get("throughput") or {}
     q1 = s.get("q1") or {}
-    busy = s.get("gpu_busy_fraction")
     occ = q1.get("mean_occupancy")
     return [
         f"run directory: {out}",
@@ -54,7 +54,7 @@ def summary_lines(s: dict[str, Any], out: Path) -> list[str]:
         f"lost {s['lost']}  duplicated {s['duplicated']}  reordered {s['reordered']}",
         f"batches {s['batches']}  samples {s['samples']}  {_fmt(tp.get('batches_per_s'))} batches/s  "
         f"{_fmt(tp.get('samples_per_s'))} samples/s  {_fmt(tp.get('mb_per_s'))} MB/s",
-        f"device {s.get('device')}  GPU busy {_fmt(None if busy is None else busy * 100, '.0f', '%')}  "
+        f"device {s.get('device')}  {busy_words(s, None)}  "
         f"Q1 mean occupancy {_fmt(None if occ is None else occ * 100, '.0f', '%')}  "
         f"backpressure events {s.get('backpressure_events')}  ended by {s.get('end_reason')}",
     ]
@@ -87,12 +87,11 @@ class _Progress:
         from rich.table import Table
 
         t = Table.grid(padding=(0, 2))
-        busy = snap.get("gpu_busy")
         t.add_row(
             f"batches {snap['batches']}",
             f"samples/s {_fmt(snap.get('samples_per_s'))}",
             f"Q1 {snap['q1_depth']}/{snap['q1_maxsize']}",
-            f"GPU busy {_fmt(None if busy is None else busy * 100, '.0f', '%')}",
+            busy_words(snap, snap.get("device")),
             f"quarantined {snap['quarantined']}",
         )
         self.live.update(t)

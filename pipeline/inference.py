@@ -14,7 +14,7 @@ not with this module (the Ray driver and the tests of other stages need no torch
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,10 +22,10 @@ import numpy as np
 from .config import ConsumerConfig
 from .context import POLL_S, Q1Item, StageContext
 from .parse import ParseError
-from .records import STARVATION_UTILISATION, BatchTimes
+from .records import BUSY_FIGURES, STARVATION_UTILISATION, BatchTimes, busy_label
 
-__all__ = ["STARVATION_UTILISATION", "InferenceLoop", "build_engine", "host_buffers_needed",
-           "report_progress", "warm_up"]
+__all__ = ["STARVATION_UTILISATION", "InferenceLoop", "build_engine", "busy_words",
+           "host_buffers_needed", "report_progress", "warm_up"]
 
 log = logging.getLogger("pipeline.consumer")
 
@@ -57,6 +57,14 @@ def warm_up(engine: Any, cfg: ConsumerConfig) -> None:
         engine.warmup((rc.batch_size, *rc.shape), np.dtype(rc.dtype), batches=cfg.buffers)
 
 
+def busy_words(figures: Mapping[str, Any], device: str | None) -> str:
+    """The busy figures (simstream.records.contract.BUSY_FIGURES) as the report words
+    them: ``inference loop busy 47%  device busy (cpu) 66%  device compute busy 42%``."""
+    return "  ".join(f"{busy_label(k, device if k == 'device_busy' else None)} "
+                     + ("-" if figures.get(k) is None else f"{figures[k] * 100:.0f}%")
+                     for k in BUSY_FIGURES)
+
+
 def report_progress(records: Any, q1: Any, t_start: float, on_progress: Progress | None,
                     t_now: float) -> tuple[dict[str, Any], bool]:
     """Log the live line (and the starvation warning when Q1 is under 30 % full)
@@ -69,9 +77,9 @@ def report_progress(records: Any, q1: Any, t_start: float, on_progress: Progress
     snap.update(q1_depth=depth, q1_maxsize=q1.maxsize, q1_utilisation=util,
                 elapsed_s=elapsed, final=False,
                 samples_per_s=snap["samples"] / elapsed if elapsed > 0 else None)
-    log.info("batches %d  samples/s %.1f  Q1 %d/%d (%.0f%%)  GPU busy %s",
+    log.info("batches %d  samples/s %.1f  Q1 %d/%d (%.0f%%)  %s",
              snap["batches"], snap["samples_per_s"] or 0.0, depth, q1.maxsize, util * 100,
-             "-" if snap["gpu_busy"] is None else f"{snap['gpu_busy'] * 100:.0f}%")
+             busy_words(snap, snap.get("device")))
     starved = util < STARVATION_UTILISATION
     if starved:
         log.warning("potential data starvation: Q1 utilisation %.0f%% (%d of %d batches)",

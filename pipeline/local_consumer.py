@@ -85,6 +85,7 @@ class _LocalResources:
             if cfg.binds_all_interfaces:
                 log.warning("binding %s: listening on all interfaces, not only loopback", cfg.url)
         self.records = RunRecords(out_dir)
+        self.records.device = device_facts(self.engine)[0]
         self.ctx = StageContext(cfg, self.records, self.q1, self.engine, stop, clock=clock)
         self.sampler = Q1Sampler(self.q1, cfg.queue.sample_interval_ms / 1000.0,
                                  self.records.q1_sample).start()

@@ -501,6 +501,7 @@ def run_ray_consumer(
         d.start_inference(warmup)
         d.start_receivers()
         d.records = records = RunRecords(out_dir, streams=len(cfg.urls))
+        records.device = d.started[0]["device"] if d.started else None
         d.sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
         t_start = now()
         if ready is not None:

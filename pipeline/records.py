@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from simstream.records.contract import (
     BATCH_COLUMNS,
+    BUSY_FIGURES,
     GPU_COLUMNS,
     MESSAGE_COLUMNS,
     Q1_COLUMNS,
     QUARANTINE_HEAD_BYTES,
     STARVATION_UTILISATION,
+    busy_label,
 )
 from simstream.records.run import BatchTimes, Reservoir, RunRecords, SequenceLedger, UnionTracker
 
 __all__ = [
     "BATCH_COLUMNS",
+    "BUSY_FIGURES",
     "GPU_COLUMNS",
     "MESSAGE_COLUMNS",
     "QUARANTINE_HEAD_BYTES",
@@ -28,4 +31,5 @@ __all__ = [
     "RunRecords",
     "SequenceLedger",
     "UnionTracker",
+    "busy_label",
 ]

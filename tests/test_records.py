@@ -220,3 +220,65 @@ def test_reservoir_is_exact_below_its_cap_and_bounded_above() -> None:
     assert len(r) == 100 and r.seen == 100_000
     # a uniform sample of 0..99999: its median lies near the middle
     assert 30_000 < statistics.median(r) < 70_000
+
+
+def test_busy_figures_one_definition_in_records_log_and_report(tmp_path: Path) -> None:
+    """The three busy figures (contract.BUSY_FIGURES) on a hand-made run: the records'
+    summary, the live snapshot's log words and the diagnosis's evidence agree."""
+    from simstream.diagnose.evidence import compute_evidence
+    from simstream.diagnose.load import load_run
+    from simstream.pipeline.inference import busy_words
+
+    rec = RunRecords(tmp_path)
+    rec.device = "cpu"
+    rec.arrival(0.0)
+    rec.arrival(1.15)
+    for i in range(2):
+        rec.sequence(i, 0, i)
+    # A: the loop asked for it at -1 (before anything arrived: counted from 0), put at 1.0
+    a = BatchTimes(0, 0, 0, 4, 100, 0.0, 0.9, 0.95, 0.95, 1.0, -1.0, 1.0)
+    rec.batch_done(a, Fin(0, 4, 0, 1.0, 1.1, 1.1, 1.5, 1.5, 1.6))
+    # B: the loop waited from 1.1 until it was put at 1.2; computed after A
+    b = BatchTimes(1, 0, 1, 4, 100, 1.15, 1.16, 1.18, 1.18, 1.2, 1.1, 1.2)
+    rec.batch_done(b, Fin(1, 4, 1, 1.2, 1.3, 1.5, 1.9, 1.9, 2.0))
+    rec.q1_sample(0.5, 0, 4)
+    snap = rec.snapshot()
+    s = rec.close({"wall_s": 2.0, "device": "cpu"})
+    # active span 0..2.0; waits [0, 1.0] and [1.1, 1.2]; any stream [1.0, 2.0];
+    # compute [1.1, 1.9]
+    expect = {"loop_busy": 0.45, "device_busy": 0.5, "device_compute_busy": 0.4}
+    for key, value in expect.items():
+        assert abs(s[key] - value) < 1e-9, key
+        assert abs(snap[key] - value) < 1e-9, key
+    assert s["gpu_busy_fraction"] == s["device_compute_busy"]  # the older name, kept
+    assert busy_words(snap, snap["device"]) == \
+        "inference loop busy 45%  device busy (cpu) 50%  device compute busy 40%"
+    ev = compute_evidence(load_run(tmp_path)).to_json()
+    for key, value in expect.items():
+        assert abs(ev[key] - value) < 1e-3, (key, ev[key])
+    assert ev["device_id"] == "cpu" and ev["device"] == "CPU"
+
+
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0.001, 5)), max_size=300),
+       st.integers(2, 16))
+def test_late_union_is_exact_for_intervals_reordered_within_its_window(
+        spans: list[tuple[float, float]], jitter: int) -> None:
+    """A buffered pipeline hands its intervals over out of start order; within the
+    window the union is exact."""
+    from simstream.records.run import LateUnion
+
+    ivs = sorted((a, a + d) for a, d in spans)
+    # reorder within blocks of ``jitter`` (far less than the window)
+    shuffled = [iv for k in range(0, len(ivs), jitter) for iv in reversed(ivs[k:k + jitter])]
+    u = LateUnion(window=32)
+    for a, b in shuffled:
+        u.add(a, b)
+    total, cur = 0.0, None
+    for a, b in ivs:
+        if cur is None or a > cur[1]:
+            total += 0.0 if cur is None else cur[1] - cur[0]
+            cur = [a, b]
+        else:
+            cur[1] = max(cur[1], b)
+    total += 0.0 if cur is None else cur[1] - cur[0]
+    assert abs(u.value() - total) < 1e-6

@@ -137,3 +137,14 @@ def test_the_contract_and_the_writers_import_without_numpy_torch_or_pyzmq() -> N
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_busy_figures_match_the_doc_both_ways() -> None:
+    """Each busy figure is defined once, in the contract, and the page gives the same
+    keys, words and definitions; summary.json and the consumer's lines use them."""
+    rows = re.findall(r"^\| `(\w+)` \| ([a-z ]+) \| (.*) \|$", _section("### Busy figures"), re.M)
+    assert {k: (w, d) for k, w, d in rows} == c.BUSY_FIGURES
+    assert set(c.BUSY_FIGURES) <= set(c.RECORD_SUMMARY_KEYS)
+    assert c.busy_label("device_busy", "cpu") == "device busy (cpu)"
+    assert c.busy_label("loop_busy", "cpu") == "inference loop busy"
+    assert c.busy_label("device_compute_busy") == "device compute busy"

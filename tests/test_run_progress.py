@@ -74,6 +74,8 @@ def test_sample_reads_sent_processed_quarantined_q1_and_rate(tmp_path: Path) -> 
     assert line.startswith("run 5 s, emitter 3 s of 30 s planned")
     assert "sent 12  processed 38  quarantined 2  Q1 4/16 (25%)  8.0 msg/s" in line
     # the rate is taken over the last few seconds, not the whole run
+    p.emitter_done()  # the runner saw the emitter exit 3 s after its log appeared
+    assert p.line().startswith("run 5 s, emitter done after 3 s of 30 s planned, draining  sent 12")
     for _ in range(20):  # nothing for 20 s
         clock.t += 1.0
         assert p.sample().processed == 38
@@ -84,12 +86,12 @@ def test_sample_reads_sent_processed_quarantined_q1_and_rate(tmp_path: Path) -> 
 
 
 def test_lines_for_random_mode_and_a_message_bounded_run() -> None:
-    s = ProgressSample(elapsed_s=7.4, emitter_s=None, sent=None, processed=70, quarantined=0,
+    s = ProgressSample(elapsed_s=7.4, emitter_s=None, emitter_done_s=None, sent=None, processed=70, quarantined=0,
                        q1_depth=16, q1_maxsize=16, rate_per_s=None)
     line = progress_line(s, planned_s=10, label="random mode", emitter=False)
     assert line == "random mode: run 7 s of 10 s planned  processed 70  quarantined 0  " \
                    "Q1 16/16 (100%)  - msg/s"
-    s2 = ProgressSample(elapsed_s=3, emitter_s=1, sent=5, processed=4, quarantined=0,
+    s2 = ProgressSample(elapsed_s=3, emitter_s=1, emitter_done_s=None, sent=5, processed=4, quarantined=0,
                         q1_depth=None, q1_maxsize=None, rate_per_s=2.0)
     assert progress_line(s2, planned_text="until 500 messages per rank").startswith(
         "run 3 s, emitter 1 s (until 500 messages per rank)  sent 5")

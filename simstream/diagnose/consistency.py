@@ -118,7 +118,7 @@ def _sentence_rules(r: dict[str, Any], ev: dict[str, Any]) -> list[str]:
         for claim in _pct_claims(t, "the inference loop was busy"):
             if loop is not None and abs(claim - round(100 * loop)) > 1:
                 out.append(f"loop busy {claim}% in the text, {loop:.0%} in the evidence")
-        for claim in re.findall(r"The (?:GPU|CPU|device) was busy " + _PCT, t):
+        for claim in re.findall(r"The (?:GPU|CPU|device|inference device \([^)]*\)) was busy " + _PCT, t):
             if gpu is not None and abs(int(claim) - round(100 * gpu)) > 1:
                 out.append(f"device busy {claim}% in the text, {gpu:.0%} in the evidence")
     return out

@@ -353,23 +353,23 @@ def _busy(base: _Base, q1f: Q1Figures, parse_loop: np.ndarray, parse_recv: np.nd
 
 def _device_intervals(run: RunData, base: _Base) -> tuple[Any, ...]:
     """(compute starts, compute ends, all starts, all ends, device per compute or
-    None, source) relative to t0."""
+    None, device per interval of all or None, source) relative to t0."""
     g, B, t0 = run.gpu, base.B, base.t0
     if g is not None and g.get("t_start", np.empty(0)).size and "stream" in g:
         # gpu.csv is the device's own record (it may hold intervals no batch row has)
         is_c = g["stream"] == 1
-        dev = g["device"][is_c] if "device" in g else None
+        dev = g.get("device")
         return (g["t_start"][is_c] - t0, g["t_end"][is_c] - t0, g["t_start"] - t0, g["t_end"] - t0,
-                dev, "gpu.csv")
+                None if dev is None else dev[is_c], dev, "gpu.csv")
     all_s = np.concatenate([B["t_h2d_start"], B["t_compute_start"], B["t_d2h_start"]])
     all_e = np.concatenate([B["t_h2d_end"], B["t_compute_end"], B["t_d2h_end"]])
-    return B["t_compute_start"], B["t_compute_end"], all_s, all_e, None, "batches.csv"
+    return B["t_compute_start"], B["t_compute_end"], all_s, all_e, None, None, "batches.csv"
 
 
 def _device(run: RunData, base: _Base, waits: tuple[np.ndarray, np.ndarray],
             streams_overlap: bool, series: dict[str, Any]) -> DeviceFigures:
     """The inference device's busy shares and idle gaps (adds plot series)."""
-    c_s, c_e, all_s, all_e, dev_c, src = _device_intervals(run, base)
+    c_s, c_e, all_s, all_e, dev_c, dev_all, src = _device_intervals(run, base)
     t_start, t_end, span = base.t_start, base.t_end, base.span
     cs, ce = _clip(*interval_union(c_s, c_e), t_start, t_end)
     busy_c = _measure(cs, ce)
@@ -383,6 +383,12 @@ def _device(run: RunData, base: _Base, waits: tuple[np.ndarray, np.ndarray],
         by_device = [_r(x / span) for x in per]
         busy_c = float(np.mean(per))
     as_, ae = _clip(*interval_union(all_s, all_e), t_start, t_end)
+    busy_any = _measure(as_, ae)
+    if dev_all is not None and np.unique(dev_all).size > 1:
+        # as for compute: each device's own share, averaged (BUSY_FIGURES)
+        busy_any = float(np.mean([
+            _measure(*_clip(*interval_union(all_s[dev_all == d], all_e[dev_all == d]), t_start, t_end))
+            for d in np.unique(dev_all)]))
     gaps = cs[1:] - ce[:-1] if cs.size > 1 else np.empty(0)
     if gaps.size:
         g_at = int(np.argmax(gaps))
@@ -394,10 +400,12 @@ def _device(run: RunData, base: _Base, waits: tuple[np.ndarray, np.ndarray],
     idle_total = _measure(*idle)
     on_empty = _intersection_measure(idle, waits) if idle_total > 0 else 0.0
     series["compute_union"] = (cs, ce)
-    dev = str(run.summary.get("device") or "").lower()
+    dev_id = str(run.summary.get("device") or "") or None
+    dev = (dev_id or "").lower()
     name = "GPU" if dev.startswith(("cuda", "gpu")) else "CPU" if dev.startswith("cpu") else "device"
     return DeviceFigures(
-        source=src, name=name, busy_compute_share=_r(busy_c / span), busy_any_stream_share=_r(_measure(as_, ae) / span),
+        source=src, name=name, id=dev_id, busy_compute_share=_r(busy_c / span),
+        busy_any_stream_share=_r(busy_any / span),
         busy_compute_share_by_device=by_device, idle_gaps=_dist(gaps), idle_s=_r(idle_total),
         idle_share_waiting_on_empty_q1=_r(on_empty / idle_total) if idle_total > 0 else None,
         streams_overlap=streams_overlap)

@@ -118,6 +118,8 @@ class DeviceFigures:
     source: str = ""
     #: what ran the inference stage, as the report names it: "GPU", "CPU" or "device"
     name: str = "device"
+    #: the consumer's own name for it (summary.json ``device``: "cpu", "cuda:0"), or None
+    id: str | None = None
     busy_compute_share: float | None = None
     busy_any_stream_share: float | None = None
     busy_compute_share_by_device: list[float | None] | None = None
@@ -312,6 +314,11 @@ def figures_json(f: Figures) -> dict[str, Any]:
         "upstream_busy_share": f.upstream.busy_share,
         "gpu_source": d.source,
         "device": d.name,
+        "device_id": d.id,
+        # the busy figures under their one name (simstream.records.contract.BUSY_FIGURES)
+        "loop_busy": f.loop.busy_share,
+        "device_busy": d.busy_any_stream_share,
+        "device_compute_busy": d.busy_compute_share,
     }
     if d.busy_compute_share_by_device is not None:
         out["gpu_busy_compute_share_by_device"] = list(d.busy_compute_share_by_device)

@@ -86,7 +86,7 @@ def rates(ev: Evidence, path: Path) -> Path:
 
 
 def gpu_window(ev: Evidence) -> tuple[float, float]:
-    """A representative window: around the longest GPU idle gap (else the middle)."""
+    """A representative window: around the longest device compute idle gap (else the middle)."""
     s = ev.series
     b = s["batches"]
     cs = b["t_compute_start"]
@@ -159,7 +159,7 @@ def gpu_timeline(ev: Evidence, path: Path) -> Path:
     ax.set_xlim(lo, hi)
     ax.invert_yaxis()
     ax.set_xlabel("time since start (s)")
-    ax.set_title("GPU timeline around the longest compute idle gap")
+    ax.set_title("Inference device timeline around the longest compute idle gap")
     return _save(fig, path, left_in=1.5)
 
 
@@ -210,7 +210,7 @@ def idle_gaps(ev: Evidence, path: Path) -> Path:
         bins = np.logspace(np.log10(lo), np.log10(hi * 1.01), 40)
         ax.hist(gaps, bins=bins.tolist(), color="#d62728")
         ax.set_xscale("log")
-    ax.set_xlabel("GPU compute idle gap (ms)")
+    ax.set_xlabel("device compute idle gap (ms)")
     ax.set_ylabel("count")
     ax.set_title("Idle gaps between compute intervals")
     return _save(fig, path)
@@ -247,7 +247,7 @@ def write_compare_plots(evs: dict[str, Evidence], out_dir: Path) -> dict[str, Pa
     p1 = _save(fig, out_dir / "compare_stages_ecdf.png")
 
     fig, ax = plt.subplots(figsize=(9, 3.4))
-    names = ["parse", "Q1 wait (empty)", "Q1 get op", "h2d", "compute", "d2h", "GPU idle gap"]
+    names = ["parse", "Q1 wait (empty)", "Q1 get op", "h2d", "compute", "d2h", "device compute idle gap"]
     width = 0.38
     for k, (mode, ev) in enumerate(evs.items()):
         s = ev.series

@@ -24,6 +24,7 @@ from simstream.diagnose.evidence import Evidence, compute_evidence, ks_statistic
 from simstream.diagnose.figures import EmitterFigures, Figures, LoopTime
 from simstream.diagnose.load import RunData, load_run
 from simstream.diagnose.verdict import decide, recommendations, summary_text
+from simstream.records.contract import busy_label
 from simstream.records.tail import tail_loss
 
 __all__ = ["build_report", "compare_report", "diagnose_run", "key_evidence"]
@@ -32,9 +33,10 @@ VERDICT_COLOURS = {"network": "#9467bd", "parse": "#8c564b", "queue": "#7f7f7f",
 PLOT_TITLES = {
     "q1_occupancy": "Q1 occupancy over time (30 % and 80 % bands)",
     "rates": "Producer arrival rate vs consumer processing rate",
-    "gpu_timeline": "GPU timeline (H2D, compute, D2H per buffer) around the longest idle gap",
+    "gpu_timeline": "Inference device timeline (H2D, compute, D2H per buffer) around the longest "
+                    "compute idle gap",
     "stages": "Per-batch stage breakdown",
-    "idle_gaps": "GPU idle-gap distribution",
+    "idle_gaps": "Inference device compute idle-gap distribution",
 }
 
 
@@ -83,11 +85,12 @@ def key_evidence(f: Figures) -> list[str]:
         f"{_pc(q1.share_over_80pct)} of the time",
         f"arrival rate {_num(arr.rate_bps, '/s', 1)} vs consumer capacity "
         f"{_num(f.capacity.bps, '/s', 1)} (processed {_num(arr.throughput_bps, '/s', 1)})",
-        f"inference loop busy {_pc(f.loop.busy_share)} (waited on an empty Q1 the rest)"
+        f"{busy_label('loop_busy')} {_pc(f.loop.busy_share)} (waited on an empty Q1 the rest)"
         + _loop_split(f.loop.time_s)
         + f"; receiver-side parser threads busy {_pc(f.upstream.busy_share)}",
-        f"{dev.name} busy {_pc(dev.busy_any_stream_share)} (compute {_pc(dev.busy_compute_share)}); "
-        f"idle gaps p50 {_num(gaps.p50_ms, ' ms')}, p90 {_num(gaps.p90_ms, ' ms')}, "
+        f"{busy_label('device_busy', dev.id)} {_pc(dev.busy_any_stream_share)} "
+        f"({busy_label('device_compute_busy')} {_pc(dev.busy_compute_share)}); "
+        f"compute idle gaps p50 {_num(gaps.p50_ms, ' ms')}, p90 {_num(gaps.p90_ms, ' ms')}, "
         f"max {_num(gaps.max_ms, ' ms')} ({gaps.count} gaps); "
         f"{_pc(dev.idle_share_waiting_on_empty_q1)} of idle time waiting on an empty Q1",
         f"per batch: parse {_num(pb.parse, ' ms')} ({f.parse.location}), Q1 put+get "

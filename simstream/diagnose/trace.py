@@ -12,7 +12,7 @@ whose intervals overlap is split into lanes (``Q1 put (2)``, ...).
   ``parser N`` (receiver-side parse, one lane per concurrent thread) or
   ``inference loop: parse``, ``Q1 put``, ``Q1 get``, ``receiver: long arrival
   gaps``; a ``Q1 depth`` counter ("C").
-- pid 2 ``GPU``: one thread per stream and buffer (``h2d buf 0``,
+- pid 2 ``inference device (<device>)``: one thread per stream and buffer (``h2d buf 0``,
   ``compute buf 1``, ...), "X" events per batch, and ``compute idle`` (the gaps
   between compute intervals).
 - pid 3 ``emitter`` (only with an emit log): one thread per rank, an "X" event
@@ -144,7 +144,9 @@ def write_trace(ev: Evidence, path: Path) -> Path:
     idx = b["index"]
     ev_lines: list[str] = []
     ev_lines += _meta(PID_CONSUMER, None, "consumer", 1)
-    ev_lines += _meta(PID_GPU, None, "GPU", 2)
+    dev = ev.figures.device
+    ev_lines += _meta(PID_GPU, None,
+                      f"inference device ({dev.id})" if dev.id else "inference device", 2)
     ev_lines += _meta(PID_CONSUMER, TID_RECEIVER, "receiver", 0)
 
     arr = s["arrivals"]

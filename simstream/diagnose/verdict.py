@@ -238,7 +238,7 @@ def _parse_recs(f: Figures, verdict: str) -> list[str]:
             out.append(
                 f"Move parsing out of the inference loop into receiver-side parser threads: it took "
                 f"{share:.0%} of the loop's busy time ({parse_ms:.2f} ms vs {compute_ms:.2f} ms compute per batch), "
-                "and the GPU waits for it.")
+                "and the device waits for it.")
     return out
 
 
@@ -252,8 +252,8 @@ def _stage_recs(f: Figures, verdict: str) -> list[str]:
     if verdict != "consumer":
         return []
     h2d, cyc = _v(pb.h2d), _v(pb.gpu_cycle)
-    out = [f"The inference stage is the limit at {_fmt_rate(f.capacity.bps)} (GPU cycle {cyc:.2f} ms per batch); "
-           "Q1 stays full. Faster model (bf16/compile), more GPUs or larger batches raise the rate; "
+    out = [f"The inference stage is the limit at {_fmt_rate(f.capacity.bps)} (device cycle {cyc:.2f} ms per batch); "
+           "Q1 stays full. Faster model (bf16/compile), more devices or larger batches raise the rate; "
            "the producer and network are not to blame."]
     if cyc > 0 and h2d >= 0.5 * cyc:
         out.append(f"H2D takes {h2d:.2f} of {cyc:.2f} ms: copy the batch in one pinned transfer "
@@ -283,6 +283,11 @@ _NETWORK_WHAT = {
 }
 
 
+def _device_words(f: Figures) -> str:
+    """``inference device (cpu)``, or the device's kind where the run does not name it."""
+    return f"inference device ({f.device.id})" if f.device.id else f.device.name
+
+
 def summary_text(f: Figures, verdict: str, confidence: float, cause: Cause | None = None) -> str:
     """One plain-language paragraph; its first sentence names the verdict and, for
     ``network``, the cause."""
@@ -306,9 +311,9 @@ def summary_text(f: Figures, verdict: str, confidence: float, cause: Cause | Non
         f"The consumer processed {f.counts.batches_processed} batches at "
         f"{_fmt_rate(f.arrivals.throughput_bps)} against a capacity of {_fmt_rate(f.capacity.bps)}; "
         f"arrivals came at {_fmt_rate(f.arrivals.rate_bps)}. "
-        f"The {f.device.name} was busy {busy:.0%} of the time (the share of the run any of its streams "
-        f"worked: H2D, compute or D2H); Q1 was on average {_v(q1.mean_occupancy):.0%} full, "
+        f"The {_device_words(f)} was busy {busy:.0%} of the time (device busy: the share of the run "
+        f"any of its streams worked, H2D, compute or D2H); Q1 was on average {_v(q1.mean_occupancy):.0%} full, "
         f"empty {_v(q1.share_empty):.0%} and under 30 % {_v(q1.share_under_30pct):.0%} of the time; "
-        f"{_v(f.device.idle_share_waiting_on_empty_q1):.0%} of the {f.device.name}'s idle time was spent waiting on an "
+        f"{_v(f.device.idle_share_waiting_on_empty_q1):.0%} of its compute idle time was spent waiting on an "
         "empty Q1."
     )

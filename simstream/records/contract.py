@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "BATCH_COLUMNS",
     "BATCHES_CSV",
+    "BUSY_FIGURES",
     "COMPRESSIONS",
     "CONSUMER_SUMMARY_KEYS",
     "EMIT_LOG",
@@ -44,6 +45,7 @@ __all__ = [
     "SUMMARY_Q1_KEYS",
     "SUMMARY_STAGE_KEYS",
     "SUMMARY_THROUGHPUT_KEYS",
+    "busy_label",
     "field_keys",
 ]
 
@@ -96,8 +98,8 @@ RECORD_SUMMARY_KEYS = (
     "accounting_ok", "accounting_problems", "seq_out_of_window", "messages_with_seq",
     "messages_without_seq", "quarantine_reasons", "quarantine_saved", "quarantine_not_saved",
     "disk_error", "disk_errors", "batches", "samples", "bytes", "first_arrival", "last_arrival", "last_finish", "active_s",
-    "throughput", "gpu_busy_fraction", "gpu_busy_by_device", "compute_s", "stage_median_ms",
-    "q1", "per_rank",
+    "throughput", "gpu_busy_fraction", "gpu_busy_by_device", "loop_busy", "device_busy",
+    "device_compute_busy", "compute_s", "stage_median_ms", "q1", "per_rank",
 )
 #: keys the in-process and Ray consumers add (pipeline/)
 CONSUMER_SUMMARY_KEYS = (
@@ -121,6 +123,41 @@ SUMMARY_THROUGHPUT_KEYS = ("batches_per_s", "samples_per_s", "mb_per_s")
 SUMMARY_STAGE_KEYS = ("parse", "q1_put", "q1_wait", "q1_get", "h2d", "compute", "d2h", "latency")
 SUMMARY_Q1_KEYS = ("samples", "maxsize", "mean_occupancy", "share_empty", "share_under_30",
                    "share_over_80")
+
+# -- busy figures ----------------------------------------------------------------------
+#: The busy figures, each defined here once: its key (in summary.json, report.json's
+#: evidence and the consumer's records), the words the report, the consumer's log
+#: and `simstream consume`'s summary print for it, and what it measures. Every one
+#: is a share of the run's active span: from the first arrival to the last batch's
+#: finish (summary.json ``active_s``).
+BUSY_FIGURES: dict[str, tuple[str, str]] = {
+    "loop_busy": (
+        "inference loop busy",
+        "the share of the active span in which the inference loop was not waiting on "
+        "an empty Q1 (its Q1 gets' waits for a batch to be put, as a union, taken away); "
+        "the loop's work is the Q1 get's own cost, any parsing in the loop, H2D, "
+        "compute and D2H"),
+    "device_busy": (
+        "device busy",
+        "the share of the active span in which the inference device (a GPU, or the "
+        "host's threads on a CPU run) worked on any of its streams: H2D, compute or D2H "
+        "(the union of gpu.csv's intervals); with several inference devices, the mean "
+        "of each one's share"),
+    "device_compute_busy": (
+        "device compute busy",
+        "the same for the compute stream alone (the older key gpu_busy_fraction, kept, "
+        "has the same value)"),
+}
+
+
+def busy_label(key: str, device: str | None = None) -> str:
+    """The words for busy figure ``key``, with the device named where it is known:
+    ``device busy (cpu)``, ``device compute busy (cuda:0)``, ``inference loop busy``."""
+    words = BUSY_FIGURES[key][0]
+    if device and key.startswith("device"):
+        return f"{words} ({device})"
+    return words
+
 
 # -- thresholds ------------------------------------------------------------------------
 #: Q1 below this share of its capacity: "potential data starvation" (the seed's 30 %)

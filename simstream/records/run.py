@@ -39,6 +39,7 @@ from typing import IO, Any
 
 from simstream.records.contract import (
     BATCH_COLUMNS,
+    BUSY_FIGURES,
     GPU_COLUMNS,
     GPU_STREAMS,
     MESSAGE_COLUMNS,
@@ -215,6 +216,58 @@ class UnionTracker:
         return self.total + (self._end - self._start)
 
 
+class LateUnion:
+    """Length of the union of intervals that arrive out of start order, as a buffered
+    pipeline finishes them (batch k+1's H2D may start before batch k's compute).
+    The latest ``window`` intervals are held and merged exactly; older ones are folded
+    into a running total, lowest start first. An interval that starts before what was
+    already folded counts only from there (the pipeline's reordering is far shorter
+    than the window). O(window) memory, O(log window) per interval amortised."""
+
+    def __init__(self, window: int = 256) -> None:
+        self.window = window
+        self.total = 0.0
+        self._start: float | None = None  # the folded interval still open
+        self._end: float | None = None
+        self._pending: list[tuple[float, float]] = []
+
+    def add(self, start: float, end: float) -> None:
+        if end <= start:
+            return
+        self._pending.append((start, end))
+        if len(self._pending) > self.window:
+            self._pending.sort()
+            half = self.window // 2
+            for s, e in self._pending[:half]:
+                self._fold(s, e)
+            del self._pending[:half]
+
+    def _fold(self, start: float, end: float) -> None:
+        if self._end is not None and self._start is not None:
+            start = max(start, self._start)
+            if end <= start:
+                return
+            if start <= self._end:
+                self._end = max(self._end, end)
+                return
+            self.total += self._end - self._start
+        self._start, self._end = start, end
+
+    def value(self) -> float:
+        total, cs, ce = self.total, self._start, self._end
+        for s, e in sorted(self._pending):
+            if ce is not None and cs is not None:
+                s = max(s, cs)
+                if e <= s:
+                    continue
+                if s <= ce:
+                    ce = max(ce, e)
+                    continue
+                total += ce - cs
+            cs, ce = s, e
+        return total + (ce - cs if ce is not None and cs is not None else 0.0)
+
+
 @dataclass
 class BatchTimes:
     """What the host side knows about one batch before the engine sees it."""
@@ -347,11 +400,17 @@ class RunRecords:
         self.last_finish: float | None = None
         self.first_finish: float | None = None
         self._compute_union: dict[int, UnionTracker] = {}
+        self._any_union: dict[int, LateUnion] = {}  # H2D, compute or D2H
+        self._wait_union = LateUnion()  # the loop's waits on an empty Q1
+        self._gets = 0
         self._compute_sum = 0.0
         self._stage: dict[str, Reservoir] = {
 k: Reservoir() for k in SUMMARY_STAGE_KEYS}
         self._q1 = {"samples": 0, "sum": 0.0, "empty": 0, "under_30": 0, "over_80": 0, "maxsize": 0}
         self._closed = False
+        #: what runs the inference stage ("cpu", "cuda:0"), set by the consumer once
+        #: known: progress lines name it
+        self.device: str | None = None
 
     # -- per message -------------------------------------------------------------------
     def arrival(self, t_arrival: float) -> None:
@@ -476,6 +535,8 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                                     strict=True):
                 if a is not None and b is not None:
                     self._row("gpu", (stream, fin.buffer, host.index, a, b, device))
+                    self._any_union.setdefault(device, LateUnion()).add(a, b)
+            self._add_wait(host)
             if fin.t_compute_start is not None and fin.t_compute_end is not None:
                 union = self._compute_union.get(device)
                 if union is None:
@@ -500,6 +561,19 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
             ):
                 if a is not None and b is not None:
                     st[key].append(b - a)
+
+    def _add_wait(self, host: BatchTimes) -> None:
+        """The loop's wait on an empty Q1 for this batch: from its get's start until
+        the batch was put (or the get returned), from the first arrival on."""
+        gs, ge = host.t_q1_get_start, host.t_q1_get_end
+        if gs is None or ge is None:
+            return
+        self._gets += 1
+        pe = host.t_q1_put_end
+        end = ge if pe is None else min(pe, ge)
+        start = gs if self.first_arrival is None else max(gs, self.first_arrival)
+        if end > start:
+            self._wait_union.add(start, end)
 
     # -- Q1 samples --------------------------------------------------------------------
     def q1_sample(self, t: float, depth: int, maxsize: int) -> None:
@@ -535,6 +609,26 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
             return None
         return statistics.fmean(u.value() for u in self._compute_union.values()) / wall
 
+    def _active(self) -> float | None:
+        if self.first_arrival is None or self.last_finish is None:
+            return None
+        wall = self.last_finish - self.first_arrival
+        return wall if wall > 0 else None
+
+    def busy(self) -> dict[str, float | None]:
+        """The busy figures (simstream.records.contract.BUSY_FIGURES) so far."""
+        wall = self._active()
+        out: dict[str, float | None] = dict.fromkeys(BUSY_FIGURES)
+        if wall is None:
+            return out
+        if self._gets:
+            out["loop_busy"] = max(0.0, 1.0 - self._wait_union.value() / wall)
+        if self._any_union:
+            out["device_busy"] = statistics.fmean(
+                u.value() for u in self._any_union.values()) / wall
+        out["device_compute_busy"] = self.gpu_busy_fraction()
+        return out
+
     def gpu_busy_by_device(self) -> dict[str, float] | None:
         """Each device's compute busy share of the run (first arrival to last finish)."""
         if self.first_arrival is None or self.last_finish is None:
@@ -551,7 +645,8 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
             return {
                 "received": self.received, "processed": self.processed,
                 "quarantined": self.quarantined, "batches": self.batches, "samples": self.samples,
-                "bytes": self.bytes, "gpu_busy": self.gpu_busy_fraction(),
+                "bytes": self.bytes, "gpu_busy": self.gpu_busy_fraction(), **self.busy(),
+                "device": self.device,
                 "q1_mean": q["sum"] / q["samples"] if q["samples"] else None,
             }
 
@@ -607,6 +702,7 @@ k: Reservoir() for k in SUMMARY_STAGE_KEYS}
                 },
                 "gpu_busy_fraction": self.gpu_busy_fraction(),
                 "gpu_busy_by_device": self.gpu_busy_by_device(),
+                **self.busy(),
                 "compute_s": self._compute_sum,
                 "stage_median_ms": {k: _median_ms(v) for k, v in self._stage.items()},
                 "q1": {

@@ -166,10 +166,11 @@ def run_profile(
     failure: RuntimeError | None = None
     try:
         with (watch(out, profile, mode, duration_s) if watch is not None
-              else contextlib.nullcontext()):
+              else contextlib.nullcontext()) as watching:
             _run_children(path, profile, out, result, mode=mode, duration_s=duration_s,
                           consumer_args=consumer_args, emitter_args=emitter_args, offer=offer,
-                          capture=capture, capture_snaplen=capture_snaplen, say=say)
+                          capture=capture, capture_snaplen=capture_snaplen, say=say,
+                          emitter_done=getattr(watching, "emitter_done", None))
     except Interrupted as e:
         result.interrupted = e.signum
         say(f"{signal.Signals(e.signum).name}: the run was stopped; its children finished "
@@ -202,7 +203,8 @@ def run_profile(
 def _run_children(path: Path, profile: Profile, out: Path, result: RunResult, *, mode: str,
                   duration_s: float | None, consumer_args: list[str] | None,
                   emitter_args: list[str] | None, offer: Any, capture: bool,
-                  capture_snaplen: int, say: Callable[[str], None]) -> None:
+                  capture_snaplen: int, say: Callable[[str], None],
+                  emitter_done: Callable[[], None] | None = None) -> None:
     if mode == "random":
         dur = duration_s or run_duration_s(profile)
         with children() as procs:
@@ -220,7 +222,8 @@ def _run_children(path: Path, profile: Profile, out: Path, result: RunResult, *,
     else:
         _socket_run(path, profile, out, result, duration_s=duration_s,
                     consumer_args=consumer_args or [], emitter_args=emitter_args or [],
-                    kernel_offer=offer, capture=capture, snaplen=capture_snaplen, say=say)
+                    kernel_offer=offer, capture=capture, snaplen=capture_snaplen, say=say,
+                    emitter_done=emitter_done)
 
 
 def _quiet(_: str) -> None:
@@ -241,7 +244,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 duration_s: float | None, consumer_args: list[str], emitter_args: list[str],
                 kernel_offer: Any, capture: bool, snaplen: int,
-                say: Callable[[str], None]) -> None:
+                say: Callable[[str], None], emitter_done: Callable[[], None] | None = None) -> None:
     """Consumer, optional capture, emitter; on loopback or across a kernel-shaped testbed.
 
     Stop order on every exit: the children (emitter, capture, consumer) first,
@@ -349,6 +352,8 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                 break
         else:
             result.emitter_rc = rc
+        if emitter_done is not None:
+            emitter_done()  # the progress display: now draining
         if consumer.returncode is None:
             drained = _drained(out)
             try:

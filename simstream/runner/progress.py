@@ -69,6 +69,8 @@ class ProgressSample:
     elapsed_s: float  # since the run directory was made
     # since the emitter started (its log appeared); None before that, or without one
     emitter_s: float | None
+    # how long the emitter ran, once it has exited (the run then drains); else None
+    emitter_done_s: float | None
     sent: int | None  # emit log lines; None without an emitter (random mode)
     processed: int
     quarantined: int
@@ -98,6 +100,7 @@ class RunProgress:
         self.label = label
         self.emitter = emitter
         self._t_emit: float | None = None
+        self._emit_s: float | None = None  # how long the emitter ran, once it is done
         self.stream = stream or sys.stderr
         self.tty = _isatty(self.stream) if tty is None else tty
         self.interval_s = interval_s
@@ -137,6 +140,7 @@ class RunProgress:
                 self._t_emit = t
         return ProgressSample(elapsed_s=t - self.t0, sent=sent,
                               emitter_s=None if self._t_emit is None else t - self._t_emit,
+                              emitter_done_s=self._emit_s,
                               processed=done - self._quarantined, quarantined=self._quarantined,
                               q1_depth=depth, q1_maxsize=maxsize, rate_per_s=rate)
 
@@ -144,6 +148,11 @@ class RunProgress:
         return progress_line(s or self.sample(), planned_s=self.planned_s,
                              planned_text=self.planned_text, label=self.label,
                              emitter=self.emitter)
+
+    def emitter_done(self) -> None:
+        """The emitter has exited: from now on the run drains what is in flight."""
+        if self._t_emit is not None and self._emit_s is None:
+            self._emit_s = self.now() - self._t_emit
 
     # -- showing -----------------------------------------------------------------------
     def __enter__(self) -> RunProgress:
@@ -211,6 +220,8 @@ def progress_line(s: ProgressSample, *, planned_s: float | None = None,
         when = f"run {s.elapsed_s:.0f} s{plan}"
     elif s.emitter_s is None:
         when = f"run {s.elapsed_s:.0f} s, emitter not started"
+    elif s.emitter_done_s is not None:
+        when = f"run {s.elapsed_s:.0f} s, emitter done after {s.emitter_done_s:.0f} s{plan}, draining"
     else:
         when = f"run {s.elapsed_s:.0f} s, emitter {s.emitter_s:.0f} s{plan}"
     parts = [f"{label}: {when}" if label else when]
