@@ -100,3 +100,59 @@ def test_several_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(["diagnose", str(a), str(tmp_path / "empty"), "--quiet"], capsys)
     assert code == 2 and "empty" in err and "1 of 2" in err
+
+
+RUN_WITH_A_FAKE_RESULT = """
+import sys
+from pathlib import Path
+from simstream.cli import main
+from simstream.runner import cli as run_cli
+from simstream.runner.core import RunResult
+
+def fake_run_profile(profile_path, out_dir, **kw):
+    kw["echo"]("run directory: " + str(out_dir))
+    return RunResult(out_dir=Path(str(out_dir)), mode="socket",
+                     summary={"received": 3, "processed": 3}, shaping={"mode": "user space"})
+
+run_cli.run_profile = fake_run_profile
+main(["run", "--profile", "steady", "--out", sys.argv[1]])
+"""
+
+
+def test_output_into_a_pipe_whose_reader_left_is_not_an_error(tmp_path: Path) -> None:
+    """`simstream diagnose A B | head -1` and `simstream run ... | head -1`: the reader
+    is gone before the first write (deterministic), and the command still ends quietly
+    with its own status, 0 here (rich alone would exit 1)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    a = write_run_dir(Scenario(**{**SCENARIOS["consumer"].__dict__, "duration_s": 0.3}), tmp_path / "a")
+    b = write_run_dir(Scenario(**{**SCENARIOS["network"].__dict__, "duration_s": 0.3}), tmp_path / "b")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for argv in (["-m", "simstream", "diagnose", "--no-plots", str(a), str(b)],
+                 ["-m", "simstream", "diagnose", "--quiet", "--no-plots", str(a), str(b)],
+                 ["-c", RUN_WITH_A_FAKE_RESULT, str(tmp_path / "run")]):
+        r, w = os.pipe()
+        os.close(r)  # the reader has left
+        try:
+            cp = subprocess.run([sys.executable, *argv], stdout=w, stderr=subprocess.PIPE,
+                                cwd=root, env=env, timeout=120)
+        finally:
+            os.close(w)
+        err = cp.stderr.decode()
+        assert cp.returncode == 0, (argv, err)
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_output_into_a_file_or_pipe_is_not_wrapped(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a terminal: each line whole (a grep for a sentence finds it), not cut at 80
+    columns."""
+    a = write_run_dir(Scenario(**{**SCENARIOS["network"].__dict__, "duration_s": 0.3}), tmp_path / "a")
+    code, out, _ = run_cli(["diagnose", "--no-plots", str(a)], capsys)
+    report = json.loads((a / "report.json").read_text())
+    assert code == 0 and len(report["summary"]) > 200
+    assert report["summary"] in out.splitlines()
+    assert any(line.startswith("  • device busy") and len(line) > 80 for line in out.splitlines())

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from simstream.errors import UsageError
+from simstream.errors import UsageError, reader_may_leave
 
 __all__ = ["diagnose"]
 
@@ -19,7 +19,12 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.panel import Panel
 
-    con = Console()
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich would exit 1; the caller's reader_may_leave() ends quietly instead
+            raise BrokenPipeError
+
+    con = PipeConsole()
     # a terminal gets lines fitted to its width; a pipe or a file gets each line whole
     con.soft_wrap = not con.is_terminal
     colour = {"network": "magenta", "parse": "yellow", "queue": "cyan", "consumer": "green"}.get(
@@ -112,6 +117,12 @@ def diagnose(run_dirs: tuple[Path, ...], quiet: bool, as_json: bool, no_plots: b
             raise NotARunDir(f"{len(bad)} of {len(run_dirs)} directories are not run directories: "
                              + "; ".join(bad))
     reports = [diagnose_run(d, plots=not no_plots) for d in run_dirs]
+    with reader_may_leave():
+        _print_all(run_dirs, reports, quiet=quiet, as_json=as_json)
+
+
+def _print_all(run_dirs: tuple[Path, ...], reports: list[dict[str, Any]], *, quiet: bool,
+               as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
         return

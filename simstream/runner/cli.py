@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from simstream.errors import UsageError
+from simstream.errors import UsageError, echo_to_pipe, reader_may_leave
 from simstream.profile import Profile, find_profile, load_profile
 from simstream.runner.core import RunResult, default_out_dir, run_profile
 from simstream.runner.procs import Interrupted, orderly_signals
@@ -163,7 +163,7 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
         with orderly_signals():
             result = run_profile(profile_path, out_dir, duration_s=duration,
                                  kernel_shaping=kernel_shaping, capture=capture,
-                                 capture_snaplen=capture_snaplen, echo=click.echo,
+                                 capture_snaplen=capture_snaplen, echo=echo_to_pipe,
                                  consumer_args=[*_ray_args(ray_address, queue_backend),
                                                 *(["--layout", layout] if layout else [])],
                                  force=force, watch=_watch(progress_every))
@@ -174,7 +174,8 @@ def run(profile_path: str, out_dir: Path | None, duration: float | None, force: 
     except Interrupted as e:  # before the run directory was ready
         click.echo(f"{e}: stopped; what was recorded is in {out}", err=True)
         sys.exit(e.exit_code)
-    _print_verdict(result)
+    with reader_may_leave():
+        _print_verdict(result)
     if result.interrupted is not None:
         what = "records and report" if result.report else "records (too few for a report)"
         click.echo(f"interrupted by {signal.Signals(result.interrupted).name}: the run was "
@@ -205,14 +206,14 @@ def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
     dur = duration or profile.stop.duration_s or 30.0
     try:
         extra = _ray_args(ray_address, queue_backend)
-        click.echo(f"investigation directory: {root}")
+        echo_to_pipe(f"investigation directory: {root}")
         with orderly_signals():
             rnd = run_profile(profile_path, root / "random", mode="random", duration_s=dur,
-                              consumer_args=extra, echo=click.echo,
+                              consumer_args=extra, echo=echo_to_pipe,
                               watch=_watch(progress_every, "random mode"))
             if rnd.interrupted is None:
                 sock = run_profile(profile_path, root / "socket", duration_s=dur,
-                                   consumer_args=extra, echo=click.echo,
+                                   consumer_args=extra, echo=echo_to_pipe,
                                    watch=_watch(progress_every, "socket mode"))
     except RuntimeError as e:
         click.echo(f"error: {e}", err=True)
@@ -228,10 +229,11 @@ def investigate(profile_path: str, out_dir: Path | None, duration: float | None,
     from simstream.diagnose import compare_report
 
     cmp = compare_report(rnd.out_dir, sock.out_dir, root)
-    click.echo(f"random mode: {rnd.out_dir}  verdict {rnd.report.get('verdict')}")
-    click.echo(f"socket mode: {sock.out_dir}  verdict {sock.report.get('verdict')}")
-    if isinstance(cmp, dict):
-        for key in ("answer", "summary"):
-            if cmp.get(key):
-                click.echo(str(cmp[key]))
-    click.echo(f"comparison: {root / 'compare.md'}  {root / 'compare.html'}")
+    with reader_may_leave():
+        click.echo(f"random mode: {rnd.out_dir}  verdict {rnd.report.get('verdict')}")
+        click.echo(f"socket mode: {sock.out_dir}  verdict {sock.report.get('verdict')}")
+        if isinstance(cmp, dict):
+            for key in ("answer", "summary"):
+                if cmp.get(key):
+                    click.echo(str(cmp[key]))
+        click.echo(f"comparison: {root / 'compare.md'}  {root / 'compare.html'}")
