@@ -10,11 +10,22 @@ Three baselines, measured in one run:
 - ``zmq``: the same shape with pyzmq PUSH/PULL (one socket pair per stream,
   zero-copy sends), the transport LCLStreamer uses; skipped when pyzmq is absent.
 
+And, with ``--cases ...,emit``, the emitter against them in the same run:
+
+- ``emit``: ``simstream emit --ranks N --processes N`` (uncapped, unpaced,
+  HDF5 uncompressed messages of the same size from a pool, one address per
+  rank, the anchors' send buffer: ``transport.sndbuf_bytes``) into N pyzmq
+  PULL receiver processes like the ``zmq`` case's; the
+  table gives its ratio to plain TCP and to zmq with as many streams (the
+  issue's emitter goal: >= 0.8 of the plain socket benchmark with N streams).
+
     python bench/bench_plain_socket.py --streams 1,2,4 --msg-mib 8 --seconds 3
+    python bench/bench_plain_socket.py --streams 1,2 --cases tcp,zmq,emit
 
 Prints a table of GB/s per case and writes ``--json`` if given. Each figure is
-the bytes the receivers got divided by the time from the first to the last
-receiver's end, so a slow stream counts against the total.
+the bytes the receivers got after their first message divided by the time from
+the first receiver's first message to the last receiver's last, so a slow stream
+counts against the total and start-up (interpreters, encoding a pool) does not.
 """
 
 from __future__ import annotations
@@ -25,7 +36,10 @@ import multiprocessing as mp
 import os
 import platform
 import socket
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +51,11 @@ if __package__ in (None, ""):
 
 from bench._machine import cpu_model  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 SOCK_BUF = 8 << 20
+#: a receiver whose stream went quiet this long after its first message ends
+IDLE_S = 2.0
+CASES = ("tcp", "zmq", "emit")
 
 
 def memcpy_gbps(nbytes: int, seconds: float) -> float:
@@ -95,6 +113,9 @@ def _zmq_sender(port: int, nbytes: int, seconds: float) -> None:
 
 
 def _zmq_receiver(port: int, ready: Any, out: Any) -> None:
+    """PULL until an empty frame (the ``zmq`` case's senders end with one) or
+    ``IDLE_S`` of silence after the first message (the emitter sends none); puts
+    (bytes after the first message, its arrival, the last arrival)."""
     import zmq
 
     ctx = zmq.Context()
@@ -103,16 +124,21 @@ def _zmq_receiver(port: int, ready: Any, out: Any) -> None:
     s.setsockopt(zmq.RCVHWM, 4)
     s.bind(f"tcp://127.0.0.1:{port}")
     ready.put(True)
-    got, t0 = 0, None
+    got, t0, t_last = 0, None, None
     while True:
+        if not s.poll(int(IDLE_S * 1000) if t0 is not None else 120_000):
+            break
         frame = s.recv(copy=False)
-        if t0 is None:
-            t0 = time.perf_counter()
         n = len(frame.buffer)
         if n == 0:
             break
-        got += n
-    out.put((got, t0 or time.perf_counter(), time.perf_counter()))
+        t_last = time.perf_counter()
+        if t0 is None:
+            t0 = t_last  # the first message's bytes arrived before this: not counted
+        else:
+            got += n
+    now = time.perf_counter()
+    out.put((got, t0 or now, t_last or now))
     s.close(linger=0)
     ctx.term()
 
@@ -149,16 +175,24 @@ def tcp_gbps(streams: int, nbytes: int, seconds: float) -> float:
     return _gbps(results)
 
 
-def zmq_gbps(streams: int, nbytes: int, seconds: float) -> float:
-    ctx = mp.get_context("spawn")
+def _pull_receivers(ctx: Any, streams: int) -> tuple[list[Any], list[int], Any]:
     out, ready = ctx.Queue(), ctx.Queue()
-    procs = []
+    procs, ports = [], []
     for _ in range(streams):
         port = _free_port()
         recv = ctx.Process(target=_zmq_receiver, args=(port, ready, out))
         recv.start()
         ready.get(timeout=60)
-        procs += [recv, ctx.Process(target=_zmq_sender, args=(port, nbytes, seconds))]
+        procs.append(recv)
+        ports.append(port)
+    return procs, ports, out
+
+
+def zmq_gbps(streams: int, nbytes: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    procs, ports, out = _pull_receivers(ctx, streams)
+    for port in ports:
+        procs.append(ctx.Process(target=_zmq_sender, args=(port, nbytes, seconds)))
         procs[-1].start()
     results = [out.get(timeout=seconds + 60) for _ in range(streams)]
     for p in procs:
@@ -166,44 +200,151 @@ def zmq_gbps(streams: int, nbytes: int, seconds: float) -> float:
     return _gbps(results)
 
 
+def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int]) -> dict[str, Any]:
+    """``simstream emit``'s profile for the ``emit`` case: N ranks in N processes,
+    one address each, messages of ``nbytes`` of detector data (HDF5, uncompressed,
+    a pool of 4 batches), unpaced and uncapped for ``seconds``."""
+    return {
+        "name": "bench-plain-socket-emit", "seed": 1,
+        "source": {"batch_size": 1, "shape": [1, nbytes // 4], "dtype": "float32",
+                   "content": "constant", "format": "hdf5", "compression": "none",
+                   "total_events": None, "pool": 4},
+        "transport": {"kind": "zmq", "role": "client", "url": f"tcp://127.0.0.1:{ports[0]}",
+                      "urls": [f"tcp://127.0.0.1:{p}" for p in ports], "url_spread": "rank",
+                      "ranks": streams, "processes": streams, "sndhwm": 4,
+                      "sndbuf_bytes": SOCK_BUF, "connect_timeout_s": 30},
+        "timeline": {"phases": [{"name": "unpaced", "rate_hz": None}]},
+        "stop": {"duration_s": seconds},
+    }
+
+
+def emit_gbps(streams: int, nbytes: int, seconds: float) -> float:
+    """``simstream emit --processes N`` into N PULL receivers, as ``zmq_gbps`` measures."""
+    import yaml
+
+    ctx = mp.get_context("spawn")
+    procs, ports, out = _pull_receivers(ctx, streams)
+    with tempfile.TemporaryDirectory() as d:
+        prof = Path(d) / "emit.yaml"
+        prof.write_text(yaml.safe_dump(emit_profile(streams, nbytes, seconds, ports)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)}
+        run = subprocess.run([sys.executable, "-m", "simstream", "emit", "--profile", str(prof),
+                              "--no-progress"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=seconds + 120)
+    if run.returncode != 0:
+        for p in procs:
+            p.kill()
+        raise RuntimeError(f"simstream emit failed ({run.returncode}): {run.stderr[-2000:]}")
+    results = [out.get(timeout=IDLE_S + 60) for _ in range(streams)]
+    for p in procs:
+        p.join(timeout=30)
+    return _gbps(results)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", default="1,2,4", help="comma-separated stream counts")
     ap.add_argument("--msg-mib", type=float, default=8.0, help="message (send buffer) size")
     ap.add_argument("--seconds", type=float, default=3.0, help="send time per case")
+    ap.add_argument("--cases", default="tcp,zmq",
+                    help=f"comma-separated, of {', '.join(CASES)} (emit: simstream emit "
+                         "--processes N beside the anchors)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every case this many times, interleaved; the table gives "
+                         "each case's best and the median of the rounds' ratios")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
     nbytes = int(args.msg_mib * (1 << 20)) // 1024 * 1024
     counts = [int(x) for x in args.streams.split(",")]
+    cases = [c for c in args.cases.split(",") if c]
+    bad = sorted(set(cases) - set(CASES))
+    if bad or not counts or min(counts) < 1 or nbytes < 1024 or args.rounds < 1:
+        print(f"bench_plain_socket: bad arguments: cases {bad or cases}, streams {counts}, "
+              f"message {nbytes} bytes (cases: {', '.join(CASES)}; streams >= 1; "
+              f"--msg-mib >= 1/1024; --rounds >= 1)", file=sys.stderr)
+        return 2
     try:
         import zmq  # noqa: F401
 
         have_zmq = True
     except ImportError:
         have_zmq = False
+    if not have_zmq and "emit" in cases:
+        print("bench_plain_socket: the emit case needs pyzmq (its receivers)", file=sys.stderr)
+        return 2
     rows: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "msg_bytes": nbytes,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
         "memcpy_gbps": memcpy_gbps(nbytes, args.seconds),
         "tcp_gbps": {},
         "zmq_gbps": {},
     }
+    if "emit" in cases:
+        rows.update(emit_gbps={}, emit_over_tcp={}, emit_over_zmq={})
+    runs: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        for n in counts:
+            # interleaved per stream count and round: a shared machine's load hits
+            # the cases alike, and each round's ratio compares neighbours in time
+            run: dict[str, Any] = {"round": r, "streams": n}
+            if "tcp" in cases:
+                run["tcp_gbps"] = tcp_gbps(n, nbytes, args.seconds)
+            if have_zmq and "zmq" in cases:
+                run["zmq_gbps"] = zmq_gbps(n, nbytes, args.seconds)
+            if "emit" in cases:
+                run["emit_gbps"] = e = emit_gbps(n, nbytes, args.seconds)
+                run["emit_over_tcp"] = _ratio(e, run.get("tcp_gbps"))
+                run["emit_over_zmq"] = _ratio(e, run.get("zmq_gbps"))
+            runs.append(run)
+            print(json.dumps(run), flush=True)
+    # per stream count: the best rate of each case over the rounds, and the median
+    # of the rounds' own ratios (each taken between runs next to each other in time)
     for n in counts:
-        rows["tcp_gbps"][n] = tcp_gbps(n, nbytes, args.seconds)
-        if have_zmq:
-            rows["zmq_gbps"][n] = zmq_gbps(n, nbytes, args.seconds)
-    print(f"machine: {rows['machine']['cpu']}, {rows['machine']['cores']} cores")
-    print(f"message {nbytes / (1 << 20):.1f} MiB, {args.seconds:g} s per case")
+        mine = [x for x in runs if x["streams"] == n]
+        for key in ("tcp_gbps", "zmq_gbps", "emit_gbps"):
+            vals = [x[key] for x in mine if x.get(key) is not None]
+            if vals and key in rows:
+                rows[key][n] = max(vals)
+        for key in ("emit_over_tcp", "emit_over_zmq"):
+            vals = [x[key] for x in mine if x.get(key) is not None]
+            if key in rows:
+                rows[key][n] = statistics.median(vals) if vals else None
+    rows["runs"] = runs
+    print(f"machine: {rows['machine']['cpu']}, {rows['machine']['cores']} cores, "
+          f"load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"message {nbytes / (1 << 20):.1f} MiB, {args.seconds:g} s per case, "
+          f"{args.rounds} round(s): best GB/s of each case, median of the rounds' ratios")
     print(f"one-thread memcpy: {rows['memcpy_gbps']:.2f} GB/s")
-    print("streams  tcp GB/s  zmq GB/s  zmq/tcp")
-    for n in counts:
-        t = rows["tcp_gbps"][n]
-        z = rows["zmq_gbps"].get(n)
-        zs = f"{z:8.2f}  {z / t:7.2f}" if z is not None else "       -        -"
-        print(f"{n:7d}  {t:8.2f}  {zs}")
+    print(_table(rows, counts))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def _table(rows: dict[str, Any], counts: list[int]) -> str:
+    def f(x: float | None, w: int = 8) -> str:
+        return f"{x:{w}.2f}" if x is not None else " " * (w - 1) + "-"
+
+    emit = "emit_gbps" in rows
+    head = "streams  tcp GB/s  zmq GB/s  zmq/tcp"
+    if emit:
+        head += "  emit GB/s  emit/tcp  emit/zmq"
+    lines = [head]
+    for n in counts:
+        t, z = rows["tcp_gbps"].get(n), rows["zmq_gbps"].get(n)
+        line = f"{n:7d}  {f(t)}  {f(z)}  {f(_ratio(z, t), 7)}"
+        if emit:
+            line += (f"  {f(rows['emit_gbps'].get(n), 9)}  {f(rows['emit_over_tcp'].get(n))}"
+                     f"  {f(rows['emit_over_zmq'].get(n))}")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,13 @@ and wavelengths repeat with period N. A partial last batch is always encoded
 afresh.
 
 Payload lifetime: every ``message()`` call returns a new immutable ``bytes``
-object; it stays valid as long as it is referenced.
+object; it stays valid as long as it is referenced. With ``scatter=True`` (what
+the emitter uses) a pooled message's payload is a ``simstream.codec.Scatter``
+instead: read-only views of the pool batch with its rewritten per-message bytes
+in between, so a message costs a few small writes and no copy of the batch (the
+transport writes the pieces with one scatter system call); it is as immutable
+and stays valid as long as it is referenced. Messages made afresh are ``bytes``
+either way.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ class EncodedMessage:
 
     seq: int  # sequence number within the rank, from 0
     events: int  # batch size of this message (the last one may be partial)
-    payload: bytes | bytearray | memoryview  # the encoded HDF5/npz file
+    payload: bytes | bytearray | memoryview | codec.Scatter  # the encoded HDF5/npz file
 
 
 def wire_fields(source: Source) -> dict[str, str]:
@@ -154,8 +160,10 @@ class MessageFactory:
     file), ValueError for a ``seq`` out of range.
     """
 
-    def __init__(self, source: Source, *, rank: int = 0, seed: int = 0, epoch: int = 0) -> None:
+    def __init__(self, source: Source, *, rank: int = 0, seed: int = 0, epoch: int = 0,
+                 scatter: bool = False) -> None:
         self.source = source
+        self.scatter = scatter
         self.rank = rank
         self.seed = seed
         self.epoch = int(epoch)
@@ -267,12 +275,21 @@ class MessageFactory:
             original_shapes=original_shapes,
         )
 
+    def cheap(self, seq: int) -> bool:
+        """Whether ``message(seq)`` costs next to nothing (a pooled scatter payload:
+        a few small writes, no copy of the batch), so a caller need not build it in
+        a worker thread."""
+        return self.scatter and self._pooled(seq, self.events_in(seq)) is not None
+
     def message(self, seq: int) -> EncodedMessage:
-        """Message ``seq``, encoded; its payload is a new immutable bytes object."""
+        """Message ``seq``, encoded; its payload is a new immutable bytes object (a
+        Scatter for a pooled message with ``scatter=True``)."""
         n = self.events_in(seq)
         pooled = self._pooled(seq, n)
         if pooled is None:
             payload = self._encode(self._fresh(seq, n))
+        elif self.scatter:
+            payload = pooled.parts(self._per_message_values(seq, n))
         else:
             payload = pooled(self._per_message_values(seq, n))
         return EncodedMessage(seq=seq, events=n, payload=payload)

@@ -293,6 +293,12 @@ class Transport(_Model):
         "answering with a shut window (backpressure) is never dropped; None: TCP's own "
         "time-outs (many minutes)",
     )
+    sndbuf_bytes: int | None = Field(
+        None, gt=0, description="the kernel send buffer of each connection (SO_SNDBUF; "
+        "Linux doubles it for its bookkeeping and caps it at net.core.wmem_max): a large "
+        "one lets a fast sender run on while the consumer drains; None: the kernel's "
+        "autotuning, as libzmq's default (LCLStreamer) leaves it",
+    )
 
     @field_validator("url")
     @classmethod

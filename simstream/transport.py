@@ -280,6 +280,7 @@ class Sender:
     ``kind``: "zmq" (ZMTP 3.1, PUSH), "nng" (SP push0) or "tcp" (length-prefixed).
     ``role``: "client" (connect) or "server" (bind). ``url``: tcp://HOST:PORT.
     ``dial``: replaces how a connected socket is obtained (tests use socket pairs).
+    ``sndbuf_bytes``: SO_SNDBUF of every connection (None: the kernel's autotuning).
     Raises UsageError for an unknown kind or role or a malformed url.
 
     Prefer ``open_sender``; a Sender made directly must be started with ``await
@@ -297,6 +298,7 @@ class Sender:
         on_event: EventHook | None = None,
         dial: Dial | None = None,
         dead_link_ms: float | None = None,
+        sndbuf_bytes: int | None = None,
     ) -> None:
         if kind not in KINDS:
             raise UsageError(f"unknown transport kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -317,6 +319,7 @@ class Sender:
         self.bound_port: int | None = None
         self.connects = 0  # connections established so far
         self.dead_link_ms = dead_link_ms
+        self.sndbuf_bytes = sndbuf_bytes
         self._addresses: list[Any] = []  # what the peer's host name last resolved to
         self._on_event = on_event
         self._dial = dial
@@ -395,6 +398,9 @@ class Sender:
         else:
             sock = await self._accept()
         _set_nodelay(sock)
+        if self.sndbuf_bytes is not None:
+            # how much the kernel holds for the peer (turns its autotuning off)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf_bytes)
         if self.dead_link_ms is not None:
             _set_keepalive(sock, self.dead_link_ms)
         return sock
@@ -560,13 +566,16 @@ class Sender:
     # -- sending ---------------------------------------------------------------------
     async def send_message(
         self,
-        payload: bytes | bytearray | memoryview,
+        payload: Any,
         *,
         gate: Gate | None = None,
         chunk_bytes: int = 256 * 1024,
         cut_after_bytes: int | None = None,
     ) -> SendReport:
         """Write one message (framing + payload) and say how it went.
+
+        ``payload``: a bytes-like object or a ``simstream.codec.Scatter`` (its
+        pieces are written as they are, with scatter writes: nothing is copied).
 
         ``gate(nbytes)`` is awaited before each chunk of at most ``chunk_bytes`` wire
         bytes (the bandwidth pacer); without a gate the message goes out in one go.
@@ -576,15 +585,13 @@ class Sender:
         is retried on the new connection. Never raises for a peer going away; raises
         ConnectTimeout when no peer can be had within ``connect_timeout_s``, and
         trio.ClosedResourceError after ``close()``."""
-        view = memoryview(payload)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        parts = _payload_parts(payload)
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
         async with self._write_lock:
             for _ in range(_FRESH_ATTEMPTS):
                 link = await self._ensure_link()
-                report = await self._send_on(link, view, gate, chunk_bytes, cut_after_bytes)
+                report = await self._send_on(link, parts, gate, chunk_bytes, cut_after_bytes)
                 if report is not None:
                     return report
             why = f"connection broke before the first byte, {_FRESH_ATTEMPTS} times"
@@ -593,14 +600,15 @@ class Sender:
     async def _send_on(
         self,
         link: _Link,
-        view: memoryview,
+        parts: list[memoryview],
         gate: Gate | None,
         chunk_bytes: int,
         cut_after: int | None,
     ) -> SendReport | None:
         conn = link.conn
-        header = memoryview(conn.message_header(view.nbytes))
-        total = len(header) + view.nbytes
+        nbytes = sum(len(p) for p in parts)
+        segments = [memoryview(conn.message_header(nbytes)), *parts]
+        total = len(segments[0]) + nbytes
         limit = total if cut_after is None else max(0, min(cut_after, total))
         report = SendReport(None, None, 0, 0.0, "delivered", None)
         owed_part_way = False
@@ -618,7 +626,7 @@ class Sender:
                     await gate(end - pos)
                 if link.dead:
                     raise _LinkDown(link.why or "connection closed")
-                await _write_pieces(link.sock, _pieces(header, view, pos, end), report,
+                await _write_pieces(link.sock, _pieces(segments, pos, end), report,
                                     self._close_gate)
                 pos = end
         except (OSError, trio.ClosedResourceError, _LinkDown) as exc:
@@ -740,14 +748,31 @@ def _peer_name(sock: socket.socket) -> str:
     return str(name) or "local"
 
 
-def _pieces(header: memoryview, view: memoryview, start: int, end: int) -> list[memoryview]:
-    """Wire bytes [start, end) of header + payload as views (nothing copied)."""
-    h = len(header)
+def _payload_parts(payload: Any) -> list[memoryview]:
+    """A payload's bytes as unsigned-byte views, nothing copied: one for a
+    bytes-like payload, the pieces of a ``simstream.codec.Scatter``."""
+    pieces = getattr(payload, "parts", None)
     out = []
-    if start < h:
-        out.append(header[start : min(end, h)])
-    if end > h:
-        out.append(view[max(start - h, 0) : end - h])
+    for p in (payload,) if pieces is None else pieces:
+        view = memoryview(p)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        out.append(view)
+    return out
+
+
+def _pieces(segments: list[memoryview], start: int, end: int) -> list[memoryview]:
+    """Wire bytes [start, end) of the consecutive ``segments`` (header, then the
+    payload's parts) as views (nothing copied)."""
+    out = []
+    at = 0
+    for seg in segments:
+        n = len(seg)
+        if at + n > start and at < end and n:
+            out.append(seg[max(start - at, 0) : min(end - at, n)])
+        at += n
+        if at >= end:
+            break
     return out
 
 
@@ -838,6 +863,7 @@ def open_sender(
     backoff_ms: tuple[float, float] = (100.0, 5000.0),
     on_event: EventHook | None = None,
     dead_link_ms: float | None = None,
+    sndbuf_bytes: int | None = None,
 ) -> _OpenSender:
     """Open the producer end of a transport: ``sender = await open_sender(...)`` or
     ``async with open_sender(...) as sender``.
@@ -846,5 +872,5 @@ def open_sender(
     Raises UsageError (bad kind, role, url), AddressInUse, ConnectTimeout."""
     return _OpenSender(
         Sender(kind, role, url, connect_timeout_s=connect_timeout_s, backoff_ms=backoff_ms,
-               on_event=on_event, dead_link_ms=dead_link_ms)
+               on_event=on_event, dead_link_ms=dead_link_ms, sndbuf_bytes=sndbuf_bytes)
     )

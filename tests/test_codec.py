@@ -246,11 +246,26 @@ def test_rewriter_replaces_per_event_fields(fmt: str, comp: str, seq: int, stamp
     keep = bytes(original)
     rw = codec.Rewriter(original, ["seq", "timestamp"], fields=fields)
     out = rw({"seq": seq, "timestamp": stamps})
+    # the same message without a copy of the original: views of it around the
+    # rewritten bytes (the npz CRCs too)
+    parts = rw.parts({"seq": seq, "timestamp": stamps})
+    assert bytes(parts) == out and len(parts) == len(out) and len(parts.parts) <= 5
     back = codec.decode(out, fields={k: (fields or {}).get(k, k) for k in batch})
     assert (back["seq"] == seq).all()
     assert same(back["timestamp"], stamps)
     assert same(back["detector_data"], batch["detector_data"])
     assert original == keep
+
+
+def test_rewriter_parts_copy_the_message_when_the_fields_are_too_scattered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from simstream.codec import _rewrite
+
+    rw = codec.Rewriter(codec.encode(small_batch(), fields=FIELDS, filter_per_event=False),
+                        ["seq"], fields=FIELDS)
+    monkeypatch.setattr(_rewrite, "MAX_WINDOWS", 0)
+    parts = rw.parts({"seq": 7})
+    assert len(parts.parts) == 1 and bytes(parts) == rw({"seq": 7})
 
 
 def test_rewriter_output_reads_with_stock_libraries() -> None:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from simstream.codec import Scatter
 from simstream.faults import FAULTS, Attempt, Trigger, fault_class, make_fault
 from simstream.faults.corrupt import Corrupt
 from simstream.faults.duplicate import Duplicate
@@ -60,6 +61,10 @@ def test_corrupt_flips_exactly_nbytes_in_a_copy() -> None:
     diff = [i for i in range(len(frozen)) if out[i] != frozen[i]]
     assert len(diff) == 5 and diff[0] < 4
     assert len(out) == len(frozen)  # framing sizes unchanged
+    # a pooled message's pieces (the emitter's payloads): the same flips, the pool's
+    # bytes untouched
+    pieces = Scatter([frozen[:100], frozen[100:]])
+    assert c.apply(Attempt(pieces)).payload == out and bytes(pieces) == frozen
 
 
 def test_corrupt_on_a_tiny_payload_flips_at_most_its_length() -> None:

@@ -109,8 +109,12 @@ def test_pool_cycles_batches_and_rewrites_per_message_fields(fmt: str, comp: str
     s = src(pool=2, total_events=None, format=fmt, compression=comp, fields=fields)
     f = MessageFactory(s, rank=3, seed=0)
     plain = MessageFactory(s.model_copy(update={"pool": None}), rank=3, seed=0)
+    scatter = MessageFactory(s, rank=3, seed=0, scatter=True)  # what the emitter sends
     assert f.total_messages is None
     for seq in range(6):
+        pieces = scatter.message(seq).payload
+        assert isinstance(pieces, codec.Scatter) and scatter.cheap(seq) and not f.cheap(seq)
+        assert bytes(pieces) == f.message(seq).payload
         out = codec.decode(f.message(seq).payload, fields=f.fields)
         assert (out["simstream_sequence"] == seq).all()
         assert (out["simstream_rank"] == 3).all()
@@ -137,12 +141,19 @@ def test_partial_last_batch(pool: int | None) -> None:
         f.message(3)
 
 
-def test_payloads_stay_valid_after_later_calls() -> None:
-    f = MessageFactory(src(pool=1, total_events=None))
+@pytest.mark.parametrize("scatter", [False, True])
+def test_payloads_stay_valid_after_later_calls(scatter: bool) -> None:
+    f = MessageFactory(src(pool=1, total_events=None), scatter=scatter)
     first = f.message(0).payload
     keep = bytes(first)
     f.message(1)
     assert bytes(first) == keep
+
+
+def test_a_partial_batch_is_encoded_afresh_even_for_the_scatter_factory() -> None:
+    f = MessageFactory(src(total_events=10, pool=2), scatter=True)
+    assert [f.cheap(i) for i in range(3)] == [True, True, False]
+    assert isinstance(f.message(2).payload, bytes)
 
 
 def test_peaks_look_like_diffraction() -> None:

@@ -12,6 +12,7 @@ import pytest
 import trio
 import trio.testing
 
+from simstream.codec import Scatter
 from simstream.errors import UsageError
 from simstream.transport import ConnectTimeout, Sender, SendReport, open_sender
 from simstream.wire import (
@@ -256,6 +257,65 @@ def test_gate_is_awaited_before_each_chunk() -> None:
         assert gated == [(0.0, 1000), (1.0, 1000), (2.0, 509)]
         assert report.wire_bytes == 2509 and report.outcome == "delivered"
         assert peers[0].messages == [payload]
+        dialer.close_all()
+
+    run(main)
+
+
+def test_a_scatter_payload_goes_out_as_one_message_in_any_chunking() -> None:
+    """A pooled message's pieces (simstream.codec.Scatter) are written as they are:
+    whole, paced in chunks that cross the pieces' borders, and cut part-way."""
+    parts = [b"head-", bytes(range(256)) * 7, b"", b"-tail"]
+    whole = b"".join(parts)  # 1802 bytes: 9 of zmq framing
+
+    async def main() -> None:
+        dialer = Dialer()
+        gated: list[int] = []
+
+        async def pacer(nbytes: int) -> None:
+            gated.append(nbytes)
+            await trio.sleep(0.01)
+
+        async with serving(dialer, "zmq") as peers:
+            sender = make_sender(dialer)
+            await sender.start()
+            r1 = await sender.send_message(Scatter(parts))
+            r2 = await sender.send_message(Scatter(parts), gate=pacer, chunk_bytes=100)
+            r3 = await sender.send_message(Scatter(parts), cut_after_bytes=700)
+            await sender.close()
+        assert (r1.outcome, r2.outcome, r3.outcome) == ("delivered", "delivered", "cut")
+        assert r1.wire_bytes == r2.wire_bytes == 1811 and r3.wire_bytes == 700
+        assert gated == [100] * 18 + [11]
+        assert peers[0].messages == [whole, whole]
+        assert peers[0].events[-1] == ConnectionClosed(700)
+        dialer.close_all()
+
+    run(main)
+
+
+def test_sndbuf_bytes_sets_each_connections_send_buffer() -> None:
+    try:
+        with open("/proc/sys/net/core/wmem_max") as fh:
+            wmem_max = int(fh.read())
+    except OSError:
+        pytest.skip("no /proc/sys/net/core/wmem_max: Linux's doubling cannot be predicted")
+    want = 48 * 1024
+    mine: list[socket.socket] = []
+
+    class Keeping(Dialer):
+        async def __call__(self) -> socket.socket:
+            sock = await super().__call__()
+            mine.append(sock)
+            return sock
+
+    async def main() -> None:
+        dialer = Keeping()
+        async with serving(dialer):
+            sender = make_sender(dialer, sndbuf_bytes=want)
+            await sender.start()
+            got = mine[0].getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            await sender.close()
+        assert got == 2 * min(want, wmem_max)  # Linux doubles it for its bookkeeping
         dialer.close_all()
 
     run(main)

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from simstream.codec import _hdf5, _npz
-from simstream.codec._buffers import as_uint8
+from simstream.codec._buffers import Scatter, as_uint8, contiguous
 from simstream.codec._errors import NO_LIMITS, CodecError, Limits
 from simstream.codec._rewrite import Rewriter
 from simstream.records.contract import COMPRESSIONS
 
-__all__ = ["COMPRESSIONS", "FORMATS", "CodecError", "Limits", "Rewriter", "decode", "encode", "sniff"]
+__all__ = ["COMPRESSIONS", "FORMATS", "CodecError", "Limits", "Rewriter", "Scatter", "contiguous",
+           "decode", "encode", "sniff"]
 
 FORMATS = ("hdf5", "npz")
 

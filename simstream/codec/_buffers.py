@@ -6,11 +6,16 @@ out as ``bytes``. Filling an immutable ``bytes`` in place (through its address,
 which relies on CPython's object layout) would save that last copy, but no
 interpreter internals are used here: the copy is the price, measured in
 bench/bench_codec.py.
+
+``Scatter``: an immutable message held as consecutive pieces, for a sender that
+writes the pieces with one scatter system call (a pooled message: views of the
+pool's encoded batch with the few rewritten bytes in between, nothing copied).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,11 +36,60 @@ def finish(buf: bytes | bytearray) -> bytes:
     return buf if isinstance(buf, bytes) else bytes(buf)
 
 
+class Scatter:
+    """One message's bytes as consecutive read-only pieces (``parts``, memoryviews
+    of unsigned bytes); ``len()`` is the message's size, ``bytes()`` joins them (a
+    copy, for code that needs one buffer). Immutable: the pieces are read-only
+    views, and whoever makes a Scatter keeps the memory they view unchanged."""
+
+    __slots__ = ("nbytes", "parts")
+
+    def __init__(self, parts: Sequence[Any]) -> None:
+        views = []
+        for p in parts:
+            mv = memoryview(p)
+            if not mv.c_contiguous:
+                raise TypeError("a Scatter part must be a contiguous buffer")
+            mv = mv.cast("B") if mv.ndim != 1 or mv.format != "B" else mv
+            if len(mv):
+                views.append(mv.toreadonly())
+        self.parts: tuple[memoryview, ...] = tuple(views)
+        self.nbytes: int = sum(len(v) for v in self.parts)
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Scatter):
+            other = bytes(other)
+        try:
+            return bytes(self) == memoryview(other)  # type: ignore[arg-type]
+        except TypeError:
+            return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Scatter({self.nbytes} bytes in {len(self.parts)} parts)"
+
+
+def contiguous(payload: Any) -> Any:
+    """``payload`` as one bytes-like buffer: a Scatter joined (one copy), anything
+    else as it is."""
+    return bytes(payload) if isinstance(payload, Scatter) else payload
+
+
 def as_uint8(buf: Any) -> np.ndarray:
-    """A read-only-or-writable uint8 view of any contiguous buffer, without a copy.
+    """A read-only-or-writable uint8 view of any contiguous buffer, without a copy
+    (a ``Scatter`` is joined first: one copy).
 
     Raises TypeError if ``buf`` does not export a contiguous buffer.
     """
+    if isinstance(buf, Scatter):
+        buf = bytes(buf)
     if isinstance(buf, np.ndarray):
         if not buf.flags.c_contiguous:
             raise TypeError("message buffer is not contiguous")

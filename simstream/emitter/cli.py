@@ -250,6 +250,10 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
               help="drop and re-establish a connection whose peer has answered nothing "
                    "(retransmissions, probes) this long (transport.dead_link_ms): a cut "
                    "link becomes a real disconnect and reconnect; backpressure never does")
+@click.option("--sndbuf-bytes", "sndbuf_bytes", type=click.IntRange(1),
+              help="kernel send buffer per connection (transport.sndbuf_bytes, SO_SNDBUF; "
+                   "default: the kernel's autotuning, as LCLStreamer's libzmq): a large one "
+                   "for an emitter that must outrun the consumer")
 @click.option("--control", "control_addr", metavar="HOST:PORT",
               help="serve the live control API (HTTP JSON: GET /status, POST /network, "
                    "/faults, /rate, /pause, /resume; docs/testing.md) on this loopback "
@@ -262,6 +266,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
          count: int | None, duration: float | None, log_path: str | None, append_log: bool,
          dry_run: bool, lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
          close: str | None, url_spread: str | None, dead_link_ms: float | None,
+         sndbuf_bytes: int | None,
          control_addr: str | None, control_any_host: bool) -> None:
     """Send batches as LCLStreamer would, shaped by a profile (rates, phases, faults)."""
     control = None
@@ -277,7 +282,7 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
                  "transport.processes": processes, "transport.rank_offset": rank_offset,
                  "seed": seed, "stop.messages": count, "stop.duration_s": duration,
                  "transport.close": close, "transport.url_spread": url_spread,
-                 "transport.dead_link_ms": dead_link_ms}
+                 "transport.dead_link_ms": dead_link_ms, "transport.sndbuf_bytes": sndbuf_bytes}
     p = build_profile(profile_arg, lclstreamer_config, overrides)
     if url is not None:
         p = _with_url(p, url)

@@ -94,19 +94,23 @@ class SenderFactory(Protocol):
 def default_sender_factory(kind: str, role: str, url: str, *, connect_timeout_s: float,
                            backoff_ms: tuple[float, float],
                            on_event: Callable[..., None] | None,
-                           dead_link_ms: float | None = None) -> Any:
+                           dead_link_ms: float | None = None,
+                           sndbuf_bytes: int | None = None) -> Any:
     """The real transport (``simstream.transport.open_sender``), imported when used."""
     from simstream.transport import open_sender
 
     return open_sender(kind, role, url, connect_timeout_s=connect_timeout_s,
-                       backoff_ms=backoff_ms, on_event=on_event, dead_link_ms=dead_link_ms)
+                       backoff_ms=backoff_ms, on_event=on_event, dead_link_ms=dead_link_ms,
+                       sndbuf_bytes=sndbuf_bytes)
 
 
 def default_message_factory(profile: Profile, rank: int, epoch: int = 0) -> Any:
-    """The real payloads (``simstream.payload.MessageFactory``), imported when used."""
+    """The real payloads (``simstream.payload.MessageFactory``), imported when used;
+    pooled messages as scatter payloads (views of the pool, no copy of the batch)."""
     from simstream.payload import MessageFactory
 
-    return MessageFactory(profile.source, rank=rank, seed=profile.seed, epoch=epoch)
+    return MessageFactory(profile.source, rank=rank, seed=profile.seed, epoch=epoch,
+                          scatter=True)
 
 
 def new_epoch() -> int:
@@ -322,7 +326,7 @@ def _make_gate(run: _Run, rank: int) -> tuple[Gate | None, int]:
     return gate, chunk
 
 
-async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
+async def _scheduler(run: _Run, rank: int, factory: Any,
                      send_ch: trio.MemorySendChannel[_Item], *, in_thread: bool,
                      log_lost: Callable[[_Item], None], first: Any = None) -> None:
     stats = run.rank_stats(rank)
@@ -339,11 +343,14 @@ async def _scheduler(run: _Run, rank: int, make_message: Callable[[int], Any],
                 # big messages are built in a thread so sends go on meanwhile; small ones
                 # inline: a thread hand-off costs more than the build and its GIL
                 # contention would delay the wake-ups the schedule depends on
+                # (a factory that says a message is cheap, e.g. a pooled scatter
+                # payload, builds it inline whatever its size)
                 big = (planned.nbytes_estimate or 0) >= THREAD_BUILD_BYTES
-                if in_thread and big:
-                    message = await trio.to_thread.run_sync(make_message, planned.seq)
+                cheap = getattr(factory, "cheap", None)
+                if in_thread and big and not (cheap is not None and cheap(planned.seq)):
+                    message = await trio.to_thread.run_sync(factory.message, planned.seq)
                 else:
-                    message = make_message(planned.seq)
+                    message = factory.message(planned.seq)
             await sleep_until_precise(run.t0 + planned.t_sched)
             if run.live is not None and run.live.paused:
                 # paused: this message and the schedule after it move later by the pause
@@ -522,7 +529,9 @@ async def run_emitter(
     ``sender_factory(kind, role, url, connect_timeout_s=, backoff_ms=, on_event=)``
     opens one connection per rank (an async context manager or a coroutine).
     ``message_factory(profile, rank)`` returns an object with ``.message(seq)``
-    giving ``.seq``, ``.events``, ``.payload``. ``on_record`` receives every
+    giving ``.seq``, ``.events``, ``.payload`` (and, optionally, ``.cheap(seq)``:
+    True where message ``seq`` costs next to nothing to build, so it is built in
+    the event loop rather than a worker thread). ``on_record`` receives every
     emit-log record as the attempt ends. ``drain_timeout_s``: after the
     schedule ends, how long queued messages may take to go before they are
     logged as lost (None: wait for ever). ``stats_out``: a list filled with the
@@ -563,7 +572,12 @@ async def run_emitter(
 
     async with contextlib.AsyncExitStack() as stack:
         senders: list[list[tuple[str, Any]]] = []
-        extra = {"dead_link_ms": tp.dead_link_ms} if tp.dead_link_ms else {}
+        # passed only when set: a sender factory that knows neither still works
+        extra: dict[str, Any] = {}
+        if tp.dead_link_ms:
+            extra["dead_link_ms"] = tp.dead_link_ms
+        if tp.sndbuf_bytes:
+            extra["sndbuf_bytes"] = tp.sndbuf_bytes
         for st in stats:
             links = []
             for url in rank_urls[st.rank]:
@@ -644,7 +658,7 @@ async def _rank_pair(run: _Run, rank: int, links: list[tuple[str, Any]], factory
                 await _writer(run, rank, links, recv_ch, closing)
 
         nursery.start_soon(writer)
-        await _scheduler(run, rank, factory.message, send_ch, in_thread=in_thread,
+        await _scheduler(run, rank, factory, send_ch, in_thread=in_thread,
                          log_lost=log_lost, first=first)
         closing.set()
         if run.profile.transport.close == "abrupt":

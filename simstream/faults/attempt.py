@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["AppliedFault", "Attempt"]
 
@@ -14,14 +14,15 @@ __all__ = ["AppliedFault", "Attempt"]
 class Attempt:
     """One attempt to send one message, as the faults leave it.
 
-    ``payload``: the encoded message (bytes-like; faults copy before changing it).
+    ``payload``: the encoded message (bytes-like, or a ``simstream.codec.Scatter``
+    of pieces; faults copy before changing it).
     ``cut_fraction``: send only this share of the message's bytes, then reset
     the connection (RST). ``silence_s``: nothing is sent for at least this long
     before the attempt (seconds). ``close_s``: after the attempt, close the
     connection gracefully over this many seconds, then reconnect.
     """
 
-    payload: bytes | bytearray | memoryview
+    payload: Any  # bytes | bytearray | memoryview | simstream.codec.Scatter
     cut_fraction: float | None = None
     silence_s: float = 0.0
     close_s: float | None = None

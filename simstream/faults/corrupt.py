@@ -55,7 +55,8 @@ class Corrupt:
         return out
 
     def apply(self, attempt: Attempt) -> Attempt:
-        buf = bytearray(attempt.payload)  # a copy: the factory may reuse its buffer
+        # a copy (bytes() joins a Scatter's pieces): the pool's bytes stay as they are
+        buf = bytearray(bytes(attempt.payload))
         for off, mask in zip(self.offsets(len(buf)), self.masks, strict=False):
             buf[off] ^= mask
         return attempt.with_(payload=bytes(buf))
