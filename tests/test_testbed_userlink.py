@@ -159,6 +159,8 @@ def test_plain_sockets_see_the_round_trip_and_tcp_is_held_to_window_over_rtt(
         assert tb.emulator == "user-link" and tb.plan is not None and tb.plan.layout == "user-link"
         assert tb.applied[0].startswith("latency 20 ms, jitter 2 ms (normal, order kept) "
                                         "(user-link, producer -> consumer) on ssb-prod")
+        # this kernel takes TSO and checksum offload on TUN devices
+        assert tb.applied[-1] == "TUN devices: MTU 65000, TCP segmentation and checksum offload"
         probe = _udp_rtts(tb, 40)
         mbps = _tcp_mbps(tb, 3.0)
         # a phase change reaches the packets at once

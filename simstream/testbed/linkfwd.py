@@ -24,6 +24,12 @@ started it is gone: SIGKILL included). Counters are written to
 
 Packets are whole IP packets (IFF_TUN | IFF_NO_PI); the device MTU is large
 (65000) so TCP sends few, large packets and the loop is not the bottleneck.
+With ``--offload`` each packet carries a virtio-net header (IFF_VNET_HDR) and the
+devices take checksum and TCP segmentation offload (TUNSETOFFLOAD): the kernel
+neither computes nor verifies TCP checksums on this path and may hand over
+segmentation-offload packets of up to 64 KiB whatever the MTU; the header goes
+through unchanged and the link's stages count the IP packet behind it. An old
+kernel that refuses the offload gets plain devices (said in the ready line).
 """
 
 from __future__ import annotations
@@ -47,21 +53,35 @@ from simstream.testbed.link import Link, LinkParams
 __all__ = ["MTU", "main", "open_tun"]
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+#: struct virtio_net_hdr in front of each packet with IFF_VNET_HDR (the device's default size)
+VNET_HDR_LEN = 10
 MTU = 65000
-READ_SIZE = 65536
+READ_SIZE = 65536 + VNET_HDR_LEN + 64
 #: packets read from one device per wake-up, so one busy direction cannot starve the other
 BATCH = 64
 #: longest sleep when nothing is due (to notice a vanished device)
 IDLE_S = 0.5
 
 
-def open_tun(name: str) -> int:
-    """A non-blocking fd attached to a new TUN device ``name`` in this namespace. Raises OSError."""
+def open_tun(name: str, offload: bool = False) -> int:
+    """A non-blocking fd attached to a new TUN device ``name`` in this namespace.
+
+    ``offload``: with a virtio-net header on each packet (IFF_VNET_HDR) and checksum
+    and TCP segmentation offload (TUNSETOFFLOAD), so the kernel hands over TCP
+    segments of up to 64 KiB with their checksum left to do, and takes them back so
+    (the header passes through the forwarder unchanged). Raises OSError.
+    """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+        if offload:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
     except OSError:
         os.close(fd)
         raise
@@ -83,7 +103,8 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 class Forwarder:
     def __init__(self, fd_prod: int, fd_cons: int, p2c: LinkParams, c2p: LinkParams,
-                 seed: int | None) -> None:
+                 seed: int | None, header: int = 0) -> None:
+        self.header = header  # bytes in front of each IP packet (the virtio-net header)
         rng = random.Random(seed)
         now = time.monotonic()
         self.fds = {"p2c": (fd_prod, fd_cons), "c2p": (fd_cons, fd_prod)}
@@ -108,7 +129,7 @@ class Forwarder:
                 return False
             if not pkt:
                 return False
-            link.offer(now, len(pkt), pkt)
+            link.offer(now, len(pkt) - self.header, pkt)
         return True
 
     def _deliver(self, now: float) -> None:
@@ -174,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cons-iface", required=True)
     ap.add_argument("--params", required=True, help='JSON {"p2c": {...}, "c2p": {...}}')
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--offload", action="store_true",
+                    help="virtio-net headers with checksum and TCP segmentation offload")
     ap.add_argument("--watch-parent", action="store_true",
                     help="end when stdin closes and take control lines from it")
     ap.add_argument("--stats-file", default=None)
@@ -193,14 +216,29 @@ def main(argv: list[str] | None = None) -> int:
     fwd: Forwarder | None = None
     why = ""
     try:
-        fd_prod = open_tun(a.prod_iface)
-        fd_cons = open_tun(a.cons_iface)
+        offload_error = ""
+        fd_prod = fd_cons = -1
+        if a.offload:
+            try:
+                fd_prod = open_tun(a.prod_iface, True)
+                fd_cons = open_tun(a.cons_iface, True)
+            except OSError as e:  # an old kernel: plain devices, said in the ready line
+                offload_error = f"TUNSETOFFLOAD refused: {e.strerror}"
+                for fd in (fd_prod, fd_cons):
+                    if fd >= 0:
+                        os.close(fd)
+                fd_prod = fd_cons = -1
+        offload = fd_prod >= 0
+        if not offload:
+            fd_prod = open_tun(a.prod_iface)
+            fd_cons = open_tun(a.cons_iface)
         cp = subprocess.run(["ip", "link", "set", "dev", a.cons_iface, "netns", a.peer_ns],
                             capture_output=True, text=True, timeout=10, check=False)
         if cp.returncode != 0:
             raise OSError(f"moving {a.cons_iface} to {a.peer_ns}: {cp.stderr.strip()}")
-        fwd = Forwarder(fd_prod, fd_cons, p2c, c2p, a.seed)
-        print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
+        fwd = Forwarder(fd_prod, fd_cons, p2c, c2p, a.seed, VNET_HDR_LEN if offload else 0)
+        print(json.dumps({"ready": True, "pid": os.getpid(), "offload": offload,
+                          "offload_error": offload_error}), flush=True)
         mine = {ns: _ns_inode(ns) for ns in (a.peer_ns, a.own_ns) if ns}
         why = fwd.run(sys.stdin if a.watch_parent else None)
         if why == "orphan" and a.own_ns:

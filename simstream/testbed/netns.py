@@ -191,9 +191,14 @@ class Testbed:
 
     def __init__(self, name: str, profile: Profile | None = None, *,
                  i_know_iface: str | None = None, offer: KernelOffer | None = None,
-                 detached: bool = False) -> None:
+                 detached: bool = False, link_mtu: int = linkfwd.MTU,
+                 link_offload: bool = True) -> None:
         self.name = validate_name(name)
         self.detached = detached
+        # the user-space link's TUN devices: MTU, and whether TCP segmentation and
+        # checksum offload are asked for (the forwarder says whether it got them)
+        self.link_mtu = link_mtu
+        self.link_offload = link_offload
         # "tc" or "user-link" (chosen in create(), once the kernel's offer is known)
         self.emulator = "tc"
         self.emulator_why = ""
@@ -231,10 +236,12 @@ class Testbed:
     @classmethod
     @contextlib.contextmanager
     def up(cls, name: str = "default", profile: Profile | None = None, *,
-           i_know_iface: str | None = None, offer: KernelOffer | None = None) -> Iterator[Testbed]:
-        """Create, shape, yield; always tear down (exception, Ctrl-C, SIGTERM included)."""
+           i_know_iface: str | None = None, offer: KernelOffer | None = None,
+           **link: Any) -> Iterator[Testbed]:
+        """Create, shape, yield; always tear down (exception, Ctrl-C, SIGTERM included).
+        ``link``: ``link_mtu``, ``link_offload`` (see the constructor)."""
         with _SigtermAsExit():
-            tb = cls(name, profile, i_know_iface=i_know_iface, offer=offer)
+            tb = cls(name, profile, i_know_iface=i_know_iface, offer=offer, **link)
             try:
                 tb.create()
                 yield tb
@@ -331,14 +338,15 @@ class Testbed:
         try:
             self.forwarder = userlink.Forwarder(
                 self.producer_ns, self.consumer_ns, self.producer_iface, self.consumer_iface,
-                p2c, c2p, stats_file=stats_file, detached=self.detached)
+                p2c, c2p, stats_file=stats_file, detached=self.detached,
+                offload=self.link_offload)
         except RuntimeError as e:
             raise TestbedError(str(e)) from None
         for ns, dev, addr, peer in (
                 (self.producer_ns, self.producer_iface, self.producer_addr, self.consumer_addr),
                 (self.consumer_ns, self.consumer_iface, self.consumer_addr, self.producer_addr)):
             self._run(["ip", "-n", ns, "addr", "add", addr, "peer", f"{peer}/32", "dev", dev])
-            self._run(["ip", "-n", ns, "link", "set", dev, "mtu", str(linkfwd.MTU), "up"])
+            self._run(["ip", "-n", ns, "link", "set", dev, "mtu", str(self.link_mtu), "up"])
             self._run(["ip", "-n", ns, "link", "set", "lo", "up"])
 
     def describe_shaping(self, shaping: tc.Shaping) -> list[str]:
@@ -361,6 +369,12 @@ class Testbed:
                             f"(TUN devices, forwarder pid "
                             f"{self.forwarder.pid if self.forwarder else '?'})" for line in lines]
             self.applied.append(f"emulator: user-link ({self.emulator_why})")
+            if self.forwarder is not None:
+                self.applied.append(
+                    f"TUN devices: MTU {self.link_mtu}, " + (
+                        "TCP segmentation and checksum offload" if self.forwarder.offload
+                        else "no offload" + (f" ({self.forwarder.offload_error})"
+                                             if self.forwarder.offload_error else "")))
             self.not_applied = []
             return
         shapings = [p.shaping for p in self.phases]

@@ -121,7 +121,7 @@ class Forwarder:
 
     def __init__(self, producer_ns: str, consumer_ns: str, prod_iface: str, cons_iface: str,
                  p2c: LinkParams, c2p: LinkParams, *, stats_file: Path,
-                 seed: int | None = None, detached: bool = False) -> None:
+                 seed: int | None = None, detached: bool = False, offload: bool = True) -> None:
         argv = ["ip", "netns", "exec", producer_ns, sys.executable, "-m",
                 "simstream.testbed.linkfwd", "--peer-ns", consumer_ns,
                 "--prod-iface", prod_iface, "--cons-iface", cons_iface,
@@ -130,6 +130,8 @@ class Forwarder:
             argv += ["--stats-file", str(stats_file)]
         if seed is not None:
             argv += ["--seed", str(seed)]
+        if offload:
+            argv.append("--offload")
         if not detached:
             argv += ["--watch-parent", "--own-ns", producer_ns]
         env = dict(os.environ)
@@ -152,6 +154,9 @@ class Forwarder:
             self.stop()
             raise RuntimeError(f"link forwarder did not start: {err}")
         self.pid = int(reply["pid"])
+        # what the TUN devices got: offload asked for may be refused by an old kernel
+        self.offload = bool(reply.get("offload"))
+        self.offload_error = str(reply.get("offload_error") or "")
 
     def _stderr(self) -> str:
         if self.proc.poll() is None:
