@@ -221,6 +221,36 @@ def test_killing_the_owner_takes_forwarder_and_namespaces_with_it(
         run_cmd([PY, "-m", "simstream", "testbed", "down", "ulkill"])
 
 
+@pytest.mark.netns
+@pytest.mark.integration
+def test_a_detached_link_is_ended_by_testbed_down(offer: KernelOffer, tmp_path: Path) -> None:
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: d\nnetwork: {latency_ms: 5, emulator: user-link}\n")
+    pid = None
+    try:
+        up = subprocess.run([PY, "-m", "simstream", "testbed", "up", "--name", "uldown",
+                             "--profile", str(prof), "--detach"], capture_output=True, text=True,
+                            timeout=60)
+        assert up.returncode == 0, up.stdout + up.stderr
+        [pid] = userlink.forwarder_pids("ssb-uldown-prod")
+    finally:
+        down = subprocess.run([PY, "-m", "simstream", "testbed", "down", "uldown"],
+                              capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stdout + down.stderr
+
+    def alive(p: int) -> bool:  # a zombie waiting for init to reap it is gone
+        try:
+            return Path(f"/proc/{p}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)
+    _nothing_left("uldown")
+
+
 def test_a_tun_capture_is_written_as_ethernet_and_filtered_by_port() -> None:
     from simstream.testbed.capture import ethernet_framed, tcp_port_matches
 
