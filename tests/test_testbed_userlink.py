@@ -403,8 +403,8 @@ def test_round_trip_and_loss_checks_have_stated_bounds() -> None:
 
     w = Window("steady", 0.0, 10.0, None, None, latency_ms=20, jitter_ms=2, loss_pct=1.0)
     low, high = rtt_bounds(w, "user-link")
-    assert round(low, 2) == round(40 - 3 * 2 ** 0.5 * 2 - 1, 2) and high == 40 + 8 + 5
-    assert rtt_bounds(w, "tc") == (20 - 6 - 1, 20 + 4 + 5)
+    assert round(low, 2) == round(40 - 3 * 2 ** 0.5 * 2 - 1, 2) and high == 40 + 8 + 10
+    assert rtt_bounds(w, "tc") == (20 - 6 - 1, 20 + 4 + 10)
     ok = _rtt_check("p", w, [0.04] * 20, "user-link")
     assert ok.status == "PASS" and "median 40.00 ms" in ok.measured
     assert _rtt_check("p", w, [0.0002] * 20, "user-link").status == "FAIL"  # not applied
