@@ -109,6 +109,7 @@ class _Seg:
     win: int
     plen: int = 0  # payload length on the wire (more than len(payload) when truncated)
     ts_ecr: int | None = None  # TCP timestamp option's echo reply
+    ts_val: int | None = None  # TCP timestamp option's value
 
     @property
     def truncated(self) -> bool:
@@ -292,6 +293,29 @@ def receiver_losses(flow: Flow) -> tuple[list[Loss], int]:
     return losses, sum(h[1] - h[0] for h in holes if not h[3])
 
 
+def paired_packets(sent: Flow, got: Flow) -> tuple[list[tuple[float, float]], list[float]]:
+    """One direction captured on both sides of the link: (arrival time, one-way delay s)
+    of every packet seen on both, and the send times of those that never arrived.
+
+    A packet is known on both sides by its sequence number, payload length and TCP
+    timestamp value (a retransmission carries a later TSval than the original).
+    Both captures must have seen the same packets: on the user-space link the
+    producer's TUN device and the consumer's carry the same packets, whereas on a
+    tc path the producer's capture is already past the loss.
+    """
+    first: dict[tuple[int, int, int | None], float] = {}
+    for g in got.segs:
+        first.setdefault((g.seq, g.plen, g.ts_val), g.ts)
+    delays, lost = [], []
+    for x in sent.segs:
+        t = first.get((x.seq, x.plen, x.ts_val))
+        if t is None:
+            lost.append(x.ts)
+        else:
+            delays.append((t, t - x.ts))
+    return delays, lost
+
+
 def _mss_option(options: bytes) -> int | None:
     body = _tcp_option(options, 2, 4)
     return None if body is None else int(struct.unpack("!H", body)[0])
@@ -311,7 +335,7 @@ def tcp_flows(path: Path, port: int) -> list[Flow]:
         seg.ts = ts
         tso = _timestamps_option(options)
         if tso is not None:
-            seg.ts_ecr = tso[1]
+            seg.ts_val, seg.ts_ecr = tso
         key = (src, sport, dst, dport)
         fl = current.get(key)
         if fl is None or (seg.flags & 0x02 and fl.syn_seq is not None and fl.syn_seq != seg.seq):
@@ -497,18 +521,19 @@ MIN_RTT_SAMPLES = 10
 MIN_LOSS_PACKETS = 50
 
 
-def rtt_bounds(w: Window, emulator: str) -> tuple[float, float]:
+def rtt_bounds(w: Window, emulator: str, ways: int | None = None) -> tuple[float, float]:
     """(low, high) ms the median round trip must lie in, for ``emulator``.
 
     The profile's round trip R is 2 x latency through the user-space link (both
-    ways) and 1 x latency with tc netem (the producer's egress only). Low: R
+    ways) and 1 x latency with tc netem (the producer's egress only); ``ways``
+    1 gives the one-way delay's bounds for either. Low: R
     less three standard deviations of the jitter (sqrt(2) x jitter with two
     directions) less 1 ms. High: R plus 4 x jitter (a link that keeps packet
     order holds a packet behind a later-drawn one, so a dense stream's delays
     are the running maximum of the draws, up to about 2 jitters a direction)
     plus the larger of 10 ms and 25 % of R (late wake-ups, the timestamp clock).
     """
-    ways = 2 if emulator == "user-link" else 1
+    ways = ways or (2 if emulator == "user-link" else 1)
     r = ways * w.latency_ms
     low = max(0.0, r - 3 * math.sqrt(ways) * w.jitter_ms - 1.0)
     high = r + 2 * ways * w.jitter_ms + max(RTT_SLACK_MS, RTT_SLACK_FRAC * r)
@@ -548,6 +573,28 @@ def _rtt_check(where: str, w: Window, samples: list[float], emulator: str | None
                  "round trips longer than the profile's and no rate cap to queue at")
 
 
+def _delay_check(where: str, w: Window, delays: list[float]) -> Check:
+    """One-way delays producer -> consumer from paired captures, against the profile."""
+    low, high = rtt_bounds(w, "user-link", ways=1)
+    lat = f"{w.latency_ms:g} ms" + (f" +- {w.jitter_ms:g} ms jitter" if w.jitter_ms else "")
+    expected = f"median in {low:.1f}-{high:.1f} ms (latency {lat})"
+    if len(delays) < MIN_RTT_SAMPLES:
+        return Check("delay", where, f"{len(delays)} packets", expected, "SKIP",
+                     f"fewer than {MIN_RTT_SAMPLES} packets seen on both sides")
+    srt = sorted(delays)
+    med = srt[len(srt) // 2] * 1e3
+    measured = _rtt_text(srt).replace(" samples)", " packets)")
+    if med < low:
+        return Check("delay", where, measured, expected, "FAIL",
+                     "shorter than the profile's latency: it was not applied")
+    if med <= high or w.rate_stage:
+        return Check("delay", where, measured, expected, "PASS",
+                     "producer -> consumer, each packet on both sides of the link"
+                     + ("" if med <= high else "; packets queue at the rate cap"))
+    return Check("delay", where, measured, expected, "FAIL",
+                 "longer than the profile's latency and no rate cap to queue at")
+
+
 def _rtt_text(srt: list[float]) -> str:
     def q(f: float) -> float:
         return srt[min(len(srt) - 1, int(f * len(srt)))] * 1e3
@@ -569,7 +616,8 @@ def loss_tolerance(n: int, pct: float) -> float:
     return 3 * math.sqrt(n * p * (1 - p)) + 1
 
 
-def _loss_check(where: str, w: Window, lost: int, seen: int, emulator: str | None) -> Check:
+def _loss_check(where: str, w: Window, lost: int, seen: int, emulator: str | None,
+                paired: bool = False) -> Check:
     """Packets lost producer -> consumer in one phase against the profile's loss."""
     n = lost + seen
     pct = 100 * lost / n if n else 0.0
@@ -591,7 +639,10 @@ def _loss_check(where: str, w: Window, lost: int, seen: int, emulator: str | Non
                      "bursts make the count vary more than a binomial: not judged")
     if lo <= lost <= hi:
         return Check("loss", where, measured, expected, "PASS",
-                     "sequence holes the sender's retransmissions filled, at the consumer")
+                     "packets captured at the producer's side and never at the consumer's"
+                     if paired else
+                     "sequence holes the sender's retransmissions filled, at the consumer "
+                     "(lost retransmissions and tail losses are not seen)")
     if lost > hi and w.rate_stage:
         return Check("loss", where, measured, expected, "WARN",
                      "more than asked: the drop-tail queue at the rate cap drops too")
@@ -700,12 +751,16 @@ def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
 def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any]] | None = None,
                    port: int | None = None, framing: str | None = None,
                    tolerance: float = DEFAULT_TOLERANCE, gap_ms: float = DEFAULT_GAP_MS,
-                   saturated: bool = False, emulator: str | None = None) -> Report:
+                   saturated: bool = False, emulator: str | None = None,
+                   sender_pcap: Path | None = None) -> Report:
     """All checks for one capture. Raises UsageError for an unreadable capture.
 
     ``emulator``: what shaped the link ("user-link" or "tc"; None: unknown), which
     says how far a round trip goes through the latency and whether the round
     trips and losses are judged or only reported.
+    ``sender_pcap``: a capture of the same port on the producer's side of the
+    user-space link (its TUN device); each data packet is then followed across
+    the link: one-way delays and losses counted exactly, not inferred.
     """
     port = port if port is not None else split_url(profile.transport.all_urls[0])[1]
     kind = framing or profile.transport.kind
@@ -730,6 +785,22 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     losses: list[Loss] = []
     for fl in data_flows:
         losses += receiver_losses(fl)[0]
+    paired: tuple[list[tuple[float, float]], list[float]] | None = None
+    if sender_pcap is not None:
+        sender_flows = tcp_flows(sender_pcap, port)
+        delays: list[tuple[float, float]] = []
+        dropped: list[float] = []
+        for fl in data_flows:
+            twin = next((f for f in sender_flows if (f.src, f.dst) == (fl.src, fl.dst)
+                         and f.syn_seq == fl.syn_seq), None)
+            if twin is None:
+                raise UsageError(f"{sender_pcap}: no connection {fl.src} -> {fl.dst} "
+                                 f"as in {pcap}: not the same link's other side")
+            d, x = paired_packets(twin, fl)
+            delays += d
+            dropped += x
+        paired = delays, dropped
+        facts["paired_lost_packets"] = len(dropped)
     facts["connections"] = len(data_flows)
     facts["emulator"] = emulator
     facts["lost_packets"] = sum(x.packets for x in losses)
@@ -792,7 +863,14 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
         if asks_latency:
             checks.append(_rtt_check(where, w, [r for t, r in rtts if w.start <= t < w.end],
                                      emulator))
-        if asks_loss:
+        if paired is not None and asks_latency:
+            checks.append(_delay_check(where, w, [d for t, d in paired[0]
+                                                  if w.start <= t < w.end]))
+        if asks_loss and paired is not None:
+            lost = sum(w.start <= t < w.end for t in paired[1])
+            seen = sum(w.start <= t < w.end for t, _ in paired[0])
+            checks.append(_loss_check(where, w, lost, seen, emulator, paired=True))
+        elif asks_loss:
             lost = sum(x.packets for x in losses if w.start <= x.ts < w.end)
             seen = bisect.bisect_left(times, w.end) - bisect.bisect_left(times, w.start)
             checks.append(_loss_check(where, w, lost, seen, emulator))
@@ -972,6 +1050,9 @@ def print_report(report: Report) -> None:
               help="silence on the wire longer than this is a gap")
 @click.option("--saturated", is_flag=True,
               help="the sender always had data: a rate below the cap is a failure")
+@click.option("--sender-pcap", "sender_pcap", type=click.Path(path_type=Path), default=None,
+              help="capture of the same port on the producer's side of the user-space link: "
+                   "one-way delays and losses packet by packet")
 @click.option("--emulator", type=click.Choice(["auto", "tc", "user-link"]), default="auto",
               show_default=True,
               help="what shaped the link; auto: the run's shaping.json beside the capture, "
@@ -980,11 +1061,13 @@ def print_report(report: Report) -> None:
               help="also write the checks and facts as JSON")
 def verify(pcap: Path, profile_path: str, emit_log: Path | None, port: int | None,
            framing: str | None, tolerance: float, gap_ms: float, saturated: bool,
-           emulator: str, json_out: Path | None) -> None:
+           emulator: str, sender_pcap: Path | None, json_out: Path | None) -> None:
     """Check a capture against the profile: rate vs cap per phase, gaps vs stalls,
     messages and latency vs the emit log. Exit 1 when a check fails."""
     if not pcap.exists():
         raise UsageError(f"{pcap}: no such file")
+    if sender_pcap is not None and not sender_pcap.exists():
+        raise UsageError(f"--sender-pcap {sender_pcap}: no such file")
     if not 0 < tolerance < 1:
         raise UsageError(f"--tolerance {tolerance} is not in (0, 1)")
     if gap_ms <= 0:
@@ -994,7 +1077,7 @@ def verify(pcap: Path, profile_path: str, emit_log: Path | None, port: int | Non
     report = verify_capture(pcap, profile, emit_log=log, port=port, framing=framing,
                             tolerance=tolerance, gap_ms=gap_ms, saturated=saturated,
                             emulator=emulator_of(pcap.parent, profile) if emulator == "auto"
-                            else emulator)
+                            else emulator, sender_pcap=sender_pcap)
     print_report(report)
     if json_out:
         json_out.write_text(json.dumps({"checks": [c.__dict__ for c in report.checks],
