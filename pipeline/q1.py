@@ -63,7 +63,7 @@ class Q1Stats:
     puts: int = 0
     gets: int = 0
     backpressure_events: int = 0
-    blocked_s: float = 0.0  # producer time spent waiting for room
+    blocked_s: float = 0.0  # producer time spent waiting for room (sweeps of full shards, back-off)
     put_s: float = 0.0  # total put latency (blocked time and IPC included)
     get_s: float = 0.0  # total latency of gets that returned an item
     ipc_calls: int = 0
@@ -72,6 +72,7 @@ class Q1Stats:
         return {
             "puts": self.puts, "gets": self.gets,
             "backpressure_events": self.backpressure_events, "blocked_s": self.blocked_s,
+            "put_s": self.put_s,
             "put_mean_ms": self.put_s / self.puts * 1000 if self.puts else None,
             "get_mean_ms": self.get_s / self.gets * 1000 if self.gets else None,
             "ipc_calls": self.ipc_calls,
@@ -241,6 +242,7 @@ class _ShardedQ1:
         payload = self._pack(item)
         backoff = self.BACKOFF_S[0]
         while True:
+            t_sweep = now()
             for _ in range(self.shards):
                 if self._closed:
                     raise Q1Closed("Q1 closed")
@@ -257,9 +259,10 @@ class _ShardedQ1:
             self.stats.backpressure_events += 1
             if timeout_s is not None and now() - t0 >= timeout_s:
                 raise TimeoutError("Q1 full")
-            t_sleep = now()
             time.sleep(backoff)
-            self.stats.blocked_s += now() - t_sleep
+            # waiting for room: the sweep whose every shard answered "full", and the back-off
+            # after it (the put's own cost is the rest: packing and the call that placed it)
+            self.stats.blocked_s += now() - t_sweep
             backoff = min(backoff * 2, self.BACKOFF_S[1])
 
     def get(self, timeout_s: float) -> Any | None:

@@ -5,6 +5,7 @@ simulated runs whose cause is known."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from simstream.diagnose.evidence import (
 )
 from simstream.diagnose.load import NotARunDir, load_run, read_numeric_csv
 from simstream.diagnose.simulate import SCENARIOS, Scenario, write_run_dir
+from simstream.diagnose.verdict import decide
 
 BASE = 1_700_000_000.0
 HEADER = ("index,rank,seq,events,nbytes,t_arrival,t_parse_start,t_parse_end,t_q1_put_start,"
@@ -186,6 +188,35 @@ def test_ks_statistic_known_values() -> None:
     assert ks_statistic(a, a + 10) == 1.0
     assert ks_statistic(a, np.array([2.0, 3.0, 4.0])) == pytest.approx(1 / 3)
     assert ks_statistic(a, np.array([np.nan])) is None
+
+
+@pytest.mark.parametrize(("put_s", "verdict"), [(0.85 * 0.225, "queue"), (0.85 * 0.225 - 0.001, "network")])
+def test_one_thread_putting_is_saturated_by_its_own_clock(tmp_path: Path, put_s: float, verdict: str) -> None:
+    """The consumer's Q1 counters (summary.json q1) time each whole put call on the
+    putting thread's own clock: a Ray shard stamps the batch's entry mid-call, so the
+    per-batch intervals (1 ms each here) miss the answer's way back. One feeder puts
+    for all parsers: its share of the run is the put time over one thread, cut-off 0.85."""
+    d = write_handmade(tmp_path / "run")
+    s = json.loads((d / "summary.json").read_text())
+    s["q1"] = {"puts": 3, "put_s": put_s + 0.02, "blocked_s": 0.02, "put_mean_ms": (put_s + 0.02) / 3 * 1e3}
+    (d / "summary.json").write_text(json.dumps(s))
+    f = compute_evidence(load_run(d))
+    up = f.figures.upstream
+    assert up.time_s.put_source.startswith("summary.json")
+    assert up.time_s.put_threads == 1
+    assert up.time_s.q1_put_overhead == pytest.approx(put_s, abs=1e-4)
+    assert up.put_busy_share == pytest.approx(put_s / 0.225, abs=1e-3)
+    # the parser thread's parse (30 ms) plus the puts, over one parser thread, is larger still
+    assert up.busy_share == pytest.approx((0.030 + put_s) / 0.225, abs=1e-3)
+    # the loop's get waits say it starved (busy 19 %); the putting alone decides
+    assert decide(replace(f.figures, upstream=replace(up, busy_share=up.put_busy_share)))[0] == verdict
+
+
+def test_without_q1_counters_the_put_cost_comes_from_the_batches(tmp_path: Path) -> None:
+    f = compute_evidence(load_run(write_handmade(tmp_path / "run"))).figures.upstream
+    assert f.time_s.put_source == "batches.csv"
+    assert f.time_s.q1_put_overhead == pytest.approx(0.003, abs=1e-5)
+    assert f.put_busy_share == pytest.approx(0.003 / 0.225, abs=1e-4)
 
 
 def test_max_concurrency() -> None:

@@ -101,6 +101,14 @@ def test_upstream_work_decides_parse_or_queue_and_its_confidence() -> None:
     assert v == "parse" and c == pytest.approx(0.35 + 0.15 + 0.25 + 0.05, abs=1e-3)
 
 
+def test_upstream_costs_compare_per_thread_that_carried_them() -> None:
+    # two parser threads parsed 1.8 s in all (0.9 s each), one thread put for 1.0 s: the
+    # putting is the busier part, though the parse total is larger
+    ut = UpstreamTime(threads=2, parse=1.8, q1_put_overhead=1.0, put_threads=1)
+    assert decide(figures(loop=0.5, up=0.9, up_time=ut))[0] == "queue"
+    assert decide(figures(loop=0.5, up=0.9, up_time=replace(ut, parse=2.02)))[0] == "parse"
+
+
 # --- rule 3: arrivals set the pace
 
 

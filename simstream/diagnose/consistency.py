@@ -57,9 +57,10 @@ def _verdict_rules(r: dict[str, Any], ev: dict[str, Any]) -> list[str]:
     if full >= Q1_FULL_SATURATED and v == "network":
         out.append(f"verdict network although Q1 was over 80 % full {full:.0%} of the run")
     if v == "network" and up >= UPSTREAM_SATURATED:
-        out.append(f"verdict network although the parser threads were busy {up:.0%} (saturated)")
+        out.append(f"verdict network although the receiver side (parser threads, putting into Q1) was "
+                   f"busy {up:.0%} (saturated)")
     if loop < LOOP_SATURATED and up < UPSTREAM_SATURATED and full < Q1_FULL_SATURATED and v != "network":
-        out.append(f"verdict {v} although neither the loop ({loop:.0%}) nor the parser threads ({up:.0%}) "
+        out.append(f"verdict {v} although neither the loop ({loop:.0%}) nor the receiver side ({up:.0%}) "
                    "were saturated")
     return out
 

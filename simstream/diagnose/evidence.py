@@ -18,8 +18,17 @@ Decompositions that matter for the verdict:
   receiver's parser threads (their count = the most that overlap).
 - **loop busy share** ``u_loop = 1 - (time waiting on an empty Q1) / span``: the
   inference stage's utilisation, measured directly.
-- **upstream busy share** ``u_upstream``: parser-thread (receiver side) work,
-  parse plus the put's own cost, over threads x span.
+- **upstream busy share** ``u_upstream``: the receiver side's busiest part: its
+  parser threads' work, parse plus the put's own cost, over threads x span (as
+  when each parser puts its own batch), or the put's own cost alone over the
+  threads that put (as when one feeder puts for all parsers, the consumer's
+  production layout), whichever is larger.
+- **the put's own cost**: where the consumer recorded its Q1 counters
+  (summary.json ``q1``), the producer's own clock around each whole put call
+  less the time it waited for room (``put_s - blocked_s``); a queue whose
+  shards stamp an item's entry (Ray) stamps it mid-call, before the answer has
+  travelled back, so the per-batch put intervals miss part of the call.
+  Without the counters, the per-batch intervals less the FIFO model's wait.
 """
 
 from __future__ import annotations
@@ -323,8 +332,28 @@ def _put_block(base: _Base, maxsize: int) -> np.ndarray:
     return np.where(np.isfinite(blk), blk, 0.0)
 
 
+def _caller_put_own(summary: dict[str, Any]) -> float | None:
+    """The put's own cost over the run (s) as the putting side's clock saw it: time in
+    put calls less time waiting for room (summary.json ``q1``); None when not recorded."""
+    q = summary.get("q1") if isinstance(summary, dict) else None
+    if not isinstance(q, dict):
+        return None
+
+    def num(k: str) -> float | None:
+        v = q.get(k)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+    put_s, puts, mean_ms = num("put_s"), num("puts"), num("put_mean_ms")
+    if put_s is None and puts and mean_ms is not None:
+        put_s = puts * mean_ms / 1e3
+    if not put_s:
+        return None
+    return max(put_s - (num("blocked_s") or 0.0), 0.0)
+
+
 def _busy(base: _Base, q1f: Q1Figures, parse_loop: np.ndarray, parse_recv: np.ndarray, threads: int,
-          put_over: np.ndarray) -> tuple[LoopFigures, UpstreamFigures, tuple[np.ndarray, np.ndarray]]:
+          put_over: np.ndarray, caller_put_own: float | None = None,
+          ) -> tuple[LoopFigures, UpstreamFigures, tuple[np.ndarray, np.ndarray]]:
     """The loop's and the receiver side's busy shares and where their time went;
     also the loop's waits on an empty Q1 as intervals."""
     span, get_wait = base.span, base.dur["get_wait"]
@@ -335,7 +364,14 @@ def _busy(base: _Base, q1f: Q1Figures, parse_loop: np.ndarray, parse_recv: np.nd
     else:
         u_loop, src = 1.0 - (q1f.share_empty or 0.0), "q1 empty share"
     put_own = np.where(np.isfinite(put_over), put_over, 0.0)
-    u_up = (np.nansum(parse_recv) + np.nansum(put_own)) / (threads * span)
+    put_total = float(np.nansum(np.clip(put_own, 0, None)))
+    put_source = "batches.csv"
+    if caller_put_own is not None:
+        put_total, put_source = caller_put_own, "summary.json q1 (put_s - blocked_s)"
+    B = base.B
+    put_threads = max(1, max_concurrency(B["t_q1_put_start"], B["t_q1_put_end"]))
+    u_put = put_total / (put_threads * span)
+    u_up = max((float(np.nansum(parse_recv)) + put_total) / (threads * span), u_put)
     # where the loop's busy time went (totals, so rare long costs such as a
     # polling get's sleep count in full, which medians would hide)
     busy_total = max(span - wait_total, 0.0)
@@ -345,9 +381,9 @@ def _busy(base: _Base, q1f: Q1Figures, parse_loop: np.ndarray, parse_recv: np.nd
         busy_share=_r(u_loop), busy_source=src, wait_on_empty_q1_s=_r(wait_total),
         time_s=LoopTime(busy=_r(busy_total), wait_on_empty_q1=_r(wait_total), q1_get_overhead=_r(q_get),
                         parse=_r(p_loop), inference=_r(max(busy_total - q_get - p_loop, 0.0))))
-    up = UpstreamFigures(busy_share=_r(u_up), time_s=UpstreamTime(
-        threads=threads, parse=_r(float(np.nansum(parse_recv))),
-        q1_put_overhead=_r(float(np.nansum(np.clip(put_own, 0, None))))))
+    up = UpstreamFigures(busy_share=_r(u_up), put_busy_share=_r(u_put), time_s=UpstreamTime(
+        threads=threads, parse=_r(float(np.nansum(parse_recv))), q1_put_overhead=_r(put_total),
+        put_threads=put_threads, put_source=put_source))
     return loop, up, (ws, we)
 
 
@@ -538,13 +574,22 @@ def compute_evidence(run: RunData) -> Evidence:
     series["q1_t"], series["q1_depth"], series["q1_maxsize"] = qt, qd, q1f.maxsize
     put_block = _put_block(base, q1f.maxsize)
     put_over = d["put"] - put_block
-    loop, up, waits = _busy(base, q1f, parse_loop, parse_recv, threads, put_over)
+    loop, up, waits = _busy(base, q1f, parse_loop, parse_recv, threads, put_over,
+                            _caller_put_own(run.summary))
     cy = _cycle(base, parse_loop, put_over, in_loop)
     device = _device(run, base, waits, cy.gpu_async, series)
     arrivals = _arrivals(base, series)
     capacity = _capacity(cy, arrivals.rate_bps)
-    up_cost = (_med(parse_recv) or 0.0) + (cy.med["put_overhead"] or 0.0)
-    up = replace(up, capacity_bps=_r(threads / up_cost if up_cost > 0 else None))
+    # per batch: the put's own cost as the upstream's figures took it (the caller's
+    # whole calls where recorded)
+    put_med = cy.med["put_overhead"] or 0.0
+    if up.time_s.put_source != "batches.csv" and base.n:
+        put_med = (up.time_s.q1_put_overhead or 0.0) / base.n
+    up_cost = (_med(parse_recv) or 0.0) + put_med
+    caps = [threads / up_cost] if up_cost > 0 else []
+    if put_med > 0:
+        caps.append(up.time_s.put_threads / put_med)
+    up = replace(up, capacity_bps=_r(min(caps) if caps else None))
     costs = _costs(base, cy, parse_loop, put_over, loop, in_loop)
     costs = replace(costs, starvation=bool((device.busy_any_stream_share or 0) < 0.9 and (
         (q1f.share_under_30pct or 0) > 0.3 or (q1f.share_empty or 0) > 0.2)))

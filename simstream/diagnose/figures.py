@@ -95,18 +95,28 @@ class LoopFigures:
 
 @dataclass(frozen=True)
 class UpstreamTime:
-    """The receiver's parser threads' work over the run, in seconds."""
+    """The receiver side's work over the run, in seconds: ``threads`` parser threads
+    parsed, ``put_threads`` threads put into Q1 (the most puts open at once; one feeder
+    puts for all parsers in the consumer's production layout). ``put_source`` says
+    where the put's own cost was read: the producer's clock around each whole put call
+    (summary.json q1) or the per-batch put intervals (batches.csv)."""
 
     threads: int = 1
     parse: float | None = 0.0
     q1_put_overhead: float | None = 0.0
+    put_threads: int = 1
+    put_source: str = "batches.csv"
 
 
 @dataclass(frozen=True)
 class UpstreamFigures:
-    """The receiver side: busy share = (parse + put's own cost) / (threads x span)."""
+    """The receiver side: busy share = the larger of (parse + put's own cost) /
+    (parser threads x span), as when each parser puts its own batch, and the put's
+    own cost / (put threads x span), as when one thread puts for all parsers
+    (``put_busy_share``)."""
 
     busy_share: float | None = None
+    put_busy_share: float | None = None
     time_s: UpstreamTime = field(default_factory=UpstreamTime)
     capacity_bps: float | None = None
 
@@ -312,6 +322,7 @@ def figures_json(f: Figures) -> dict[str, Any]:
         "loop_busy_source": f.loop.busy_source,
         "loop_wait_on_empty_q1_s": f.loop.wait_on_empty_q1_s,
         "upstream_busy_share": f.upstream.busy_share,
+        "upstream_put_busy_share": f.upstream.put_busy_share,
         "gpu_source": d.source,
         "device": d.name,
         "device_id": d.id,

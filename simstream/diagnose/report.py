@@ -87,7 +87,8 @@ def key_evidence(f: Figures) -> list[str]:
         f"{_num(f.capacity.bps, '/s', 1)} (processed {_num(arr.throughput_bps, '/s', 1)})",
         f"{busy_label('loop_busy')} {_pc(f.loop.busy_share)} (waited on an empty Q1 the rest)"
         + _loop_split(f.loop.time_s)
-        + f"; receiver-side parser threads busy {_pc(f.upstream.busy_share)}",
+        + f"; receiver side busy {_pc(f.upstream.busy_share)} (putting into Q1 alone "
+        f"{_pc(f.upstream.put_busy_share)})",
         f"{busy_label('device_busy', dev.id)} {_pc(dev.busy_any_stream_share)} "
         f"({busy_label('device_compute_busy')} {_pc(dev.busy_compute_share)}); "
         f"compute idle gaps p50 {_num(gaps.p50_ms, ' ms')}, p90 {_num(gaps.p90_ms, ' ms')}, "

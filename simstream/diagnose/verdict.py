@@ -23,9 +23,11 @@ Decision, in order (figures from ``evidence.compute_evidence``):
    measured across processes or actors (a busy machine delays a put's stamp,
    so a get seems to wait for data that was already queued).
 2. Otherwise the loop starves (it waited on an empty Q1 for >= 15 % of the
-   run). If the upstream side is saturated (``upstream_busy_share`` =
-   parser-thread work (parse + the put's own cost) / (threads x span) >= 0.85),
-   where that work went decides (``upstream_time_s``): parse before Q1 ->
+   run). If the upstream side is saturated (``upstream_busy_share`` >= 0.85: the
+   larger of parser-thread work (parse + the put's own cost) / (threads x span)
+   and the put's own cost / (put threads x span), since one feeder thread puts
+   for all parsers in the consumer's layout), where that work went decides
+   (``upstream_time_s``, each per thread that did it): parse before Q1 ->
    ``parse``, the put's own cost -> ``queue``.
 3. Otherwise nothing in the consumer was saturated: arrivals were the limit
    -> ``network`` (the producer or the network between them). The emit log,
@@ -106,14 +108,17 @@ def _upstream_bound(f: Figures, u_up: float) -> tuple[str, float, list[str]]:
     """Rule 2: the receiver's parser threads are saturated; parse vs put cost decides."""
     ut = f.upstream.time_s
     costs = {"parse": _v(ut.parse), "queue": _v(ut.q1_put_overhead)}
-    verdict = max(costs, key=lambda k: costs[k])
-    other = min(costs.values())
+    # each cost per thread that carried it: parser threads parse, put threads put
+    per_thread = {"parse": costs["parse"] / max(ut.threads, 1), "queue": costs["queue"] / max(ut.put_threads, 1)}
+    verdict = max(per_thread, key=lambda k: per_thread[k])
+    other = min(per_thread.values())
     reasons = [
-        f"the receiver's parser threads ({f.parse.threads_observed}) were busy "
-        f"{u_up:.0%} of the run: parsing {costs['parse']:.2f} + Q1 put overhead "
+        f"the receiver side was busy {u_up:.0%} of the run (its busiest part: the parser threads "
+        f"({ut.threads}) together, or the putting into Q1 alone ({ut.put_threads} thread(s), busy "
+        f"{_v(f.upstream.put_busy_share):.0%})): parsing {costs['parse']:.2f} + Q1 put overhead "
         f"{costs['queue']:.2f} (s in all)"]
     primary = _clamp((u_up - UPSTREAM_SATURATED) / (1 - UPSTREAM_SATURATED))
-    dom = _dominance(costs[verdict], other)
+    dom = _dominance(per_thread[verdict], other)
     conf = 0.35 + 0.3 * primary + 0.25 * dom + 0.1 * _v(f.q1.share_under_30pct)
     return verdict, round(_clamp(conf, 0.05, 0.99), 3), reasons
 
@@ -121,8 +126,8 @@ def _upstream_bound(f: Figures, u_up: float) -> tuple[str, float, list[str]]:
 def _arrival_bound(f: Figures, u_loop: float, u_up: float) -> tuple[str, float, list[str]]:
     """Rule 3: nothing in the consumer was saturated: arrivals set the pace."""
     reasons = [
-        f"the receiver's parser threads were busy only {u_up:.0%}: neither they nor the inference loop "
-        "was saturated, arrivals set the pace"]
+        f"the receiver side (parser threads, putting into Q1) was busy only {u_up:.0%}: neither it nor "
+        "the inference loop was saturated, arrivals set the pace"]
     avc = f.capacity.arrival_vs_capacity
     if avc is not None:
         reasons.append(f"arrivals ran at {avc:.0%} of the consumer's capacity")
