@@ -58,3 +58,21 @@ def test_a_ray_profile_is_recognised_by_its_queue_backend(tmp_path: Path) -> Non
     assert bv.is_ray_profile(b["hypotheses/queue-bound-ray"], None)
     assert not bv.is_ray_profile(b["hypotheses/queue-bound"], None)
     assert bv.is_ray_profile(b["hypotheses/queue-bound"], "ray")
+
+
+def test_ray_profiles_are_skipped_and_said_so_without_ray(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(bv, "ray_available", lambda: False)
+    monkeypatch.setattr("sys.argv", ["bench_verdicts.py", "--runs", "1", "--load", "0",
+                                     "--profile", "hypotheses/queue-bound-ray"])
+    bv.main()
+    out = capsys.readouterr().out
+    assert "# skipped hypotheses/queue-bound-ray: its consumer runs on Ray and ray is not importable here" in out
+    assert "# nothing to run" in out and "load average" in out
+
+
+def test_lanes_that_do_not_fit_are_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.argv", ["bench_verdicts.py", "--lanes", "1000", "--cpus-per-lane", "2"])
+    with pytest.raises(SystemExit) as e:
+        bv.main()
+    assert e.value.code == 2
