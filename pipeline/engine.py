@@ -266,6 +266,13 @@ class Engine:
         """Wait for every outstanding batch; returns them in order. Raises StageError."""
         return self._executor.flush()
 
+    def done(self) -> list[Finished]:
+        """The outstanding batches that have already finished, in order, without
+        waiting (the loop collects them while Q1 is empty, so the last batch of a
+        burst is recorded when it ends, not when the next one comes). Raises
+        StageError."""
+        return self._executor.done()
+
     def close(self) -> None:
         """Stop the workers (CPU) or wait for the streams (CUDA); idempotent."""
         self._executor.close()
@@ -336,6 +343,16 @@ class _ThreadExecutor:
 
     def flush(self) -> list[Finished]:
         return self._collect(keep=0)
+
+    def done(self) -> list[Finished]:
+        self._check()
+        ready = 0
+        with self._cv:
+            for job in self._inflight:
+                if not job.done:
+                    break
+                ready += 1
+        return self._collect(keep=len(self._inflight) - ready)
 
     def _collect(self, keep: int) -> list[Finished]:
         out = []
@@ -596,6 +613,16 @@ class _CudaExecutor:
         self._check()
         with torch.cuda.device(self.device):
             return self._collect(keep=0)
+
+    def done(self) -> list[Finished]:
+        self._check()
+        with torch.cuda.device(self.device):
+            ready = 0
+            for job in self._inflight:
+                if not self._slots[job.buffer].events["d2h_end"].query():
+                    break
+                ready += 1
+            return self._collect(keep=len(self._inflight) - ready)
 
     def close(self) -> None:
         if self._closed:

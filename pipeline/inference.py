@@ -170,6 +170,11 @@ class InferenceLoop:
                     return
                 if drained:
                     break
+                # Q1 is empty: record the batches the engine has finished meanwhile
+                # (else the last of a burst waits for the next burst, or the stop)
+                done = getattr(ctx.engine, "done", None)
+                if done is not None:
+                    self.finish(done())
                 continue
             self._took(item, t_wait, ctx.clock())
             t_wait = None

@@ -364,3 +364,21 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=12, deadline=None)
 test_engine_state_machine = EngineMachine.TestCase
+
+
+def test_done_hands_over_finished_batches_without_waiting() -> None:
+    """``done()`` returns what has finished, in order, and never blocks: the loop calls
+    it while Q1 is empty, so a burst's last batch is recorded when it ends."""
+    with Engine(build_model({"kind": "synthetic", "compute_ms": 1}), device="cpu", buffers=3) as engine:
+        assert engine.done() == []  # nothing in flight
+        got: list[Finished] = []
+        for i in range(2):
+            arr, give_back = engine.host_array((2, 4), np.float32)
+            arr[:] = i
+            got += engine.submit(WorkItem(index=i, data=arr, release=give_back))
+        assert got == []  # 3 buffers: both still held by submit
+        deadline = now() + 30
+        while len(got) < 2 and now() < deadline:
+            got += engine.done()
+        assert [f.index for f in got] == [0, 1]
+        assert engine.flush() == [] and engine.done() == []
