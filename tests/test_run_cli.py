@@ -90,6 +90,40 @@ def test_queue_backend_reaches_the_consumer(tmp_path: Path, command: str,
         assert _exit_code([command, "--profile", str(prof), "--layout", "quick"]) == 2
 
 
+@pytest.mark.parametrize("command", ["run", "investigate"])
+def test_progress_is_watched_per_run(tmp_path: Path, command: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run gets the progress display (investigate's labelled by mode, its random
+    run without an emitter), planned from --duration; --progress-every 0 turns it off."""
+    from simstream.profile import load_profile
+    from simstream.runner.progress import RunProgress
+
+    seen: list[tuple[str, Any]] = []
+
+    def fake_run_profile(profile_path: Any, out: Any, **kw: Any) -> RunResult:
+        mode = kw.get("mode", "socket")
+        seen.append((mode, kw["watch"](Path(out), load_profile(profile_path), mode,
+                                       kw.get("duration_s"))))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(run_cli, "run_profile", fake_run_profile)
+    prof = tmp_path / "ok.yaml"
+    prof.write_text(GOOD)
+    argv = [command, "--profile", str(prof), "--out", str(tmp_path / "r"), "--duration", "3",
+            "--progress-every", "2"]
+    assert _exit_code(argv) == 1
+    (mode, watch), = seen
+    assert isinstance(watch, RunProgress) and watch.planned_s == 3 and watch.interval_s == 2
+    if command == "investigate":
+        assert (mode, watch.label, watch.emitter) == ("random", "random mode", False)
+    else:
+        assert (mode, watch.label, watch.emitter) == ("socket", "", True)
+    seen.clear()
+    assert _exit_code([*argv[:-1], "0"]) == 1
+    assert not isinstance(seen[0][1], RunProgress)  # off
+    assert _exit_code([*argv[:-1], "-1"]) == 2
+
+
 @pytest.mark.parametrize(("args", "msg"), [
     (["--capture-snaplen", "128"], "--capture-snaplen needs --capture"),
     (["--capture", "--capture-snaplen", "40"], "--capture-snaplen 40 is below 96 bytes"),
