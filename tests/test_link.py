@@ -116,6 +116,18 @@ def test_drop_tail_queue_in_packets_or_bytes(limit: dict[str, int], accepted: in
     assert drops[accepted:] == ["queue"] * (100 - accepted)  # tail drop: the newest go
 
 
+def test_default_queue_is_netems_1000_full_size_frames_in_bytes_too() -> None:
+    from simstream.testbed.link import DEFAULT_QUEUE_BYTES
+
+    assert DEFAULT_QUEUE_BYTES == 1000 * 1514
+    small = _link(rate_mbps=1)
+    assert [small.offer(0.0, 1000, i) for i in range(1100)].count(None) == 1001
+    # 64 KB packets (the TUN devices' MTU): the bytes fill first, not 1000 packets
+    big = _link(rate_mbps=1)
+    assert [big.offer(0.0, 64_000, i) for i in range(100)].count(None) == 1 + 23
+    assert "1000 packets or 1514000 bytes" in big.params.describe()[-1]
+
+
 def test_mahimahi_trace_delivers_1500_bytes_per_opportunity() -> None:
     trace = parse_mahimahi(["# one opportunity per ms", "1", "2", "3", "4"])
     assert trace.mean_mbps == pytest.approx(12.0)

@@ -130,7 +130,8 @@ def run_profile(
     ``kernel_shaping``: consumer and emitter in a testbed's namespaces, the link
     shaped by the kernel (the emitter shapes nothing itself); DIR/shaping.json
     says what was and was not applied. ``capture``: DIR/capture.pcap of the
-    stream's port, checked afterwards into DIR/verify.json (``capture_snaplen``
+    stream's port (and, through the user-space link, DIR/capture-producer.pcap of
+    its other side, headers only), checked afterwards into DIR/verify.json (``capture_snaplen``
     > 0 keeps only each packet's first bytes: rates are checked, message
     framing is not, and the file stays small). ``echo`` receives
     progress lines (the run directory first, then testbed, phase changes).
@@ -311,11 +312,19 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
                     wait_until(lambda p=p: is_listening(p), 180, f"the consumer to listen on {u}",
                                alive=consumer)
         cap = None
+        caps: list[Any] = []
         if capture:
             iface = tb.consumer_iface if tb is not None else "lo"
             cap = kernel.start_capture(procs, out, iface, port, limit + DRAIN_TIMEOUT_S,
                                        netns=tb.consumer_ns if tb is not None else None,
                                        snaplen=snaplen)
+            if tb is not None and tb.emulator == "user-link":
+                # the other side of the user-space link: verify follows each data
+                # packet across it (headers are enough: sequence, length, TSval)
+                caps.append(kernel.start_capture(
+                    procs, out, tb.producer_iface, port, limit + DRAIN_TIMEOUT_S,
+                    netns=tb.producer_ns, snaplen=kernel.SENDER_SNAPLEN,
+                    name=kernel.SENDER_CAPTURE_FILE))
             say(f"capturing port {port} on {iface}"
                 + (f" ({tb.consumer_ns})" if tb is not None else "")
                 + f" into {out / kernel.CAPTURE_FILE}")
@@ -365,6 +374,8 @@ def _socket_run(path: Path, profile: Profile, out: Path, result: RunResult, *,
             result.consumer_rc = consumer.returncode
         if cap is not None:
             cap.interrupt(grace_s=30)
+        for c in caps:
+            c.interrupt(grace_s=30)
         _check_consumer(result, consumer)
         if result.emitter_rc not in (0, None):
             raise RuntimeError(

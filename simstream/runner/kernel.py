@@ -32,6 +32,7 @@ from simstream.testbed import tc
 
 __all__ = [
     "CAPTURE_FILE",
+    "SENDER_CAPTURE_FILE",
     "EMITTER_PROFILE_FILE",
     "SHAPING_FILE",
     "VERIFY_FILE",
@@ -50,6 +51,10 @@ __all__ = [
 SHAPING_FILE = "shaping.json"
 VERIFY_FILE = "verify.json"
 CAPTURE_FILE = "capture.pcap"
+#: the producer's side of the user-space link, beside the consumer's capture
+SENDER_CAPTURE_FILE = "capture-producer.pcap"
+#: bytes kept of each packet there: Ethernet, IP and TCP headers with options
+SENDER_SNAPLEN = 128
 EMITTER_PROFILE_FILE = "emitter-profile.yaml"
 CAP_NET_RAW_BIT = 13
 
@@ -297,7 +302,7 @@ def shaping_record(tb: Any, name: str, timeline: TimelineRun | None,
 
 def start_capture(procs: list[Any], out: Path, iface: str, port: int, duration_s: float,
                   netns: str | None = None, ready_timeout_s: float = 60.0,
-                  snaplen: int = 0) -> Any:
+                  snaplen: int = 0, name: str = CAPTURE_FILE) -> Any:
     """Start ``simstream capture`` of ``tcp port`` on ``iface`` (inside ``netns`` if
     given) into DIR/capture.pcap, bounded by ``duration_s`` (and ``snaplen`` bytes
     a packet when > 0); return once its packet socket is open. The child is appended to ``procs`` (stopped on every exit).
@@ -307,10 +312,10 @@ def start_capture(procs: list[Any], out: Path, iface: str, port: int, duration_s
     from simstream.runner.procs import Child, wait_until
     from simstream.testbed.capture import capture_argv
 
-    log = out / "capture.log"
-    argv = capture_argv(iface, port, (out / CAPTURE_FILE).resolve(), duration_s, netns=netns,
+    log = out / (Path(name).stem + ".log")
+    argv = capture_argv(iface, port, (out / name).resolve(), duration_s, netns=netns,
                         snaplen=snaplen)
-    child = Child("capture", argv, log)
+    child = Child(Path(name).stem, argv, log)
     procs.append(child)
 
     def ready() -> bool:
@@ -345,13 +350,16 @@ def verify_run(out: Path, profile: Profile, port: int) -> tuple[dict[str, Any], 
 
     emit = out / "emit.jsonl"
     log = load_emit_log(emit) if emit.exists() else None
+    sender = out / SENDER_CAPTURE_FILE
     report = verify_capture(out / CAPTURE_FILE, profile, emit_log=log, port=port,
-                            emulator=emulator_of(out, profile))
+                            emulator=emulator_of(out, profile),
+                            sender_pcap=sender if sender.exists() else None)
     n_fail = sum(c.status == "FAIL" for c in report.checks)
     data = {
         "pcap": CAPTURE_FILE,
         "port": port,
         "emit_log": emit.name if log is not None else None,
+        "sender_pcap": sender.name if sender.exists() else None,
         "capture": capture_summary(out),
         "passed": not report.failed,
         "verdict": "FAIL" if report.failed else "PASS",

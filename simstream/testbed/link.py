@@ -50,6 +50,10 @@ MAHIMAHI_OPPORTUNITY_BYTES = 1500
 DEFAULT_BURST_BYTES = 1514
 #: netem's default queue limit, used when the profile names none.
 DEFAULT_QUEUE_PACKETS = 1000
+#: and in bytes: netem's 1000 packets are full-size Ethernet frames on a real link,
+#: whereas the forwarder's TUN devices carry packets of up to 64 KiB; without it the
+#: default queue would hold 64 MB (13 s at 40 Mbit/s) instead of netem's 1.5 MB
+DEFAULT_QUEUE_BYTES = DEFAULT_QUEUE_PACKETS * DEFAULT_BURST_BYTES
 
 
 # --------------------------------------------------------------------------
@@ -221,7 +225,8 @@ class LinkParams:
     ``rate_mbps`` None and no ``trace``: no rate stage (the queue is then empty).
     ``trace`` replaces ``rate_mbps``. ``loss_burst`` replaces ``loss_pct``.
     ``queue_bytes``/``queue_packets``: drop-tail limits of the queue in front
-    of the rate stage (either or both; neither means netem's 1000 packets).
+    of the rate stage (either or both; neither means netem's 1000 packets, and
+    at most their 1 514 000 bytes of full-size frames).
     """
 
     delay_ms: float = 0.0
@@ -287,8 +292,9 @@ class LinkParams:
                 lim.append(f"{self.queue_packets} packets")
             if self.queue_bytes is not None:
                 lim.append(f"{self.queue_bytes} bytes")
-            out.append("drop-tail queue of " + (" or ".join(lim) if lim
-                                                  else f"{DEFAULT_QUEUE_PACKETS} packets"))
+            out.append("drop-tail queue of " + (
+                " or ".join(lim) if lim else f"{DEFAULT_QUEUE_PACKETS} packets or "
+                f"{DEFAULT_QUEUE_BYTES} bytes (netem's default in full-size frames)"))
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -551,11 +557,11 @@ class Link:
         if self._rate is not None:
             self._drain_queue(now)
             n, b = len(self._queue), self._queued_bytes
-            limit_p = p.queue_packets
-            if limit_p is None and p.queue_bytes is None:
-                limit_p = DEFAULT_QUEUE_PACKETS
+            limit_p, limit_b = p.queue_packets, p.queue_bytes
+            if limit_p is None and limit_b is None:
+                limit_p, limit_b = DEFAULT_QUEUE_PACKETS, DEFAULT_QUEUE_BYTES
             if (limit_p is not None and n + 1 > limit_p) or (
-                    p.queue_bytes is not None and b + size > p.queue_bytes):
+                    limit_b is not None and b + size > limit_b):
                 st.queue_drops += 1
                 return "queue"
             release = self._rate.release(now, size)
