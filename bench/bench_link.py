@@ -166,6 +166,13 @@ def loss_rows(tb: Testbed, res: dict[str, Any], pps: float = LOSS_PPS) -> None:
         print("loss", row, flush=True)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ceiling_rows(res: dict[str, Any], seconds: float, repeats: int) -> None:
     """Uncapped TCP through the forwarder: offload on/off, MTU 65000/1500, interleaved."""
     configs = [(65000, True), (65000, False), (1500, True), (1500, False)]
@@ -174,16 +181,16 @@ def ceiling_rows(res: dict[str, Any], seconds: float, repeats: int) -> None:
             with Testbed.up("benchoff", _profile("user-link"), link_mtu=mtu,
                             link_offload=offload) as tb:
                 assert tb.forwarder is not None and tb.forwarder.offload == offload
-                t0 = os.times()
+                cpu0 = _cpu_s(tb.forwarder.pid)
                 mbps = tcp_mbps(tb, seconds)
-                t1 = os.times()
+                cpu = _cpu_s(tb.forwarder.pid) - cpu0
                 st = tb.forwarder.stats()["p2c"]
             row = {"repeat": rep, "mtu": mtu, "offload": offload, "tcp_mbps": mbps,
                    "packets": st["delivered"],
                    "mean_packet_bytes": st["delivered_bytes"] / max(1, st["delivered"]),
                    "packets_per_s": st["delivered"] / seconds,
-                   "children_cpu_s": (t1.children_user + t1.children_system)
-                   - (t0.children_user + t0.children_system)}
+                   "forwarder_cpu_s": cpu,
+                   "forwarder_cpu_s_per_gb": cpu / max(1e-9, st["delivered_bytes"] / 1e9)}
             res["offload"].append(row)
             print("offload", row, flush=True)
 
@@ -196,27 +203,37 @@ def verify_rows(res: dict[str, Any], seconds: float) -> None:
     for loss in (0.1, 1.0, 10.0):
         prof = _profile("user-link", latency_ms=20, jitter_ms=2, loss_pct=loss)
         with tempfile.TemporaryDirectory() as d:
-            pcap = Path(d) / "c.pcap"
+            pcap, sent = Path(d) / "c.pcap", Path(d) / "p.pcap"
             with Testbed.up("benchver", prof) as tb:
-                cap = subprocess.Popen(capture_argv(tb.consumer_iface, 5001, pcap, seconds + 60,
-                                                    netns=tb.consumer_ns),
-                                       stderr=subprocess.PIPE, text=True)
+                caps = [subprocess.Popen(capture_argv(iface, 5001, out, seconds + 60, netns=ns),
+                                         stderr=subprocess.PIPE, text=True)
+                        for iface, out, ns in ((tb.consumer_iface, pcap, tb.consumer_ns),
+                                               (tb.producer_iface, sent, tb.producer_ns))]
                 try:
-                    assert cap.stderr is not None
-                    for _ in range(5):
-                        if "capturing on" in cap.stderr.readline():
-                            break
+                    for cap in caps:
+                        assert cap.stderr is not None
+                        for _ in range(5):
+                            if "capturing on" in cap.stderr.readline():
+                                break
                     mbps = tcp_mbps(tb, seconds, SOCKBUF)
                 finally:
-                    cap.send_signal(signal.SIGINT)
-                    cap.communicate(timeout=30)
+                    for cap in caps:
+                        cap.send_signal(signal.SIGINT)
+                    for cap in caps:
+                        cap.communicate(timeout=30)
                 lost = tb.forwarder.stats()["p2c"]["lost"] if tb.forwarder else None
             rep = verify_capture(pcap, prof, framing="none", emulator="user-link")
+            both = verify_capture(pcap, prof, framing="none", emulator="user-link",
+                                  sender_pcap=sent)
         by = {c.name: c for c in rep.checks}
+        pb = {c.name: c for c in both.checks}
         row = {"loss_pct": loss, "tcp_mbps": mbps, "rtt": by["rtt"].measured,
                "rtt_expected": by["rtt"].expected, "rtt_status": by["rtt"].status,
                "loss": by["loss"].measured, "loss_expected": by["loss"].expected,
                "loss_status": by["loss"].status, "verify_lost_packets": rep.facts["lost_packets"],
+               "paired_delay": pb["delay"].measured, "paired_delay_status": pb["delay"].status,
+               "paired_loss": pb["loss"].measured, "paired_loss_status": pb["loss"].status,
+               "paired_lost_packets": both.facts["paired_lost_packets"],
                "forwarder_lost_packets": lost}
         res["verify"].append(row)
         print("verify", row, flush=True)
@@ -232,8 +249,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=3, help="ceiling runs per configuration")
+    ap.add_argument("--parts", default="all",
+                    help="comma-separated: link (RTT, loss, rate, TCP window, done), "
+                         "ceiling (offload), verify; default all")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    parts = {"link", "ceiling", "verify"} if a.parts == "all" else set(a.parts.split(","))
     res: dict[str, Any] = {"machine": machine(), "rtt": [], "loss": [], "rate": [],
                            "ceiling": {}, "tcp_window": [], "offload": [], "verify": [],
                            "netem": "not measured: no kernel here has sch_netem"}
@@ -241,16 +262,35 @@ def main() -> int:
     print("netem: the same profiles through tc netem could not be measured (no kernel here "
           "has sch_netem)", flush=True)
 
+    if "link" in parts:
+        link_rows(res, a.seconds)
+    if "ceiling" in parts:
+        ceiling_rows(res, a.seconds, a.repeats)
+    if "verify" in parts:
+        verify_rows(res, a.seconds)
+    with open("/proc/loadavg") as f:
+        res["machine"]["loadavg_at_end"] = f.read().split()[:3]
+    for name in ("benchlink", "benchveth", "benchoff", "benchver"):
+        assert not leftovers(name).namespaces, name
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    print(json.dumps(res))
+    return 0
+
+
+def link_rows(res: dict[str, Any], seconds: float) -> None:
+    """Round trips, loss, rate, the ceiling against a veth, TCP window, the done criterion."""
     # the baseline: a plain veth, nothing shaped
     with Testbed.up("benchveth", _profile("tc")) as tb:
-        res["ceiling"]["veth_tcp_mbps"] = tcp_mbps(tb, a.seconds)
+        res["ceiling"]["veth_tcp_mbps"] = tcp_mbps(tb, seconds)
         b = udp_blast(tb, 100_000, 0)
         res["ceiling"]["veth_udp_pps"] = b["received"] / b["span_s"] if b["span_s"] else None
     print("veth", res["ceiling"], flush=True)
 
     with Testbed.up("benchlink", _profile("user-link")) as tb:
         tb.set_phase(shaping())
-        res["ceiling"]["link_tcp_mbps"] = tcp_mbps(tb, a.seconds)
+        res["ceiling"]["link_tcp_mbps"] = tcp_mbps(tb, seconds)
         b = udp_blast(tb, 100_000, 0)
         res["ceiling"]["link_udp_pps"] = b["received"] / b["span_s"] if b["span_s"] else None
         res["ceiling"]["link_udp_sent_pps"] = b["sent"] / b["s"]
@@ -270,7 +310,7 @@ def main() -> int:
 
         for cap in (10, 50, 200, 1000, 2000):
             tb.set_phase(shaping(rate=cap))
-            mbps = tcp_mbps(tb, a.seconds)
+            mbps = tcp_mbps(tb, seconds)
             row = {"cap_mbps": cap, "measured_mbps": mbps, "ratio": mbps / cap}
             res["rate"].append(row)
             print("rate", row, flush=True)
@@ -278,7 +318,7 @@ def main() -> int:
         for lat in (0.5, 1, 2.5, 5, 10, 25, 50):
             tb.set_phase(shaping(lat))
             rtt = udp_rtts(tb, 20, 0.01)["median_ms"]
-            mbps = tcp_mbps(tb, a.seconds, SOCKBUF)
+            mbps = tcp_mbps(tb, seconds, SOCKBUF)
             bound = SOCKBUF * 8 / (rtt / 1000) / 1e6
             row = {"rtt_profile_ms": 2 * lat, "rtt_measured_ms": rtt, "mbps": mbps,
                    "window_over_rtt_mbps": bound, "ratio": mbps / bound}
@@ -288,25 +328,13 @@ def main() -> int:
         # the done criterion: 20 ms each way, 2 ms jitter
         tb.set_phase(shaping(20, 2))
         r = udp_rtts(tb, 100, 0.01)
-        mbps = tcp_mbps(tb, a.seconds, SOCKBUF)
+        mbps = tcp_mbps(tb, seconds, SOCKBUF)
         bound = SOCKBUF * 8 / (r["median_ms"] / 1000) / 1e6
         res["done"] = {"latency_ms": 20, "jitter_ms": 2, "udp_median_ms": r["median_ms"],
                        "udp_p99_ms": r["p99_ms"], "tcp_256k_mbps": mbps,
                        "window_over_rtt_mbps": bound, "ratio": mbps / bound}
         print("done", res["done"], flush=True)
         res["forwarder_stats"] = tb.forwarder.stats() if tb.forwarder else {}
-
-    ceiling_rows(res, a.seconds, a.repeats)
-    verify_rows(res, a.seconds)
-    with open("/proc/loadavg") as f:
-        res["machine"]["loadavg_at_end"] = f.read().split()[:3]
-    for name in ("benchlink", "benchveth", "benchoff", "benchver"):
-        assert not leftovers(name).namespaces, name
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
-    print(json.dumps(res))
-    return 0
 
 
 if __name__ == "__main__":
