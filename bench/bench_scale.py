@@ -2,7 +2,7 @@
 actors, with the consumer on Ray as production lays it out, and what stops it.
 
     .venv/bin/python bench/bench_scale.py [--cases 1x1x1,2x2x1,4x4x1,8x4x1]
-        [--model synthetic:20] [--batch 8] [--shape 1,512,512] [--duration 15]
+        [--model synthetic:20 | peaknet:production] [--batch 8] [--shape 1,512,512] [--duration 15]
         [--device auto] [--ray-cpus N] [--json FILE]
 
 A case ``RxKxA`` is R emitter ranks (in R emitter processes, distinct rank ids),
@@ -56,14 +56,32 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+PEAKNET_SIZES = ("tiny", "small", "base", "production")
+
+
 def parse_model(spec: str) -> dict[str, Any]:
-    """``synthetic:MS`` (a fixed compute time per batch) or ``peaknet``."""
+    """``synthetic:MS`` (a fixed compute time per batch) or ``peaknet:SIZE``. The
+    size is required: the model's own default is the tiny test size, which once ran
+    here unnoticed under a table that said production. Raises ValueError."""
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        return {"kind": "synthetic", "compute_ms": float(arg or 20)}
+        try:
+            return {"kind": "synthetic", "compute_ms": float(arg or 20)}
+        except ValueError:
+            raise ValueError(f"--model {spec!r}: synthetic:MS takes a number of ms") from None
     if kind == "peaknet":
-        return {"kind": "peaknet"}
-    raise SystemExit(f"--model {spec!r}: synthetic:MS or peaknet")
+        if arg not in PEAKNET_SIZES:
+            raise ValueError(f"--model {spec!r}: peaknet needs its size, peaknet:SIZE with "
+                             f"SIZE one of {', '.join(PEAKNET_SIZES)}")
+        return {"kind": "peaknet", "size": arg}
+    raise ValueError(f"--model {spec!r}: synthetic:MS or peaknet:SIZE")
+
+
+def describe_model(model: dict[str, Any]) -> str:
+    """The model as a table names it: ``PeakNet production``, ``synthetic 20 ms``."""
+    if model["kind"] == "peaknet":
+        return f"PeakNet {model['size']}"
+    return f"synthetic {model['compute_ms']:g} ms per batch"
 
 
 def profile_for(args: argparse.Namespace, ranks: int, receivers: int, actors: int,
@@ -122,7 +140,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default="1x1x1,2x2x1,4x4x1,8x4x1",
                     help="RANKSxRECEIVERSxACTORS, comma separated")
-    ap.add_argument("--model", default="synthetic:20")
+    ap.add_argument("--model", default="synthetic:20",
+                    help="synthetic:MS or peaknet:SIZE (tiny, small, base, production)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--shape", default="1,512,512")
     ap.add_argument("--duration", type=float, default=15.0)
@@ -132,6 +151,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     args.shape = [int(x) for x in args.shape.split(",")]
+    try:
+        model = parse_model(args.model)
+    except ValueError as e:
+        ap.error(str(e))
     cases = []
     for c in args.cases.split(","):
         try:
@@ -151,7 +174,7 @@ def main() -> None:
         nbytes *= x
     print(f"Machine: {machine()}\n")
     print(f"Batches of {args.batch} x {tuple(args.shape)} float32 ({nbytes / 1e6:.1f} MB), "
-          f"model {args.model}, device {args.device}, {args.duration:g} s per case, "
+          f"model {describe_model(model)}, device {args.device}, {args.duration:g} s per case, "
           "emitters flat out (no rate, no cap).\n")
     print(f"Baseline, random mode (no network, no Ray): {base['samples_per_s']:.1f} samples/s, "
           f"GPU busy {100 * (base['gpu_busy'] or 0):.0f} %.\n")
@@ -168,8 +191,8 @@ def main() -> None:
               f"{'-' if blocked is None else f'{100 * blocked:.0f} %'} | "
               f"{r['verdict']} ({r['confidence']}) |")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "baseline": base, "rows": rows},
-                                        indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "model": model, "baseline": base,
+                                         "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
