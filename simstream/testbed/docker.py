@@ -237,47 +237,76 @@ class Stack:
             _run(["docker", "start", cid])
 
 
-class _FaultRunner(threading.Thread):
-    """Applies each fault at its time from ``t0`` and undoes it FOR seconds later;
-    ``stop()`` undoes at once whatever is still applied. Records every step."""
+class _FaultRunner:
+    """Applies each fault at its time from ``t0`` and undoes it FOR seconds later.
+    One thread per service, taking that service's faults in time order: a slow
+    docker call (seconds on a loaded machine) delays only the faults of its own
+    container, and two faults of one container never overlap (a kill waits for
+    the pause before it to be undone). ``stop()`` undoes at once whatever is still
+    applied. Records every step."""
 
     def __init__(self, stack: Stack, faults: list[Fault], t0: float) -> None:
-        super().__init__(name="docker-faults", daemon=True)
-        self.stack, self.t0 = stack, t0
-        self.steps = sorted([(f.at_s, "apply", f) for f in faults]
-                            + [(f.at_s + f.for_s, "undo", f) for f in faults],
-                            key=lambda s: (s[0], s[1] == "apply"))
+        self.stack, self.t0, self.faults = stack, t0, list(faults)
         self.active: list[Fault] = []
         self.records: list[dict[str, Any]] = []
+        self._done: set[int] = set()  # indices of faults whose steps are over
         self._halt = threading.Event()
         self._lock = threading.Lock()
+        order = sorted(range(len(self.faults)), key=lambda i: self.faults[i].at_s)
+        services = dict.fromkeys(self.faults[i].service for i in order)
+        self._threads = [threading.Thread(
+            target=self._run_service, args=([i for i in order if self.faults[i].service == s],),
+            daemon=True, name=f"docker-faults-{s}") for s in services]
 
-    def run(self) -> None:
-        for at, what, fault in self.steps:
-            if self._halt.wait(max(0.0, self.t0 + at - time.time())):
-                return
-            self._step(what, fault)
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
 
-    def _step(self, what: str, fault: Fault) -> None:
+    def _run_service(self, indices: list[int]) -> None:
+        for i in indices:
+            fault = self.faults[i]
+            try:
+                for at, what in ((fault.at_s, "apply"), (fault.at_s + fault.for_s, "undo")):
+                    if self._halt.wait(max(0.0, self.t0 + at - time.time())):
+                        return
+                    if not self._step(what, fault):
+                        break
+            finally:
+                with self._lock:
+                    self._done.add(i)
+
+    def pending(self, service: str, kind: str) -> bool:
+        """Whether a fault of this kind on this service has steps still to come (or
+        running), e.g. a killed container that is to be started again."""
+        with self._lock:
+            return any(f.service == service and f.kind == kind and i not in self._done
+                       for i, f in enumerate(self.faults))
+
+    def _step(self, what: str, fault: Fault) -> bool:
+        """One step; False when it failed (an apply that failed has nothing to undo)."""
         with self._lock:
             if what == "undo" and fault not in self.active:
-                return
-            t = time.time()
-            try:
-                (self.stack.apply if what == "apply" else self.stack.undo)(fault)
-                error = None
-            except DockerError as e:
-                error = str(e)
+                return False
+        t = time.time()
+        try:
+            (self.stack.apply if what == "apply" else self.stack.undo)(fault)
+            error = None
+        except DockerError as e:
+            error = str(e)
+        with self._lock:
             if what == "apply" and error is None:
                 self.active.append(fault)
             elif what == "undo" and fault in self.active:
                 self.active.remove(fault)
             self.records.append({"t": t, "t_done": time.time(), "step": what, "kind": fault.kind,
                                  "service": fault.service, "error": error})
+            self.records.sort(key=lambda r: r["t"])
+        return error is None
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=CALL_TIMEOUT_S)
+        for t in self._threads:
+            t.join(timeout=2 * CALL_TIMEOUT_S)
         for fault in list(self.active):
             self._step("undo", fault)
 
@@ -319,10 +348,8 @@ def run_experiment(stack: Stack, faults: list[Fault], out: Path | None, *,
                 if s in exit_codes:
                     continue
                 st = stack.state(cid)
-                pending_restart = any(f.service == s and f.kind == "kill" for f in runner.active)
-                if st.get("Status") == "exited" and not pending_restart and not any(
-                        at >= time.time() - t0 for at, what, f in runner.steps
-                        if f.service == s and f.kind == "kill"):
+                # a container killed by a fault, or about to be, is started again
+                if st.get("Status") == "exited" and not runner.pending(s, "kill"):
                     exit_codes[s] = int(st.get("ExitCode", -1))
                     echo(f"{s}: exited {exit_codes[s]} after {time.time() - t0:.1f} s")
             time.sleep(0.5)
