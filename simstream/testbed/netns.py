@@ -375,6 +375,7 @@ class Testbed:
                         "TCP segmentation and checksum offload" if self.forwarder.offload
                         else "no offload" + (f" ({self.forwarder.offload_error})"
                                              if self.forwarder.offload_error else "")))
+                self.applied.append(f"forwarder niceness {self.forwarder.nice}")
             self.not_applied = []
             return
         shapings = [p.shaping for p in self.phases]

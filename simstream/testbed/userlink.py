@@ -36,6 +36,9 @@ __all__ = [
 #: profile keys only the user-space emulator applies
 USER_LINK_ONLY = ("loss_burst", "reorder", "queue_packets", "queue_bytes", "trace")
 READY_TIMEOUT_S = 30.0
+#: the forwarder's niceness: ahead of ordinary work on a busy machine (a forwarder
+#: not scheduled stalls the link), yet below anything real-time
+FORWARDER_NICE = -10
 REPLY_TIMEOUT_S = 10.0
 
 
@@ -121,7 +124,8 @@ class Forwarder:
 
     def __init__(self, producer_ns: str, consumer_ns: str, prod_iface: str, cons_iface: str,
                  p2c: LinkParams, c2p: LinkParams, *, stats_file: Path,
-                 seed: int | None = None, detached: bool = False, offload: bool = True) -> None:
+                 seed: int | None = None, detached: bool = False, offload: bool = True,
+                 nice: int = FORWARDER_NICE) -> None:
         argv = ["ip", "netns", "exec", producer_ns, sys.executable, "-m",
                 "simstream.testbed.linkfwd", "--peer-ns", consumer_ns,
                 "--prod-iface", prod_iface, "--cons-iface", cons_iface,
@@ -132,6 +136,8 @@ class Forwarder:
             argv += ["--seed", str(seed)]
         if offload:
             argv.append("--offload")
+        if nice:
+            argv += ["--nice", str(nice)]
         if not detached:
             argv += ["--watch-parent", "--own-ns", producer_ns]
         env = dict(os.environ)
@@ -157,6 +163,7 @@ class Forwarder:
         # what the TUN devices got: offload asked for may be refused by an old kernel
         self.offload = bool(reply.get("offload"))
         self.offload_error = str(reply.get("offload_error") or "")
+        self.nice = int(reply.get("nice") or 0)
 
     def _stderr(self) -> str:
         if self.proc.poll() is None:
