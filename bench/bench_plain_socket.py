@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,74 @@ def _zmq_receiver(port: int, ready: Any, out: Any) -> None:
     ctx.term()
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _tree_cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes and their descendants (Linux
+    /proc; a process gone or unreadable counts nothing)."""
+    seen: set[int] = set()
+    stack, total = list(pids), 0
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                stack += [int(x) for x in fh.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / _TICK
+
+
+class CpuSampler:
+    """Samples the CPU time of a sender's process tree every ``every_s`` in a thread,
+    so the CPU it spent while the receivers were receiving (not starting up) can be
+    read off: ``cpu_between(t0, t1)`` (``time.perf_counter`` times, interpolated)."""
+
+    def __init__(self, pids: Any, every_s: float = 0.05) -> None:
+        self.pids = pids  # a list, or a callable giving one (filled in as they start)
+        self.every_s = every_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = self.pids() if callable(self.pids) else self.pids
+            used = _tree_cpu_s(list(pids))
+            # a process that has exited counts nothing any more: its time stays counted
+            last = self.samples[-1][1] if self.samples else 0.0
+            self.samples.append((time.perf_counter(), max(used, last)))
+            self._stop.wait(self.every_s)
+
+    def cpu_between(self, t0: float, t1: float) -> float | None:
+        def at(t: float) -> float | None:
+            if not self.samples:
+                return None
+            if t <= self.samples[0][0]:
+                return self.samples[0][1]
+            for (ta, ca), (tb, cb) in zip(self.samples, self.samples[1:], strict=False):
+                if ta <= t <= tb:
+                    return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
+            return self.samples[-1][1]  # after the last sample: the senders had ended
+
+        a, b = at(t0), at(t1)
+        return None if a is None or b is None else max(0.0, b - a)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,24 +224,34 @@ def _gbps(results: list[tuple[int, float, float]]) -> float:
     return total / span / 1e9 if span > 0 else 0.0
 
 
-def tcp_gbps(streams: int, nbytes: int, seconds: float) -> float:
+def _cpu_per_gb(results: list[tuple[int, float, float]], cpu: CpuSampler) -> float | None:
+    """The senders' CPU seconds per GB received, over the receivers' window."""
+    total = sum(r[0] for r in results)
+    used = cpu.cpu_between(min(r[1] for r in results), max(r[2] for r in results))
+    return used / (total / 1e9) if used is not None and total else None
+
+
+def tcp_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | None]:
+    """GB/s of N plain TCP streams, and the senders' CPU seconds per GB."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = []
-    for _ in range(streams):
-        lsock = socket.socket()
-        lsock.bind(("127.0.0.1", 0))
-        lsock.listen(1)
-        port = lsock.getsockname()[1]
-        procs.append(ctx.Process(target=_tcp_receiver, args=(lsock, out)))
-        procs.append(ctx.Process(target=_tcp_sender, args=(port, nbytes, seconds)))
-        procs[-2].start()
-        lsock.close()
-        procs[-1].start()
-    results = [out.get(timeout=seconds + 60) for _ in range(streams)]
+    procs, senders = [], []
+    with CpuSampler(lambda: [p.pid for p in senders if p.pid]) as cpu:
+        for _ in range(streams):
+            lsock = socket.socket()
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(1)
+            port = lsock.getsockname()[1]
+            procs.append(ctx.Process(target=_tcp_receiver, args=(lsock, out)))
+            procs.append(ctx.Process(target=_tcp_sender, args=(port, nbytes, seconds)))
+            senders.append(procs[-1])
+            procs[-2].start()
+            lsock.close()
+            procs[-1].start()
+        results = [out.get(timeout=seconds + 60) for _ in range(streams)]
     for p in procs:
         p.join(timeout=30)
-    return _gbps(results)
+    return _gbps(results), _cpu_per_gb(results, cpu)
 
 
 def _pull_receivers(ctx: Any, streams: int) -> tuple[list[Any], list[int], Any]:
@@ -188,16 +267,18 @@ def _pull_receivers(ctx: Any, streams: int) -> tuple[list[Any], list[int], Any]:
     return procs, ports, out
 
 
-def zmq_gbps(streams: int, nbytes: int, seconds: float) -> float:
+def zmq_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | None]:
+    """GB/s of N pyzmq PUSH -> PULL pairs, and the senders' CPU seconds per GB."""
     ctx = mp.get_context("spawn")
     procs, ports, out = _pull_receivers(ctx, streams)
-    for port in ports:
-        procs.append(ctx.Process(target=_zmq_sender, args=(port, nbytes, seconds)))
-        procs[-1].start()
-    results = [out.get(timeout=seconds + 60) for _ in range(streams)]
-    for p in procs:
+    senders = [ctx.Process(target=_zmq_sender, args=(port, nbytes, seconds)) for port in ports]
+    with CpuSampler(lambda: [p.pid for p in senders if p.pid]) as cpu:
+        for p in senders:
+            p.start()
+        results = [out.get(timeout=seconds + 60) for _ in range(streams)]
+    for p in procs + senders:
         p.join(timeout=30)
-    return _gbps(results)
+    return _gbps(results), _cpu_per_gb(results, cpu)
 
 
 def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int]) -> dict[str, Any]:
@@ -218,8 +299,9 @@ def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int]) ->
     }
 
 
-def emit_gbps(streams: int, nbytes: int, seconds: float) -> float:
-    """``simstream emit --processes N`` into N PULL receivers, as ``zmq_gbps`` measures."""
+def emit_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | None]:
+    """``simstream emit --processes N`` into N PULL receivers, as ``zmq_gbps``
+    measures it; its CPU per GB is that of the whole emitter (parent and children)."""
     import yaml
 
     ctx = mp.get_context("spawn")
@@ -229,17 +311,23 @@ def emit_gbps(streams: int, nbytes: int, seconds: float) -> float:
         prof.write_text(yaml.safe_dump(emit_profile(streams, nbytes, seconds, ports)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)}
-        run = subprocess.run([sys.executable, "-m", "simstream", "emit", "--profile", str(prof),
-                              "--no-progress"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=seconds + 120)
+        run = subprocess.Popen([sys.executable, "-m", "simstream", "emit", "--profile", str(prof),
+                                "--no-progress"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        with CpuSampler([run.pid]) as cpu:
+            try:
+                _, err = run.communicate(timeout=seconds + 120)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                _, err = run.communicate()
     if run.returncode != 0:
         for p in procs:
             p.kill()
-        raise RuntimeError(f"simstream emit failed ({run.returncode}): {run.stderr[-2000:]}")
+        raise RuntimeError(f"simstream emit failed ({run.returncode}): {err[-2000:]}")
     results = [out.get(timeout=IDLE_S + 60) for _ in range(streams)]
     for p in procs:
         p.join(timeout=30)
-    return _gbps(results)
+    return _gbps(results), _cpu_per_gb(results, cpu)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -285,9 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         "memcpy_gbps": memcpy_gbps(nbytes, args.seconds),
         "tcp_gbps": {},
         "zmq_gbps": {},
+        "tcp_cpu_s_per_gb": {},
+        "zmq_cpu_s_per_gb": {},
     }
     if "emit" in cases:
-        rows.update(emit_gbps={}, emit_over_tcp={}, emit_over_zmq={})
+        rows.update(emit_gbps={}, emit_cpu_s_per_gb={}, emit_over_tcp={}, emit_over_zmq={},
+                    emit_cpu_over_tcp={})
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for n in counts:
@@ -295,32 +386,39 @@ def main(argv: list[str] | None = None) -> int:
             # the cases alike, and each round's ratio compares neighbours in time
             run: dict[str, Any] = {"round": r, "streams": n}
             if "tcp" in cases:
-                run["tcp_gbps"] = tcp_gbps(n, nbytes, args.seconds)
+                run["tcp_gbps"], run["tcp_cpu_s_per_gb"] = tcp_gbps(n, nbytes, args.seconds)
             if have_zmq and "zmq" in cases:
-                run["zmq_gbps"] = zmq_gbps(n, nbytes, args.seconds)
+                run["zmq_gbps"], run["zmq_cpu_s_per_gb"] = zmq_gbps(n, nbytes, args.seconds)
             if "emit" in cases:
-                run["emit_gbps"] = e = emit_gbps(n, nbytes, args.seconds)
+                e, run["emit_cpu_s_per_gb"] = emit_gbps(n, nbytes, args.seconds)
+                run["emit_gbps"] = e
                 run["emit_over_tcp"] = _ratio(e, run.get("tcp_gbps"))
                 run["emit_over_zmq"] = _ratio(e, run.get("zmq_gbps"))
+                run["emit_cpu_over_tcp"] = _ratio(run["emit_cpu_s_per_gb"],
+                                                  run.get("tcp_cpu_s_per_gb"))
             runs.append(run)
             print(json.dumps(run), flush=True)
-    # per stream count: the best rate of each case over the rounds, and the median
-    # of the rounds' own ratios (each taken between runs next to each other in time)
+    # per stream count: the best rate of each case over the rounds, the median CPU
+    # per GB, and the median of the rounds' own ratios (each taken between runs
+    # next to each other in time)
     for n in counts:
         mine = [x for x in runs if x["streams"] == n]
-        for key in ("tcp_gbps", "zmq_gbps", "emit_gbps"):
+        for key in rows:
+            if not isinstance(rows[key], dict) or key == "machine":
+                continue
             vals = [x[key] for x in mine if x.get(key) is not None]
-            if vals and key in rows:
-                rows[key][n] = max(vals)
-        for key in ("emit_over_tcp", "emit_over_zmq"):
-            vals = [x[key] for x in mine if x.get(key) is not None]
-            if key in rows:
+            if key.endswith("_gbps"):
+                if vals:
+                    rows[key][n] = max(vals)
+            else:
                 rows[key][n] = statistics.median(vals) if vals else None
     rows["runs"] = runs
     print(f"machine: {rows['machine']['cpu']}, {rows['machine']['cores']} cores, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"message {nbytes / (1 << 20):.1f} MiB, {args.seconds:g} s per case, "
-          f"{args.rounds} round(s): best GB/s of each case, median of the rounds' ratios")
+          f"{args.rounds} round(s): best GB/s of each case, median of the rounds' ratios "
+          f"and CPU figures (sender CPU: user + system seconds of the sending processes "
+          f"per GB received, while the receivers received)")
     print(f"one-thread memcpy: {rows['memcpy_gbps']:.2f} GB/s")
     print(_table(rows, counts))
     if args.json:
@@ -336,6 +434,9 @@ def _table(rows: dict[str, Any], counts: list[int]) -> str:
     head = "streams  tcp GB/s  zmq GB/s  zmq/tcp"
     if emit:
         head += "  emit GB/s  emit/tcp  emit/zmq"
+    head += "  | sender CPU s/GB: tcp      zmq"
+    if emit:
+        head += "     emit  emit/tcp"
     lines = [head]
     for n in counts:
         t, z = rows["tcp_gbps"].get(n), rows["zmq_gbps"].get(n)
@@ -343,6 +444,11 @@ def _table(rows: dict[str, Any], counts: list[int]) -> str:
         if emit:
             line += (f"  {f(rows['emit_gbps'].get(n), 9)}  {f(rows['emit_over_tcp'].get(n))}"
                      f"  {f(rows['emit_over_zmq'].get(n))}")
+        line += (f"  | {' ' * 14}{f(rows['tcp_cpu_s_per_gb'].get(n), 6)}"
+                 f"  {f(rows['zmq_cpu_s_per_gb'].get(n), 7)}")
+        if emit:
+            line += (f"  {f(rows['emit_cpu_s_per_gb'].get(n), 7)}"
+                     f"  {f(rows['emit_cpu_over_tcp'].get(n))}")
         lines.append(line)
     return "\n".join(lines)
 

@@ -156,14 +156,18 @@ if a:
     tcp = {int(k): v for k, v in a["tcp_gbps"].items()}
     zmq = {int(k): v for k, v in a["zmq_gbps"].items()}
     emit = {int(k): v for k, v in a.get("emit_gbps", {}).items()}
+    cpu = {c: {int(k): v for k, v in a.get(f"{c}_cpu_s_per_gb", {}).items()}
+           for c in ("tcp", "zmq", "emit")}
     print(f"\nanchor and emitter: {a['msg_bytes'] / (1 << 20):.0f} MiB messages, "
           f"{a['seconds']:g} s per case; one-thread memcpy {a['memcpy_gbps']:.2f} GB/s")
-    print("streams | tcp GB/s | zmq GB/s | emit --processes N GB/s | emit/tcp | emit/zmq")
+    print("streams | tcp GB/s | zmq GB/s | emit --processes N GB/s | emit/tcp | emit/zmq "
+          "| sender CPU s/GB tcp / zmq / emit")
     for n in sorted(tcp):
         e = emit.get(n)
         print(f"{n:7d} | {f(tcp.get(n)):>8} | {f(zmq.get(n)):>8} | {f(e):>23} | "
               f"{f(e / tcp[n] if e and tcp.get(n) else None):>8} | "
-              f"{f(e / zmq[n] if e and zmq.get(n) else None):>8}")
+              f"{f(e / zmq[n] if e and zmq.get(n) else None):>8} | "
+              + " / ".join(f(cpu[c].get(n)) for c in ("tcp", "zmq", "emit")))
     if 1 in emit and 1 in tcp:
         print(f"goal 3: one process {emit[1] / tcp[1]:.2f} of one plain TCP stream (>= 0.8); "
               f"N processes: " + ", ".join(f"{n}: {emit[n] / tcp[n]:.2f}" for n in sorted(emit)
