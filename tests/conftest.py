@@ -46,7 +46,7 @@ def _reports_are_consistent(request):
         return
     import json
 
-    from simstream.diagnose.consistency import check
+    from simstream.diagnose.consistency import busy_disagreements, check
 
     for path in sorted(root.rglob("report.json")):
         try:
@@ -56,6 +56,14 @@ def _reports_are_consistent(request):
         if isinstance(report, dict) and "verdict" in report:
             problems = check(report)
             assert not problems, f"{path} contradicts its evidence:\n  " + "\n  ".join(problems)
+            # the busy figures: one definition, the same value in summary.json and the report
+            try:
+                summary = json.loads((path.parent / "summary.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(summary, dict):
+                problems = busy_disagreements(report, summary)
+                assert not problems, f"{path.parent}: " + "; ".join(problems)
 
 
 @pytest.fixture(autouse=True)

@@ -68,3 +68,14 @@ def test_selftest_checks_consistency(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "receive-network" in res.output and "cause receive" in res.output
     assert "inconsistent" not in res.output
+
+
+def test_busy_figures_of_summary_and_report_must_agree() -> None:
+    from simstream.diagnose.consistency import BUSY_TOLERANCE, busy_disagreements
+
+    report = {"evidence": {"loop_busy": 0.40, "device_busy": 0.60, "device_compute_busy": 0.20}}
+    same = {"loop_busy": 0.405, "device_busy": 0.60, "device_compute_busy": None}
+    assert busy_disagreements(report, same) == []  # within the tolerance; None not compared
+    off = {"device_busy": 0.60 + 2 * BUSY_TOLERANCE}
+    assert busy_disagreements(report, off) == ["device_busy 0.640 in summary.json, 0.600 in report.json"]
+    assert busy_disagreements({"evidence": {}}, off) == []  # an older report: nothing to compare

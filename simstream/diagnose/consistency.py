@@ -22,7 +22,11 @@ from simstream.diagnose.verdict import (
     VERDICTS,
 )
 
-__all__ = ["check", "check_file"]
+__all__ = ["BUSY_TOLERANCE", "busy_disagreements", "check", "check_file"]
+
+#: the busy figures of summary.json (running unions in the consumer) and of
+#: report.json (exact unions from the CSV files) agree to within this
+BUSY_TOLERANCE = 0.02
 
 _PCT = r"(\d+)%"
 
@@ -131,6 +135,22 @@ def check(report: dict[str, Any]) -> list[str]:
     if not isinstance(ev, dict):
         return ["report.json has no evidence object"]
     return _verdict_rules(report, ev) + _cause_rules(report, ev) + _sentence_rules(report, ev)
+
+
+def busy_disagreements(report: dict[str, Any], summary: dict[str, Any],
+                       tol: float = BUSY_TOLERANCE) -> list[str]:
+    """Each busy figure (simstream.records.contract.BUSY_FIGURES) whose value in the
+    consumer's summary.json and in the report's evidence differ by more than ``tol``;
+    a figure missing on either side is not compared."""
+    from simstream.records.contract import BUSY_FIGURES
+
+    ev = report.get("evidence") or {}
+    out = []
+    for key in BUSY_FIGURES:
+        a, b = _num(summary.get(key)), _num(ev.get(key))
+        if a is not None and b is not None and abs(a - b) > tol:
+            out.append(f"{key} {a:.3f} in summary.json, {b:.3f} in report.json")
+    return out
 
 
 def check_file(path: str | Path) -> list[str]:
