@@ -304,11 +304,15 @@ class _FaultRunner:
         return error is None
 
     def stop(self) -> None:
+        """Stop the schedule and undo what is applied: reconnect a cut container,
+        thaw a paused one; a killed one is left down (the stack is about to be
+        taken down, and starting it again would only start another emitter run)."""
         self._halt.set()
         for t in self._threads:
             t.join(timeout=2 * CALL_TIMEOUT_S)
         for fault in list(self.active):
-            self._step("undo", fault)
+            if fault.kind != "kill":
+                self._step("undo", fault)
 
 
 def _first_messages(stack: Stack, consumer: str, *, deadline: float) -> float:
