@@ -79,8 +79,11 @@ def test_summary_keys_match_the_doc() -> None:
 
 def test_payload_fields_match_the_doc() -> None:
     text = DOC.read_text()
-    for name in ("simstream_rank", "simstream_sequence"):
+    for name in ("simstream_rank", "simstream_sequence", "simstream_epoch"):
         assert f"`{c.SIMSTREAM_FIELDS[name]}`" in text and f"`{name}`" in text
+    # the epoch is where the emit log, messages.csv and the payload meet
+    assert "epoch" in c.EMIT_LOG_KEYS and "epoch" in c.MESSAGE_COLUMNS
+    assert "### Restarts: the epoch" in text
 
 
 def test_the_writer_writes_what_the_contract_says(tmp_path: Path) -> None:
