@@ -166,8 +166,18 @@ class Decoder:
         got = tuple(d for i, d in enumerate(ev) if not (d == 1 and i < len(ev) - 2))
         return ev == want or got == squeeze
 
-    def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
-        """Decode one message. Raises ParseError (the reason) for anything unusable."""
+    def parse(self, payload: Any, release: Callable[[], None] | None = None) -> ParsedBatch:
+        """Decode one message. Raises ParseError (the reason) for anything unusable.
+
+        ``release``: ``payload`` lies in host-pool memory (the fast layout's receiver
+        read it there) and this returns it. The arrays are then decoded without a
+        copy where their bytes lie back to back: the batch's data is a view of the
+        payload and its release is ``release`` (called after the H2D). Where the
+        data had to be copied out (compressed, chunked otherwise) the payload is
+        released here. On a ParseError the caller still owns the payload (to
+        quarantine it first)."""
+        if release is not None:
+            return self._parse_in_place(payload, release)
         t0 = self.clock()
         held: list[tuple[np.ndarray, Callable[[], None]]] = []
 
@@ -189,6 +199,14 @@ class Decoder:
             held.clear()
             return kept
 
+        try:
+            arrays = self._decode(payload, alloc)
+        except ParseError:
+            release_all()
+            raise
+        return self._batch(arrays, t0, release_all)
+
+    def _decode(self, payload: Any, alloc: Any) -> dict[str, np.ndarray]:
         lim = self.limits
         limits = Limits(max_bytes=lim.max_bytes, max_chunks=lim.max_chunks,
                         deadline=None if lim.deadline_s is None
@@ -196,18 +214,35 @@ class Decoder:
                         inspect=self._inspect)
         try:
             fmt = sniff(payload)
-            arrays = decode(payload, fields=self._wanted[fmt], alloc=alloc,
-                            optional=self._optional, limits=limits)
+            return decode(payload, fields=self._wanted[fmt], alloc=alloc,
+                          optional=self._optional, limits=limits)
         except ParseError:
-            release_all()
             raise
         except CodecError as e:
-            release_all()
             raise ParseError(f"codec: {e}") from None
         except (ValueError, TypeError, OSError, MemoryError) as e:
-            release_all()
             raise ParseError(f"codec: {type(e).__name__}: {e}") from None
 
+    def _parse_in_place(self, payload: Any, release: Callable[[], None]) -> ParsedBatch:
+        t0 = self.clock()
+        arrays = self._decode(payload, None)  # views of the payload where they can be
+        raw = payload if isinstance(payload, np.ndarray) else None
+
+        def keep_if_viewed(keep: np.ndarray | None = None) -> Callable[[], None] | None:
+            # the batch's release when its data is a view of the payload; else the
+            # payload goes back now (the data was copied out, or this is an error)
+            if keep is not None and raw is not None and np.may_share_memory(keep, raw):
+                return release
+            if keep is not None:
+                release()
+            return None
+
+        return self._batch(arrays, t0, keep_if_viewed)
+
+    def _batch(self, arrays: dict[str, np.ndarray], t0: float,
+               release_all: Callable[..., Callable[[], None] | None]) -> ParsedBatch:
+        """Check the decoded arrays and make the batch; ``release_all()`` on a
+        ParseError, ``release_all(keep=data)`` gives the batch's release."""
         field = arrays.get
 
         rank = _first_int(field("simstream_rank"))

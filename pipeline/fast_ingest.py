@@ -28,7 +28,6 @@ every receiver after the first message, stop) are those of ``ingest.receive``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -118,11 +117,20 @@ class _Shared:
 
 def _parse_and_put(ctx: StageContext, shared: _Shared, msg: RawMessage, index: int) -> None:
     """One parser thread's work: decode into host memory, then straight into Q1."""
+    owned = [msg.release] if msg.release is not None else []
+
+    def parse() -> Any:
+        pb = ctx.parser.parse(msg.payload, msg.release)
+        owned.clear()  # the batch holds the buffer now (or parse gave it back)
+        return pb
+
     try:
-        put_parsed(ctx, index, msg, functools.partial(ctx.parser.parse, msg.payload))
+        put_parsed(ctx, index, msg, parse)
     except BaseException as exc:  # a bug here must end the run, not hang it
         ctx.fail(exc)
     finally:
+        for release in owned:  # a parse error: quarantined, now the buffer goes back
+            release()
         shared.slots.release()
 
 
@@ -140,6 +148,8 @@ def _receive(ctx: StageContext, shared: _Shared, rx: Receiver, pool: ThreadPoolE
                 ctx.quarantine(index, msg.payload, msg.reject or
                                f"oversize: {msg.nbytes} bytes > max_message_bytes "
                                f"{ctx.cfg.max_message_bytes}", msg.nbytes, msg.t_arrival)
+                if msg.release is not None:
+                    msg.release()
             else:
                 # wait for a parse slot holding this message: while every slot is taken
                 # (Q1 full) nothing more is read, so the kernel buffers fill and the

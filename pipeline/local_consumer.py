@@ -38,6 +38,7 @@ from .q1 import Q1Sampler, make_q1
 from .receiver import check_bindable, open_receiver
 from .records import RunRecords
 from .summary import device_facts, summary_extra
+from .zmtp_into import IntoReceiver
 
 __all__ = ["run_local_consumer"]
 
@@ -75,8 +76,7 @@ class _LocalResources:
                           cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
         if cfg.mode == "socket" and cfg.layout == "fast":
             rcvbuf = fast_rcvbuf()
-            first, *rest = [open_receiver(cfg.transport, url, cfg.role, cfg.max_message_bytes,
-                                          cfg.rcvhwm, clock=clock, rcvbuf=rcvbuf)
+            first, *rest = [_fast_receiver(cfg, url, self.engine, clock, rcvbuf)
                             for url in cfg.urls]
             self.rx, self.extra_rx = first, rest
         elif cfg.mode == "socket":
@@ -108,6 +108,18 @@ class _LocalResources:
         if self.own_engine and self.engine is not None:
             with contextlib.suppress(Exception):
                 self.engine.close()
+
+
+def _fast_receiver(cfg: ConsumerConfig, url: str, engine: Any, clock: Clock,
+                   rcvbuf: int | None) -> Any:
+    """The fast layout's receiver for one address: for zmq bound here (and decoding
+    in this process), ``IntoReceiver``, reading each message once, straight into
+    the engine's host pool; otherwise the layout's usual one."""
+    if cfg.transport == "zmq" and cfg.role == "bind" and cfg.parse_isolation == "none":
+        return IntoReceiver(url, cfg.max_message_bytes, engine.host_array, clock=clock,
+                            rcvbuf=rcvbuf)
+    return open_receiver(cfg.transport, url, cfg.role, cfg.max_message_bytes, cfg.rcvhwm,
+                         clock=clock, rcvbuf=rcvbuf)
 
 
 def _start_ingest(ctx: StageContext, rx: Any, extra_rx: list[Any]) -> threading.Thread:

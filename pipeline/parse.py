@@ -10,6 +10,7 @@ hang in native decoding code costs one message, not the run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from simstream.clock import now
 
@@ -66,8 +67,15 @@ class Parser:
         if self._isolated is not None:
             self._isolated.close()
 
-    def parse(self, payload: bytes | bytearray | memoryview) -> ParsedBatch:
-        """Decode one message. Raises ParseError (the reason) for anything unusable."""
+    def parse(self, payload: Any, release: Callable[[], None] | None = None) -> ParsedBatch:
+        """Decode one message. Raises ParseError (the reason) for anything unusable.
+
+        ``release``: the payload lies in host-pool memory and this returns it; the
+        batch then keeps it as its data where it can (``Decoder.parse``). Taken over
+        on success; after a ParseError the caller still owns it."""
         if self._isolated is not None:
-            return self._isolated.parse(payload)
-        return self._decoder.parse(payload)
+            pb = self._isolated.parse(payload)
+            if release is not None:
+                release()  # the worker decoded from its own copy
+            return pb
+        return self._decoder.parse(payload, release)

@@ -72,6 +72,9 @@ class RawMessage:
     oversize: bool = False
     # set when the message is refused as received (e.g. multi-part): the quarantine reason
     reject: str | None = None
+    # returns ``payload``'s buffer to the host pool it was read into (the fast layout's
+    # zmq receiver), once, by whoever holds the message last; None: nothing to return
+    release: Callable[[], None] | None = None
 
 
 @dataclass

@@ -4,10 +4,12 @@ addresses in which every message is accounted for."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from simstream.pipeline import fast_ingest
@@ -15,8 +17,10 @@ from simstream.pipeline.config import consumer_config
 from simstream.pipeline.consumer import run_consumer
 from simstream.pipeline.fast_ingest import fast_rcvbuf, merged_receiver_stats
 from simstream.pipeline.receiver import ReceiverStats
+from simstream.pipeline.zmtp_into import IntoReceiver
 from simstream.profile import ProfileError
 from simstream.runner.procs import free_port
+from simstream.wire import zmtp
 from tests.peers import push_zmq
 from tests.test_consumer import check_receiver_timing, check_run_dir, config, message
 
@@ -148,3 +152,67 @@ def test_a_run_binds_every_address_for_the_fast_layout_from_profile_or_flag() ->
                                 ["--layout", "production"])
     with pytest.raises(ProfileError, match="layout fast .* needs queue.backend local"):
         _receiver_actors(base, ["--layout", "fast", "--queue-backend", "process"])
+
+
+def _push_peer(url: str, socket_type: bytes = b"PUSH") -> socket.socket:
+    """A raw ZMTP peer: connected, greeted, READY sent and the receiver's read."""
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(zmtp.greeting() + zmtp.command_frame(
+        "READY", zmtp.encode_properties({"Socket-Type": socket_type})))
+    return s
+
+
+def _recv_until(rx: IntoReceiver, done: Any) -> list[Any]:
+    """Messages received until ``done(messages)`` (at most 200 polls of 50 ms)."""
+    got: list[Any] = []
+    for _ in range(200):
+        if done(got):
+            break
+        msg = rx.recv(0.05)
+        if msg is not None:
+            got.append(msg)
+    return got
+
+
+def test_the_fast_receiver_reads_each_message_into_a_pool_buffer() -> None:
+    """IntoReceiver: one-frame messages land in buffers from ``alloc`` (handed over
+    with their release); a PING is answered; a multi-frame message is a reject; a
+    message over max_message_bytes ends its connection; a PUB peer is refused."""
+    released: list[int] = []
+
+    def alloc(shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Any]:
+        return np.empty(shape, dtype), lambda: released.append(1)
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    rx = IntoReceiver(url, max_message_bytes=1000, alloc=alloc)
+    try:
+        peer = _push_peer(url)
+        body = bytes(range(256)) + b"tail"  # a long frame (over 255 bytes)
+        peer.sendall(zmtp.frame_header(len(body)) + body + zmtp.frame_header(2) + b"hi"
+                     + zmtp.command_frame("PING", b"\x00\x0actx")
+                     + zmtp.frame_header(3, more=True) + b"abc" + zmtp.frame_header(1) + b"d")
+        first, second, multi = _recv_until(rx, lambda got: len(got) == 3)
+        assert isinstance(first.payload, np.ndarray) and bytes(first.payload) == body
+        assert bytes(second.payload) == b"hi" and first.release is not None
+        assert multi.reject.startswith("multipart: 2 frames (3, 1 bytes)") and multi.nbytes == 4
+        assert bytes(multi.payload) == b"abc" and multi.release is None
+        assert len(released) == 2  # the multi-frame message's two buffers went back
+        peer.settimeout(10)
+        greeting_and_ready = 64 + len(zmtp.command_frame(
+            "READY", zmtp.encode_properties({"Socket-Type": b"PULL"})))
+        reply = b""
+        while len(reply) < greeting_and_ready + len(zmtp.command_frame("PONG", b"ctx")):
+            reply += peer.recv(4096)
+        assert reply[greeting_and_ready:] == zmtp.command_frame("PONG", b"ctx")
+        peer.sendall(zmtp.frame_header(5000) + b"x" * 100)  # over the limit: dropped
+        assert _recv_until(rx, lambda got: rx.stats.disconnects) == []
+        assert rx.stats.oversize == 1 and rx.stats.disconnects == 1
+        peer.close()
+        bad = _push_peer(url, b"PUB")
+        assert _recv_until(rx, lambda got: rx.stats.protocol_errors) == []
+        assert rx.stats.protocol_errors == 1 and "PULL cannot talk to PUB" in rx.stats.errors[-1]
+        bad.close()
+        assert rx.stats.messages == 3 and rx.stats.multipart == 1 and rx.stats.connections == 1
+    finally:
+        rx.close()
