@@ -314,11 +314,13 @@ def test_verify_reads_round_trips_from_tcp_timestamps(tmp_path: Path) -> None:
 
 
 def _simulated_tcp(n: int, lost: set[int], *, idle_after: int | None = None, d: float = 0.02,
-                   window: int = 8, size: int = 1000) -> list[tuple[float, bytes]]:
+                   window: int = 8, size: int = 1000,
+                   sender: list[tuple[float, bytes]] | None = None) -> list[tuple[float, bytes]]:
     """What a capture at the consumer sees of an ACK-clocked sender: one-way delay ``d``
     both ways, ``window`` packets in flight, the packets in ``lost`` dropped on their
     first sending and resent on the third ACK after, a 0.5 s application pause before packet
-    ``idle_after``. The consumer ACKs each packet at once, TSval its millisecond clock."""
+    ``idle_after``. The consumer ACKs each packet at once, TSval its millisecond clock.
+    ``sender`` collects what a capture on the producer's side sees of the data."""
     import heapq
 
     ev: list[tuple[float, int, str, int, int]] = []  # (time, order, kind, index or TSval, TSecr)
@@ -329,6 +331,9 @@ def _simulated_tcp(n: int, lost: set[int], *, idle_after: int | None = None, d: 
     st = {"next": 0, "held": 0, "paused": 0, "idled": 0, "latest": 0}
 
     def send(t: float, i: int, tsecr: int) -> None:
+        if sender is not None:
+            sender.append((t, _ts_frame(PROD, CONS, 1 + i * size, b"x" * size,
+                                        tsval=10**6 + i + (i in dropped), tsecr=tsecr)))
         if i in lost and i not in dropped:
             dropped.add(i)
             retx.append([i, 3])  # resent on the third duplicate ACK
@@ -359,8 +364,8 @@ def _simulated_tcp(n: int, lost: set[int], *, idle_after: int | None = None, d: 
             break
         t, _, kind, a, b = heapq.heappop(ev)
         if kind == "data":
-            out.append((t, _ts_frame(PROD, CONS, 1 + a * size, b"x" * size, tsval=10**6 + a,
-                                     tsecr=b)))
+            out.append((t, _ts_frame(PROD, CONS, 1 + a * size, b"x" * size,
+                                     tsval=10**6 + a + (a in dropped), tsecr=b)))
             tsval = int(t * 1000)
             out.append((t, _ts_frame(CONS, PROD, 1, b"", tsval=tsval, tsecr=10**6 + a)))
             heapq.heappush(ev, (t + d, next(order), "ack", tsval, 0))
@@ -397,6 +402,48 @@ def test_round_trips_and_losses_of_a_simulated_stream(tmp_path: Path) -> None:
     flows = tcp_flows(_write_pcap(tmp_path / "missed.pcap", missed), 12321)
     d2 = max(flows, key=lambda f: f.payload_bytes)
     assert receiver_losses(d2) == ([], 1000)
+
+
+def test_verify_command_judges_a_simulated_link_from_both_sides(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from simstream.errors import UsageError
+    from simstream.testbed.verify import verify
+
+    sender: list[tuple[float, bytes]] = []
+    lost = {50, 51, 120, 300}
+    got = _write_pcap(tmp_path / "consumer.pcap", _simulated_tcp(400, lost, sender=sender))
+    sent = _write_pcap(tmp_path / "producer.pcap", sender)
+
+    def run(latency: float, *extra: str) -> tuple[int, dict[str, dict[str, str]]]:
+        prof = tmp_path / f"p{latency:g}.yaml"
+        prof.write_text("name: v\ntransport: {kind: tcp, url: 'tcp://10.213.0.2:12321'}\n"
+                        f"network: {{latency_ms: {latency}, loss_pct: 1, emulator: user-link}}\n")
+        out = tmp_path / "v.json"
+        r = CliRunner().invoke(verify, [str(got), "--profile", str(prof), "--framing", "none",
+                                        "--json", str(out), *extra])
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            raise r.exception
+        return r.exit_code, {c["name"]: c for c in json.loads(out.read_text())["checks"]}
+
+    rc, checks = run(20, "--sender-pcap", str(sent))
+    assert rc == 0, checks
+    assert checks["rtt"]["status"] == checks["delay"]["status"] == "PASS"
+    assert checks["delay"]["measured"].startswith("median 20.00 ms")
+    # 4 of the 404 packets sent: every one followed across the link
+    assert checks["loss"]["measured"] == "0.99 % (4 of 404 packets)"
+    assert checks["loss"]["status"] == "PASS"
+    rc, checks = run(40, "--sender-pcap", str(sent))
+    assert rc == 1 and checks["rtt"]["status"] == checks["delay"]["status"] == "FAIL"
+    # told it was tc: round trips and losses are reported, not judged
+    rc, checks = run(40, "--emulator", "tc")
+    assert rc == 0 and checks["rtt"]["status"] == checks["loss"]["status"] == "INFO"
+    with pytest.raises(UsageError, match="--sender-pcap .*: no such file"):
+        run(20, "--sender-pcap", str(tmp_path / "nope.pcap"))
+    other = _write_pcap(tmp_path / "other.pcap", [(0.0, _ts_frame(("10.213.0.1", 40001), CONS, 1,
+                                                                   b"x", tsval=1, tsecr=0))])
+    with pytest.raises(UsageError, match="not the same link's other side"):
+        run(20, "--sender-pcap", str(other))
 
 
 def test_round_trip_and_loss_checks_have_stated_bounds() -> None:

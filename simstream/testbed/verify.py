@@ -856,24 +856,42 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
     # the wire is quiet by design, not held back by a shaper
     data_first = messages[0].t_first if messages else t_first_pkt
     data_last = max(m.t_last for m in messages) if messages else t_last_pkt
-    for w in windows:
+    starts = [w.start for w in windows]
+
+    def phase_of(t: float) -> int:
+        """The window a packet time falls in; before the first or after the last
+        window (the timeline ends at the last packet) counts in that window."""
+        return min(len(windows) - 1, max(0, bisect.bisect_right(starts, t) - 1))
+
+    by_phase: dict[str, list[list[Any]]] = {
+        k: [[] for _ in windows] for k in ("rtt", "delay", "paired_lost", "holes")}
+    for t, r in rtts:
+        by_phase["rtt"][phase_of(t)].append(r)
+    for x in losses:
+        by_phase["holes"][phase_of(x.ts)].append(x.packets)
+    if paired is not None:
+        for t, d in paired[0]:
+            by_phase["delay"][phase_of(t)].append(d)
+        for t in paired[1]:
+            by_phase["paired_lost"][phase_of(t)].append(1)
+    seen_in = [0] * len(windows)
+    if asks_loss and paired is None:
+        for t in times:
+            seen_in[phase_of(t)] += 1
+    for i, w in enumerate(windows):
         a, b = max(w.start, data_first), min(w.end, data_last)
         span = b - a
         where = f"{w.phase} {w.start - t0:.2f}-{w.end - t0:.2f} s"
         if asks_latency:
-            checks.append(_rtt_check(where, w, [r for t, r in rtts if w.start <= t < w.end],
-                                     emulator))
+            checks.append(_rtt_check(where, w, by_phase["rtt"][i], emulator))
         if paired is not None and asks_latency:
-            checks.append(_delay_check(where, w, [d for t, d in paired[0]
-                                                  if w.start <= t < w.end]))
+            checks.append(_delay_check(where, w, by_phase["delay"][i]))
         if asks_loss and paired is not None:
-            lost = sum(w.start <= t < w.end for t in paired[1])
-            seen = sum(w.start <= t < w.end for t, _ in paired[0])
-            checks.append(_loss_check(where, w, lost, seen, emulator, paired=True))
+            checks.append(_loss_check(where, w, len(by_phase["paired_lost"][i]),
+                                      len(by_phase["delay"][i]), emulator, paired=True))
         elif asks_loss:
-            lost = sum(x.packets for x in losses if w.start <= x.ts < w.end)
-            seen = bisect.bisect_left(times, w.end) - bisect.bisect_left(times, w.start)
-            checks.append(_loss_check(where, w, lost, seen, emulator))
+            checks.append(_loss_check(where, w, sum(by_phase["holes"][i]), seen_in[i],
+                                      emulator))
         if span < MIN_WINDOW_S:
             checks.append(Check("rate", where, f"{span:.3f} s of data", f">= {MIN_WINDOW_S} s",
                                 "SKIP", "too short to measure against a token bucket"))
