@@ -272,6 +272,7 @@ def receiver_losses(flow: Flow) -> tuple[list[Loss], int]:
     highest: int | None = None
     # each hole: [start, end, ts, [(a, b) ranges resent into it], packets that resent new bytes]
     holes: list[list[Any]] = []
+    ends: list[int] = []  # each hole's end: holes open in stream order and never overlap
     for s, start in zip(flow.segs, offsets, strict=True):
         end = start + s.plen
         if highest is None:
@@ -279,8 +280,12 @@ def receiver_losses(flow: Flow) -> tuple[list[Loss], int]:
             continue
         if start > highest:
             holes.append([highest, start, s.ts, [], 0])
+            ends.append(start)
         elif start < highest:
-            for h in holes:
+            for k in range(bisect.bisect_right(ends, start), len(holes)):
+                h = holes[k]
+                if h[0] >= end:
+                    break
                 a, b = max(start, h[0]), min(end, h[1])
                 if a < b and not any(x <= a and b <= y for x, y in h[3]):
                     h[3].append((a, b))
