@@ -5,13 +5,15 @@
 #      --processes N` beside it (bench/bench_plain_socket.py --cases tcp,zmq,emit);
 #   2. socket vs random, layouts production and fast, synthetic 20 ms model,
 #      16 x 1x1920x1920 float32 uncompressed, 1 stream (bench/bench_socket_vs_random.py);
-#   3. the same with 4 streams.
+#   3. the same with 4 streams;
+#   and, between them, the fast layout's receive path alone, pyzmq frames + a
+#   decode copy against recv_into + decode in place (bench/bench_fast_receive.py).
 #
 # Every step has its own time limit (SIGINT to its process group, then SIGKILL)
 # and the whole session a deadline (TOTAL_S, default 500 s), so one hang cannot
-# eat the rest. Results go to $OUT (at most 6 files): env.txt, plain_emit.json,
-# svr_streams1.json, svr_streams4.json, summary.txt, session.log. The summary is
-# printed at the end.
+# eat the rest. Results go to $OUT (at most 7 files): env.txt, plain_emit.json,
+# fast_receive.json, svr_streams1.json, svr_streams4.json, summary.txt,
+# session.log. The summary is printed at the end.
 #
 #   bash bench/gpu_session.sh              # on the GPU host (CUDA)
 #   SMALL=1 bash bench/gpu_session.sh --no-gpu   # a dry run anywhere: tiny sizes, CPU
@@ -43,10 +45,10 @@ START=$SECONDS
 
 if [ "$SMALL" = 1 ]; then
   STREAMS=1,2; MSG_MIB=1; ANCHOR_S=1
-  BATCH=2; SHAPE=1,128,128; SVR_S=3; SVR_STREAMS="1 2"
+  BATCH=2; SHAPE=1,128,128; SVR_S=3; SVR_STREAMS="1 2"; RX_MIB=50
 else
   STREAMS=1,2,4,8; MSG_MIB=8; ANCHOR_S=3
-  BATCH=16; SHAPE=1,1920,1920; SVR_S=15; SVR_STREAMS="1 4"
+  BATCH=16; SHAPE=1,1920,1920; SVR_S=15; SVR_STREAMS="1 4"; RX_MIB=6000
 fi
 
 say() { echo "$*" | tee -a "$LOG"; }
@@ -114,6 +116,9 @@ step() {
 step anchor_emit 140 "$PY" bench/bench_plain_socket.py --streams "$STREAMS" \
   --msg-mib "$MSG_MIB" --seconds "$ANCHOR_S" --cases tcp,zmq,emit --json "$OUT/plain_emit.json"
 
+step fast_receive 60 "$PY" bench/bench_fast_receive.py --batch "$BATCH" --shape "$SHAPE" \
+  --mib "$RX_MIB" --rounds 1 --json "$OUT/fast_receive.json"
+
 for n in $SVR_STREAMS; do
   step "svr_streams$n" 160 "$PY" bench/bench_socket_vs_random.py --out "$WORK/svr$n" \
     --device "$DEVICE" --batch "$BATCH" --shape "$SHAPE" --seconds "$SVR_S" \
@@ -174,6 +179,15 @@ if a:
                                            if n in tcp))
 else:
     print("\nanchor and emitter: no results (see session.log)")
+fr = load("fast_receive.json")
+if fr:
+    print(f"\nreceive path alone, one stream, {fr['batch']}x{'x'.join(map(str, fr['shape']))} "
+          f"({fr['message_bytes'] / 1e6:.0f} MB messages): "
+          f"zmq frames + decode copy {fr['zmq']['gbps']:.2f} GB/s, "
+          f"{fr['zmq']['cpu_s_per_gb']:.3f} CPU s/GB; recv_into + in place "
+          f"{fr['into']['gbps']:.2f} GB/s, {fr['into']['cpu_s_per_gb']:.3f} CPU s/GB")
+else:
+    print("\nreceive path alone: no results (see session.log)")
 for n in svr_streams:
     rows = load(f"svr_streams{n}.json")
     print(f"\nsocket vs random, {n} stream(s):")
