@@ -295,6 +295,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20, help="runs per profile and load")
     ap.add_argument("--load", type=int, default=2,
                     help="CPU-bound processes (per lane) for the loaded series (0: quiet only)")
+    ap.add_argument("--loaded-only", action="store_true", help="skip the quiet series (needs --load > 0)")
     ap.add_argument("--profile", action="append", help="a bundled hypothesis profile (repeatable; default all)")
     ap.add_argument("--lanes", type=int, default=1, help="concurrent lanes (default 1)")
     ap.add_argument("--cpus-per-lane", type=int, default=None,
@@ -312,6 +313,9 @@ def main() -> None:
         ap.error("--runs must be >= 1 and --load >= 0")
     if a.deadline_s is not None and a.deadline_s <= 0 or a.grace_s < 0:
         ap.error("--deadline-s must be > 0 and --grace-s >= 0")
+    if a.loaded_only and not a.load:
+        ap.error("--loaded-only needs --load > 0")
+    loads = [a.load] if a.loaded_only else ([0, a.load] if a.load else [0])
     try:
         cpus = lane_cpus(sorted(os.sched_getaffinity(0)), a.lanes, a.cpus_per_lane)
     except ValueError as e:
@@ -333,7 +337,7 @@ def main() -> None:
     la0 = os.getloadavg()
     print(f"# machine: {cpu_model()}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable here); "
           f"load average {la0[0]:.1f} / {la0[1]:.1f} / {la0[2]:.1f} (1 / 5 / 15 min) at the start")
-    print(f"# {a.runs} run(s) per profile and load; loads {[0, a.load] if a.load else [0]} spinning "
+    print(f"# {a.runs} run(s) per profile and load; loads {loads} spinning "
           f"process(es) per lane; {a.lanes} lane(s): "
           + "; ".join(f"lane {i} CPUs {_cpu_list(c)}" for i, c in enumerate(cpus))
           + (f"; queue backend {a.queue_backend}" if a.queue_backend else ""))
@@ -348,12 +352,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-verdicts-") as tmp:
             outs = [Path(tmp) / f"lane{i}.jsonl" for i in range(a.lanes)]
             specs = [{"lane": i, "lanes": a.lanes, "cpus": cpus[i], "runs": a.runs,
-                      "loads": [0, a.load] if a.load else [0],
+                      "loads": loads,
                       "profiles": [(n, str(bundled[n])) for n in names], "backend": a.queue_backend,
                       "deadline": deadline, "grace_s": a.grace_s, "out": str(outs[i])} for i in range(a.lanes)]
             notes = run_lanes(specs, deadline + a.grace_s)
             runs = _read_runs(outs)
-        for load in ([0, a.load] if a.load else [0]):
+        for load in loads:
             for n in names:
                 rows.append(tally(n, load, [g for g in runs if g["profile"] == n and g["load_processes"] == load]))
     la1 = os.getloadavg()

@@ -384,6 +384,11 @@ class _RayShard:
     (an actor's default), so each answer reflects every call before it."""
 
     def __init__(self, capacity: int) -> None:
+        # the items are the consumer's Q1Items: load their module now, while the run is
+        # set up, not when the first batch arrives (a second or more on a busy machine,
+        # which the run's first puts would carry as if Q1 were slow)
+        from . import context  # noqa: F401
+
         self.capacity = capacity
         self.items: deque[Any] = deque()
 
@@ -432,7 +437,8 @@ class RayQ1(_ShardedQ1):
 
     ``maxsize`` is the total; each shard holds ``ceil(maxsize / shards)``.
     ``address``: None starts a local Ray instance (``num_cpus`` CPUs, quiet, no
-    dashboard) that ``close`` stops, unless ``RAY_ADDRESS`` is set; ``auto`` or
+    dashboard, its workers at the consumer's priority rather than Ray's nice 15)
+    that ``close`` stops, unless ``RAY_ADDRESS`` is set; ``auto`` or
     ``HOST:PORT`` attaches to a running cluster (left running). If Ray is already initialised in this process it is used
     as it is and left running. Raises UsageError when Ray is missing or the
     address cannot be reached, Q1Closed from ``put`` once closed.
@@ -500,6 +506,12 @@ class RayQ1(_ShardedQ1):
             # running on this host (a bare init would attach to that one)
             kwargs["address"] = "local"
             kwargs["num_cpus"] = num_cpus
+            # Ray starts its workers at nice 15, below everything else on the host: the
+            # consumer's own actors (receiver, Q1 shards, inference) would then yield to
+            # any other process (the run's emitter, unrelated work) and the run would
+            # measure the scheduler, not the queue. A Ray the consumer starts for itself
+            # runs them at the consumer's priority; a cluster's settings are its own.
+            kwargs["_system_config"] = {"worker_niceness": 0}
         else:
             kwargs["address"] = address
         if address not in (None, "auto"):

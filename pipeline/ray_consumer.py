@@ -142,6 +142,12 @@ class _Actor:
         self.error: str | None = None
         self._thread: threading.Thread | None = None
 
+    def _reach_shards(self) -> None:
+        """One call to every shard before the first batch: an actor handle's first call
+        looks the actor up, which on a busy machine takes up to a second and would
+        otherwise fall on the first puts and gets of the run, as if Q1 were slow."""
+        self.q1.depth()
+
     def _start_thread(self, body: Any, name: str) -> None:
         def run() -> None:
             try:
@@ -190,6 +196,7 @@ class ReceiverActor(_Actor):
         self.run = StageContext(cfg, self.relay, self.q1, _HostArrays(2 * cfg.parser_threads + 1),
                         self.stop_event,
                         stripe=self.stripe, track_put_end=False)
+        self._reach_shards()
         target = parse_in_receiver if cfg.parse_in == "receiver" else parse_in_actor
         self._start_thread(lambda: target(self.run, self.rx), f"receiver-{self.stripe[0]}")
         return None
@@ -246,6 +253,7 @@ class InferenceActor(_Actor):
             return {"error": str(exc)}
         if warmup:
             warm_up(self.engine, cfg)
+        self._reach_shards()
         run = StageContext(cfg, self.relay, self.q1, self.engine, self.stop_event,
                            track_put_end=False)
         # the driver reports progress

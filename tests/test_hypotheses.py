@@ -56,15 +56,9 @@ def test_hypothesis_profile_gets_its_verdict(name: str, backend: str | None,
     # every message the emitter delivered was received (matched by rank and seq)
     counts = assert_accounted(tmp_path / "run")
     assert counts["delivered"] == s["received"]
-    if backend is None and not name.endswith("-ray"):
-        assert result.report["verdict"] == EXPECTED[name], result.report.get("key_evidence")
-    else:
-        # On Ray actors a 2-core machine that is busy with other work can make the
-        # actor calls, not the scenario's stage, the slowest part of the run, so the
-        # named verdict is not reached by construction here: it is measured run by run
-        # in bench/bench_verdicts.py --queue-backend ray (BENCHMARKS.md). The suite
-        # keeps the accounting above, and every report.json it makes is checked
-        # against its own evidence (tests/conftest.py).
-        assert result.report["verdict"] in ("network", "parse", "queue", "consumer")
+    # on Ray actors too: each profile's bottleneck holds there by construction (the
+    # margins are in the profiles' descriptions), and the receiver side's putting into
+    # Q1 is timed on the putting thread's own clock (a shard stamps a batch mid-call)
+    assert result.report["verdict"] == EXPECTED[name], result.report.get("key_evidence")
     for f in ("report.json", "report.md", "report.html", "trace.json"):
         assert (tmp_path / "run" / f).exists()

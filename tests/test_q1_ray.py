@@ -271,3 +271,21 @@ def test_consume_unreachable_ray_address_exits_2_quickly(tmp_path: Path) -> None
     assert f"cannot reach Ray at '127.0.0.1:{port}'" in r.stderr and "Traceback" not in r.stderr
     # Ray alone would retry for minutes; the probe answers within its 5 s
     assert time.monotonic() - t0 < 60
+
+
+def test_a_ray_the_consumer_starts_runs_its_workers_at_its_own_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's default worker niceness (15) would let any other process on the host,
+    the run's own emitter included, take the CPU from the consumer's actors first."""
+    seen: list[dict] = []
+
+    class FakeRay:
+        def init(self, **kw):
+            seen.append(kw)
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    q = RayQ1.__new__(RayQ1)
+    q._ray = FakeRay()
+    q._init(None, 1)
+    assert seen[-1]["address"] == "local" and seen[-1]["_system_config"] == {"worker_niceness": 0}
+    q._init("auto", 1)  # a cluster's own settings are left alone
+    assert "_system_config" not in seen[-1]
