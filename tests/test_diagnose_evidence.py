@@ -219,6 +219,18 @@ def test_without_q1_counters_the_put_cost_comes_from_the_batches(tmp_path: Path)
     assert f.put_busy_share == pytest.approx(0.003 / 0.225, abs=1e-4)
 
 
+def test_two_loops_waiting_at_once_count_their_waits_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two inference actors share Q1: the second loop starts its get at 30 ms, while the
+    first is still waiting for batch 1. The loop busy share takes the waits as a union
+    (contract BUSY_FIGURES), never below 0."""
+    rows = list(ROWS)
+    rows[2] = rows[2][:5] + (0.030,) + rows[2][6:]
+    monkeypatch.setattr(__name__ + ".ROWS", rows)
+    f = compute_evidence(load_run(write_handmade(tmp_path / "run"))).to_json()
+    assert f["loop_wait_on_empty_q1_s"] == pytest.approx(0.011 + (0.211 - 0.025), abs=1e-5)
+    assert f["loop_busy_share"] == pytest.approx(1 - 0.197 / 0.225, abs=1e-4)
+
+
 def test_max_concurrency() -> None:
     assert max_concurrency(np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0, 3.0])) == 1  # touching
     assert max_concurrency(np.array([0.0, 0.5, 0.6, 5.0]), np.array([1.0, 1.5, 0.7, 6.0])) == 3

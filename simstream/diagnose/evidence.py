@@ -357,7 +357,10 @@ def _busy(base: _Base, q1f: Q1Figures, parse_loop: np.ndarray, parse_recv: np.nd
     """The loop's and the receiver side's busy shares and where their time went;
     also the loop's waits on an empty Q1 as intervals."""
     span, get_wait = base.span, base.dur["get_wait"]
-    ws, we = _clip(base.B["t_q1_get_start"], base.B["t_q1_get_start"] + get_wait, base.t_start, base.t_end)
+    # as a union (contract BUSY_FIGURES): several inference loops (Ray inference
+    # actors) wait at the same times, and their waits must not count twice
+    ws, we = interval_union(*_clip(base.B["t_q1_get_start"], base.B["t_q1_get_start"] + get_wait,
+                                   base.t_start, base.t_end))
     wait_total = _measure(ws, we)
     if np.isfinite(get_wait).any():
         u_loop, src = 1.0 - wait_total / span, "q1 get waits"
