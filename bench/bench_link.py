@@ -19,7 +19,10 @@ forwarder's own counters:
    probe's round trip and a 256 KiB-buffer TCP stream against window / RTT;
 7. ``simstream verify`` on a capture at the consumer (20 ms each way, 2 ms
    jitter, loss 0.1 / 1 / 10 %): its round trip and loss against the profile and
-   its loss count against the forwarder's own.
+   its loss count against the forwarder's own;
+8. slow start after idle: a 256 KiB message after 1 s of silence over a 40 ms
+   round trip, TUN MTU 65000 against 1500 (TCP's segment size sets its initial
+   window).
 
 No kernel here has ``sch_netem``: the same profile through tc netem is not
 measured (the bench says so in its output).
@@ -173,6 +176,59 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SLOWSTART = r"""
+import socket, sys, time, json
+mode, addr, size, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+host, port = addr.rsplit(":", 1)
+if mode == "serve":
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, int(port))); srv.listen(1); srv.settimeout(20); print("listening", flush=True)
+    c, _ = srv.accept(); c.settimeout(20)
+    for _ in range(count):
+        got = 0
+        while got < size:
+            b = c.recv(1 << 20)
+            if not b:
+                sys.exit(0)
+            got += len(b)
+        c.sendall(b"k")
+else:
+    c = socket.create_connection((host, int(port)), timeout=20)
+    mss = c.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    out, msg = [], b"\0" * size
+    for _ in range(count):
+        time.sleep(1.0)  # idle for longer than the RTO: TCP restarts from its initial window
+        t0 = time.monotonic(); c.sendall(msg); c.recv(1); out.append(time.monotonic() - t0)
+    print(json.dumps({"mss": mss, "times_s": out}))
+"""
+
+
+def slowstart_rows(res: dict[str, Any]) -> None:
+    """A 256 KiB message after 1 s idle over a 40 ms round trip: how many round trips
+    slow start takes, with the TUN devices' MTU 65000 and 1500 (offload on both)."""
+    for mtu in (65000, 1500):
+        with Testbed.up("benchss", _profile("user-link", latency_ms=20), link_mtu=mtu) as tb:
+            srv = subprocess.Popen(tb.argv_in("consumer", [PY, "-c", SLOWSTART, "serve",
+                                                           f"{tb.consumer_addr}:5004",
+                                                           str(SOCKBUF), "6"]),
+                                   stdout=subprocess.PIPE, text=True)
+            try:
+                assert srv.stdout is not None and "listening" in srv.stdout.readline()
+                r = _run(tb.argv_in("producer", [PY, "-c", SLOWSTART, "send",
+                                                 f"{tb.consumer_addr}:5004", str(SOCKBUF),
+                                                 "6"]), 120)
+            finally:
+                srv.kill()
+                srv.communicate(timeout=5)
+        times = sorted(r["times_s"][1:])  # the first also opens the window after the handshake
+        row = {"mtu": mtu, "mss": r["mss"], "message_bytes": SOCKBUF, "rtt_profile_ms": 40,
+               "times_ms": [t * 1e3 for t in r["times_s"]],
+               "median_ms": times[len(times) // 2] * 1e3,
+               "round_trips": times[len(times) // 2] / 0.040}
+        res["slowstart"].append(row)
+        print("slowstart", row, flush=True)
+
+
 def ceiling_rows(res: dict[str, Any], seconds: float, repeats: int) -> None:
     """Uncapped TCP through the forwarder: offload on/off, MTU 65000/1500, interleaved."""
     configs = [(65000, True), (65000, False), (1500, True), (1500, False)]
@@ -251,12 +307,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="ceiling runs per configuration")
     ap.add_argument("--parts", default="all",
                     help="comma-separated: link (RTT, loss, rate, TCP window, done), "
-                         "ceiling (offload), verify; default all")
+                         "ceiling (offload), verify, slowstart; default all")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    parts = {"link", "ceiling", "verify"} if a.parts == "all" else set(a.parts.split(","))
+    parts = ({"link", "ceiling", "verify", "slowstart"} if a.parts == "all"
+             else set(a.parts.split(",")))
     res: dict[str, Any] = {"machine": machine(), "rtt": [], "loss": [], "rate": [],
                            "ceiling": {}, "tcp_window": [], "offload": [], "verify": [],
+                           "slowstart": [],
                            "netem": "not measured: no kernel here has sch_netem"}
     print(json.dumps(res["machine"]))
     print("netem: the same profiles through tc netem could not be measured (no kernel here "
@@ -268,9 +326,11 @@ def main() -> int:
         ceiling_rows(res, a.seconds, a.repeats)
     if "verify" in parts:
         verify_rows(res, a.seconds)
+    if "slowstart" in parts:
+        slowstart_rows(res)
     with open("/proc/loadavg") as f:
         res["machine"]["loadavg_at_end"] = f.read().split()[:3]
-    for name in ("benchlink", "benchveth", "benchoff", "benchver"):
+    for name in ("benchlink", "benchveth", "benchoff", "benchver", "benchss"):
         assert not leftovers(name).namespaces, name
     if a.json:
         with open(a.json, "w") as f:
