@@ -347,7 +347,8 @@ def test_two_processes_send_per_rank_what_one_process_sends(tmp_path: Path) -> N
         log = tmp_path / f"emit{processes}.jsonl"
         r = subprocess.run(
             emit_cmd("--profile", str(tiny(tmp_path, f"p{processes}", url=rx.url,
-                                           processes=processes)), "--log", str(log)),
+                                           processes=processes)), "--log", str(log),
+                     "--epoch", "7"),  # pinned: the payloads are compared byte for byte
             capture_output=True, text=True, timeout=90, cwd=REPO)
         got = rx.finish()
         assert r.returncode == 0, r.stderr
@@ -365,6 +366,7 @@ def test_two_processes_send_per_rank_what_one_process_sends(tmp_path: Path) -> N
             ends = [end_time(x) for x in recs]
             assert ends == sorted(ends)  # no lost records here: end times themselves ascend
     assert set(runs[1]) == set(runs[2]) == {(r_, s) for r_ in range(4) for s in range(10)}
+    assert {x["epoch"] for x in recs} == {7}  # every process of the run took the run's epoch
     # the same bytes for every (rank, seq), whichever process ran the rank
     assert all(runs[1][k] == runs[2][k] for k in runs[1])
     # and ranks differ from each other (their streams are seeded by the global rank id)

@@ -140,7 +140,7 @@ def _find(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseExc
 
 async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
                      control: tuple[str, int] | None = None,
-                     append_log: bool = False) -> tuple[Any, int]:
+                     append_log: bool = False, epoch: int | None = None) -> tuple[Any, int]:
     """Run the engine with the log, the progress display, signal handling and, with
     ``control`` (host, port), the live control API."""
     import trio
@@ -190,7 +190,7 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
                 with run_scope:
                     result = await run_emitter(p, on_record=on_record,
                                                on_event=_on_transport_event, stats_out=stats,
-                                               live=live)
+                                               live=live, epoch=epoch)
                 nursery.cancel_scope.cancel()
     finally:
         if server is not None:
@@ -228,6 +228,10 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
               help="seconds (stop.duration_s)")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False),
               help="write the emit log (JSON lines, docs/formats.md) here")
+@click.option("--epoch", type=click.IntRange(0, 2**53 - 1),
+              help="this run's start id, in every message (/simstream/epoch) and log record "
+                   "(default: the start time in microseconds, new for every run; pin it to "
+                   "make two runs' payloads byte-identical)")
 @click.option("--append-log", is_flag=True,
               help="append to --log instead of truncating it: an emitter restarted with "
                    "the same command (a container started again) keeps its earlier "
@@ -263,8 +267,8 @@ async def _emit_main(p: Profile, log_path: str | None, *, tty: bool | None,
                    "authentication: anyone who reaches it steers the emitter)")
 def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str | None,
          ranks: int | None, processes: int | None, rank_offset: int | None, seed: int | None,
-         count: int | None, duration: float | None, log_path: str | None, append_log: bool,
-         dry_run: bool, lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
+         count: int | None, duration: float | None, log_path: str | None, epoch: int | None,
+         append_log: bool, dry_run: bool, lclstreamer_config: str | None, loopback: bool, show_progress: bool | None,
          close: str | None, url_spread: str | None, dead_link_ms: float | None,
          sndbuf_bytes: int | None,
          control_addr: str | None, control_any_host: bool) -> None:
@@ -320,9 +324,10 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
         p = _with_url(p.with_overrides({"transport.role": "client"}), receiver["url"])
     tty = False if loopback else show_progress
     if p.transport.processes > 1:
-        code = run_processes(p, log_path, echo=lambda line, err: click.echo(line, err=err))
+        code = run_processes(p, log_path, echo=lambda line, err: click.echo(line, err=err),
+                             epoch=epoch)
     else:
-        code = _run(p, log_path, tty=tty, control=control, append_log=append_log)
+        code = _run(p, log_path, tty=tty, control=control, append_log=append_log, epoch=epoch)
     if receiver is not None:
         receiver["stop"].set()
         receiver["thread"].join(timeout=30.0)
@@ -399,7 +404,8 @@ def _start_loopback(p: Profile) -> dict[str, Any]:
 
 
 def _run(p: Profile, log_path: str | None, *, tty: bool | None,
-         control: tuple[str, int] | None = None, append_log: bool = False) -> int:
+         control: tuple[str, int] | None = None, append_log: bool = False,
+         epoch: int | None = None) -> int:
     import trio
 
     from simstream.emitter.progress import summary_lines
@@ -413,7 +419,8 @@ def _run(p: Profile, log_path: str | None, *, tty: bool | None,
     try:
         result, interrupted = trio.run(functools.partial(_emit_main, p, log_path, tty=tty,
                                                          control=control,
-                                                         append_log=append_log))
+                                                         append_log=append_log,
+                                                         epoch=epoch))
     except BaseException as e:  # noqa: BLE001 - unwrapped below; the rest re-raised
         hit = _find(e, (AddressInUse, UsageError))
         if hit is not None:

@@ -109,13 +109,17 @@ def _relay(stream: IO[bytes], prefix: str, echo: Callable[[str, bool], None],
 
 def run_processes(p: Profile, log_path: str | None, *,
                   echo: Callable[[str, bool], None],
-                  argv0: list[str] | None = None) -> int:
+                  argv0: list[str] | None = None, epoch: int | None = None) -> int:
     """Run ``p`` as ``p.transport.processes`` emitter processes; the exit status.
 
     ``echo(line, err)`` prints a line (to stderr when ``err``). ``argv0``: how
-    to start the CLI (default ``python -m simstream``). Raises OSError if the
-    log or a part cannot be written.
+    to start the CLI (default ``python -m simstream``). ``epoch``: the run's start
+    id, given to every process so all ranks of one run share it (default: a new
+    one). Raises OSError if the log or a part cannot be written.
     """
+    from simstream.emitter.engine import new_epoch
+
+    epoch = new_epoch() if epoch is None else epoch
     tp = p.transport
     n = tp.processes
     shares = split_ranks(tp.ranks, n, tp.rank_offset)
@@ -152,7 +156,7 @@ def run_processes(p: Profile, log_path: str | None, *,
                 prof = Path(tmp) / f"process{share.index}.yaml"
                 prof.write_text(dump_profile(process_profile(p, share, n)), encoding="utf-8")
                 argv = [*argv0, "emit", "--profile", str(prof), "--log", str(part),
-                        "--no-progress"]
+                        "--no-progress", "--epoch", str(epoch)]
                 proc = subprocess.Popen(
                     argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     env=dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())}),
