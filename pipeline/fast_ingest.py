@@ -9,10 +9,12 @@ batches ahead of it. This layout removes those serial points:
   list; the runner spreads the emitter's ranks over the addresses), each socket
   with its own libzmq I/O thread and a kernel receive buffer of ``RCVBUF_BYTES``
   (or Linux's autotuning where that reaches as far: ``fast_rcvbuf``);
-- zmq frames are taken without a copy (pyzmq ``copy=False``, a memoryview of
-  libzmq's buffer) and decoded by a pool of ``parser_threads`` straight into
-  the engine's host buffers (pinned on CUDA): each byte is copied once between
-  the socket and the H2D;
+- zmq bound here (and parsed in this process) is read by
+  ``pipeline.zmtp_into.IntoReceiver``: each message body ``recv_into`` a buffer
+  of the engine's host pool (pinned on CUDA), decoded in place by a pool of
+  ``parser_threads`` (the batch is a view of that buffer where its bytes lie
+  back to back): each byte is copied once, by the kernel, between the socket and
+  the H2D. Other transports and roles use the layout's usual receivers;
 - each parser thread puts its batch into Q1 as soon as it is parsed (Q1 is the
   in-process queue, ``queue.backend: local``: the batch is handed over by
   reference, never serialised). Batches of one stream can reach Q1 out of order
