@@ -632,8 +632,9 @@ class ConsumerConfig(_Model):
         description="production = one socket and receiver thread, a parser pool and an "
         "in-order feeder into Q1, as production receives (what diagnosis reproduces); "
         "fast = one socket and receiver thread per bind address, large kernel receive "
-        "buffers, zero-copy frames decoded by parser threads straight into the engine's host "
-        "buffers and put into an in-process Q1 (queue.backend local) as they finish")
+        "buffers, each zmq message read once into the engine's host buffers and decoded "
+        "there in place by parser threads, put into an in-process Q1 (queue.backend "
+        "local) as they finish")
     bind: str | list[str] | None = Field(
         None, description=f"address to bind (default {DEFAULT_URL}); a list binds each "
         "address in its own receiver actor (queue.backend ray) or receiver thread "
