@@ -92,10 +92,17 @@ class IntoReceiver(Receiver):
         self.stats = ReceiverStats()
         host, port = split_url(url)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._lsock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self._lsock = socket.create_server((host.strip("[]"), port), family=family,
-                                               backlog=64)
+            self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if rcvbuf is not None:
+                # on the listener, so that accepted connections have it from their
+                # handshake on (the window scale is agreed there)
+                self._lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self._lsock.bind((host.strip("[]"), port))
+            self._lsock.listen(64)
         except OSError as exc:
+            self._lsock.close()
             raise _bind_error(url, exc) from None
         self._lsock.setblocking(False)
         self._sel = selectors.DefaultSelector()
@@ -147,8 +154,6 @@ class IntoReceiver(Receiver):
             sock.setblocking(True)
             sock.settimeout(HANDSHAKE_S)
             _keepalive(sock)
-            if self.rcvbuf is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             try:
                 self._handshake(sock)
             except (_Drop, OSError) as exc:
