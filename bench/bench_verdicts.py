@@ -176,7 +176,8 @@ def lane_main(spec: dict[str, Any]) -> None:
         os.sched_setaffinity(0, cpus)
     deadline, out = spec["deadline"], Path(spec["out"])
     lane = spec["lane"]
-    with tempfile.TemporaryDirectory(prefix=f"bench-verdicts-lane{lane}-") as tmp:
+    # inside the parent's temporary directory, which goes with it even when this lane is killed
+    with tempfile.TemporaryDirectory(prefix=f"lane{lane}-runs-", dir=Path(spec["out"]).parent) as tmp:
         for load in spec["loads"]:
             procs = _spinners(load, deadline + spec["grace_s"], cpus) if load else []
             try:
