@@ -277,7 +277,9 @@ def verify_rows(res: dict[str, Any], seconds: float) -> None:
                         cap.send_signal(signal.SIGINT)
                     for cap in caps:
                         cap.communicate(timeout=30)
-                lost = tb.forwarder.stats()["p2c"]["lost"] if tb.forwarder else None
+                st = tb.forwarder.stats()["p2c"] if tb.forwarder else {}
+                lost = st.get("lost")
+                devices = (tb.link_mtu, tb.forwarder.offload if tb.forwarder else None)
             rep = verify_capture(pcap, prof, framing="none", emulator="user-link")
             both = verify_capture(pcap, prof, framing="none", emulator="user-link",
                                   sender_pcap=sent)
@@ -290,7 +292,15 @@ def verify_rows(res: dict[str, Any], seconds: float) -> None:
                "paired_delay": pb["delay"].measured, "paired_delay_status": pb["delay"].status,
                "paired_loss": pb["loss"].measured, "paired_loss_status": pb["loss"].status,
                "paired_lost_packets": both.facts["paired_lost_packets"],
-               "forwarder_lost_packets": lost}
+               "forwarder_lost_packets": lost,
+               # what the link's loss fell on: TUN packets and their mean size (one TCP
+               # segment each at MTU 1500 without offload, up to 45 with it)
+               "tun_mtu": devices[0], "tun_offload": devices[1],
+               "forwarder_offered_packets": st.get("offered"),
+               "mean_packet_bytes": round(st["offered_bytes"] / st["offered"])
+               if st.get("offered") else None,
+               "loss_events_per_mb": round(lost / (st["offered_bytes"] / 1e6), 3)
+               if st.get("offered_bytes") and lost is not None else None}
         res["verify"].append(row)
         print("verify", row, flush=True)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -509,7 +510,14 @@ def test_verify_judges_round_trip_and_loss_of_an_emulated_link(offer: KernelOffe
             for cap in caps:
                 cap.communicate(timeout=20)
         stats = tb.forwarder.stats() if tb.forwarder else {}
+        # loss asked: one TCP segment per packet, so loss falls per segment
+        assert (tb.link_mtu, tb.link_offload) == (1500, False), tb.link_devices
+        assert tb.forwarder is not None and not tb.forwarder.offload
+        assert any(a.startswith("TUN devices: MTU 1500, no offload (loss is asked for")
+                   for a in tb.applied), tb.applied
     lost = stats["p2c"]["lost"]  # type: ignore[index]
+    p2c = stats["p2c"]  # type: ignore[index]
+    assert p2c["offered_bytes"] <= 1500 * p2c["offered"], p2c
     # at the consumer alone: round trips from TCP timestamps, losses from the holes
     # the retransmissions filled (a lost retransmission or tail packet leaves none)
     rep = verify_capture(pcap, prof, framing="none", emulator="user-link")  # type: ignore[arg-type]
@@ -548,3 +556,86 @@ def test_a_bad_trace_is_a_usage_error_before_anything_is_made(offer: KernelOffer
     # UsageError: the command line's exit status 2
     assert isinstance(r.exception, UsageError) and "bad.csv line 2" in str(r.exception), r.output
     assert not leftovers("badtrace").namespaces
+
+
+# --------------------------------------------------------------------------
+# loss per TCP segment: the TUN devices the testbed picks
+
+
+def _devices(prof: object, **asked: object) -> userlink.LinkDevices:
+    tb = Testbed("segloss", prof)  # type: ignore[arg-type]  # nothing made before create()
+    return userlink.link_devices(tb._link_phases(), large_mtu=65000, **asked)  # type: ignore[arg-type]
+
+
+def test_loss_anywhere_in_the_timeline_gets_one_segment_packets() -> None:
+    plain = _devices(_profile(latency_ms=20))
+    assert (plain.mtu, plain.offload) == (65000, True) and "no loss" in plain.why
+    for prof in (_profile(latency_ms=20, loss_pct=1),
+                 _profile(loss_burst={"p_pct": 1, "r_pct": 30}),
+                 # loss only in a later phase: the devices are set once, at bring-up
+                 _profile([{"name": "a", "duration_s": 1},
+                           {"name": "b", "network": {"loss_pct": 2}}], latency_ms=5)):
+        d = _devices(prof)
+        assert (d.mtu, d.offload) == (1500, False), d
+        assert "per segment" in d.why
+    # what the caller asks is kept, and the whole-packet loss said
+    kept = _devices(_profile(loss_pct=1), mtu=65000, offload=True)
+    assert (kept.mtu, kept.offload) == (65000, True) and "drops whole packets" in kept.why
+    assert "drops whole" not in _devices(_profile(loss_pct=1), mtu=1500, offload=False).why
+
+
+def _stream_losses(devices: userlink.LinkDevices, params: list[LinkParams],
+                   segments: int, mss: int = 1448) -> tuple[int, int]:
+    """(segments lost, loss events) of a bulk TCP stream of ``segments`` MSS-sized
+    segments through a link whose parameters change evenly over ``params`` (phases).
+    The stream is packetized as the devices hand it over: a 64 KB GSO packet of
+    45 segments with offload, one segment per packet at MTU 1500 without."""
+    from simstream.testbed.link import Link
+
+    per_packet = 1 if not devices.offload and devices.mtu <= 1500 else 65536 // mss
+    link = Link(params[0], random.Random(19))
+    lost = events = 0
+    packets = segments // per_packet
+    for i in range(packets):
+        phase = i * len(params) // packets
+        link.set_params(i * 1e-4, params[phase])
+        if link.offer(i * 1e-4, per_packet * (mss + 52)) == "loss":
+            lost += per_packet
+            events += 1
+    return lost, events
+
+
+@pytest.mark.parametrize("loss", [LinkParams(loss_pct=1), LinkParams(loss_pct=10),
+                                  LinkParams(loss_burst=GilbertElliott(1, 30, 50))])
+def test_at_loss_p_a_stream_loses_about_p_of_its_segments(loss: LinkParams) -> None:
+    n = 40_000
+    p = (loss.loss_burst.mean_loss_pct if loss.loss_burst else loss.loss_pct) / 100
+    dev = userlink.link_devices([(loss, LinkParams())])
+    lost, events = _stream_losses(dev, [loss], n)
+    # binomial bound: 4 standard deviations (a burst model's losses are correlated:
+    # mean burst 100 / r_pct = 3.3 packets, so its spread is wider by about its square root)
+    spread = 4 * (n * p * (1 - p)) ** 0.5 * (2 if loss.loss_burst else 1)
+    assert abs(lost - n * p) <= spread + 1, (lost, n * p, spread)
+    assert events == lost  # every loss event is one segment
+    # the devices without loss's choice (64 KB GSO packets, whole-packet loss): as
+    # many segments lost, in bursts of 45, 45 times fewer loss events per byte
+    gso = userlink.link_devices([(LinkParams(), LinkParams())])
+    lost_gso, events_gso = _stream_losses(gso, [loss], n)
+    assert lost_gso == 45 * events_gso and events_gso < lost / 10
+
+
+def test_loss_changes_per_phase_on_the_fly() -> None:
+    phases = [LinkParams(), LinkParams(loss_pct=5), LinkParams(loss_pct=1)]
+    dev = userlink.link_devices([(p, LinkParams()) for p in phases])
+    assert not dev.offload
+    n = 30_000
+    got = [_stream_losses(dev, [p], n // 3)[0] for p in phases]
+    lost, _ = _stream_losses(dev, phases, n)
+    assert got[0] == 0
+    for seen, p in zip(got[1:], (0.05, 0.01), strict=True):
+        k = n // 3
+        assert abs(seen - k * p) <= 4 * (k * p * (1 - p)) ** 0.5 + 1, (seen, k * p)
+    # one link through the three phases loses what the phases ask, not one rate
+    k = n // 3
+    want = k * 0.06
+    assert abs(lost - want) <= 4 * (k * 0.0595) ** 0.5 + 1, (lost, want)

@@ -263,6 +263,18 @@ def follow_timeline(tb: Any, profile: Profile, emit_log: Path, emitter: Any,
     return TimelineRun(t_sched, note, changes, child.poll())
 
 
+def _link_devices(tb: Any) -> dict[str, Any] | None:
+    devices = getattr(tb, "link_devices", None)
+    if tb.emulator != "user-link" or devices is None:
+        return None
+    out: dict[str, Any] = devices.to_json()
+    fwd = getattr(tb, "forwarder", None)
+    if fwd is not None and fwd.offload != devices.offload:
+        out["offload"] = fwd.offload
+        out["why"] += f"; offload refused by the kernel ({fwd.offload_error})"
+    return out
+
+
 def shaping_record(tb: Any, name: str, timeline: TimelineRun | None,
                    emitter_profile_path: Path) -> dict[str, Any]:
     """The content of shaping.json for a kernel-shaped run."""
@@ -279,6 +291,9 @@ def shaping_record(tb: Any, name: str, timeline: TimelineRun | None,
         "namespaces": {"producer": tb.producer_ns, "consumer": tb.consumer_ns},
         "addresses": {"producer": tb.producer_addr, "consumer": tb.consumer_addr},
         "kernel_qdiscs": sorted(tb.offer.kinds) if tb.offer is not None else [],
+        # the user-space link's TUN devices: what they got and why (MTU 1500 and no
+        # offload when loss is asked for, so loss falls per TCP segment)
+        "link_devices": _link_devices(tb),
         "applied": list(tb.applied),
         "not_applied": list(tb.not_applied),
         "emitter_profile": emitter_profile_path.name,

@@ -22,8 +22,11 @@ deleted), and, with ``--watch-parent``, when stdin closes (the process that
 started it is gone: SIGKILL included). Counters are written to
 ``--stats-file`` on the way out.
 
-Packets are whole IP packets (IFF_TUN | IFF_NO_PI); the device MTU is large
-(65000) so TCP sends few, large packets and the loop is not the bottleneck.
+Packets are whole IP packets (IFF_TUN | IFF_NO_PI); without loss the testbed
+makes the device MTU large (65000) so TCP sends few, large packets and the loop
+is not the bottleneck. With loss it asks for MTU 1500 and no ``--offload``
+(:func:`simstream.testbed.userlink.link_devices`): the link drops a packet
+whole, so a packet must be one TCP segment for loss to fall per segment.
 With ``--offload`` each packet carries a virtio-net header (IFF_VNET_HDR) and the
 devices take checksum and TCP segmentation offload (TUNSETOFFLOAD): the kernel
 neither computes nor verifies TCP checksums on this path and may hand over

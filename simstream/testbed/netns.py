@@ -191,14 +191,19 @@ class Testbed:
 
     def __init__(self, name: str, profile: Profile | None = None, *,
                  i_know_iface: str | None = None, offer: KernelOffer | None = None,
-                 detached: bool = False, link_mtu: int = linkfwd.MTU,
-                 link_offload: bool = True) -> None:
+                 detached: bool = False, link_mtu: int | None = None,
+                 link_offload: bool | None = None) -> None:
         self.name = validate_name(name)
         self.detached = detached
         # the user-space link's TUN devices: MTU, and whether TCP segmentation and
-        # checksum offload are asked for (the forwarder says whether it got them)
-        self.link_mtu = link_mtu
-        self.link_offload = link_offload
+        # checksum offload are asked for (the forwarder says whether it got them).
+        # None: chosen from the profile (userlink.link_devices: MTU 1500 and no
+        # offload when loss is asked for, so loss falls per TCP segment)
+        self._link_mtu_asked = link_mtu
+        self._link_offload_asked = link_offload
+        self.link_mtu = link_mtu if link_mtu is not None else linkfwd.MTU
+        self.link_offload = link_offload if link_offload is not None else True
+        self.link_devices: userlink.LinkDevices | None = None
         # "tc" or "user-link" (chosen in create(), once the kernel's offer is known)
         self.emulator = "tc"
         self.emulator_why = ""
@@ -333,7 +338,13 @@ class Testbed:
     def _make_link(self) -> None:
         """TUN devices in both namespaces and the forwarder between them (no veth)."""
         assert self.producer_ns and self.consumer_ns
-        p2c, c2p = self._link_phases()[0]
+        phases = self._link_phases()
+        p2c, c2p = phases[0]
+        self.link_devices = userlink.link_devices(
+            phases, mtu=self._link_mtu_asked, offload=self._link_offload_asked,
+            large_mtu=linkfwd.MTU)
+        self.link_mtu = self.link_devices.mtu
+        self.link_offload = self.link_devices.offload
         stats_file = Path(tempfile.gettempdir()) / f"{self.producer_ns}-link-stats.json"
         try:
             self.forwarder = userlink.Forwarder(
@@ -374,7 +385,8 @@ class Testbed:
                     f"TUN devices: MTU {self.link_mtu}, " + (
                         "TCP segmentation and checksum offload" if self.forwarder.offload
                         else "no offload" + (f" ({self.forwarder.offload_error})"
-                                             if self.forwarder.offload_error else "")))
+                                             if self.forwarder.offload_error else "")) +
+                    (f" ({self.link_devices.why})" if self.link_devices is not None else ""))
                 self.applied.append(f"forwarder niceness {self.forwarder.nice}")
             self.not_applied = []
             return
