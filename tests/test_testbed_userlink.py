@@ -516,7 +516,7 @@ def test_verify_judges_round_trip_and_loss_of_an_emulated_link(offer: KernelOffe
         assert any(a.startswith("TUN devices: MTU 1500, no offload (loss is asked for")
                    for a in tb.applied), tb.applied
     lost = stats["p2c"]["lost"]  # type: ignore[index]
-    p2c = stats["p2c"]  # type: ignore[index]
+    p2c = stats["p2c"]
     assert p2c["offered_bytes"] <= 1500 * p2c["offered"], p2c
     # at the consumer alone: round trips from TCP timestamps, losses from the holes
     # the retransmissions filled (a lost retransmission or tail packet leaves none)
