@@ -639,3 +639,21 @@ def test_loss_changes_per_phase_on_the_fly() -> None:
     k = n // 3
     want = k * 0.06
     assert abs(lost - want) <= 4 * (k * 0.0595) ** 0.5 + 1, (lost, want)
+
+
+def test_shaping_json_says_what_the_tun_devices_got_and_why(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from simstream.runner.kernel import shaping_record
+
+    dev = userlink.link_devices([(LinkParams(loss_pct=1), LinkParams())])
+    tb = SimpleNamespace(plan=tc.Plan("ssb-prod", "user-link", [], [], []), emulator="user-link",
+                         emulator_why="auto", producer_iface="ssb-prod", producer_ns="p",
+                         consumer_ns="c", producer_addr="a", consumer_addr="b", offer=None,
+                         applied=[], not_applied=[], phases=[], link_devices=dev,
+                         forwarder=SimpleNamespace(offload=False, offload_error=""))
+    rec = shaping_record(tb, "t", None, tmp_path / "emitter.yaml")
+    assert rec["link_devices"]["mtu"] == 1500 and rec["link_devices"]["offload"] is False
+    assert "loss is asked for" in rec["link_devices"]["why"]
+    tb.emulator = "tc"
+    assert shaping_record(tb, "t", None, tmp_path / "emitter.yaml")["link_devices"] is None
