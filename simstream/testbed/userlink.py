@@ -79,13 +79,11 @@ def link_devices(phases: list[tuple[LinkParams, LinkParams]], *, mtu: int | None
     lossy = any(_loses(p) for pair in phases for p in pair)
     if lossy:
         auto_mtu, auto_off = LOSS_MTU, False
-        why = ("loss is asked for: MTU 1500 and no segmentation offload, so each packet "
-               "is one TCP segment and loss falls per segment as on a real 1500-byte path "
-               "(more forwarder CPU per byte than large packets)")
+        why = ("loss is asked for: each packet is one TCP segment, so loss falls per "
+               "segment as on a real 1500-byte path, at more forwarder CPU per byte")
     else:
         auto_mtu, auto_off = large_mtu, True
-        why = ("no loss asked for: large packets with TCP segmentation and checksum "
-               "offload (least forwarder CPU per byte)")
+        why = "no loss asked for: large packets, the least forwarder CPU per byte"
     if mtu is None and offload is None:
         return LinkDevices(auto_mtu, auto_off, why)
     got_mtu = auto_mtu if mtu is None else mtu
