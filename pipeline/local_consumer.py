@@ -73,7 +73,8 @@ class _LocalResources:
         # Q1 before the socket: a Ray backend takes seconds to start, and a producer
         # that connected meanwhile would be held back by a consumer not yet reading
         self.q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
-                          cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus)
+                          cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus,
+                          cfg.ray.q1_items)
         if cfg.mode == "socket" and cfg.layout == "fast":
             rcvbuf = fast_rcvbuf()
             first, *rest = [_fast_receiver(cfg, url, self.engine, clock, rcvbuf)

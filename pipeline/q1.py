@@ -14,8 +14,12 @@ Two backends with one interface (``put``, ``get``, ``depth``, ``close``):
   only, as in production.
 
 - ``RayQ1``: the same sharded protocol on production's engine: each shard is a
-  Ray actor holding a bounded deque, every put and get one actor call (Ray
-  serialises the batch into its object store). Ray starts locally for the run
+  Ray actor holding a bounded deque, every put and get one actor call. How a
+  batch travels (``items``): ``ref`` (the default, production's "ObjectRef mode",
+  which its socket producer uses) puts the batch's array into the object store
+  once and the item carries only its reference, which the getter resolves
+  (numpy's zero-copy read); ``value`` sends the whole item through the shard by
+  value, serialised into the object store on the put and again on the get. Ray starts locally for the run
   (small ``num_cpus``, no dashboard) unless an address is given (``auto`` or
   ``HOST:PORT``) or Ray is already up in this process.
 
@@ -31,6 +35,7 @@ Times are ``simstream.clock.now()`` Unix seconds; latencies in seconds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -45,6 +50,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from simstream.clock import now
 from simstream.errors import UsageError
@@ -420,6 +427,15 @@ def _ray() -> Any:
     return ray
 
 
+ITEMS = ("ref", "value")
+
+
+def _check_items(items: str) -> str:
+    if items not in ITEMS:
+        raise ValueError(f"items: {items!r} is not one of {', '.join(ITEMS)}")
+    return items
+
+
 def _probe(address: str, timeout_s: float = 5.0) -> None:
     """Raise UsageError unless something accepts TCP at ``address`` (HOST:PORT or
     ray://HOST:PORT) within ``timeout_s``: Ray itself retries an absent cluster for
@@ -447,9 +463,10 @@ class RayQ1(_ShardedQ1):
     backend = "ray"
 
     def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
-                 address: str | None = None, num_cpus: int = 1) -> None:
+                 address: str | None = None, num_cpus: int = 1, items: str = "ref") -> None:
         if maxsize < 1 or shards < 1:
             raise ValueError("maxsize and shards must be >= 1")
+        self.items = _check_items(items)
         ray = _ray()
         self._ray = ray
         shards = min(shards, maxsize)
@@ -474,11 +491,13 @@ class RayQ1(_ShardedQ1):
             raise
 
     @classmethod
-    def view(cls, actors: list[Any], capacity: int, poll_interval_ms: float = 10.0) -> RayQ1:
+    def view(cls, actors: list[Any], capacity: int, poll_interval_ms: float = 10.0,
+             items: str = "ref") -> RayQ1:
         """Another handle on shard actors created elsewhere (a receiver or inference
         actor's side of the run's Q1): the same protocol, its own counters. Its
         ``close`` leaves the shards and Ray alone (their owner closes them)."""
         self = cls.__new__(cls)
+        self.items = _check_items(items)
         self._ray = _ray()
         self._setup(len(actors), capacity, poll_interval_ms)
         self.owns_ray = False
@@ -529,8 +548,23 @@ class RayQ1(_ShardedQ1):
         except self._ray.exceptions.RayActorError:
             raise Q1Closed("Q1 shard actor gone") from None
 
+    def _pack(self, item: Any) -> Any:
+        # "ref": the array goes into the object store once, here (its buffer is free
+        # again when this returns); the shard holds an item of a few hundred bytes.
+        # A reference inside an object is not resolved by the actor call.
+        data = getattr(item, "data", None)
+        if self.items == "ref" and isinstance(data, np.ndarray):
+            return dataclasses.replace(item, data=self._ray.put(data))
+        return item
+
+    def _unpack(self, payload: Any) -> Any:
+        data = getattr(payload, "data", None)
+        if isinstance(data, self._ray.ObjectRef):
+            payload.data = self._ray.get(data)  # read-only, mapped from the object store
+        return payload
+
     def _shard_put(self, shard: int, payload: Any) -> bool:
-        # Ray serialises the item for the call
+        # Ray serialises the item for the call (with "value", the whole batch)
         return bool(self._call(self._actors[shard].put, payload))
 
     def _shard_get(self, shard: int) -> Any | None:
@@ -563,14 +597,15 @@ BACKENDS = ("local", "process", "ray")
 
 
 def make_q1(backend: str, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
-            ray_address: str | None = None, ray_num_cpus: int = 1) -> Any:
+            ray_address: str | None = None, ray_num_cpus: int = 1,
+            ray_items: str = "ref") -> Any:
     """The Q1 backend named by ``backend`` (local | process | ray)."""
     if backend == "local":
         return LocalQ1(maxsize)
     if backend == "process":
         return ProcessQ1(maxsize, shards, poll_interval_ms)
     if backend == "ray":
-        return RayQ1(maxsize, shards, poll_interval_ms, ray_address, ray_num_cpus)
+        return RayQ1(maxsize, shards, poll_interval_ms, ray_address, ray_num_cpus, ray_items)
     raise ValueError(f"queue.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
 
 

@@ -135,7 +135,8 @@ class _Actor:
 
     def __init__(self, cfg_data: dict[str, Any], shards: list[Any], capacity: int) -> None:
         self.cfg = ConsumerConfig.model_validate(cfg_data)
-        self.q1 = RayQ1.view(shards, capacity, self.cfg.queue.poll_interval_ms)
+        self.q1 = RayQ1.view(shards, capacity, self.cfg.queue.poll_interval_ms,
+                             self.cfg.ray.q1_items)
         self.relay = RecordRelay()
         self.stop_event = threading.Event()
         self.done = threading.Event()
@@ -502,7 +503,7 @@ def run_ray_consumer(
         raise UsageError("ray.actors needs mode socket (random mode has no receivers)")
     stop = stop or threading.Event()
     q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
-               cfg.ray.address, cfg.ray.num_cpus)
+               cfg.ray.address, cfg.ray.num_cpus, cfg.ray.q1_items)
     ray = q1._ray
     d = _RayDriver(cfg, q1, stop, on_progress)
     try:

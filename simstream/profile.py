@@ -591,6 +591,11 @@ class RayConfig(_Model):
         description="inference actors (each takes one GPU when the device is cuda); "
         "None = one per GPU of the cluster, or one on CPU",
     )
+    q1_items: Literal["ref", "value"] = Field(
+        "ref", description="how a batch crosses the Ray Q1 shards: ref = its array is put "
+        "into the object store once and the item carries the reference (production's "
+        "ObjectRef mode, as its socket producer does); value = the whole batch travels "
+        "through the shard actor, serialised on the put and again on the get")
 
     @field_validator("address")
     @classmethod

@@ -134,6 +134,38 @@ def test_large_batches_survive_the_object_store(q2: RayQ1) -> None:
     assert got["index"] == 7 and np.array_equal(got["data"], batch)
 
 
+def _times(index: int):
+    from simstream.pipeline.records import BatchTimes
+
+    return BatchTimes(index=index, rank=0, seq=index, events=4, nbytes=0, t_arrival=0.0)
+
+
+@pytest.mark.parametrize("items", ["ref", "value"])
+def test_a_batch_crosses_by_reference_or_by_value(ray_instance, items: str) -> None:
+    import numpy as np
+
+    from simstream.pipeline.context import Q1Item
+
+    q = RayQ1(2, shards=1, poll_interval_ms=1.0, items=items)
+    try:
+        batch = np.arange(4 * 64 * 64, dtype=np.float32).reshape(4, 1, 64, 64)
+        q.put(Q1Item(host=_times(3), data=batch))
+        batch[:] = -1  # the producer reuses its buffer once the put has returned
+        q.put(Q1Item(host=_times(4), data=np.zeros(1, np.float32)))
+        # what the shard holds: the reference only, or the whole array
+        held = ray.get(q.actors[0].get.remote())
+        assert isinstance(held.data, ray.ObjectRef) is (items == "ref")
+        assert held.host.t_q1_put_end is not None
+        got = q.get(5.0)
+        assert got.host.index == 4 and isinstance(got.data, np.ndarray)
+        assert np.array_equal(ray.get(held.data) if items == "ref" else held.data,
+                              np.arange(4 * 64 * 64, dtype=np.float32).reshape(4, 1, 64, 64))
+    finally:
+        q.close()
+    with pytest.raises(ValueError, match="items"):
+        RayQ1.view([], 1, items="pickle")
+
+
 # --------------------------------------------------------------------------
 # lifecycle: nothing outlives its run
 
