@@ -111,7 +111,8 @@ def check_summary_against_records(out: Path, s: dict[str, Any]) -> None:
     assert all(m["reason"] for m in quarantined)
     ledger = SequenceLedger()
     for m in sorted(msgs, key=lambda m: int(m["index"])):
-        ledger.see(_int(m["rank"]), _int(m["seq"]))
+        # a restarted emitter is a new epoch: its seq 0 starts a new stream, no duplicate
+        ledger.see(_int(m["rank"]), _int(m["seq"]), _int(m.get("epoch", "")))
     assert ledger.counts() == {k: s[k] for k in ("lost", "duplicated", "reordered")}
 
 

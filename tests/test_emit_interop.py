@@ -96,8 +96,9 @@ def test_bursty_profile_bursts_and_stalls_when_the_profile_says(tmp_path: Path) 
         assert seen_gap == pytest.approx(log_gap, abs=0.05)
         big = [(t, g) for t, g in got.gaps() if g > 0.3]
         assert len(big) == 1 and big[0][0] == arrival[200]
-        bursts = got.bursts()
-        assert bursts[0][2] == 200  # the first burst holds exactly the first phase's messages
+        # the first burst holds exactly the first phase's messages (counted up to the
+        # stall: a shorter hiccup of a loaded receiver thread may split the burst itself)
+        assert sum(a.t < big[0][0] for a in got.arrivals) == 200
     else:
         assert log_gap < planned_gap + 0.03
 

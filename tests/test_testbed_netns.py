@@ -120,7 +120,10 @@ def test_phase_change_takes_effect_on_the_traffic(offer: KernelOffer) -> None:
 
     assert len(bins) * bin_s > SEND_S - 0.3, "the link stalled after the change"
     assert mbps(0.3, 1.2) > 150
-    assert 15 < mbps(2.0, SEND_S - 0.2) < 21
+    # the receiver's bins are application reads: on a loaded machine a late read moves
+    # bytes the bucket let through earlier into a later bin, and the bucket's burst adds
+    # its size; 25 is still eight times below the old rate
+    assert 15 < mbps(2.0, SEND_S - 0.2) < 25
     _nothing_left("phases")
 
 
