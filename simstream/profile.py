@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_URL",
     "DTYPES",
     "FAULT_KINDS",
+    "HOST_FAULT_KINDS",
     "MODEL_KINDS",
     "MODEL_SPECS",
     "TARGET_CONSUMERS",
@@ -61,6 +62,7 @@ __all__ = [
     "Timeline",
     "Transport",
     "bundled_profiles",
+    "container_fault_warnings",
     "consumer_defaults",
     "dump_profile",
     "find_profile",
@@ -84,6 +86,10 @@ DTYPES = (
     "int64",
 )
 FAULT_KINDS = ("reset", "truncate", "corrupt", "stall", "duplicate", "slow_close")
+#: container-level faults: applied from the host by `simstream testbed docker up` to an
+#: emitter replica's container (docker network disconnect, pause, kill); the emitter
+#: itself and the namespace testbed cannot apply them and say so
+HOST_FAULT_KINDS = ("link_cut", "host_pause", "host_kill")
 TARGET_CONSUMERS = ("simstream", "peaknet-pipeline-ray")
 TRIGGERS = ("at_message", "every_messages", "at_s", "every_s", "probability")
 
@@ -468,16 +474,21 @@ class Timeline(_Model):
 
 
 class Fault(_Model):
-    """A message- or time-triggered fault.
+    """A message- or time-triggered fault, or a container-level (host) fault.
 
     Triggers: ``at_message`` (sequence number, per rank), ``every_messages``,
     ``at_s`` / ``every_s`` (seconds since the start of the run) and
     ``probability`` (0..1). With only ``probability`` the fault strikes each
     message with that chance; with another trigger too, each triggering
     occurrence strikes with that chance.
+
+    Host faults (``link_cut``, ``host_pause``, ``host_kill``) act on the
+    container of emitter ``replica`` (compose service ``emitter-N``) at ``at_s``
+    seconds after both emitters' first message, the same clock as
+    ``simstream testbed docker up --fault``; only that driver applies them.
     """
 
-    kind: Literal[FAULT_KINDS]  # type: ignore[valid-type]
+    kind: Literal[FAULT_KINDS + HOST_FAULT_KINDS]  # type: ignore[valid-type]
     at_message: int | None = Field(None, ge=0)
     every_messages: int | None = Field(None, ge=1)
     at_s: float | None = Field(None, ge=0)
@@ -491,9 +502,33 @@ class Fault(_Model):
     )
     nbytes: int | None = Field(None, ge=1, description="corrupt: bytes flipped in the payload")
     rank: int | None = Field(None, ge=0, description="only this rank; null = every rank")
+    replica: int | None = Field(
+        None, ge=0, description="link_cut, host_pause, host_kill: the emitter replica whose "
+        "container is hit (compose service emitter-N)"
+    )
+    duration_s: float | None = Field(
+        None, gt=0, description="link_cut: seconds disconnected; host_pause: seconds frozen"
+    )
+    restart_after_s: float | None = Field(
+        None, gt=0, description="host_kill: seconds until the killed container is started again"
+    )
+
+    @property
+    def is_host_fault(self) -> bool:
+        return self.kind in HOST_FAULT_KINDS
+
+    def describe(self) -> str:
+        """One line for warnings: the kind, its target and its time."""
+        if not self.is_host_fault:
+            return str(self.kind)
+        span = (f"restart after {self.restart_after_s:g} s" if self.kind == "host_kill"
+                else f"for {self.duration_s:g} s")
+        return f"{self.kind} emitter-{self.replica} at +{self.at_s:g} s {span}"
 
     @model_validator(mode="after")
     def _trigger(self) -> Fault:
+        if self.is_host_fault:
+            return self._host()
         if all(getattr(self, t) is None for t in TRIGGERS):
             raise ValueError(f"fault {self.kind!r} needs a trigger: one of {', '.join(TRIGGERS)}")
         if self.kind == "stall" and self.duration_ms is None:
@@ -502,10 +537,35 @@ class Fault(_Model):
             ("fraction", ("truncate",)),
             ("nbytes", ("corrupt",)),
             ("duration_ms", ("stall", "slow_close")),
+            ("replica", HOST_FAULT_KINDS),
+            ("duration_s", ("link_cut", "host_pause")),
+            ("restart_after_s", ("host_kill",)),
         ):
             if getattr(self, attr) is not None and self.kind not in kinds:
                 raise ValueError(f"{attr} does not apply to fault {self.kind!r}")
         return self
+
+    def _host(self) -> Fault:
+        kind = self.kind
+        span = "restart_after_s" if kind == "host_kill" else "duration_s"
+        missing = [a for a in ("at_s", "replica", span) if getattr(self, a) is None]
+        if missing:
+            raise ValueError(f"container fault {kind!r} needs {', '.join(missing)} "
+                             f"(e.g. {{kind: {kind}, replica: 1, at_s: 3, {span}: 2}})")
+        other = "duration_s" if kind == "host_kill" else "restart_after_s"
+        extra = [a for a in ("at_message", "every_messages", "every_s", "probability",
+                             "duration_ms", "fraction", "nbytes", "rank", other)
+                 if getattr(self, a) is not None]
+        if extra:
+            raise ValueError(f"{', '.join(extra)} does not apply to container fault {kind!r} "
+                             f"(it takes at_s, replica and {span})")
+        return self
+
+    @property
+    def hold_s(self) -> float:
+        """A host fault's span: how long until it is undone."""
+        value = self.restart_after_s if self.kind == "host_kill" else self.duration_s
+        return float(value or 0.0)
 
 
 class Stop(_Model):
@@ -1219,3 +1279,12 @@ def find_profile(name_or_path: str | Path) -> Path:
         [f"{name_or_path}: no such file or bundled profile{more}; "
          f"bundled: {', '.join(bundled) or 'none'}"]
     )
+
+
+def container_fault_warnings(p: Profile, where: str) -> list[str]:
+    """One line per container-level fault in ``p.faults`` that ``where`` (the emitter,
+    the namespace testbed) cannot apply and ignores: only ``simstream testbed docker
+    up`` applies them, from the host."""
+    return [f"faults[{i}] {f.describe()}: a container fault, applied only by "
+            f"`simstream testbed docker up` (from the host); ignored by {where}"
+            for i, f in enumerate(p.faults) if f.is_host_fault]

@@ -123,7 +123,9 @@ class Schedule:
         self._rng_jitter = random.Random(f"simstream:{seed}:{self.rank}:jitter")
         self._rng_trigger = random.Random(f"simstream:{seed}:{self.rank}:trigger")
         self._rng_fault = random.Random(f"simstream:{seed}:{self.rank}:fault")
-        rules = [FaultRule.from_spec(f) for f in p.faults]
+        # container faults (link_cut, host_pause, host_kill) are the docker driver's:
+        # the emitter warns of them at its start and plans none
+        rules = [FaultRule.from_spec(f) for f in p.faults if not f.is_host_fault]
         rules = [r for r in rules if r.trigger.applies_to(self.rank)]
         self._msg_rules = [r for r in rules if not r.trigger.has_time_trigger
                            or r.trigger.has_message_trigger]

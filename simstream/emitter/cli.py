@@ -23,7 +23,7 @@ import click
 from simstream.emitter.processes import PARENT_ENV, run_processes
 from simstream.errors import UsageError
 from simstream.outdir import check_log_file
-from simstream.profile import Profile, find_profile, load_profile
+from simstream.profile import Profile, container_fault_warnings, find_profile, load_profile
 
 __all__ = ["emit", "build_profile"]
 
@@ -291,6 +291,8 @@ def emit(profile_arg: str | None, url: str | None, role: str | None, kind: str |
     if url is not None:
         p = _with_url(p, url)
     for line in preflight_warnings(p):
+        click.echo(f"warning: {line}", err=True)
+    for line in container_fault_warnings(p, "simstream emit"):
         click.echo(f"warning: {line}", err=True)
     tp = p.transport
     if tp.role == "server" and tp.url_spread == "rank" and tp.ranks > len(tp.all_urls):

@@ -33,6 +33,13 @@ run directory out (``--out``) and takes everything down again, unless
   The killed emitter's connection ends (its kernel closes the socket), the
   restarted one is a new connection (summary.json ``receiver``).
 
+The same faults can be scripted in the profile's ``faults`` section as
+``link_cut``, ``host_pause`` and ``host_kill`` (``replica: N`` for service
+``emitter-N``, ``at_s`` on the same clock, ``duration_s`` or
+``restart_after_s`` for FOR): ``up`` reads them from the profile (a bundled name
+or a file on this host) and runs them with any ``--fault`` options, on the same
+runner.
+
 Cleanup: the compose project ``simstream-NAME`` is taken down (containers,
 network, volume) after ``up`` ends, fails or is interrupted (SIGINT, SIGTERM),
 and ``down`` removes whatever still carries the project's label. Every docker
@@ -57,11 +64,15 @@ from typing import Any
 import click
 
 from simstream.errors import UsageError
+from simstream.profile import Profile, ProfileError, find_profile, load_profile
 
-__all__ = ["Fault", "Stack", "compose_client", "docker", "engine_problem", "parse_fault"]
+__all__ = ["Fault", "Stack", "compose_client", "docker", "engine_problem", "parse_fault",
+           "profile_faults", "read_profile_faults"]
 
 SERVICES = ("consumer", "emitter-0", "emitter-1")
 FAULT_KINDS = ("cut", "pause", "kill")
+#: the profile's container-fault kinds (profile.HOST_FAULT_KINDS) -> --fault's
+PROFILE_FAULT_KINDS = {"link_cut": "cut", "host_pause": "pause", "host_kill": "kill"}
 RUN_DIR = "/runs/testbed"
 #: a docker CLI call that takes longer than this is an error (the engine is stuck)
 CALL_TIMEOUT_S = 120.0
@@ -103,6 +114,38 @@ def parse_fault(text: str) -> Fault:
     if at_s < 0 or for_s <= 0:
         raise UsageError(f"--fault {text!r}: AT must be >= 0 and FOR > 0")
     return Fault(kind, service, at_s, for_s)
+
+
+def profile_faults(profile: Profile) -> list[Fault]:
+    """The profile's container faults (link_cut, host_pause, host_kill) as the
+    schedule the equivalent ``--fault`` options make; message-level faults are the
+    emitter's and are left out. Raises UsageError for a replica with no container."""
+    emitters = [s for s in SERVICES if s.startswith("emitter-")]
+    out = []
+    for i, f in enumerate(profile.faults):
+        if not f.is_host_fault:
+            continue
+        service = f"emitter-{f.replica}"
+        if service not in emitters:
+            raise UsageError(f"profile {profile.name!r} faults[{i}] {f.kind}: replica "
+                             f"{f.replica} has no container; the compose testbed's emitters "
+                             f"are {', '.join(emitters)} (replica 0..{len(emitters) - 1})")
+        assert f.at_s is not None  # the profile's model requires it of a host fault
+        out.append(Fault(PROFILE_FAULT_KINDS[f.kind], service, float(f.at_s), f.hold_s))
+    return out
+
+
+def read_profile_faults(profile_arg: str) -> tuple[list[Fault], str | None]:
+    """The container faults of ``--profile`` (a bundled name or a file on this host),
+    and a note when the profile cannot be read here (a path inside the image only).
+    Raises ProfileError for an invalid profile, UsageError for a bad replica."""
+    try:
+        path = find_profile(profile_arg)
+    except ProfileError:
+        return [], (f"profile {profile_arg!r} is not a bundled name or a file on this host "
+                    f"(a path inside the image?): its faults section is not read here; "
+                    f"only --fault options run")
+    return profile_faults(load_profile(path)), None
 
 
 def _run(argv: list[str], *, timeout: float = CALL_TIMEOUT_S, check: bool = True,
@@ -382,7 +425,8 @@ def docker() -> None:
 @click.option("--file", "compose_file", type=click.Path(path_type=Path, dir_okay=False),
               default=None, help="compose file (default ./docker-compose.yml, else the bundled one)")
 @click.option("--profile", default="bursty", show_default=True,
-              help="bundled profile name, or a path inside the image")
+              help="bundled profile name, or a path inside the image; its container faults "
+                   "(link_cut, host_pause, host_kill) run with any --fault")
 @click.option("--duration", type=click.FloatRange(0, min_open=True), default=10.0,
               show_default=True, help="seconds each emitter sends")
 @click.option("--transport", type=click.Choice(["zmq", "nng", "tcp"]), default="zmq",
@@ -402,8 +446,16 @@ def docker() -> None:
 def up(name: str, compose_file: Path | None, profile: str, duration: float, transport: str,
        idle_timeout: float, faults: tuple[str, ...], out: Path | None, timeout_s: float,
        image: str, keep: bool) -> None:
-    """Run one experiment on the compose testbed, copy its run directory out, take it down."""
-    parsed = [parse_fault(f) for f in faults]
+    """Run one experiment on the compose testbed, copy its run directory out, take it down.
+
+    Container faults come from the profile's faults section (link_cut, host_pause,
+    host_kill) and from --fault, run together on one schedule."""
+    scripted, note = read_profile_faults(profile)
+    parsed = [*scripted, *(parse_fault(f) for f in faults)]
+    if note:
+        click.echo(f"warning: {note}", err=True)
+    for f in scripted:
+        click.echo(f"fault from the profile: {f.describe()}")
     problem = engine_problem()
     if problem:
         raise click.ClickException(problem)

@@ -50,7 +50,13 @@ from typing import Any
 
 from simstream import clock
 from simstream.errors import UsageError
-from simstream.profile import NetworkConditions, NetworkOverride, Phase, Profile
+from simstream.profile import (
+    NetworkConditions,
+    NetworkOverride,
+    Phase,
+    Profile,
+    container_fault_warnings,
+)
 from simstream.testbed import linkfwd, tc, userlink
 from simstream.testbed.detect import PREFIX, KernelOffer, probe, run_cmd
 from simstream.testbed.link import LinkParams
@@ -388,7 +394,7 @@ class Testbed:
                                              if self.forwarder.offload_error else "")) +
                     (f" ({self.link_devices.why})" if self.link_devices is not None else ""))
                 self.applied.append(f"forwarder niceness {self.forwarder.nice}")
-            self.not_applied = []
+            self.not_applied = self._container_faults()
             return
         shapings = [p.shaping for p in self.phases]
         kinds = set(self.offer.kinds) if self.offer.qdiscs else set(UNPROBED_KINDS)
@@ -415,6 +421,13 @@ class Testbed:
             if net is not None and getattr(net, key) not in (None, False):
                 self.not_applied.append(f"network.{key} is applied by the user-space link "
                                         f"emulator only (network.emulator: user-link)")
+        self.not_applied += self._container_faults()
+
+    def _container_faults(self) -> list[str]:
+        """The profile's container faults, which shaping a link cannot apply."""
+        if self.profile is None:
+            return []
+        return container_fault_warnings(self.profile, "the link shaping (simstream testbed up)")
 
     def down(self) -> list[str]:
         """Remove what this testbed made. Idempotent; returns the errors it met (never raises)."""
