@@ -38,7 +38,9 @@ The same faults can be scripted in the profile's ``faults`` section as
 ``emitter-N``, ``at_s`` on the same clock, ``duration_s`` or
 ``restart_after_s`` for FOR): ``up`` reads them from the profile (a bundled name
 or a file on this host) and runs them with any ``--fault`` options, on the same
-runner.
+runner. A profile that is a file on this host is mounted read-only into the
+containers (``PROFILE_MOUNT``) and used there, so the containers run the very
+profile whose faults the driver scripts.
 
 Cleanup: the compose project ``simstream-NAME`` is taken down (containers,
 network, volume) after ``up`` ends, fails or is interrupted (SIGINT, SIGTERM),
@@ -54,6 +56,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -74,6 +77,8 @@ FAULT_KINDS = ("cut", "pause", "kill")
 #: the profile's container-fault kinds (profile.HOST_FAULT_KINDS) -> --fault's
 PROFILE_FAULT_KINDS = {"link_cut": "cut", "host_pause": "pause", "host_kill": "kill"}
 RUN_DIR = "/runs/testbed"
+#: where a profile file of this host is mounted in every container
+PROFILE_MOUNT = "/simstream/profile.yaml"
 #: a docker CLI call that takes longer than this is an error (the engine is stuck)
 CALL_TIMEOUT_S = 120.0
 #: the emitters must have sent their first message this long after `up`
@@ -148,6 +153,14 @@ def read_profile_faults(profile_arg: str) -> tuple[list[Fault], str | None]:
     return profile_faults(load_profile(path)), None
 
 
+def profile_mount_override(profile_file: Path) -> str:
+    """A compose override that mounts ``profile_file`` (a file on this host)
+    read-only at PROFILE_MOUNT in every service that reads the profile."""
+    src = json.dumps(f"{profile_file.resolve()}:{PROFILE_MOUNT}:ro")
+    # JSON is YAML: the path needs no quoting rules of its own
+    return "services:\n" + "".join(f"  {s}:\n    volumes: [{src}]\n" for s in SERVICES)
+
+
 def _run(argv: list[str], *, timeout: float = CALL_TIMEOUT_S, check: bool = True,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     try:
@@ -204,7 +217,8 @@ def default_compose_file() -> Path:
 class Stack:
     """One compose project: ``simstream-NAME`` from ``compose_file``."""
 
-    def __init__(self, name: str, compose_file: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, compose_file: Path, env: dict[str, str] | None = None,
+                 extra_files: list[Path] | None = None) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,40}", name):
             raise UsageError(f"--name {name!r}: lower-case letters, digits, - and _ only")
         client = compose_client()
@@ -217,6 +231,8 @@ class Stack:
         self.compose_file = compose_file
         self.env = {**os.environ, **(env or {})}
         self._base = [*client, "-p", self.project, "-f", str(compose_file)]
+        for extra in extra_files or []:
+            self._base += ["-f", str(extra)]
 
     def compose(self, *args: str, timeout: float = CALL_TIMEOUT_S,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -461,10 +477,29 @@ def up(name: str, compose_file: Path | None, profile: str, duration: float, tran
         raise click.ClickException(problem)
     if _run(["docker", "image", "inspect", image], check=False).returncode != 0:
         raise click.ClickException(f"no image {image}: build it with `make image`")
-    env = {"SIMSTREAM_PROFILE": profile, "SIMSTREAM_DURATION": f"{duration:g}",
+    extra: list[Path] = []
+    tmp: str | None = None
+    in_image = profile
+    if Path(profile).is_file():
+        # a file of this host: the containers read the same file, mounted
+        tmp = tempfile.mkdtemp(prefix="simstream-compose-")
+        extra.append(Path(tmp) / "profile-mount.yml")
+        extra[0].write_text(profile_mount_override(Path(profile)))
+        in_image = PROFILE_MOUNT
+        click.echo(f"profile {profile}: mounted read-only at {PROFILE_MOUNT} in the containers")
+    env = {"SIMSTREAM_PROFILE": in_image, "SIMSTREAM_DURATION": f"{duration:g}",
            "SIMSTREAM_TRANSPORT": transport, "SIMSTREAM_IDLE_S": f"{idle_timeout:g}",
            "SIMSTREAM_IMAGE": image}
-    stack = Stack(name, compose_file or default_compose_file(), env)
+    try:
+        _up(name, compose_file, env, extra, out, parsed, timeout_s, keep)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _up(name: str, compose_file: Path | None, env: dict[str, str], extra: list[Path],
+        out: Path | None, parsed: list[Fault], timeout_s: float, keep: bool) -> None:
+    stack = Stack(name, compose_file or default_compose_file(), env, extra)
     if out is None:
         out = Path("runs") / f"docker-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists():
