@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from simstream.cli import cli, main
@@ -22,7 +23,14 @@ from simstream.profile import (
     parse_profile,
 )
 from simstream.schedule import iter_schedule
-from simstream.testbed.docker import parse_fault, profile_faults, read_profile_faults
+from simstream.testbed.docker import (
+    PROFILE_MOUNT,
+    SERVICES,
+    parse_fault,
+    profile_faults,
+    profile_mount_override,
+    read_profile_faults,
+)
 from simstream.testbed.netns import Testbed
 
 HOST_FAULTS: list[dict[str, Any]] = [
@@ -125,3 +133,12 @@ def test_link_shaping_reports_them_not_applied() -> None:
     assert lines == container_fault_warnings(p, "the link shaping (simstream testbed up)")
     assert len(lines) == 3 and lines[0].startswith("faults[0] link_cut emitter-1 at +1 s for 2 s")
     assert Testbed._container_faults(SimpleNamespace(profile=None)) == []  # type: ignore[arg-type]
+
+
+def test_a_host_profile_file_is_mounted_into_every_container(tmp_path: Path) -> None:
+    f = tmp_path / "a profile: odd.yaml"
+    f.write_text("name: p\n")
+    override = yaml.safe_load(profile_mount_override(f))
+    mount = {"type": "bind", "source": str(f.resolve()), "target": PROFILE_MOUNT,
+             "read_only": True}
+    assert override == {"services": {s: {"volumes": [mount]} for s in SERVICES}}

@@ -156,9 +156,10 @@ def read_profile_faults(profile_arg: str) -> tuple[list[Fault], str | None]:
 def profile_mount_override(profile_file: Path) -> str:
     """A compose override that mounts ``profile_file`` (a file on this host)
     read-only at PROFILE_MOUNT in every service that reads the profile."""
-    src = json.dumps(f"{profile_file.resolve()}:{PROFILE_MOUNT}:ro")
-    # JSON is YAML: the path needs no quoting rules of its own
-    return "services:\n" + "".join(f"  {s}:\n    volumes: [{src}]\n" for s in SERVICES)
+    # the long syntax (a path may hold a colon); JSON is YAML, so no quoting rules
+    mount = json.dumps({"type": "bind", "source": str(profile_file.resolve()),
+                        "target": PROFILE_MOUNT, "read_only": True})
+    return "services:\n" + "".join(f"  {s}:\n    volumes: [{mount}]\n" for s in SERVICES)
 
 
 def _run(argv: list[str], *, timeout: float = CALL_TIMEOUT_S, check: bool = True,
