@@ -1,7 +1,7 @@
 """The compose testbed for real: `simstream testbed docker up` runs the consumer and
 two emitter containers (ranks 0 and 1) on a bridge network, each emitter shaping
 its own eth0 with tbf, with the three container faults in one bring-up: a link cut
-on emitter-1; emitter-0 paused, then killed and started again (a new epoch); then
+on emitter-1 (scripted in the profile: link_cut); emitter-0 paused, then killed and started again (a new epoch); then
 the run directory, the accounting per (rank, epoch), the verdict, the qdisc read
 back from inside a container and the cleanup are checked.
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from simstream.errors import UsageError
 from simstream.testbed.docker import DockerError, Fault, _FaultRunner, engine_problem, parse_fault
@@ -112,9 +113,16 @@ def test_two_emitters_a_shaped_link_and_a_cut(tmp_path: Path) -> None:
     name = f"ci{os.getpid()}"
     project = f"simstream-{name}"
     out = tmp_path / "run"
+    # the cut is scripted in the profile (a file of this host, mounted into the
+    # containers), the pause and the kill come from --fault: one schedule
+    profile = yaml.safe_load((ROOT / "profiles" / "bandwidth-capped.yaml").read_text())
+    profile["faults"] = [{"kind": "link_cut", "replica": 1, "at_s": CUT[0],
+                          "duration_s": CUT[1]}]
+    profile_file = tmp_path / "bandwidth-capped-cut.yaml"
+    profile_file.write_text(yaml.safe_dump(profile))
     cmd = [sys.executable, "-m", "simstream", "testbed", "docker", "up", "--name", name,
-           "--profile", "bandwidth-capped", "--duration", str(DURATION_S), "--idle-timeout", "6",
-           "--transport", "tcp", "--fault", f"cut:emitter-1:{CUT[0]:g}:{CUT[1]:g}",
+           "--profile", str(profile_file), "--duration", str(DURATION_S), "--idle-timeout", "6",
+           "--transport", "tcp",
            "--fault", f"pause:emitter-0:{PAUSE[0]:g}:{PAUSE[1]:g}",
            "--fault", f"kill:emitter-0:{KILL[0]:g}:{KILL[1]:g}",
            "--out", str(out), "--timeout", "240", "--image", IMAGE]
@@ -148,6 +156,7 @@ def test_two_emitters_a_shaped_link_and_a_cut(tmp_path: Path) -> None:
             subprocess.run([sys.executable, "-m", "simstream", "testbed", "docker", "down",
                             "--name", name], cwd=ROOT, capture_output=True, timeout=180)
     assert proc.returncode == 0, f"{stdout}\n{stderr}"
+    assert f"fault from the profile: cut emitter-1 at +{CUT[0]:g} s for {CUT[1]:g} s" in stdout
     assert "tbf" in qdisc and "rate 400Mbit" in qdisc, qdisc
 
     summary = json.loads((out / "summary.json").read_text())
