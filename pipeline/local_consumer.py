@@ -30,7 +30,7 @@ from typing import Any
 from simstream.clock import now
 
 from .config import ConsumerConfig
-from .context import Clock, StageContext
+from .context import Clock, Q1Item, StageContext
 from .fast_ingest import fast_rcvbuf, merged_receiver_stats, parse_in_fast
 from .inference import InferenceLoop, build_engine, warm_up
 from .ingest import parse_in_actor, parse_in_receiver, producer_thread, random_producer
@@ -74,7 +74,7 @@ class _LocalResources:
         # that connected meanwhile would be held back by a consumer not yet reading
         self.q1 = make_q1(cfg.queue.backend, cfg.queue.maxsize, cfg.queue.shards,
                           cfg.queue.poll_interval_ms, cfg.ray.address, cfg.ray.num_cpus,
-                          cfg.ray.q1_items)
+                          cfg.ray.q1_items, preload=(Q1Item.__module__,))
         if cfg.mode == "socket" and cfg.layout == "fast":
             rcvbuf = fast_rcvbuf()
             first, *rest = [_fast_receiver(cfg, url, self.engine, clock, rcvbuf)

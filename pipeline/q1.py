@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
 import os
 import pickle
@@ -390,12 +391,13 @@ class _RayShard:
     """One Q1 shard as a Ray actor: a bounded deque. Calls are served one at a time
     (an actor's default), so each answer reflects every call before it."""
 
-    def __init__(self, capacity: int) -> None:
-        # the items are the consumer's Q1Items: load their module now, while the run is
-        # set up, not when the first batch arrives (a second or more on a busy machine,
-        # which the run's first puts would carry as if Q1 were slow)
-        from . import context  # noqa: F401
-
+    def __init__(self, capacity: int, preload: tuple[str, ...] = ()) -> None:
+        # the modules of the items the owner will put (named by it: this module does
+        # not know its users): loaded now, while the run is set up, not when the first
+        # batch arrives (a second or more on a busy machine, which the run's first puts
+        # would carry as if Q1 were slow)
+        for name in preload:
+            importlib.import_module(name)
         self.capacity = capacity
         self.items: deque[Any] = deque()
 
@@ -463,7 +465,8 @@ class RayQ1(_ShardedQ1):
     backend = "ray"
 
     def __init__(self, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
-                 address: str | None = None, num_cpus: int = 1, items: str = "ref") -> None:
+                 address: str | None = None, num_cpus: int = 1, items: str = "ref",
+                 preload: tuple[str, ...] = ()) -> None:
         if maxsize < 1 or shards < 1:
             raise ValueError("maxsize and shards must be >= 1")
         self.items = _check_items(items)
@@ -483,7 +486,7 @@ class RayQ1(_ShardedQ1):
         # num_cpus=0: a shard only answers calls; it must not wait for a free CPU
         # slot on a small machine, nor take one from the cluster's real work
         actor = ray.remote(num_cpus=0, max_restarts=0)(_RayShard)
-        self._actors = [actor.remote(self.capacity) for _ in range(self.shards)]
+        self._actors = [actor.remote(self.capacity, tuple(preload)) for _ in range(self.shards)]
         try:
             ray.get([a.depth.remote() for a in self._actors], timeout=60)
         except Exception:
@@ -512,7 +515,6 @@ class RayQ1(_ShardedQ1):
         return list(self._actors)
 
     def _init(self, address: str | None, num_cpus: int) -> None:
-        ray = self._ray
         kwargs: dict[str, Any] = {
             "include_dashboard": False, "logging_level": logging.WARNING,
             "log_to_driver": False, "configure_logging": True,
@@ -536,11 +538,28 @@ class RayQ1(_ShardedQ1):
         if address not in (None, "auto"):
             _probe(address)
         try:
-            ray.init(**kwargs)
+            self._init_local_or_join(kwargs, local=address is None)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = "a local Ray instance" if address is None else f"Ray at {address!r}"
             raise UsageError(f"cannot start or reach {where}: {exc}") from None
         self.owns_ray = True
+
+    def _init_local_or_join(self, kwargs: dict[str, Any], local: bool) -> None:
+        """ray.init; a local instance whose raylet did not register within Ray's fixed
+        30 s (a plain Exception from Ray: seen with a 2-core machine's load average at
+        40) is shut down and started once more, said in the log."""
+        ray = self._ray
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # noqa: BLE001  (Ray raises a bare Exception for this)
+            if not local or "timed out during startup" not in str(exc):
+                raise
+            logging.getLogger("pipeline.q1").warning(
+                "the local Ray instance did not start within Ray's 30 s (%s); starting it once more",
+                exc)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            ray.init(**kwargs)
 
     def _call(self, method: Any, *args: Any) -> Any:
         try:
@@ -598,14 +617,15 @@ BACKENDS = ("local", "process", "ray")
 
 def make_q1(backend: str, maxsize: int, shards: int = 4, poll_interval_ms: float = 10.0,
             ray_address: str | None = None, ray_num_cpus: int = 1,
-            ray_items: str = "ref") -> Any:
+            ray_items: str = "ref", preload: tuple[str, ...] = ()) -> Any:
     """The Q1 backend named by ``backend`` (local | process | ray)."""
     if backend == "local":
         return LocalQ1(maxsize)
     if backend == "process":
         return ProcessQ1(maxsize, shards, poll_interval_ms)
     if backend == "ray":
-        return RayQ1(maxsize, shards, poll_interval_ms, ray_address, ray_num_cpus, ray_items)
+        return RayQ1(maxsize, shards, poll_interval_ms, ray_address, ray_num_cpus, ray_items,
+                     preload)
     raise ValueError(f"queue.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
 
 

@@ -47,7 +47,7 @@ from simstream.clock import now
 from simstream.errors import UsageError
 
 from .config import ConsumerConfig
-from .context import StageContext
+from .context import Q1Item, StageContext
 from .inference import InferenceLoop, build_engine, report_progress, warm_up
 from .ingest import parse_in_actor, parse_in_receiver
 from .q1 import Q1Sampler, Q1Stats, RayQ1
@@ -503,7 +503,8 @@ def run_ray_consumer(
         raise UsageError("ray.actors needs mode socket (random mode has no receivers)")
     stop = stop or threading.Event()
     q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
-               cfg.ray.address, cfg.ray.num_cpus, cfg.ray.q1_items)
+               cfg.ray.address, cfg.ray.num_cpus, cfg.ray.q1_items,
+               preload=(Q1Item.__module__,))
     ray = q1._ray
     d = _RayDriver(cfg, q1, stop, on_progress)
     try:

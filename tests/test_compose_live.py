@@ -38,6 +38,10 @@ KILL = (3.0, 1.0)  # emitter-0's container is killed and started again (a new ep
 # kill lands although its first message may come seconds before the fault clock's
 # zero (both emitters' first message) and docker calls take seconds on a loaded host
 DURATION_S = 12
+# how long the consumer waits for the next message before it ends the run: longer than
+# a killed emitter's restart takes on a loaded 2-core machine (7.7 s seen at a load
+# average of 15, more at 40), or the restarted emitter finds no consumer
+IDLE_S = 20
 
 
 def test_fault_specs() -> None:
@@ -121,7 +125,7 @@ def test_two_emitters_a_shaped_link_and_a_cut(tmp_path: Path) -> None:
     profile_file = tmp_path / "bandwidth-capped-cut.yaml"
     profile_file.write_text(yaml.safe_dump(profile))
     cmd = [sys.executable, "-m", "simstream", "testbed", "docker", "up", "--name", name,
-           "--profile", str(profile_file), "--duration", str(DURATION_S), "--idle-timeout", "6",
+           "--profile", str(profile_file), "--duration", str(DURATION_S), "--idle-timeout", str(IDLE_S),
            "--transport", "tcp",
            "--fault", f"pause:emitter-0:{PAUSE[0]:g}:{PAUSE[1]:g}",
            "--fault", f"kill:emitter-0:{KILL[0]:g}:{KILL[1]:g}",

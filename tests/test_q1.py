@@ -199,3 +199,39 @@ class TestProcessBackend:
             assert q.shards == 4 and q.capacity == 3 and q.maxsize == 12
         finally:
             q.close()
+
+
+class _FakeRay:
+    """Ray's init as it behaves when its raylet does not register in time, then does."""
+
+    def __init__(self, failures: int, message: str) -> None:
+        self.failures, self.message = failures, message
+        self.inits = self.shutdowns = 0
+
+    def init(self, **kwargs: object) -> None:
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise Exception(self.message)  # noqa: TRY002  (what Ray raises)
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_timed_out_starting_is_started_once_more() -> None:
+    from simstream.pipeline.q1 import RayQ1
+
+    q = RayQ1.__new__(RayQ1)
+    q._ray = _FakeRay(1, "The current node timed out during startup. This could happen ...")
+    q._init_local_or_join({}, local=True)
+    assert (q._ray.inits, q._ray.shutdowns) == (2, 1)
+    # a second time-out, a cluster that timed out, or any other failure is not retried
+    q._ray = _FakeRay(2, "The current node timed out during startup.")
+    with pytest.raises(Exception, match="timed out during startup"):
+        q._init_local_or_join({}, local=True)
+    assert q._ray.inits == 2
+    for local, message in ((False, "The current node timed out during startup."),
+                           (True, "something else")):
+        q._ray = _FakeRay(1, message)
+        with pytest.raises(Exception, match=message):
+            q._init_local_or_join({}, local=local)
+        assert q._ray.inits == 1
