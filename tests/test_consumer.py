@@ -236,7 +236,9 @@ def test_socket_mode_accounts_for_every_message(tmp_path: Path, parse_in: str, b
             idx = [int(b["index"]) for b in batches]
             late = sum(1 for i, x in enumerate(idx) if x < max(idx[: i + 1]))
             assert s["q1"]["reordered"] == late
-    assert int(batches[-1]["events"]) == 2  # the partial batch went through
+    # the partial batch (the last message) went through; a sharded Q1 may hand it out
+    # before an earlier one, so it is found by its arrival index, not its row
+    assert int(max(batches, key=lambda b: int(b["index"]))["events"]) == 2
     assert all(b["t_parse_start"] for b in batches)
 
 
