@@ -213,24 +213,42 @@ def settled(path: Path, quiet_s: float) -> Iterator[bool]:
         yield time.monotonic() - since >= quiet_s
 
 
+class FileTail:
+    """The complete lines another process has appended to a file since the last
+    call (a row being written is taken next time)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self.lines = 0  # complete lines so far
+        self.last = b""  # the last complete line, without its newline
+
+    def read(self) -> bytes:
+        """The new complete lines (bytes, each ending in a newline)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except OSError:
+            return b""
+        end = chunk.rfind(b"\n") + 1
+        if not end:
+            return b""
+        new = chunk[:end]
+        self._offset += end
+        self.lines += new.count(b"\n")
+        self.last = new[new.rfind(b"\n", 0, end - 1) + 1:end - 1]
+        return new
+
+
 class LineCount:
     """Lines of a file that another process appends to, counted incrementally
     (each call reads only what was added since the last)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._offset = 0
-        self._lines = 0
+        self._tail = FileTail(path)
 
     def __call__(self) -> int:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except OSError:
-            return self._lines
-        # count only complete lines: a row being written is counted next time
-        end = chunk.rfind(b"\n") + 1
-        self._lines += chunk.count(b"\n", 0, end)
-        self._offset += end
-        return self._lines
+        self._tail.read()
+        return self._tail.lines

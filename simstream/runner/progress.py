@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import IO
 
 from simstream.records.contract import EMIT_LOG, MESSAGES_CSV, Q1_CSV
+from simstream.runner.procs import FileTail
 
 __all__ = ["FileTail", "ProgressSample", "RunProgress", "progress_line"]
 
@@ -34,34 +35,6 @@ PLAIN_INTERVAL_S = 5.0
 LIVE_INTERVAL_S = 0.5
 #: the rate is taken over about this long
 RATE_WINDOW_S = 5.0
-
-
-class FileTail:
-    """The complete lines another process has appended to a file since the last
-    call (a row being written is taken next time)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self.lines = 0  # complete lines so far
-        self.last = b""  # the last complete line, without its newline
-
-    def read(self) -> bytes:
-        """The new complete lines (bytes, each ending in a newline)."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except OSError:
-            return b""
-        end = chunk.rfind(b"\n") + 1
-        if not end:
-            return b""
-        new = chunk[:end]
-        self._offset += end
-        self.lines += new.count(b"\n")
-        self.last = new[new.rfind(b"\n", 0, end - 1) + 1:end - 1]
-        return new
 
 
 @dataclass(frozen=True)
