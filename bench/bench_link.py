@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -253,7 +252,7 @@ def ceiling_rows(res: dict[str, Any], seconds: float, repeats: int) -> None:
 
 def verify_rows(res: dict[str, Any], seconds: float) -> None:
     """``verify`` on a consumer-side capture of a 256 KiB-buffer TCP stream."""
-    from simstream.testbed.capture import capture_argv
+    from simstream.runner.kernel import start_capture
     from simstream.testbed.verify import verify_capture
 
     for loss in (0.1, 1.0, 10.0):
@@ -261,22 +260,17 @@ def verify_rows(res: dict[str, Any], seconds: float) -> None:
         with tempfile.TemporaryDirectory() as d:
             pcap, sent = Path(d) / "c.pcap", Path(d) / "p.pcap"
             with Testbed.up("benchver", prof) as tb:
-                caps = [subprocess.Popen(capture_argv(iface, 5001, out, seconds + 60, netns=ns),
-                                         stderr=subprocess.PIPE, text=True)
-                        for iface, out, ns in ((tb.consumer_iface, pcap, tb.consumer_ns),
-                                               (tb.producer_iface, sent, tb.producer_ns))]
+                caps: list[Any] = []
                 try:
-                    for cap in caps:
-                        assert cap.stderr is not None
-                        for _ in range(5):
-                            if "capturing on" in cap.stderr.readline():
-                                break
+                    for iface, out, ns in ((tb.consumer_iface, pcap, tb.consumer_ns),
+                                           (tb.producer_iface, sent, tb.producer_ns)):
+                        start_capture(caps, Path(d), iface, 5001, seconds + 60, netns=ns,
+                                      name=out.name)
                     mbps = tcp_mbps(tb, seconds, SOCKBUF)
                 finally:
                     for cap in caps:
-                        cap.send_signal(signal.SIGINT)
-                    for cap in caps:
-                        cap.communicate(timeout=30)
+                        cap.interrupt(grace_s=30)
+                        cap.stop()  # reaped already: closes its log
                 st = tb.forwarder.stats()["p2c"] if tb.forwarder else {}
                 lost = st.get("lost")
                 devices = (tb.link_mtu, tb.forwarder.offload if tb.forwarder else None)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -489,27 +490,22 @@ def test_the_emulator_is_read_from_the_run_or_the_profile(tmp_path: Path) -> Non
 @pytest.mark.integration
 def test_verify_judges_round_trip_and_loss_of_an_emulated_link(offer: KernelOffer,
                                                                tmp_path: Path) -> None:
-    from simstream.testbed.capture import capture_argv
+    from simstream.runner.kernel import start_capture
     from simstream.testbed.verify import verify_capture
 
     prof = _profile(latency_ms=20, jitter_ms=2, loss_pct=1, emulator="user-link")
     pcap, sent = tmp_path / "consumer.pcap", tmp_path / "producer.pcap"
     with Testbed.up("ulverify", prof, offer=offer) as tb:  # type: ignore[arg-type]
-        caps = [subprocess.Popen(capture_argv(iface, 5001, out, 30, netns=ns),
-                                 stderr=subprocess.PIPE, text=True)
-                for iface, out, ns in ((tb.consumer_iface, pcap, tb.consumer_ns),
-                                       (tb.producer_iface, sent, tb.producer_ns))]
+        caps: list[Any] = []
         try:
-            for cap in caps:
-                assert cap.stderr is not None
-                # scapy may warn first (a TUN device's link type)
-                assert any("capturing on" in cap.stderr.readline() for _ in range(5))
+            for iface, out, ns in ((tb.consumer_iface, pcap, tb.consumer_ns),
+                                   (tb.producer_iface, sent, tb.producer_ns)):
+                start_capture(caps, tmp_path, iface, 5001, 30, netns=ns, name=out.name)
             _tcp_mbps(tb, 3.0)
         finally:
             for cap in caps:
-                cap.send_signal(signal.SIGINT)
-            for cap in caps:
-                cap.communicate(timeout=20)
+                cap.interrupt(grace_s=20)
+                cap.stop()  # reaped already: closes its log
         stats = tb.forwarder.stats() if tb.forwarder else {}
         # loss asked: one TCP segment per packet, so loss falls per segment
         assert (tb.link_mtu, tb.link_offload) == (1500, False), tb.link_devices
