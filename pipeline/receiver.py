@@ -126,7 +126,10 @@ class ReceiverStats:
         self.t_last = t_done
 
     def as_dict(self) -> dict[str, object]:
-        span = (self.t_last - self.t_first) if self.t_first is not None and self.t_last is not None else None
+        # one snapshot: the receiver thread may still be adding to these while the
+        # summary is made, and every figure below must come from the same moment
+        t_first, t_last, wait_s, read_s = self.t_first, self.t_last, self.wait_s, self.read_s
+        span = (t_last - t_first) if t_first is not None and t_last is not None else None
         rxq = self.rx_queue_samples
         return {
             "messages": self.messages, "bytes": self.bytes, "oversize": self.oversize,
@@ -134,8 +137,8 @@ class ReceiverStats:
             "disconnects": self.disconnects,
             "protocol_errors": self.protocol_errors, "errors": self.errors[-10:],
             "span_s": None if span is None else round(span, 6),
-            "wait_s": round(self.wait_s, 6), "read_s": round(self.read_s, 6),
-            "busy_share": round(max(0.0, 1.0 - self.wait_s / span), 4) if span else None,
+            "wait_s": round(wait_s, 6), "read_s": round(read_s, 6),
+            "busy_share": round(max(0.0, 1.0 - wait_s / span), 4) if span else None,
             "wakeups": self.wakeups, "ready_without_wait": self.ready_without_wait,
             "bytes_per_wakeup": round(self.bytes / max(self.wakeups, 1), 1) if self.bytes else None,
             "rx_queue_bytes_mean": round(sum(rxq) / len(rxq), 1) if rxq else None,
