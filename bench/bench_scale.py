@@ -110,7 +110,7 @@ def profile_for(args: argparse.Namespace, ranks: int, receivers: int, actors: in
         "timeline": {"phases": [{"name": "flat-out", "rate_hz": None}]},
         "stop": {"messages": None, "duration_s": args.duration},
         "consumer": consumer,
-    })
+    }, skip_none=False)
 
 
 def run_case(args: argparse.Namespace, workdir: Path, ranks: int, receivers: int, actors: int,

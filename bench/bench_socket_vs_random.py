@@ -56,7 +56,7 @@ def _profile(args: argparse.Namespace, model: dict[str, Any], label: str, layout
         "source.content": "peaks",
         "source.format": args.format,
         "source.compression": "none",
-        "source.total_events": None,
+        "source.total_events": None,  # no per-rank cap: the socket run lasts --seconds
         "source.pool": 4,
         "timeline.phases": [{"name": "unpaced", "rate_hz": None}],
         "network.bandwidth_mbps": None,
@@ -66,7 +66,7 @@ def _profile(args: argparse.Namespace, model: dict[str, Any], label: str, layout
         **spread,
         "consumer": {**base.model_dump()["consumer"], "model": model, "buffers": args.buffers,
                      "device": args.device, "queue": {"maxsize": 8}, "layout": layout},
-    })
+    }, skip_none=False)
 
 
 def _case(args: argparse.Namespace, model: dict[str, Any], label: str, out: Path) -> list[dict[str, Any]]:

@@ -34,8 +34,11 @@ Progress = Callable[[dict[str, Any]], None]
 
 def host_buffers_needed(cfg: ConsumerConfig) -> int:
     """The most host batch buffers a run holds at once: Q1 full, every parser slot
-    busy, every engine buffer in flight (and one being filled by the random source)."""
-    return cfg.queue.maxsize + 2 * cfg.parser_threads + cfg.buffers + 1
+    busy, every engine buffer in flight (and one being filled by the random source);
+    in the fast layout also one per receiver (each reads its next message into a
+    buffer of the pool while the parser slots are taken)."""
+    receivers = len(cfg.urls) if cfg.mode == "socket" and cfg.layout == "fast" else 0
+    return cfg.queue.maxsize + 2 * cfg.parser_threads + cfg.buffers + 1 + receivers
 
 
 def build_engine(cfg: ConsumerConfig) -> Any:

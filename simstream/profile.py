@@ -980,14 +980,17 @@ class Profile(_Model):
                 raise ValueError(f"a fault names rank {f.rank} but {top}")
         return self
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> Profile:
+    def with_overrides(self, overrides: Mapping[str, Any], *, skip_none: bool = True) -> Profile:
         """A new profile with dotted-path overrides (``{"transport.url": ...}``) applied.
 
+        ``skip_none``: a None value means "not given" and leaves the field as it is
+        (a command-line flag left out); False sets the field to None (to lift a
+        limit the profile sets, e.g. ``source.total_events``).
         Raises ProfileError naming the flag's path when the result is invalid.
         """
         data = self.model_dump(mode="python")
         for dotted, value in overrides.items():
-            if value is None:
+            if value is None and skip_none:
                 continue
             node = data
             parts = dotted.split(".")

@@ -110,6 +110,10 @@ def test_a_consumer_engine_keeps_every_host_buffer_its_run_can_hold():
     cfg = consumer_config(None, {"queue.maxsize": 5, "parser_threads": 3, "buffers": 2,
                                  "device": "cpu", "model": {"kind": "noop"}})
     assert host_buffers_needed(cfg) == 5 + 2 * 3 + 2 + 1
+    fast = consumer_config(None, {"queue.maxsize": 5, "parser_threads": 3, "buffers": 2,
+                                  "mode": "socket", "layout": "fast",
+                                  "bind": ["tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"]})
+    assert host_buffers_needed(fast) == 5 + 2 * 3 + 2 + 1 + 2  # and one per receiver
     with build_engine(cfg) as engine:
         assert engine.pool.max_free == 14
         held = [engine.host_array((2, 4), np.float32) for _ in range(14)]

@@ -149,6 +149,11 @@ def test_consumer_section_is_typed_and_round_trips() -> None:
     q = p.with_overrides({"source.shape": [1, 32, 32], "consumer.buffers": 3})
     assert q.consumer.event_shape == [1, 32, 32] and q.consumer.buffers == 3
     assert q.consumer.model == c.model
+    # None is "not given" unless asked to set it (lifting a limit the profile sets)
+    capped = p.with_overrides({"source.total_events": 800})
+    assert capped.with_overrides({"source.total_events": None}).source.total_events == 800
+    assert capped.with_overrides({"source.total_events": None},
+                                 skip_none=False).source.total_events is None
     # so do they when a dumped profile is edited and validated again
     data = p.model_dump(mode="python")
     data["source"]["shape"] = [1, 16, 16]
