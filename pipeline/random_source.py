@@ -12,9 +12,10 @@ CPU, which can make the producer, not the consumer, the limit). Default: a few
 random batches are drawn once and each batch is a copy of one of them into new
 host memory (a memcpy), so random mode stays what the investigation means by it,
 a feed with no data bottleneck, while the memory path is the socket path's. A
-large batch is copied by torch's intra-op threads (``PARALLEL_COPY_BYTES``): one
-thread copies about 10 GB/s, so a 236 MB batch would take 20-odd ms, as long as a
-fast model's step, and the baseline would measure the copy, not the consumer.
+large batch is copied in parallel chunks (``pipeline.pinned.copy_into``, as the
+engine's staging copy): one thread copies about 10 GB/s, so a 236 MB batch would
+take 20-odd ms, as long as a fast model's step, and the baseline would measure
+the copy, not the consumer.
 """
 
 from __future__ import annotations
@@ -26,10 +27,7 @@ import numpy as np
 
 from simstream.clock import now
 
-__all__ = ["PARALLEL_COPY_BYTES", "RandomSource"]
-
-#: batches of at least this many bytes are copied by torch's thread pool
-PARALLEL_COPY_BYTES = 4 << 20
+__all__ = ["RandomSource"]
 
 
 class RandomSource:
@@ -82,22 +80,11 @@ class RandomSource:
         if self.fresh:
             self._draw(arr)
         else:
-            copy_batch(arr, self._pool[self._n % len(self._pool)])
+            from .pinned import copy_into  # torch: imported where batches are made
+
+            copy_into(arr, self._pool[self._n % len(self._pool)])
             self._n += 1
         return arr, release, t0, self.clock()
-
-
-def copy_batch(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst[...] = src`` for two C-contiguous arrays of one shape and dtype; from
-    ``PARALLEL_COPY_BYTES`` on, as bytes through torch (its copy runs on the intra-op
-    threads; numpy's is one thread)."""
-    if src.nbytes >= PARALLEL_COPY_BYTES and dst.flags.c_contiguous and src.flags.c_contiguous:
-        import torch
-
-        torch.from_numpy(dst.reshape(-1).view(np.uint8)).copy_(
-            torch.from_numpy(src.reshape(-1).view(np.uint8)))
-    else:
-        np.copyto(dst, src)
 
 
 def torch_generator(seed: int) -> Any:
