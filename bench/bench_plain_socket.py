@@ -14,9 +14,12 @@ And, with ``--cases ...,emit``, the emitter against them in the same run:
 
 - ``emit``: ``simstream emit --ranks N --processes N`` (uncapped, unpaced,
   HDF5 uncompressed messages of the same size from a pool, one address per
-  rank, the anchors' send buffer: ``transport.sndbuf_bytes``) into N pyzmq
-  PULL receiver processes like the ``zmq`` case's; the
-  table gives its ratio to plain TCP and to zmq with as many streams (the
+  rank, the anchors' send buffer: ``transport.sndbuf_bytes``) into N receiver
+  processes: by default (``--emit-sink into``) the fast layout's own ZMTP PULL,
+  which reads each message with ``recv_into`` as the ``tcp`` case's receivers
+  do, so the figure is the emitter's; ``--emit-sink zmq``: pyzmq PULLs like the
+  ``zmq`` case's (libzmq's receiving side then caps it from about 8 streams).
+  The table gives its ratio to plain TCP and to zmq with as many streams (the
   issue's emitter goal: >= 0.8 of the plain socket benchmark with N streams).
 
     python bench/bench_plain_socket.py --streams 1,2,4 --msg-mib 8 --seconds 3
@@ -144,6 +147,43 @@ def _zmq_receiver(port: int, ready: Any, out: Any) -> None:
     ctx.term()
 
 
+def _into_receiver(port: int, ready: Any, out: Any) -> None:
+    """The ``emit`` case's default receiver (``--emit-sink into``): the fast
+    layout's own ZMTP PULL (``pipeline.zmtp_into.IntoReceiver``), each message
+    ``recv_into`` one reused buffer, as ``_tcp_receiver`` reads, so the figure is
+    the emitter's and not libzmq's receiving side. Ends after ``IDLE_S`` of silence
+    following the first message; puts what ``_zmq_receiver`` puts."""
+    from simstream.pipeline.zmtp_into import IntoReceiver
+
+    held: dict[int, np.ndarray] = {}
+
+    def alloc(shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Any]:
+        n = int(np.prod(shape))
+        if n not in held:  # one buffer per message size, reused for every message
+            held[n] = np.empty(n, np.uint8)
+        return held[n].view(dtype).reshape(shape), lambda: None
+
+    rx = IntoReceiver(f"tcp://127.0.0.1:{port}", 1 << 40, alloc, rcvbuf=SOCK_BUF)
+    ready.put(True)
+    got, t0, t_last = 0, None, None
+    deadline = time.perf_counter() + 120.0
+    while True:
+        msg = rx.recv(0.1)
+        t = time.perf_counter()
+        if msg is None:
+            if (t0 is None and t > deadline) or (t_last is not None and t - t_last > IDLE_S):
+                break
+            continue
+        t_last = t
+        if t0 is None:
+            t0 = t  # the first message's bytes arrived before this: not counted
+        else:
+            got += msg.nbytes
+    now = time.perf_counter()
+    out.put((got, t0 or now, t_last or now))
+    rx.close()
+
+
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -254,12 +294,13 @@ def tcp_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | 
     return _gbps(results), _cpu_per_gb(results, cpu)
 
 
-def _pull_receivers(ctx: Any, streams: int) -> tuple[list[Any], list[int], Any]:
+def _pull_receivers(ctx: Any, streams: int, target: Any = _zmq_receiver
+                    ) -> tuple[list[Any], list[int], Any]:
     out, ready = ctx.Queue(), ctx.Queue()
     procs, ports = [], []
     for _ in range(streams):
         port = _free_port()
-        recv = ctx.Process(target=_zmq_receiver, args=(port, ready, out))
+        recv = ctx.Process(target=target, args=(port, ready, out))
         recv.start()
         ready.get(timeout=60)
         procs.append(recv)
@@ -299,13 +340,19 @@ def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int]) ->
     }
 
 
-def emit_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | None]:
-    """``simstream emit --processes N`` into N PULL receivers, as ``zmq_gbps``
-    measures it; its CPU per GB is that of the whole emitter (parent and children)."""
+SINKS = {"into": _into_receiver, "zmq": _zmq_receiver}
+
+
+def emit_gbps(streams: int, nbytes: int, seconds: float, sink: str = "into"
+              ) -> tuple[float, float | None]:
+    """``simstream emit --processes N`` into N receiver processes (``sink``: ``into``,
+    the fast layout's recv_into ZMTP PULL, or ``zmq``, pyzmq PULLs as in the ``zmq``
+    case), measured as ``zmq_gbps`` measures; its CPU per GB is that of the whole
+    emitter (parent and children)."""
     import yaml
 
     ctx = mp.get_context("spawn")
-    procs, ports, out = _pull_receivers(ctx, streams)
+    procs, ports, out = _pull_receivers(ctx, streams, SINKS[sink])
     with tempfile.TemporaryDirectory() as d:
         prof = Path(d) / "emit.yaml"
         prof.write_text(yaml.safe_dump(emit_profile(streams, nbytes, seconds, ports)))
@@ -342,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", default="tcp,zmq",
                     help=f"comma-separated, of {', '.join(CASES)} (emit: simstream emit "
                          "--processes N beside the anchors)")
+    ap.add_argument("--emit-sink", choices=sorted(SINKS), default="into",
+                    help="the emit case's receivers: into (the fast layout's recv_into "
+                         "ZMTP PULL, a plain socket's cost: the figure is the emitter's) "
+                         "or zmq (pyzmq PULL, as the zmq case)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every case this many times, interleaved; the table gives "
                          "each case's best and the median of the rounds' ratios")
@@ -362,14 +413,15 @@ def main(argv: list[str] | None = None) -> int:
         have_zmq = True
     except ImportError:
         have_zmq = False
-    if not have_zmq and "emit" in cases:
-        print("bench_plain_socket: the emit case needs pyzmq (its receivers)", file=sys.stderr)
+    if not have_zmq and "emit" in cases and args.emit_sink == "zmq":
+        print("bench_plain_socket: --emit-sink zmq needs pyzmq", file=sys.stderr)
         return 2
     rows: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "msg_bytes": nbytes,
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "emit_sink": args.emit_sink if "emit" in cases else None,
         "memcpy_gbps": memcpy_gbps(nbytes, args.seconds),
         "tcp_gbps": {},
         "zmq_gbps": {},
@@ -390,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             if have_zmq and "zmq" in cases:
                 run["zmq_gbps"], run["zmq_cpu_s_per_gb"] = zmq_gbps(n, nbytes, args.seconds)
             if "emit" in cases:
-                e, run["emit_cpu_s_per_gb"] = emit_gbps(n, nbytes, args.seconds)
+                e, run["emit_cpu_s_per_gb"] = emit_gbps(n, nbytes, args.seconds,
+                                                        args.emit_sink)
                 run["emit_gbps"] = e
                 run["emit_over_tcp"] = _ratio(e, run.get("tcp_gbps"))
                 run["emit_over_zmq"] = _ratio(e, run.get("zmq_gbps"))
@@ -420,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
           f"and CPU figures (sender CPU: user + system seconds of the sending processes "
           f"per GB received, while the receivers received)")
     print(f"one-thread memcpy: {rows['memcpy_gbps']:.2f} GB/s")
+    if rows["emit_sink"]:
+        print(f"emit's receivers: {rows['emit_sink']}")
     print(_table(rows, counts))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
