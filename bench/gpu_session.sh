@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
 # One session on a GPU host for issue 17's three figures, side by side in one run:
 #
-#   1. the plain socket anchor (TCP and zmq, 1/2/4/8 streams) and `simstream emit
-#      --processes N` beside it (bench/bench_plain_socket.py --cases tcp,zmq,emit);
-#   2. socket vs random, layouts production and fast, synthetic 20 ms model,
-#      16 x 1x1920x1920 float32 uncompressed, 1 stream (bench/bench_socket_vs_random.py);
-#   3. the same with 4 streams;
-#   and, between them, the fast layout's receive path alone, pyzmq frames + a
-#   decode copy against recv_into + decode in place (bench/bench_fast_receive.py).
+#   anchor: the plain socket anchor (TCP and zmq, 1/2/4/8 streams) and `simstream
+#     emit --processes N` beside it, into recv_into receivers
+#     (bench/bench_plain_socket.py --cases tcp,zmq,emit);
+#   receive: the fast layout's receive path alone, pyzmq frames + a decode copy
+#     against recv_into + decode in place (bench/bench_fast_receive.py);
+#   svr: socket vs random, layouts production and fast, synthetic 20 ms model,
+#     16 x 1x1920x1920 float32 uncompressed, 4 and 8 streams
+#     (bench/bench_socket_vs_random.py);
+#   ray: production's layout on Ray against random mode (bench/bench_scale.py):
+#     8 MB batches with a synthetic 5 ms model, 236 MB batches with PeakNet tiny;
+#     skipped, and said, where Ray cannot be imported.
 #
-# Every step has its own time limit (SIGINT to its process group, then SIGKILL)
-# and the whole session a deadline (TOTAL_S, default 500 s), so one hang cannot
-# eat the rest. Results go to $OUT (at most 7 files): env.txt, plain_emit.json,
-# fast_receive.json, svr_streams1.json, svr_streams4.json, summary.txt,
-# session.log. The summary is printed at the end.
+# PARTS (default "anchor svr ray"; "receive" is there to add) picks the parts, so
+# a session can be split over calls of a bounded length. Every step has its own
+# time limit (SIGINT to its process group, then SIGKILL) and the whole session a
+# deadline (TOTAL_S, default 500 s), so one hang cannot eat the rest. Results go
+# to $OUT: env.txt, plain_emit.json, fast_receive.json, svr_streams<N>.json,
+# svr_records.tar.xz (the socket-vs-random runs' batches.csv and summary.json),
+# scale_8mb.json, scale_236mb.json, summary.txt, session.log (split a session's
+# parts over calls where a call brings back at most 8 files). The summary is
+# printed at the end.
 #
 #   bash bench/gpu_session.sh              # on the GPU host (CUDA)
+#   PARTS="svr ray" TOTAL_S=580 bash bench/gpu_session.sh
 #   SMALL=1 bash bench/gpu_session.sh --no-gpu   # a dry run anywhere: tiny sizes, CPU
 #
 # --no-gpu (or NO_GPU=1) runs the consumer on the CPU; without it the script
@@ -43,13 +52,19 @@ LOG=$OUT/session.log
 : >"$LOG"
 START=$SECONDS
 
+PARTS=${PARTS:-anchor svr ray}
 if [ "$SMALL" = 1 ]; then
   STREAMS=1,2; MSG_MIB=1; ANCHOR_S=1
   BATCH=2; SHAPE=1,128,128; SVR_S=3; SVR_STREAMS="1 2"; RX_MIB=50
+  RAY_SMALL_SHAPE=1,64,64; RAY_BIG_BATCH=2; RAY_BIG_SHAPE=1,128,128; RAY_S=4
+  RAY_SMALL_CASES=1x1x1; RAY_BIG_CASES=2x2x1; RAY_BIG_MODEL=synthetic:20
 else
   STREAMS=1,2,4,8; MSG_MIB=8; ANCHOR_S=3
-  BATCH=16; SHAPE=1,1920,1920; SVR_S=15; SVR_STREAMS="1 4"; RX_MIB=6000
+  BATCH=16; SHAPE=1,1920,1920; SVR_S=20; SVR_STREAMS="4 8"; RX_MIB=6000
+  RAY_SMALL_SHAPE=1,512,512; RAY_BIG_BATCH=16; RAY_BIG_SHAPE=1,1920,1920; RAY_S=15
+  RAY_SMALL_CASES=1x1x1,4x4x1; RAY_BIG_CASES=4x4x1,8x8x1; RAY_BIG_MODEL=peaknet:tiny
 fi
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 say() { echo "$*" | tee -a "$LOG"; }
 
@@ -63,7 +78,8 @@ fi
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  # COMMIT: the tree's commit where the host's copy carries no (or a stale) .git
+  echo "commit: ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   echo "host: $(uname -a)"
   echo "cpus: $(nproc)"
   echo "python: $("$PY" --version 2>&1)"
@@ -75,7 +91,8 @@ fi
   for f in net/core/wmem_max net/core/rmem_max net/ipv4/tcp_wmem net/ipv4/tcp_rmem; do
     echo "$f: $(cat /proc/sys/$f 2>/dev/null)"
   done
-  echo "device: $DEVICE; small: $SMALL; total limit: ${TOTAL_S} s"
+  "$PY" -c "import ray; print('ray', ray.__version__)" 2>&1 | tail -n 1
+  echo "device: $DEVICE; small: $SMALL; parts: $PARTS; total limit: ${TOTAL_S} s"
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" >>"$LOG"
 
@@ -113,25 +130,44 @@ step() {
   return "$rc"
 }
 
-step anchor_emit 140 "$PY" bench/bench_plain_socket.py --streams "$STREAMS" \
-  --msg-mib "$MSG_MIB" --seconds "$ANCHOR_S" --cases tcp,zmq,emit --json "$OUT/plain_emit.json"
+if part anchor; then
+  step anchor_emit 140 "$PY" bench/bench_plain_socket.py --streams "$STREAMS" \
+    --msg-mib "$MSG_MIB" --seconds "$ANCHOR_S" --cases tcp,zmq,emit --json "$OUT/plain_emit.json"
+fi
 
-step fast_receive 60 "$PY" bench/bench_fast_receive.py --batch "$BATCH" --shape "$SHAPE" \
-  --mib "$RX_MIB" --rounds 1 --json "$OUT/fast_receive.json"
+if part receive; then
+  step fast_receive 60 "$PY" bench/bench_fast_receive.py --batch "$BATCH" --shape "$SHAPE" \
+    --mib "$RX_MIB" --rounds 1 --json "$OUT/fast_receive.json"
+fi
 
-for n in $SVR_STREAMS; do
-  step "svr_streams$n" 160 "$PY" bench/bench_socket_vs_random.py --out "$WORK/svr$n" \
-    --device "$DEVICE" --batch "$BATCH" --shape "$SHAPE" --seconds "$SVR_S" \
-    --synthetic-ms 20 --no-peaknet --layouts production,fast --streams "$n"
-  if [ -f "$WORK/svr$n/results.json" ]; then
-    cp "$WORK/svr$n/results.json" "$OUT/svr_streams$n.json"
-  elif [ -f "$WORK/svr_streams$n.log" ]; then
-    # cut short: keep the rows it printed (one JSON line per finished socket run)
-    grep '^{"case"' "$WORK/svr_streams$n.log" | "$PY" -c \
-      'import json, sys; print(json.dumps([json.loads(x) for x in sys.stdin], indent=2))' \
-      >"$OUT/svr_streams$n.json"
+if part svr; then
+  for n in $SVR_STREAMS; do
+    step "svr_streams$n" 200 "$PY" bench/bench_socket_vs_random.py --out "$WORK/svr$n" \
+      --device "$DEVICE" --batch "$BATCH" --shape "$SHAPE" --seconds "$SVR_S" \
+      --synthetic-ms 20 --no-peaknet --layouts production,fast --streams "$n"
+    if [ -f "$WORK/svr$n/results.json" ]; then
+      cp "$WORK/svr$n/results.json" "$OUT/svr_streams$n.json"
+    elif [ -f "$WORK/svr_streams$n.log" ]; then
+      # cut short: keep the rows it printed (one JSON line per finished socket run)
+      grep '^{"case"' "$WORK/svr_streams$n.log" | "$PY" -c \
+        'import json, sys; print(json.dumps([json.loads(x) for x in sys.stdin], indent=2))' \
+        >"$OUT/svr_streams$n.json"
+    fi
+  done
+fi
+
+if part ray; then
+  if "$PY" -c "import ray" 2>>"$LOG"; then
+    step ray_8mb 200 "$PY" bench/bench_scale.py --cases "$RAY_SMALL_CASES" --model synthetic:5 \
+      --batch 8 --shape "$RAY_SMALL_SHAPE" --duration "$RAY_S" --device "$DEVICE" \
+      --json "$OUT/scale_8mb.json"
+    step ray_236mb 260 "$PY" bench/bench_scale.py --cases "$RAY_BIG_CASES" \
+      --model "$RAY_BIG_MODEL" --batch "$RAY_BIG_BATCH" --shape "$RAY_BIG_SHAPE" \
+      --duration "$RAY_S" --device "$DEVICE" --json "$OUT/scale_236mb.json"
+  else
+    say "!! ray: Ray cannot be imported here; the Ray layout is not measured"
   fi
-done
+fi
 
 "$PY" - "$OUT" "$SVR_STREAMS" <<'EOF' | tee "$OUT/summary.txt" | tee -a "$LOG"
 import json
@@ -188,6 +224,8 @@ if fr:
           f"{fr['into']['gbps']:.2f} GB/s, {fr['into']['cpu_s_per_gb']:.3f} CPU s/GB")
 else:
     print("\nreceive path alone: no results (see session.log)")
+if a and a.get("emit_sink"):
+    print(f"emit's receivers: {a['emit_sink']}")
 for n in svr_streams:
     rows = load(f"svr_streams{n}.json")
     print(f"\nsocket vs random, {n} stream(s):")
@@ -205,6 +243,28 @@ for n in svr_streams:
               f"{f(r['ratio'], '.3f')} | {f(mbs, '.0f')} | "
               f"{f(mbs / 1e3 / t if mbs and t else None)} | {r.get('socket_verdict')} | "
               f"{acc.get('received')}/{acc.get('processed')}/{acc.get('lost')}")
+for name, what in (("scale_8mb.json", "8 MB batches"), ("scale_236mb.json", "236 MB batches")):
+    sc = load(name)
+    if not sc:
+        continue
+    base = sc["baseline"]
+    model = sc["model"]
+    label = (f"PeakNet {model['size']}" if model["kind"] == "peaknet"
+             else f"synthetic {model['compute_ms']:g} ms")
+    print(f"\nRay layout (production's), {what}, {label}: random "
+          f"{f(base['samples_per_s'], '.1f')} samples/s")
+    print("ranks x receivers x actors | samples/s | MB/s | vs random | GPU busy | Q1 mean | "
+          "verdict | received/processed/lost")
+    for r in sc["rows"]:
+        vs = r["samples_per_s"] / base["samples_per_s"] if base.get("samples_per_s") else None
+        print(f"{r['ranks']}x{r['receivers']}x{r['actors']} | {f(r['samples_per_s'], '.1f')} | "
+              f"{f(r['mb_per_s'], '.0f')} | {f(vs)} | {f(r['gpu_busy'])} | "
+              f"{f(r['q1_mean'])} | {r.get('verdict')} | "
+              f"{r['received']}/{r['processed']}/{r['lost']}")
 EOF
+# the socket-vs-random runs' per-batch records and summaries, for timelines afterwards
+if ls "$WORK"/svr*/*/*/batches.csv >/dev/null 2>&1; then
+  (cd "$WORK" && tar -cJf "$OUT/svr_records.tar.xz" svr*/*/*/batches.csv svr*/*/*/summary.json)
+fi
 say "== done in $((SECONDS - START)) s; results in $OUT"
 rm -rf "$WORK"
