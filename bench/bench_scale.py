@@ -3,7 +3,8 @@ actors, with the consumer on Ray as production lays it out, and what stops it.
 
     .venv/bin/python bench/bench_scale.py [--cases 1x1x1,2x2x1,4x4x1,8x4x1]
         [--model synthetic:20 | peaknet:production] [--batch 8] [--shape 1,512,512] [--duration 15]
-        [--device auto] [--ray-cpus N] [--q1-items ref,value] [--json FILE]
+        [--device auto] [--ray-cpus N] [--q1-items ref,value] [--layouts production,fast]
+        [--json FILE]
 
 A case ``RxKxA`` is R emitter ranks (in R emitter processes, distinct rank ids),
 spread over K addresses, one receiver actor bound to each, and A inference
@@ -22,7 +23,12 @@ mode (batches made in host memory, no network, one engine, no Ray) with the same
 model: ``vs random`` is a case's samples/s over it. Every case is bounded by
 ``--duration`` plus the runner's own margins.
 
-``--q1-items`` (``ray.q1_items``): how a batch crosses the Q1 shards, ``ref``
+``--layouts`` (``consumer.layout``, default production): ``fast`` runs the same
+cases with no receiver or shard actors, each inference actor binding its share of
+the K addresses and receiving for itself into an in-process Q1 (so K >= A); a
+comma-separated list runs every case once per layout.
+
+``--q1-items`` (``ray.q1_items``, production's layout only): how a batch crosses the Q1 shards, ``ref``
 (production's ObjectRef mode, the default) or ``value`` (the whole batch through
 the shard actor); a comma-separated list runs every case once per value, one
 after the other, against the same baseline.
@@ -90,7 +96,7 @@ def describe_model(model: dict[str, Any]) -> str:
 
 
 def profile_for(args: argparse.Namespace, ranks: int, receivers: int, actors: int,
-                mode: str, items: str = "ref") -> Any:
+                mode: str, items: str = "ref", layout: str = "production") -> Any:
     base = load_profile(find_profile("steady"))
     urls = [f"tcp://127.0.0.1:{20000 + i}" for i in range(receivers)]  # the runner picks ports
     consumer: dict[str, Any] = {
@@ -99,6 +105,7 @@ def profile_for(args: argparse.Namespace, ranks: int, receivers: int, actors: in
         "queue": {"maxsize": 32, "backend": "ray" if mode == "socket" else "local",
                   "shards": 8, "poll_interval_ms": 1},
         "ray": {"num_cpus": args.ray_cpus, "inference_actors": actors, "q1_items": items},
+        "layout": layout if mode == "socket" else "production",
         "random": {"batch_size": args.batch, "shape": args.shape, "dtype": "float32"},
     }
     return base.with_overrides({
@@ -114,9 +121,11 @@ def profile_for(args: argparse.Namespace, ranks: int, receivers: int, actors: in
 
 
 def run_case(args: argparse.Namespace, workdir: Path, ranks: int, receivers: int, actors: int,
-             mode: str = "socket", items: str = "ref") -> dict[str, Any]:
-    prof = profile_for(args, ranks, receivers, actors, mode, items)
-    name = "random" if mode == "random" else f"{ranks}x{receivers}x{actors}-{items}"
+             mode: str = "socket", items: str = "ref", layout: str = "production"
+             ) -> dict[str, Any]:
+    prof = profile_for(args, ranks, receivers, actors, mode, items, layout)
+    name = ("random" if mode == "random" else f"{ranks}x{receivers}x{actors}-{items}"
+            if layout == "production" else f"{ranks}x{receivers}x{actors}-fast")
     path = workdir / f"{name}.yaml"
     path.write_text(dump_profile(prof))
     out = workdir / name
@@ -127,7 +136,8 @@ def run_case(args: argparse.Namespace, workdir: Path, ranks: int, receivers: int
     em = ev.get("emitter") or {}
     row = {
         "case": name, "ranks": ranks, "receivers": receivers, "actors": actors, "mode": mode,
-        "q1_items": items if mode == "socket" else None,
+        "layout": layout if mode == "socket" else None,
+        "q1_items": items if mode == "socket" and layout == "production" else None,
         "received": s["received"], "processed": s["processed"], "lost": s["lost"],
         "samples_per_s": s["throughput"]["samples_per_s"],
         "mb_per_s": s["throughput"]["mb_per_s"],
@@ -156,8 +166,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     ap.add_argument("--q1-items", default="ref",
                     help="ray.q1_items per run: ref, value or both (ref,value)")
+    ap.add_argument("--layouts", default="production",
+                    help="consumer.layout per run: production, fast or both (production,fast)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    layouts = args.layouts.split(",")
+    if not layouts or any(x not in ("production", "fast") for x in layouts):
+        ap.error(f"--layouts {args.layouts!r}: production, fast or a comma-separated list")
     items = args.q1_items.split(",")
     if not items or any(i not in ("ref", "value") for i in items):
         ap.error(f"--q1-items {args.q1_items!r}: ref, value or a comma-separated list of them")
@@ -174,12 +189,17 @@ def main() -> None:
             raise SystemExit(f"--cases: {c!r} is not RANKSxRECEIVERSxACTORS") from None
         if min(r, k, a) < 1 or k > r:
             raise SystemExit(f"--cases: {c!r} needs 1 <= receivers <= ranks and actors >= 1")
+        if "fast" in layouts and k < a:
+            raise SystemExit(f"--cases: {c!r}: the fast layout needs an address per actor")
         cases.append((r, k, a))
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
         workdir = args.out or Path(d)
         workdir.mkdir(parents=True, exist_ok=True)
         base = run_case(args, workdir, 1, 1, 1, mode="random")
-        rows = [run_case(args, workdir, r, k, a, items=i) for r, k, a in cases for i in items]
+        runs = [(lay, i) for lay in layouts
+                for i in (items if lay == "production" else items[:1])]
+        rows = [run_case(args, workdir, r, k, a, items=i, layout=lay)
+                for r, k, a in cases for lay, i in runs]
     nbytes = args.batch * 4
     for x in args.shape:
         nbytes *= x
@@ -189,14 +209,15 @@ def main() -> None:
           "emitters flat out (no rate, no cap).\n")
     print(f"Baseline, random mode (no network, no Ray): {base['samples_per_s']:.1f} samples/s, "
           f"GPU busy {100 * (base['gpu_busy'] or 0):.0f} %.\n")
-    print("| ranks | receivers | inference actors | Q1 items | samples/s | MB/s | vs random | "
-          "GPU busy (per actor) | Q1 mean | emitters blocked | limit (diagnosis) |")
+    print("| ranks | receivers | inference actors | layout (Q1 items) | samples/s | MB/s | "
+          "vs random | GPU busy (per actor) | Q1 mean | emitters blocked | limit (diagnosis) |")
     print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |")
     for r in rows:
         per = r["gpu_busy_by_device"] or {}
         busy = ", ".join(f"{100 * v:.0f} %" for v in per.values()) or "-"
         blocked = r["emitter_blocked_share"]
-        print(f"| {r['ranks']} | {r['receivers']} | {r['actors']} | {r['q1_items']} | "
+        how = r["layout"] + (f" ({r['q1_items']})" if r["q1_items"] else "")
+        print(f"| {r['ranks']} | {r['receivers']} | {r['actors']} | {how} | "
               f"{r['samples_per_s']:.1f} | "
               f"{r['mb_per_s']:.0f} | {r['samples_per_s'] / base['samples_per_s']:.2f} | {busy} | "
               f"{100 * (r['q1_mean'] or 0):.0f} % | "

@@ -9,8 +9,9 @@
 #   svr: socket vs random, layouts production and fast, synthetic 20 ms model,
 #     16 x 1x1920x1920 float32 uncompressed, 4 and 8 streams
 #     (bench/bench_socket_vs_random.py);
-#   ray: production's layout on Ray against random mode (bench/bench_scale.py):
-#     8 MB batches with a synthetic 5 ms model, 236 MB batches with PeakNet tiny;
+#   ray: the Ray layouts against random mode (bench/bench_scale.py): production's
+#     with 8 MB batches and a synthetic 5 ms model, production's and fast (each
+#     inference actor receiving for itself) with 236 MB batches and PeakNet tiny;
 #     skipped, and said, where Ray cannot be imported.
 #
 # PARTS (default "anchor svr ray"; "receive" is there to add) picks the parts, so
@@ -161,9 +162,10 @@ if part ray; then
     step ray_8mb 200 "$PY" bench/bench_scale.py --cases "$RAY_SMALL_CASES" --model synthetic:5 \
       --batch 8 --shape "$RAY_SMALL_SHAPE" --duration "$RAY_S" --device "$DEVICE" \
       --json "$OUT/scale_8mb.json"
-    step ray_236mb 260 "$PY" bench/bench_scale.py --cases "$RAY_BIG_CASES" \
+    step ray_236mb 300 "$PY" bench/bench_scale.py --cases "$RAY_BIG_CASES" \
       --model "$RAY_BIG_MODEL" --batch "$RAY_BIG_BATCH" --shape "$RAY_BIG_SHAPE" \
-      --duration "$RAY_S" --device "$DEVICE" --json "$OUT/scale_236mb.json"
+      --duration "$RAY_S" --device "$DEVICE" --layouts production,fast \
+      --json "$OUT/scale_236mb.json"
   else
     say "!! ray: Ray cannot be imported here; the Ray layout is not measured"
   fi
@@ -251,13 +253,14 @@ for name, what in (("scale_8mb.json", "8 MB batches"), ("scale_236mb.json", "236
     model = sc["model"]
     label = (f"PeakNet {model['size']}" if model["kind"] == "peaknet"
              else f"synthetic {model['compute_ms']:g} ms")
-    print(f"\nRay layout (production's), {what}, {label}: random "
+    print(f"\nRay layouts, {what}, {label}: random "
           f"{f(base['samples_per_s'], '.1f')} samples/s")
-    print("ranks x receivers x actors | samples/s | MB/s | vs random | GPU busy | Q1 mean | "
-          "verdict | received/processed/lost")
+    print("ranks x receivers x actors | layout | samples/s | MB/s | vs random | GPU busy | "
+          "Q1 mean | verdict | received/processed/lost")
     for r in sc["rows"]:
         vs = r["samples_per_s"] / base["samples_per_s"] if base.get("samples_per_s") else None
-        print(f"{r['ranks']}x{r['receivers']}x{r['actors']} | {f(r['samples_per_s'], '.1f')} | "
+        print(f"{r['ranks']}x{r['receivers']}x{r['actors']} | {r.get('layout', 'production')} | "
+              f"{f(r['samples_per_s'], '.1f')} | "
               f"{f(r['mb_per_s'], '.0f')} | {f(vs)} | {f(r['gpu_busy'])} | "
               f"{f(r['q1_mean'])} | {r.get('verdict')} | "
               f"{r['received']}/{r['processed']}/{r['lost']}")

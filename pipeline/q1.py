@@ -515,51 +515,8 @@ class RayQ1(_ShardedQ1):
         return list(self._actors)
 
     def _init(self, address: str | None, num_cpus: int) -> None:
-        kwargs: dict[str, Any] = {
-            "include_dashboard": False, "logging_level": logging.WARNING,
-            "log_to_driver": False, "configure_logging": True,
-        }
-        # RAY_ADDRESS in the environment names a cluster as --ray-address does (so
-        # programs that start the consumer can pass one without a flag)
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            # "local" starts a new instance even where `ray start` left a cluster
-            # running on this host (a bare init would attach to that one)
-            kwargs["address"] = "local"
-            kwargs["num_cpus"] = num_cpus
-            # Ray starts its workers at nice 15, below everything else on the host: the
-            # consumer's own actors (receiver, Q1 shards, inference) would then yield to
-            # any other process (the run's emitter, unrelated work) and the run would
-            # measure the scheduler, not the queue. A Ray the consumer starts for itself
-            # runs them at the consumer's priority; a cluster's settings are its own.
-            kwargs["_system_config"] = {"worker_niceness": 0}
-        else:
-            kwargs["address"] = address
-        if address not in (None, "auto"):
-            _probe(address)
-        try:
-            self._init_local_or_join(kwargs, local=address is None)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            where = "a local Ray instance" if address is None else f"Ray at {address!r}"
-            raise UsageError(f"cannot start or reach {where}: {exc}") from None
+        init_ray(address, num_cpus)
         self.owns_ray = True
-
-    def _init_local_or_join(self, kwargs: dict[str, Any], local: bool) -> None:
-        """ray.init; a local instance whose raylet did not register within Ray's fixed
-        30 s (a plain Exception from Ray: seen with a 2-core machine's load average at
-        40) is shut down and started once more, said in the log."""
-        ray = self._ray
-        try:
-            ray.init(**kwargs)
-        except Exception as exc:  # noqa: BLE001  (Ray raises a bare Exception for this)
-            if not local or "timed out during startup" not in str(exc):
-                raise
-            logging.getLogger("pipeline.q1").warning(
-                "the local Ray instance did not start within Ray's 30 s (%s); starting it once more",
-                exc)
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-            ray.init(**kwargs)
 
     def _call(self, method: Any, *args: Any) -> Any:
         try:
@@ -610,6 +567,58 @@ class RayQ1(_ShardedQ1):
             self.owns_ray = False
             with contextlib.suppress(Exception):
                 self._ray.shutdown()
+
+
+def init_ray(address: str | None, num_cpus: int) -> None:
+    """``ray.init`` as a consumer run wants it (RayQ1's docstring: a quiet local
+    instance of ``num_cpus`` CPUs at the consumer's priority, or the cluster at
+    ``address`` / ``RAY_ADDRESS``). Raises UsageError when it cannot be started or
+    reached."""
+    ray = _ray()
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False, "logging_level": logging.WARNING,
+        "log_to_driver": False, "configure_logging": True,
+    }
+    # RAY_ADDRESS in the environment names a cluster as --ray-address does (so
+    # programs that start the consumer can pass one without a flag)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        # "local" starts a new instance even where `ray start` left a cluster
+        # running on this host (a bare init would attach to that one)
+        kwargs["address"] = "local"
+        kwargs["num_cpus"] = num_cpus
+        # Ray starts its workers at nice 15, below everything else on the host: the
+        # consumer's own actors (receiver, Q1 shards, inference) would then yield to
+        # any other process (the run's emitter, unrelated work) and the run would
+        # measure the scheduler, not the queue. A Ray the consumer starts for itself
+        # runs them at the consumer's priority; a cluster's settings are its own.
+        kwargs["_system_config"] = {"worker_niceness": 0}
+    else:
+        kwargs["address"] = address
+    if address not in (None, "auto"):
+        _probe(address)
+    try:
+        _init_local_or_join(ray, kwargs, local=address is None)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = "a local Ray instance" if address is None else f"Ray at {address!r}"
+        raise UsageError(f"cannot start or reach {where}: {exc}") from None
+
+
+def _init_local_or_join(ray: Any, kwargs: dict[str, Any], local: bool) -> None:
+    """ray.init; a local instance whose raylet did not register within Ray's fixed
+    30 s (a plain Exception from Ray: seen with a 2-core machine's load average at
+    40) is shut down and started once more, said in the log."""
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001  (Ray raises a bare Exception for this)
+        if not local or "timed out during startup" not in str(exc):
+            raise
+        logging.getLogger("pipeline.q1").warning(
+            "the local Ray instance did not start within Ray's 30 s (%s); starting it once more",
+            exc)
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        ray.init(**kwargs)
 
 
 BACKENDS = ("local", "process", "ray")

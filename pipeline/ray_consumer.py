@@ -15,6 +15,14 @@ actors and inference actors, with one run directory written by the driver.
   the cluster, or one on CPU), each with its own N-buffered Engine, getting from
   the shards by sweeping them.
 
+``layout: fast`` on Ray (``pipeline.fast_ingest`` inside the actors): no receiver
+or shard actors. Each inference actor binds its share of the addresses (actor j
+of n takes ``bind[j::n]``, so at least one address per actor), receives and
+parses in its own threads straight into its engine's host buffers, and hands the
+batches to its inference loop through an in-process Q1 of ``queue.maxsize``:
+nothing crosses the object store between the socket and the GPU. The actors are
+placed on the driver's node (the host the producers were told to reach).
+
 Every actor keeps its record events (arrival, sequence, quarantine, batch done)
 in a :class:`RecordRelay`; the driver drains the relays every ``DRAIN_S`` and
 replays them into the one :class:`pipeline.records.RunRecords`, so the run
@@ -48,14 +56,16 @@ from simstream.errors import UsageError
 
 from .config import ConsumerConfig
 from .context import Q1Item, StageContext
+from .fast_ingest import fast_rcvbuf, merged_receiver_stats, parse_in_fast
 from .inference import InferenceLoop, build_engine, report_progress, warm_up
-from .ingest import parse_in_actor, parse_in_receiver
-from .q1 import Q1Sampler, Q1Stats, RayQ1
+from .ingest import parse_in_actor, parse_in_receiver, producer_thread
+from .q1 import LocalQ1, Q1Sampler, Q1Stats, RayQ1, _ray, init_ray
 from .receiver import check_bindable, open_receiver
 from .records import QUARANTINE_HEAD_BYTES, RunRecords
 from .summary import device_facts, summary_extra
 
-__all__ = ["InferenceActor", "ReceiverActor", "RecordRelay", "replay", "run_ray_consumer"]
+__all__ = ["FastInferenceActor", "InferenceActor", "ReceiverActor", "RecordRelay", "replay",
+           "run_ray_consumer"]
 
 log = logging.getLogger("pipeline.ray_consumer")
 
@@ -133,10 +143,12 @@ class _Actor:
     """What receiver and inference actors share: a config, a Q1 view over the run's
     shards, a relay, a worker thread and the poll the driver calls."""
 
-    def __init__(self, cfg_data: dict[str, Any], shards: list[Any], capacity: int) -> None:
+    def __init__(self, cfg_data: dict[str, Any], shards: list[Any] | None, capacity: int) -> None:
         self.cfg = ConsumerConfig.model_validate(cfg_data)
-        self.q1 = RayQ1.view(shards, capacity, self.cfg.queue.poll_interval_ms,
-                             self.cfg.ray.q1_items)
+        # shards None: this actor keeps its own in-process Q1 (layout fast)
+        self.q1: Any = (LocalQ1(self.cfg.queue.maxsize) if shards is None else
+                        RayQ1.view(shards, capacity, self.cfg.queue.poll_interval_ms,
+                                   self.cfg.ray.q1_items))
         self.relay = RecordRelay()
         self.stop_event = threading.Event()
         self.done = threading.Event()
@@ -284,6 +296,104 @@ class InferenceActor(_Actor):
         if self.run is not None:
             with contextlib.suppress(Exception):
                 self.run.parser.close()
+        if self.engine is not None:
+            with contextlib.suppress(Exception):
+                self.engine.close()
+        out["events"] = self.relay.drain()
+        return out
+
+
+class FastInferenceActor(_Actor):
+    """``layout: fast`` on Ray: one device fed by its own receivers, one socket and
+    receiver thread per address of its share, parsed into the engine's host
+    buffers and handed over through an in-process Q1 (``pipeline.fast_ingest``):
+    no receiver or shard actors, no object store between receive and inference.
+    ``stripe`` (i, n): this actor numbers its messages i, i + n, ..."""
+
+    def __init__(self, cfg_data: dict[str, Any], number: int, device: str, urls: list[str],
+                 stripe: tuple[int, int]) -> None:
+        super().__init__(cfg_data, None, 0)
+        self.number = number
+        self.device = device
+        self.urls = list(urls)
+        self.stripe = stripe
+        self.engine: Any = None
+        self.inference: Any = None
+        self.run: Any = None
+        self.rxs: list[Any] = []
+        self.producer: threading.Thread | None = None
+
+    def start(self, warmup: bool = True) -> dict[str, Any]:
+        """Build and warm the engine, bind (or connect) every address of this actor,
+        start receiving and inference. Returns the device it runs on, or ``{"error":
+        message}`` for a usage error (device, model, an address in use)."""
+        from .local_consumer import _fast_receiver
+
+        cfg = self.cfg.model_copy(update={"device": self.device})
+        try:
+            if cfg.role == "bind":
+                for url in self.urls:
+                    check_bindable(url)
+            self.engine = build_engine(cfg)
+            if warmup:
+                warm_up(self.engine, cfg)
+            rcvbuf = fast_rcvbuf()
+            for url in self.urls:
+                self.rxs.append(_fast_receiver(cfg, url, self.engine, now, rcvbuf))
+        except UsageError as exc:
+            return {"error": str(exc)}
+        run = StageContext(cfg, self.relay, self.q1, self.engine, self.stop_event,
+                           stripe=self.stripe)
+        inference = InferenceLoop(run, None, device=self.number, report=False)
+        self.run, self.inference = run, inference
+        self.producer = producer_thread(run, lambda: parse_in_fast(run, self.rxs))
+        self._start_thread(self._infer, f"inference-{self.number}")
+        device, desc = device_facts(self.engine)
+        return {"device": device, "device_description": desc}
+
+    def _infer(self) -> None:
+        try:
+            self.inference.loop()
+        except BaseException as exc:
+            self.run.fail(exc)  # the receivers stop
+            raise
+        finally:
+            if self.run.errors:
+                self.q1.close()  # unblock a parser waiting for room
+
+    def stop(self) -> None:
+        """Stop reading; what was read is still parsed, queued and processed."""
+        self.stop_event.set()
+
+    def depth(self) -> int:
+        return int(self.q1.depth())
+
+    def result(self) -> dict[str, Any]:
+        """After ``done``: this actor's totals (receivers and inference) and its
+        last events."""
+        self._join()
+        if self.producer is not None:
+            self.producer.join(timeout=30.0)
+        run, inf = self.run, self.inference
+        out = {
+            "number": self.number,
+            "urls": self.urls,
+            "end_reason": run.end_reason if run is not None else "not started",
+            "puts": run.put_count if run is not None else 0,
+            "q1": dataclasses.asdict(self.q1.stats),
+            "batches": self.relay.batches,
+            "reordered": inf.q1_reordered if inf is not None else 0,
+            "clock_error_s": getattr(self.engine, "clock_error_s", 0.0),
+            "receiver": merged_receiver_stats(self.rxs) if self.rxs else None,
+            "error": self.error or (repr(run.errors[0]) if run is not None and run.errors
+                                    else None),
+        }
+        if run is not None:
+            with contextlib.suppress(Exception):
+                run.parser.close()
+        for rx in self.rxs:
+            with contextlib.suppress(Exception):
+                rx.close()
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 self.engine.close()
@@ -487,6 +597,145 @@ class _RayDriver:
                 self.records.close({"end_reason": "error"})
 
 
+class _ActorQueues:
+    """The driver's Q1 in layout fast on Ray: every inference actor's own
+    in-process Q1 seen as one (depth summed over the actors, ``maxsize`` their
+    total), for the sampler and the progress line. Starts Ray as RayQ1 does (and
+    ``close`` stops it) unless it is up already."""
+
+    backend = "local"
+    shards = 0
+
+    def __init__(self, cfg: ConsumerConfig) -> None:
+        self._ray = _ray()
+        self.owns_ray = False
+        if not self._ray.is_initialized():
+            init_ray(cfg.ray.address, cfg.ray.num_cpus)
+            self.owns_ray = True
+        self.address = self._ray.get_runtime_context().gcs_address
+        self.per_actor = cfg.queue.maxsize
+        self.actors: list[Any] = []
+
+    @property
+    def maxsize(self) -> int:
+        return self.per_actor * max(1, len(self.actors))
+
+    def depth(self) -> int:
+        try:
+            return int(sum(self._ray.get([a.depth.remote() for a in self.actors], timeout=10)))
+        except Exception:
+            return 0
+
+    def close(self) -> None:
+        if self.owns_ray:
+            self.owns_ray = False
+            with contextlib.suppress(Exception):
+                self._ray.shutdown()
+
+
+class _FastRayDriver(_RayDriver):
+    """The driver of layout fast on Ray: inference actors that receive for
+    themselves (FastInferenceActor), each bound to its share of the addresses;
+    the run ends when every one of them is done."""
+
+    queues: _ActorQueues
+
+    def start_inference(self, warmup: bool) -> None:
+        """One fast inference actor per device, on the driver's node (the producers
+        reach its addresses there), built, warm and listening. Raises UsageError."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray, cfg, urls = self.ray, self.cfg, self.cfg.urls
+        n_inf, device, takes_gpu = _plan_inference(ray, cfg)
+        if len(urls) < n_inf:
+            raise UsageError(
+                f"layout fast on Ray: {n_inf} inference actors receive for themselves and "
+                f"need an address each, {len(urls)} given (bind one per actor, or set "
+                f"ray.inference_actors)")
+        data = cfg.model_dump(mode="json")
+        if n_inf > 1:
+            data["count"] = None  # the driver counts across actors
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                              soft=False)
+        cls = ray.remote(num_cpus=0, num_gpus=1 if takes_gpu else 0, max_restarts=0,
+                         scheduling_strategy=here)(FastInferenceActor)
+        self.infs = [cls.remote(data, j, device, urls[j::n_inf], (j, n_inf))
+                     for j in range(n_inf)]
+        self.queues.actors = self.infs
+        self.started = ray.get([a.start.remote(warmup) for a in self.infs],
+                               timeout=START_TIMEOUT_S)
+        for s in self.started:
+            if "error" in s:
+                raise UsageError(s["error"])
+        if cfg.binds_all_interfaces:
+            log.warning("binding %s: listening on all interfaces, not only loopback",
+                        ", ".join(urls))
+
+    def start_receivers(self) -> None:
+        """None to start: each inference actor receives for itself."""
+
+    def drive(self, t_start: float) -> list[dict[str, Any]]:
+        """Replay the actors' events until every one is done; a stop (or ``count``
+        reached over several actors, or a failed actor) stops them all, and each
+        then processes what it had read."""
+        ray, records, cfg = self.ray, self.records, self.cfg
+        assert records is not None
+        stopping = False
+        t_progress = time.monotonic()
+        while True:
+            polls = ray.get([a.poll.remote() for a in self.infs])
+            self._replay_results(polls)
+            over = cfg.count is not None and len(self.infs) > 1 and records.received >= cfg.count
+            failed = any(p["error"] for p in polls)
+            if (self.stop.is_set() or over or failed) and not stopping:
+                stopping = True
+                ray.get([a.stop.remote() for a in self.infs])
+            if all(p["done"] for p in polls):
+                return []
+            if time.monotonic() - t_progress >= PROGRESS_S and records.batches:
+                t_progress = time.monotonic()
+                self.starvation_warnings += report_progress(records, self.q1, t_start,
+                                                            self.on_progress, now())[1]
+            time.sleep(DRAIN_S)
+
+    def summary_extra(self, t_start: float, t_end: float, rx_results: list[dict[str, Any]],
+                      inf_results: list[dict[str, Any]]) -> dict[str, Any]:
+        """summary.json's run facts over the actors; the receiver record as the
+        in-process fast layout writes it (busy share: the busiest receiver thread)."""
+        started = self.started
+        records = [r["receiver"] for r in inf_results if r["receiver"] is not None]
+        receiver: dict[str, Any] | None = None
+        if len(records) == 1:
+            receiver = records[0]
+        elif records:
+            receiver = _merge_receivers([{k: v for k, v in r.items() if k != "per_receiver"}
+                                         for r in records]) or {}
+            shares = [r["busy_share"] for r in records if r.get("busy_share") is not None]
+            receiver["busy_share"] = max(shares) if shares else None
+            receiver["per_receiver"] = [p for r in records for p in r.get("per_receiver", [])]
+        extra = summary_extra(
+            self.cfg, t_start=t_start, t_end=t_end,
+            end_reason=_end_reason([r["end_reason"] for r in inf_results]),
+            device=started[0]["device"], device_description=started[0]["device_description"],
+            q1_stats=_merge_q1([r["q1"] for r in inf_results]),
+            reordered=sum(r["reordered"] for r in inf_results), receiver=receiver,
+            starvation_warnings=self.starvation_warnings,
+            clock_error_s=max(r["clock_error_s"] for r in inf_results),
+            ray_address=self.queues.address,
+        )
+        extra["ray"] = {
+            "actors": True,
+            "layout": "fast",
+            "receivers": [],
+            "inference": [{"number": r["number"], "urls": r["urls"], "end_reason": r["end_reason"],
+                           "puts": r["puts"], "batches": r["batches"], "device": s["device"],
+                           "device_description": s["device_description"]}
+                          for r, s in zip(inf_results, started, strict=True)],
+            "q1_shards": 0,
+        }
+        return extra
+
+
 def run_ray_consumer(
     cfg: ConsumerConfig,
     out_dir: str | Path,
@@ -502,17 +751,26 @@ def run_ray_consumer(
     if cfg.mode != "socket":
         raise UsageError("ray.actors needs mode socket (random mode has no receivers)")
     stop = stop or threading.Event()
-    q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
-               cfg.ray.address, cfg.ray.num_cpus, cfg.ray.q1_items,
-               preload=(Q1Item.__module__,))
-    ray = q1._ray
-    d = _RayDriver(cfg, q1, stop, on_progress)
+    d: _RayDriver
+    if cfg.layout == "fast":
+        queues = _ActorQueues(cfg)
+        d = _FastRayDriver(cfg, queues, stop, on_progress)  # type: ignore[arg-type]
+        d.queues = queues
+    else:
+        q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
+                   cfg.ray.address, cfg.ray.num_cpus, cfg.ray.q1_items,
+                   preload=(Q1Item.__module__,))
+        d = _RayDriver(cfg, q1, stop, on_progress)
+    ray = d.ray
     try:
         d.start_inference(warmup)
         d.start_receivers()
-        d.records = records = RunRecords(out_dir, streams=len(cfg.urls))
+        # the records' index streams: one per receiver actor, or per fast inference actor
+        streams = len(d.infs) if cfg.layout == "fast" else len(cfg.urls)
+        d.records = records = RunRecords(out_dir, streams=streams)
         records.device = d.started[0]["device"] if d.started else None
-        d.sampler = Q1Sampler(q1, cfg.queue.sample_interval_ms / 1000.0, records.q1_sample).start()
+        d.sampler = Q1Sampler(d.q1, cfg.queue.sample_interval_ms / 1000.0,
+                              records.q1_sample).start()
         t_start = now()
         if ready is not None:
             ready.set()

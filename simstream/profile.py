@@ -698,8 +698,9 @@ class ConsumerConfig(_Model):
         "in-order feeder into Q1, as production receives (what diagnosis reproduces); "
         "fast = one socket and receiver thread per bind address, large kernel receive "
         "buffers, each zmq message read once into the engine's host buffers and decoded "
-        "there in place by parser threads, put into an in-process Q1 (queue.backend "
-        "local) as they finish")
+        "there in place by parser threads, put into an in-process Q1 as they finish "
+        "(queue.backend local; with ray and ray.actors, each inference actor runs the "
+        "receivers of its share of the addresses and its own Q1, no shard actors)")
     bind: str | list[str] | None = Field(
         None, description=f"address to bind (default {DEFAULT_URL}); a list binds each "
         "address in its own receiver actor (queue.backend ray) or receiver thread "
@@ -814,10 +815,14 @@ class ConsumerConfig(_Model):
     def _consistent(self) -> ConsumerConfig:
         if self.bind is not None and self.connect is not None:
             raise ValueError("bind and connect are exclusive: give one")
-        if self.layout == "fast" and self.queue.backend != "local":
+        if self.layout == "fast" and not (
+                self.queue.backend == "local"
+                or (self.queue.backend == "ray" and self.ray.actors)):
             raise ValueError(
                 f"layout fast hands batches to inference in memory: it needs queue.backend "
-                f"local, not {self.queue.backend}")
+                f"local, or ray with ray.actors true (each inference actor runs the "
+                f"receivers of its addresses), not {self.queue.backend}"
+                + (" with ray.actors false" if self.queue.backend == "ray" else ""))
         if (isinstance(self.bind, list) and self.layout != "fast"
                 and (self.queue.backend != "ray" or not self.ray.actors)):
             raise ValueError(

@@ -37,8 +37,15 @@ def test_production_is_the_default_and_fast_takes_several_addresses() -> None:
 
 def test_fast_needs_the_in_process_queue_and_a_known_layout() -> None:
     with pytest.raises(ProfileError, match="layout fast hands batches to inference in memory: "
-                                           "it needs queue.backend local, not process"):
+                                           "it needs queue.backend local, or ray with "
+                                           r"ray.actors true \(each inference actor runs the "
+                                           r"receivers of its addresses\), not process"):
         consumer_config(None, {"layout": "fast", "queue.backend": "process"})
+    with pytest.raises(ProfileError, match="not ray with ray.actors false"):
+        consumer_config(None, {"layout": "fast", "queue.backend": "ray", "ray.actors": False})
+    # on Ray with its actors, each inference actor receives for itself
+    cfg = consumer_config(None, {"layout": "fast", "queue.backend": "ray", "bind": TWO})
+    assert (cfg.layout, cfg.queue.backend, cfg.urls) == ("fast", "ray", TWO)
     with pytest.raises(ProfileError, match="consumer.layout"):
         consumer_config(None, {"layout": "quick"})
 

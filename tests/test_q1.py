@@ -218,20 +218,19 @@ class _FakeRay:
 
 
 def test_a_local_ray_that_timed_out_starting_is_started_once_more() -> None:
-    from simstream.pipeline.q1 import RayQ1
+    from simstream.pipeline.q1 import _init_local_or_join
 
-    q = RayQ1.__new__(RayQ1)
-    q._ray = _FakeRay(1, "The current node timed out during startup. This could happen ...")
-    q._init_local_or_join({}, local=True)
-    assert (q._ray.inits, q._ray.shutdowns) == (2, 1)
+    ray = _FakeRay(1, "The current node timed out during startup. This could happen ...")
+    _init_local_or_join(ray, {}, local=True)
+    assert (ray.inits, ray.shutdowns) == (2, 1)
     # a second time-out, a cluster that timed out, or any other failure is not retried
-    q._ray = _FakeRay(2, "The current node timed out during startup.")
+    ray = _FakeRay(2, "The current node timed out during startup.")
     with pytest.raises(Exception, match="timed out during startup"):
-        q._init_local_or_join({}, local=True)
-    assert q._ray.inits == 2
+        _init_local_or_join(ray, {}, local=True)
+    assert ray.inits == 2
     for local, message in ((False, "The current node timed out during startup."),
                            (True, "something else")):
-        q._ray = _FakeRay(1, message)
+        ray = _FakeRay(1, message)
         with pytest.raises(Exception, match=message):
-            q._init_local_or_join({}, local=local)
-        assert q._ray.inits == 1
+            _init_local_or_join(ray, {}, local=local)
+        assert ray.inits == 1

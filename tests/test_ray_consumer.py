@@ -264,6 +264,71 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
     assert "potential data starvation" not in stdout
 
 
+def test_fast_layout_on_ray_receives_inside_the_inference_actor(tmp_path: Path) -> None:
+    """layout fast with queue.backend ray: no receiver or shard actors; the one
+    inference actor binds both addresses, receives and parses in its own threads
+    into an in-process Q1; the driver's run directory accounts for every message."""
+    pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+    from simstream.runner.procs import free_ports
+
+    ports = free_ports(2)
+    urls = [f"tcp://127.0.0.1:{p}" for p in ports]
+    profile = tmp_path / "fast.yaml"
+    profile.write_text(
+        "name: fast-on-ray\nseed: 5\n"
+        "source: {batch_size: 2, shape: [1, 32, 32], dtype: float32, format: hdf5,"
+        " total_events: null, pool: 4}\n"
+        f"transport: {{kind: zmq, role: client, urls: {json.dumps(urls)}, ranks: 4}}\n"
+        "timeline: {phases: [{name: steady, rate_hz: 200}]}\n"
+        "stop: {messages: 25}\n"
+        "consumer:\n  model: {kind: synthetic, compute_ms: 1}\n  layout: fast\n"
+        "  queue: {maxsize: 8, backend: ray}\n"
+    )
+    out = tmp_path / "run"
+    emit_log = tmp_path / "emit.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    consume = [sys.executable, "-m", "simstream", "consume", "--profile", str(profile),
+               "--bind", urls[0], "--bind", urls[1], "--idle-timeout", "3", "--device", "cpu",
+               "--out", str(out)]
+    emit = [sys.executable, "-m", "simstream", "emit", "--profile", str(profile),
+            "--log", str(emit_log), "--no-progress"]
+    consume_while_emitting(consume, emit, ports, env)
+    delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
+                 if r["outcome"] == "delivered"]
+    assert len(delivered) == 100
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["received"], s["processed"], s["quarantined"]) == (100, 100, 0)
+    assert (s["lost"], s["duplicated"]) == (0, 0)
+    assert {r: (v["max_seq"], v["lost"]) for r, v in s["per_rank"].items()
+            } == {str(r): (24, 0) for r in range(4)}
+    assert s["q1"]["puts"] == s["q1"]["gets"] == 100 and s["q1"]["ipc_calls"] == 0
+    ray_facts = s["ray"]
+    assert (ray_facts["layout"], ray_facts["receivers"], ray_facts["q1_shards"]) == ("fast", [], 0)
+    [actor] = ray_facts["inference"]
+    assert (actor["urls"], actor["batches"], actor["puts"]) == (urls, 100, 100)
+    # the actor's receivers, one per address, as the in-process fast layout records them
+    rx = s["receiver"]
+    assert rx["messages"] == 100 and len(rx["per_receiver"]) == 2
+    assert [r["messages"] for r in rx["per_receiver"]] == [50, 50]
+    assert s["end_reason"] == "idle"
+    with (out / "batches.csv").open() as f:
+        for r in csv.DictReader(f):
+            assert float(r["t_q1_put_start"]) <= float(r["t_q1_put_end"]) <= float(r["t_q1_get_end"])
+
+
+def test_fast_layout_on_ray_needs_an_address_per_inference_actor(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+    from simstream.errors import UsageError
+    from simstream.pipeline.consumer import run_consumer
+
+    cfg = consumer_config(None, {"layout": "fast", "queue.backend": "ray", "device": "cpu",
+                                 "ray": {"inference_actors": 2, "num_cpus": 1},
+                                 "model": {"kind": "noop"}})
+    with pytest.raises(UsageError, match="2 inference actors receive for themselves and need "
+                                         "an address each, 1 given"):
+        run_consumer(cfg, tmp_path / "run")
+
+
 @pytest.mark.integration
 def test_simstream_run_fans_the_ranks_in_over_every_address(tmp_path: Path) -> None:
     """`simstream run` with two addresses in the profile and receiver actors: each
