@@ -58,6 +58,10 @@ def test_queue_put_side(tmp_path: Path) -> None:
     v, _, ev = verdict_of(sc, tmp_path / "r")
     assert ev["loop_busy_share"] < 0.5 and ev["upstream_busy_share"] > 0.9
     assert v == "queue"
+    # the way out names the setting that keeps Q1 in process, on Ray too
+    rep = diagnose_run(tmp_path / "r", plots=False, trace=False)
+    assert any("consumer.layout: fast" in r and "--layout fast" in r and "On Ray" in r
+               for r in rep["recommendations"])
 
 
 def test_polling_get_counts_in_full(tmp_path: Path) -> None:

@@ -253,7 +253,10 @@ def _stage_recs(f: Figures, verdict: str) -> list[str]:
     if verdict == "queue":
         return [f"Q1 put/get cost {_v(pb.q1_op_overhead):.2f} ms per batch against {compute_ms:.2f} ms of "
                 "compute: use an in-process queue, put/get whole batches (fewer, larger items), or poll "
-                "less coarsely."]
+                "less coarsely. On Ray, consumer.layout: fast (`--layout fast`) keeps the queue in "
+                "process: each inference actor receives its share of the addresses itself, with no "
+                "shard actors and no object store between the socket and the device "
+                "(BENCHMARKS.md, the GPU session, run 3)."]
     if verdict != "consumer":
         return []
     h2d, cyc = _v(pb.h2d), _v(pb.gpu_cycle)
