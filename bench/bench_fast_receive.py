@@ -9,9 +9,15 @@ goes straight back to a recycling pool, as the engine's does after its H2D):
   copies into libzmq's buffer) and ``Parser.parse`` decoding into a host array from
   the pool (a second copy): the production layout's receive path, and the fast
   layout's before ``IntoReceiver``;
-- ``into``: ``pipeline.zmtp_into.IntoReceiver`` (each body ``recv_into`` a pool
-  buffer) and ``Parser.parse(payload, release)`` decoding in place: the batch is
-  a view of that buffer, one copy in all.
+- ``into``: ``pipeline.zmtp_into.IntoReceiver`` (each body read with one
+  ``MSG_WAITALL`` ``recv_into`` a pool buffer) and ``Parser.parse(payload,
+  release)`` decoding in place: the batch is a view of that buffer, one copy in all;
+- ``into-chunks``: the same reading what each socket buffer holds per call
+  (``waitall=False``: a hundred calls, and GIL hand-offs, per large message).
+
+``--neighbour``: a thread in the receiving process runs small Python calls
+(standing in for an inference loop launching kernels) throughout; each case
+gives the share of its rate alone (measured before every round) that it kept.
 
     python bench/bench_fast_receive.py [--batch 8] [--shape 1,512,512] [--mib 1200]
         [--rounds 3] [--json FILE]
@@ -44,7 +50,7 @@ if __package__ in (None, ""):
 
 from bench._machine import cpu_model  # noqa: E402
 
-KINDS = ("zmq", "into")
+KINDS = ("zmq", "into", "into-chunks")
 
 
 def _source(batch: int, shape: list[int]) -> Any:
@@ -83,12 +89,52 @@ class _Pool:
         return arr, lambda: free.append(arr)
 
 
+class _Neighbour:
+    """Small Python calls in a thread, counted (an inference loop's launches)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.count = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _call(x: int) -> int:
+        return (x * 7 + 3) % 1013
+
+    def _run(self) -> None:
+        x = 0
+        while not self.stop.is_set():
+            for _ in range(1000):
+                x = self._call(x)
+            self.count += 1000
+
+    def __enter__(self) -> _Neighbour:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def neighbour_alone(seconds: float = 1.0) -> float:
+    """The neighbour's calls per second with nothing else in the process."""
+    with _Neighbour() as nb:
+        time.sleep(0.2)
+        c0, t0 = nb.count, time.perf_counter()
+        time.sleep(seconds)
+        return (nb.count - c0) / (time.perf_counter() - t0)
+
+
 def _cpu_s() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
 
-def run_case(kind: str, count: int, batch: int, shape: list[int]) -> dict[str, float]:
+def run_case(kind: str, count: int, batch: int, shape: list[int],
+             neighbour: bool = False) -> dict[str, float]:
     from simstream.payload import wire_fields
     from simstream.pipeline.parse import Parser
     from simstream.pipeline.receiver import ZmqReceiver
@@ -100,12 +146,16 @@ def run_case(kind: str, count: int, batch: int, shape: list[int]) -> dict[str, f
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     rx: Any = (ZmqReceiver(url, "bind", 1 << 40, rcvhwm=4) if kind == "zmq"
-               else IntoReceiver(url, 1 << 40, pool))
+               else IntoReceiver(url, 1 << 40, pool, waitall=kind == "into"))
+    nb = _Neighbour() if neighbour else None
     sender = mp.get_context("spawn").Process(target=_sender, args=(port, count, batch, shape))
     sender.start()
     got, nbytes = 0, 0
     t0 = c0 = 0.0
+    n0 = 0
     deadline = time.monotonic() + 300
+    if nb is not None:
+        nb.__enter__()
     try:
         while got < count:
             if time.monotonic() > deadline:
@@ -115,6 +165,7 @@ def run_case(kind: str, count: int, batch: int, shape: list[int]) -> dict[str, f
                 continue
             if got == 0:
                 t0, c0 = time.perf_counter(), _cpu_s()
+                n0 = nb.count if nb is not None else 0
             else:
                 nbytes += msg.nbytes
             pb = (parser.parse(msg.payload, msg.release) if msg.release is not None
@@ -123,12 +174,18 @@ def run_case(kind: str, count: int, batch: int, shape: list[int]) -> dict[str, f
                 pb.release()
             got += 1
         t1, c1 = time.perf_counter(), _cpu_s()
+        n1 = nb.count if nb is not None else 0
     finally:
+        if nb is not None:
+            nb.__exit__()
         rx.close()
         sender.join(30)
         if sender.is_alive():
             sender.kill()
-    return {"gbps": nbytes / (t1 - t0) / 1e9, "cpu_s_per_gb": (c1 - c0) / (nbytes / 1e9)}
+    out = {"gbps": nbytes / (t1 - t0) / 1e9, "cpu_s_per_gb": (c1 - c0) / (nbytes / 1e9)}
+    if nb is not None:
+        out["neighbour_per_s"] = (n1 - n0) / (t1 - t0)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="1,512,512")
     ap.add_argument("--mib", type=float, default=1200.0, help="MiB sent per case")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--neighbour", action="store_true",
+                    help="a thread of small Python calls beside the receiver; the share of "
+                         "its rate alone it keeps")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     try:
@@ -149,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     count = max(20, int(args.mib * (1 << 20) / msg_bytes))
     runs = []
     for r in range(args.rounds):
+        alone = neighbour_alone() if args.neighbour else None
         for kind in KINDS:
-            row = {"round": r, "kind": kind, **run_case(kind, count, args.batch, shape)}
+            row = {"round": r, "kind": kind,
+                   **run_case(kind, count, args.batch, shape, args.neighbour)}
+            if alone:
+                row["neighbour_kept"] = row["neighbour_per_s"] / alone
             runs.append(row)
             print(json.dumps(row), flush=True)
     summary: dict[str, Any] = {
@@ -161,18 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     for kind in KINDS:
         mine = [x for x in runs if x["kind"] == kind]
-        summary[kind] = {k: statistics.median(x[k] for x in mine) for k in ("gbps", "cpu_s_per_gb")}
+        keys = ("gbps", "cpu_s_per_gb") + (("neighbour_kept",) if args.neighbour else ())
+        summary[kind] = {k: statistics.median(x[k] for x in mine) for k in keys}
     summary["into_over_zmq_gbps"] = summary["into"]["gbps"] / summary["zmq"]["gbps"]
     summary["into_over_zmq_cpu"] = summary["into"]["cpu_s_per_gb"] / summary["zmq"]["cpu_s_per_gb"]
     print(f"machine: {summary['machine']['cpu']}, {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     print(f"{count} messages of {args.batch} x {tuple(shape)} float32 ({msg_bytes / 1e6:.1f} MB) "
           f"per case, {args.rounds} round(s), medians")
-    print("receive path                          GB/s   receiver CPU s/GB")
-    print(f"zmq (pyzmq frames + decode copy)  {summary['zmq']['gbps']:8.2f}  "
-          f"{summary['zmq']['cpu_s_per_gb']:8.3f}")
-    print(f"into (recv_into + decode in place){summary['into']['gbps']:8.2f}  "
-          f"{summary['into']['cpu_s_per_gb']:8.3f}")
+    names = {"zmq": "zmq (pyzmq frames + decode copy)", "into": "into (one MSG_WAITALL read)",
+             "into-chunks": "into-chunks (a read per buffer)"}
+    print(f"{'receive path':34s}  GB/s   receiver CPU s/GB"
+          + ("   neighbour kept" if args.neighbour else ""))
+    for kind in KINDS:
+        row = summary[kind]
+        print(f"{names[kind]:34s}{row['gbps']:6.2f}  {row['cpu_s_per_gb']:8.3f}"
+              + (f"          {row['neighbour_kept']:6.2f}" if args.neighbour else ""))
     print(f"into / zmq: {summary['into_over_zmq_gbps']:.2f} x the rate, "
           f"{summary['into_over_zmq_cpu']:.2f} x the CPU per GB")
     if args.json:

@@ -16,8 +16,13 @@ A PING gets its PONG; other commands are read past. A message over
 ``max_message_bytes`` ends its connection at the size header, as libzmq's
 MAXMSGSIZE does (counted under ``oversize`` and ``disconnects``); a multi-frame
 message is read whole and handed over as a reject (LCLStreamer sends one frame per
-message), its head kept for quarantine. A connection that closes or stalls for
-``stall_s`` part-way through a message is dropped and counted under ``cut``.
+message), its head kept for quarantine. A connection that closes part-way through
+a message, or stalls there (no byte for ``stall_s``; a read that got some bytes
+and then nothing returns them after ``stall_s`` and the next read waits as long
+again, so a stall is found after ``stall_s`` to twice that), is dropped and
+counted under ``cut``. Message bodies are read with one ``MSG_WAITALL`` call each
+on a blocking socket: the receiver thread holds the GIL once per message, not once
+per socket buffer.
 
 ``RawMessage.release`` returns a message's buffer to the pool: whoever ends up
 holding the message calls it once (the batch's release after its H2D, or the
@@ -78,12 +83,16 @@ def _plain_alloc(shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Callab
 
 
 class IntoReceiver(Receiver):
-    """ZMTP PULL bound at ``url``; message bodies read into ``alloc((n,), uint8)``."""
+    """ZMTP PULL bound at ``url``; message bodies read into ``alloc((n,), uint8)``.
+
+    ``waitall`` False reads what each socket buffer holds per call (the way before
+    MSG_WAITALL; kept for comparison, ``bench/bench_fast_receive.py``)."""
 
     def __init__(self, url: str, max_message_bytes: int, alloc: Alloc | None = None, *,
                  clock: Callable[[], float] = now, rcvbuf: int | None = None,
-                 stall_s: float = 30.0) -> None:
+                 stall_s: float = 30.0, waitall: bool = True) -> None:
         self.url = url
+        self.waitall = waitall
         self.max_message_bytes = max_message_bytes
         self.alloc = alloc or _plain_alloc
         self.clock = clock
@@ -161,7 +170,16 @@ class IntoReceiver(Receiver):
                 self.stats.errors.append(f"{peer}: handshake: {exc}")
                 sock.close()
                 continue
-            sock.settimeout(self.stall_s)
+            # blocking from here on, each body read one MSG_WAITALL call: the kernel
+            # fills the whole buffer while this thread sleeps outside the GIL (a recv
+            # per socket-buffer's worth would take and give back the GIL a hundred
+            # times a batch, at the cost of the inference thread's kernel launches);
+            # SO_RCVTIMEO bounds each call instead of Python's poll-based timeout
+            if self.waitall:
+                sock.settimeout(None)
+                _set_timeouts(sock, self.stall_s)
+            else:  # reads of what the socket buffer holds, each bounded by Python's poll
+                sock.settimeout(self.stall_s)
             self._conns[sock] = peer
             self._sel.register(sock, selectors.EVENT_READ)
             self.stats.connections += 1
@@ -213,8 +231,11 @@ class IntoReceiver(Receiver):
         got = 0
         while got < len(view):
             try:
-                n = sock.recv_into(view[got:])
-            except TimeoutError:
+                # MSG_WAITALL (blocking sockets, after the handshake): one call returns
+                # when the view is full, the peer closed, or SO_RCVTIMEO ran out (then
+                # with what came so far, or EAGAIN when nothing did)
+                n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL if self.waitall else 0)
+            except (TimeoutError, BlockingIOError):
                 raise _Drop("cut", f"stalled {self.stall_s:g} s in a {what}") from None
             except OSError as exc:
                 raise _Drop("cut" if got or not first else "closed", f"{what}: {exc}") from None
@@ -287,6 +308,16 @@ class IntoReceiver(Receiver):
             sock.sendall(command_frame("PONG", data[2:]))
         elif name == "ERROR":
             raise _Drop("protocol", f"peer sent ERROR {data[1:].decode(errors='replace')!r}")
+
+
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """SO_RCVTIMEO and SO_SNDTIMEO of a blocking socket: a receive that gets nothing
+    for ``seconds`` fails with EAGAIN (a MSG_WAITALL one that got part returns it),
+    as does a send that cannot go on."""
+    sec = int(seconds)
+    tv = struct.pack("ll", sec, int((seconds - sec) * 1e6))
+    for opt in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        sock.setsockopt(socket.SOL_SOCKET, opt, tv)
 
 
 def _command(body: bytes) -> tuple[str, bytes]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -221,5 +222,46 @@ def test_the_fast_receiver_reads_each_message_into_a_pool_buffer() -> None:
         assert rx.stats.protocol_errors == 1 and "PULL cannot talk to PUB" in rx.stats.errors[-1]
         bad.close()
         assert rx.stats.messages == 3 and rx.stats.multipart == 1 and rx.stats.connections == 1
+    finally:
+        rx.close()
+
+
+def test_the_fast_receiver_drops_a_message_cut_or_stalled_part_way() -> None:
+    """A body read waits for the whole message (MSG_WAITALL); a peer that goes quiet
+    part-way is dropped after stall_s to twice that, one that closes part-way at
+    once; both count as cut, and the buffers go back to the pool."""
+    released: list[int] = []
+
+    def alloc(shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Any]:
+        return np.empty(shape, dtype), lambda: released.append(1)
+
+    url = f"tcp://127.0.0.1:{free_port()}"
+    rx = IntoReceiver(url, max_message_bytes=1 << 20, alloc=alloc, stall_s=0.3)
+    try:
+        quiet = _push_peer(url)
+        quiet.sendall(zmtp.frame_header(1000) + b"x" * 10)  # then nothing
+        t0 = time.monotonic()
+        assert _recv_until(rx, lambda got: rx.stats.cut) == []
+        waited = time.monotonic() - t0
+        assert rx.stats.cut == 1 and "stalled 0.3 s in a message" in rx.stats.errors[-1]
+        assert 0.25 <= waited < 10.0  # not before stall_s (a slow machine may take longer)
+        quiet.close()
+        closing = _push_peer(url)
+        assert _recv_until(rx, lambda got: rx.stats.connections == 2) == []  # handshake done
+        closing.sendall(zmtp.frame_header(1000) + b"y" * 10)
+        closing.close()
+        assert _recv_until(rx, lambda got: rx.stats.cut == 2) == []
+        assert rx.stats.cut == 2
+        # a FIN reads as the peer closing part-way; unread greeting bytes make it an RST
+        assert ("peer closed part-way through a message" in rx.stats.errors[-1]
+                or "message: [Errno 104]" in rx.stats.errors[-1])
+        # a whole message after both still arrives, read in one piece
+        whole = _push_peer(url)
+        body = bytes(range(256)) * 400
+        whole.sendall(zmtp.frame_header(len(body)) + body)
+        [msg] = _recv_until(rx, lambda got: len(got) == 1)
+        assert bytes(msg.payload) == body
+        whole.close()
+        assert len(released) == 2 and rx.stats.messages == 1
     finally:
         rx.close()
