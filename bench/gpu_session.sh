@@ -223,7 +223,9 @@ if fr:
           f"({fr['message_bytes'] / 1e6:.0f} MB messages): "
           f"zmq frames + decode copy {fr['zmq']['gbps']:.2f} GB/s, "
           f"{fr['zmq']['cpu_s_per_gb']:.3f} CPU s/GB; recv_into + in place "
-          f"{fr['into']['gbps']:.2f} GB/s, {fr['into']['cpu_s_per_gb']:.3f} CPU s/GB")
+          f"{fr['into']['gbps']:.2f} GB/s, {fr['into']['cpu_s_per_gb']:.3f} CPU s/GB"
+          + (f"; a read per buffer {fr['into-chunks']['gbps']:.2f} GB/s, "
+             f"{fr['into-chunks']['cpu_s_per_gb']:.3f} CPU s/GB" if "into-chunks" in fr else ""))
 else:
     print("\nreceive path alone: no results (see session.log)")
 if a and a.get("emit_sink"):
