@@ -37,11 +37,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from simstream.clock import now
 from simstream.errors import UsageError
 from simstream.profile import split_url
+
+if TYPE_CHECKING:
+    import numpy as np
+
 from simstream.wire import (
     NEED_DATA,
     ConnectionClosed,
@@ -65,7 +69,8 @@ class RawMessage:
     """One message as received. ``payload`` is None-free except for an oversize
     stream message, where it holds only the head (``oversize`` True)."""
 
-    payload: bytes | bytearray | memoryview
+    # an ndarray of uint8: a host-pool buffer the fast layout's zmq receiver read into
+    payload: bytes | bytearray | memoryview | np.ndarray
     nbytes: int
     t_arrival: float
     peer: str = ""

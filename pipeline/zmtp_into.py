@@ -131,9 +131,9 @@ class IntoReceiver(Receiver):
             if sock not in self._conns:
                 continue
             try:
-                msg = self._read_message(sock)  # type: ignore[arg-type]
+                msg = self._read_message(sock)
             except _Drop as d:
-                self._drop(sock, d)  # type: ignore[arg-type]
+                self._drop(sock, d)
                 continue
             if msg is not None:
                 self.stats.read(t_woke, now())
@@ -279,7 +279,7 @@ class IntoReceiver(Receiver):
                 arr, release = self.alloc((size,), np.uint8)
                 parts.append((arr, release))
                 if size:
-                    self._into(sock, memoryview(arr).cast("B"), "message", first=False)
+                    self._into(sock, arr.data.cast("B"), "message", first=False)
                 more = bool(flags & FLAG_MORE)
         except BaseException:
             for _, release in parts:
@@ -290,7 +290,7 @@ class IntoReceiver(Receiver):
         self.stats.bytes += total
         if len(parts) > 1:
             self.stats.multipart += 1
-            head = bytes(memoryview(parts[0][0]).cast("B")[:HEAD_KEEP])
+            head = bytes(parts[0][0].data.cast("B")[:HEAD_KEEP])
             sizes = [len(a) for a, _ in parts]
             for _, release in parts:
                 release()

@@ -286,6 +286,7 @@ class MessageFactory:
         Scatter for a pooled message with ``scatter=True``)."""
         n = self.events_in(seq)
         pooled = self._pooled(seq, n)
+        payload: bytes | codec.Scatter
         if pooled is None:
             payload = self._encode(self._fresh(seq, n))
         elif self.scatter:

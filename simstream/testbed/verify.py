@@ -872,11 +872,11 @@ def verify_capture(pcap: Path, profile: Profile, *, emit_log: list[dict[str, Any
         k: [[] for _ in windows] for k in ("rtt", "delay", "paired_lost", "holes")}
     for t, r in rtts:
         by_phase["rtt"][phase_of(t)].append(r)
-    for x in losses:
-        by_phase["holes"][phase_of(x.ts)].append(x.packets)
+    for loss in losses:
+        by_phase["holes"][phase_of(loss.ts)].append(loss.packets)
     if paired is not None:
-        for t, d in paired[0]:
-            by_phase["delay"][phase_of(t)].append(d)
+        for t, delay in paired[0]:
+            by_phase["delay"][phase_of(t)].append(delay)
         for t in paired[1]:
             by_phase["paired_lost"][phase_of(t)].append(1)
     seen_in = [0] * len(windows)
