@@ -314,10 +314,11 @@ def test_a_ray_the_consumer_starts_runs_its_workers_at_its_own_priority(monkeypa
         def init(self, **kw):
             seen.append(kw)
 
+    from simstream.pipeline import q1 as q1_module
+
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    q = RayQ1.__new__(RayQ1)
-    q._ray = FakeRay()
-    q._init(None, 1)
+    monkeypatch.setattr(q1_module, "_ray", FakeRay)
+    q1_module.init_ray(None, 1)  # as RayQ1 and the fast layout on Ray start it
     assert seen[-1]["address"] == "local" and seen[-1]["_system_config"] == {"worker_niceness": 0}
-    q._init("auto", 1)  # a cluster's own settings are left alone
+    q1_module.init_ray("auto", 1)  # a cluster's own settings are left alone
     assert "_system_config" not in seen[-1]
