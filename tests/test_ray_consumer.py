@@ -206,26 +206,25 @@ def test_an_injected_engine_cannot_go_into_actors(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_two_receiver_actors_one_inference_actor_account_for_every_message(
-        tmp_path: Path) -> None:
-    """An emitter with 4 ranks spread over two addresses -> two receiver actors
-    (one per address) -> Q1 shard actors -> one inference actor (CPU); the driver's
-    run directory accounts for every delivered message, per rank."""
-    pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+def _run_over_two_addresses(tmp_path: Path, name: str, consumer_yaml: str
+                            ) -> tuple[str, dict[str, Any], Path, list[str]]:
+    """An emitter of 4 ranks, 25 messages each, spread over two addresses, into
+    `simstream consume` binding both (CPU, a 1 ms synthetic model, ``consumer_yaml``
+    added to the consumer section): its stdout, summary, run directory and the
+    addresses, once the emit log shows all 100 delivered."""
     from simstream.runner.procs import free_ports
 
     ports = free_ports(2)
     urls = [f"tcp://127.0.0.1:{p}" for p in ports]
-    profile = tmp_path / "two.yaml"
+    profile = tmp_path / f"{name}.yaml"
     profile.write_text(
-        "name: two-receivers\nseed: 3\n"
+        f"name: {name}\nseed: 3\n"
         "source: {batch_size: 2, shape: [1, 32, 32], dtype: float32, format: hdf5,"
         " total_events: null, pool: 4}\n"
         f"transport: {{kind: zmq, role: client, urls: {json.dumps(urls)}, ranks: 4}}\n"
         "timeline: {phases: [{name: steady, rate_hz: 200}]}\n"
         "stop: {messages: 25}\n"
-        "consumer:\n  model: {kind: synthetic, compute_ms: 1}\n"
-        "  queue: {maxsize: 8, backend: ray, shards: 2}\n"
+        "consumer:\n  model: {kind: synthetic, compute_ms: 1}\n" + consumer_yaml
     )
     out = tmp_path / "run"
     emit_log = tmp_path / "emit.jsonl"
@@ -239,7 +238,18 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
     delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
                  if r["outcome"] == "delivered"]
     assert len(delivered) == 100
-    s = json.loads((out / "summary.json").read_text())
+    return stdout, json.loads((out / "summary.json").read_text()), out, urls
+
+
+def test_two_receiver_actors_one_inference_actor_account_for_every_message(
+        tmp_path: Path) -> None:
+    """An emitter with 4 ranks spread over two addresses -> two receiver actors
+    (one per address) -> Q1 shard actors -> one inference actor (CPU); the driver's
+    run directory accounts for every delivered message, per rank."""
+    pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
+
+    stdout, s, out, urls = _run_over_two_addresses(
+        tmp_path, "two-receivers", "  queue: {maxsize: 8, backend: ray, shards: 2}\n")
     assert (s["received"], s["processed"], s["quarantined"]) == (100, 100, 0)
     assert (s["lost"], s["duplicated"]) == (0, 0)
     # one emitter run: one epoch per rank, relayed from the receiver actors
@@ -269,34 +279,9 @@ def test_fast_layout_on_ray_receives_inside_the_inference_actor(tmp_path: Path) 
     inference actor binds both addresses, receives and parses in its own threads
     into an in-process Q1; the driver's run directory accounts for every message."""
     pytest.importorskip("ray", reason="ray is not installed (optional extra: simstream[ray])")
-    from simstream.runner.procs import free_ports
 
-    ports = free_ports(2)
-    urls = [f"tcp://127.0.0.1:{p}" for p in ports]
-    profile = tmp_path / "fast.yaml"
-    profile.write_text(
-        "name: fast-on-ray\nseed: 5\n"
-        "source: {batch_size: 2, shape: [1, 32, 32], dtype: float32, format: hdf5,"
-        " total_events: null, pool: 4}\n"
-        f"transport: {{kind: zmq, role: client, urls: {json.dumps(urls)}, ranks: 4}}\n"
-        "timeline: {phases: [{name: steady, rate_hz: 200}]}\n"
-        "stop: {messages: 25}\n"
-        "consumer:\n  model: {kind: synthetic, compute_ms: 1}\n  layout: fast\n"
-        "  queue: {maxsize: 8, backend: ray}\n"
-    )
-    out = tmp_path / "run"
-    emit_log = tmp_path / "emit.jsonl"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    consume = [sys.executable, "-m", "simstream", "consume", "--profile", str(profile),
-               "--bind", urls[0], "--bind", urls[1], "--idle-timeout", "3", "--device", "cpu",
-               "--out", str(out)]
-    emit = [sys.executable, "-m", "simstream", "emit", "--profile", str(profile),
-            "--log", str(emit_log), "--no-progress"]
-    consume_while_emitting(consume, emit, ports, env)
-    delivered = [r for r in map(json.loads, emit_log.read_text().splitlines())
-                 if r["outcome"] == "delivered"]
-    assert len(delivered) == 100
-    s = json.loads((out / "summary.json").read_text())
+    _, s, out, urls = _run_over_two_addresses(
+        tmp_path, "fast-on-ray", "  layout: fast\n  queue: {maxsize: 8, backend: ray}\n")
     assert (s["received"], s["processed"], s["quarantined"]) == (100, 100, 0)
     assert (s["lost"], s["duplicated"]) == (0, 0)
     assert {r: (v["max_seq"], v["lost"]) for r, v in s["per_rank"].items()
