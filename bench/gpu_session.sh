@@ -25,7 +25,12 @@
 # printed at the end.
 #
 #   bash bench/gpu_session.sh              # on the GPU host (CUDA)
-#   PARTS="svr ray" TOTAL_S=580 bash bench/gpu_session.sh
+#   PARTS="anchor svr" TOTAL_S=575 bash bench/gpu_session.sh   # then:
+#   PARTS=ray TOTAL_S=575 bash bench/gpu_session.sh
+#
+# On a 16-core H100 host "anchor svr" took 300 s and "ray" 250 s before the fast
+# layout's 236 MB rows were added to it (about 100 s more): all parts together
+# overrun a 10-minute call, so a lent machine takes them in two.
 #   SMALL=1 bash bench/gpu_session.sh --no-gpu   # a dry run anywhere: tiny sizes, CPU
 #
 # --no-gpu (or NO_GPU=1) runs the consumer on the CPU; without it the script
