@@ -478,7 +478,8 @@ class RayQ1(_ShardedQ1):
         self.owns_actors = True
         self._actors: list[Any] = []
         if not ray.is_initialized():
-            self._init(address, num_cpus)
+            init_ray(address, num_cpus)
+            self.owns_ray = True
         elif address is not None:
             logging.getLogger("pipeline.q1").warning(
                 "Ray is already up in this process: Q1 uses it, not %s", address)
@@ -513,10 +514,6 @@ class RayQ1(_ShardedQ1):
     def actors(self) -> list[Any]:
         """The shard actors' handles (to give to other actors of the run)."""
         return list(self._actors)
-
-    def _init(self, address: str | None, num_cpus: int) -> None:
-        init_ray(address, num_cpus)
-        self.owns_ray = True
 
     def _call(self, method: Any, *args: Any) -> Any:
         try:

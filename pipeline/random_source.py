@@ -56,6 +56,9 @@ class RandomSource:
         self.fresh = fresh
         self._gen = torch_generator(seed)
         self._pool = [] if fresh else [self._draw(np.empty(self.shape, self.dtype)) for _ in range(pool)]
+        from .pinned import copy_into  # torch, as _draw: imported where batches are made
+
+        self._copy = copy_into
         self._n = 0
 
     @property
@@ -80,9 +83,7 @@ class RandomSource:
         if self.fresh:
             self._draw(arr)
         else:
-            from .pinned import copy_into  # torch: imported where batches are made
-
-            copy_into(arr, self._pool[self._n % len(self._pool)])
+            self._copy(arr, self._pool[self._n % len(self._pool)])
             self._n += 1
         return arr, release, t0, self.clock()
 

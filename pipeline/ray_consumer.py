@@ -246,15 +246,17 @@ class ReceiverActor(_Actor):
 
 
 class InferenceActor(_Actor):
-    """One device: Q1 -> engine, N-way buffered (module docstring)."""
+    """One device: Q1 -> engine, N-way buffered (module docstring). ``shards``
+    None: it keeps its own in-process Q1 (FastInferenceActor)."""
 
-    def __init__(self, cfg_data: dict[str, Any], shards: list[Any], capacity: int,
+    def __init__(self, cfg_data: dict[str, Any], shards: list[Any] | None, capacity: int,
                  number: int, device: str) -> None:
         super().__init__(cfg_data, shards, capacity)
         self.number = number
         self.device = device
         self.engine: Any = None
         self.inference: Any = None
+        self.run: Any = None
 
     def start(self, warmup: bool = True) -> dict[str, Any]:
         """Build and warm the engine, then start taking batches from Q1. Returns the
@@ -283,27 +285,33 @@ class InferenceActor(_Actor):
     def result(self) -> dict[str, Any]:
         """After ``done``: this actor's totals and its last events."""
         self._join()
-        inf = self.inference
-        out = {
+        out = self._totals()
+        self._close()
+        out["events"] = self.relay.drain()
+        return out
+
+    def _totals(self) -> dict[str, Any]:
+        run, inf = self.run, self.inference
+        return {
             "number": self.number,
             "q1": dataclasses.asdict(self.q1.stats),
             "batches": self.relay.batches,
             "reordered": inf.q1_reordered if inf is not None else 0,
             "clock_error_s": getattr(self.engine, "clock_error_s", 0.0),
-            "error": self.error or (repr(self.run.errors[0]) if self.run and self.run.errors
+            "error": self.error or (repr(run.errors[0]) if run is not None and run.errors
                                     else None),
         }
+
+    def _close(self) -> None:
         if self.run is not None:
             with contextlib.suppress(Exception):
                 self.run.parser.close()
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 self.engine.close()
-        out["events"] = self.relay.drain()
-        return out
 
 
-class FastInferenceActor(_Actor):
+class FastInferenceActor(InferenceActor):
     """``layout: fast`` on Ray: one device fed by its own receivers, one socket and
     receiver thread per address of its share, parsed into the engine's host
     buffers and handed over through an in-process Q1 (``pipeline.fast_ingest``):
@@ -312,14 +320,9 @@ class FastInferenceActor(_Actor):
 
     def __init__(self, cfg_data: dict[str, Any], number: int, device: str, urls: list[str],
                  stripe: tuple[int, int]) -> None:
-        super().__init__(cfg_data, None, 0)
-        self.number = number
-        self.device = device
+        super().__init__(cfg_data, None, 0, number, device)
         self.urls = list(urls)
         self.stripe = stripe
-        self.engine: Any = None
-        self.inference: Any = None
-        self.run: Any = None
         self.rxs: list[Any] = []
         self.producer: threading.Thread | None = None
 
@@ -368,37 +371,26 @@ class FastInferenceActor(_Actor):
     def depth(self) -> int:
         return int(self.q1.depth())
 
-    def result(self) -> dict[str, Any]:
-        """After ``done``: this actor's totals (receivers and inference) and its
-        last events."""
-        self._join()
+    def _join(self) -> None:
+        super()._join()
         if self.producer is not None:
             self.producer.join(timeout=30.0)
-        run, inf = self.run, self.inference
-        out = {
-            "number": self.number,
+
+    def _totals(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            **super()._totals(),
             "urls": self.urls,
             "end_reason": run.end_reason if run is not None else "not started",
             "puts": run.put_count if run is not None else 0,
-            "q1": dataclasses.asdict(self.q1.stats),
-            "batches": self.relay.batches,
-            "reordered": inf.q1_reordered if inf is not None else 0,
-            "clock_error_s": getattr(self.engine, "clock_error_s", 0.0),
             "receiver": merged_receiver_stats(self.rxs) if self.rxs else None,
-            "error": self.error or (repr(run.errors[0]) if run is not None and run.errors
-                                    else None),
         }
-        if run is not None:
-            with contextlib.suppress(Exception):
-                run.parser.close()
+
+    def _close(self) -> None:
         for rx in self.rxs:
             with contextlib.suppress(Exception):
                 rx.close()
-        if self.engine is not None:
-            with contextlib.suppress(Exception):
-                self.engine.close()
-        out["events"] = self.relay.drain()
-        return out
+        super()._close()
 
 
 # --------------------------------------------------------------------------
@@ -464,8 +456,9 @@ class _RayDriver:
     """The driver's side of one Ray run: the actors it started, the records it
     replays their events into, and the loop that watches them."""
 
-    def __init__(self, cfg: ConsumerConfig, q1: RayQ1, stop: threading.Event,
+    def __init__(self, cfg: ConsumerConfig, q1: Any, stop: threading.Event,
                  on_progress: Any) -> None:
+        # q1: the run's RayQ1, or _ActorQueues in layout fast (the actors' own queues)
         self.cfg = cfg
         self.q1 = q1
         self.ray = q1._ray
@@ -603,9 +596,6 @@ class _ActorQueues:
     total), for the sampler and the progress line. Starts Ray as RayQ1 does (and
     ``close`` stops it) unless it is up already."""
 
-    backend = "local"
-    shards = 0
-
     def __init__(self, cfg: ConsumerConfig) -> None:
         self._ray = _ray()
         self.owns_ray = False
@@ -636,9 +626,7 @@ class _ActorQueues:
 class _FastRayDriver(_RayDriver):
     """The driver of layout fast on Ray: inference actors that receive for
     themselves (FastInferenceActor), each bound to its share of the addresses;
-    the run ends when every one of them is done."""
-
-    queues: _ActorQueues
+    the run ends when every one of them is done. Its ``q1`` is an _ActorQueues."""
 
     def start_inference(self, warmup: bool) -> None:
         """One fast inference actor per device, on the driver's node (the producers
@@ -661,7 +649,7 @@ class _FastRayDriver(_RayDriver):
                          scheduling_strategy=here)(FastInferenceActor)
         self.infs = [cls.remote(data, j, device, urls[j::n_inf], (j, n_inf))
                      for j in range(n_inf)]
-        self.queues.actors = self.infs
+        self.q1.actors = self.infs
         self.started = ray.get([a.start.remote(warmup) for a in self.infs],
                                timeout=START_TIMEOUT_S)
         for s in self.started:
@@ -721,7 +709,7 @@ class _FastRayDriver(_RayDriver):
             reordered=sum(r["reordered"] for r in inf_results), receiver=receiver,
             starvation_warnings=self.starvation_warnings,
             clock_error_s=max(r["clock_error_s"] for r in inf_results),
-            ray_address=self.queues.address,
+            ray_address=self.q1.address,
         )
         extra["ray"] = {
             "actors": True,
@@ -753,9 +741,7 @@ def run_ray_consumer(
     stop = stop or threading.Event()
     d: _RayDriver
     if cfg.layout == "fast":
-        queues = _ActorQueues(cfg)
-        d = _FastRayDriver(cfg, queues, stop, on_progress)  # type: ignore[arg-type]
-        d.queues = queues
+        d = _FastRayDriver(cfg, _ActorQueues(cfg), stop, on_progress)
     else:
         q1 = RayQ1(cfg.queue.maxsize, cfg.queue.shards, cfg.queue.poll_interval_ms,
                    cfg.ray.address, cfg.ray.num_cpus, cfg.ray.q1_items,
