@@ -13,8 +13,9 @@ Three baselines, measured in one run:
 And, with ``--cases ...,emit``, the emitter against them in the same run:
 
 - ``emit``: ``simstream emit --ranks N --processes N`` (uncapped, unpaced,
-  HDF5 uncompressed messages of the same size from a pool, one address per
-  rank, the anchors' send buffer: ``transport.sndbuf_bytes``) into N receiver
+  HDF5 uncompressed messages of the same size from a pool of ``--pool``
+  batches, one address per rank, the anchors' send buffer:
+  ``transport.sndbuf_bytes``) into N receiver
   processes: by default (``--emit-sink into``) the fast layout's own ZMTP PULL,
   which reads each message with ``recv_into`` as the ``tcp`` case's receivers
   do, so the figure is the emitter's; ``--emit-sink zmq``: pyzmq PULLs like the
@@ -29,6 +30,12 @@ Prints a table of GB/s per case and writes ``--json`` if given. Each figure is
 the bytes the receivers got after their first message divided by the time from
 the first receiver's first message to the last receiver's last, so a slow stream
 counts against the total and start-up (interpreters, encoding a pool) does not.
+
+``--pool N`` (default 1): every sender, the anchors' and the emitter's, cycles
+through N distinct message buffers. One buffer stays in the CPU's last-level
+cache, so the kernel's copies out of it run at cache speed; a pool of several
+messages larger than that cache reads DRAM, as a producer of fresh data does.
+Compare the emitter with the anchors at the same ``--pool``.
 """
 
 from __future__ import annotations
@@ -73,14 +80,22 @@ def memcpy_gbps(nbytes: int, seconds: float) -> float:
     return done / (time.perf_counter() - t0) / 1e9
 
 
-def _tcp_sender(port: int, nbytes: int, seconds: float) -> None:
-    buf = bytearray(os.urandom(1024) * (nbytes // 1024))
+def _send_buffers(nbytes: int, pool: int) -> list[bytearray]:
+    """``pool`` distinct message buffers (each its own memory, as ``source.pool``
+    batches are), cycled by a sender: how much memory a sender reads from decides
+    whether its copies run from the CPU's cache or from DRAM."""
+    return [bytearray(os.urandom(1024) * (nbytes // 1024)) for _ in range(pool)]
+
+
+def _tcp_sender(port: int, nbytes: int, seconds: float, pool: int = 1) -> None:
+    bufs = _send_buffers(nbytes, pool)
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCK_BUF)
         s.sendall(nbytes.to_bytes(8, "little"))
-        end = time.perf_counter() + seconds
+        end, k = time.perf_counter() + seconds, 0
         while time.perf_counter() < end:
-            s.sendall(buf)
+            s.sendall(bufs[k % pool])
+            k += 1
 
 
 def _tcp_receiver(lsock: socket.socket, out: Any) -> None:
@@ -99,7 +114,7 @@ def _tcp_receiver(lsock: socket.socket, out: Any) -> None:
         out.put((got, t0, time.perf_counter()))
 
 
-def _zmq_sender(port: int, nbytes: int, seconds: float) -> None:
+def _zmq_sender(port: int, nbytes: int, seconds: float, pool: int = 1) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -107,10 +122,11 @@ def _zmq_sender(port: int, nbytes: int, seconds: float) -> None:
     s.setsockopt(zmq.SNDBUF, SOCK_BUF)
     s.setsockopt(zmq.SNDHWM, 4)
     s.connect(f"tcp://127.0.0.1:{port}")
-    buf = np.frombuffer(os.urandom(1024) * (nbytes // 1024), dtype=np.uint8)
-    end = time.perf_counter() + seconds
+    bufs = [np.frombuffer(b, dtype=np.uint8) for b in _send_buffers(nbytes, pool)]
+    end, k = time.perf_counter() + seconds, 0
     while time.perf_counter() < end:
-        s.send(buf, copy=False)
+        s.send(bufs[k % pool], copy=False)
+        k += 1
     s.send(b"")
     s.close(linger=-1)
     ctx.term()
@@ -271,7 +287,8 @@ def _cpu_per_gb(results: list[tuple[int, float, float]], cpu: CpuSampler) -> flo
     return used / (total / 1e9) if used is not None and total else None
 
 
-def tcp_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | None]:
+def tcp_gbps(streams: int, nbytes: int, seconds: float, pool: int = 1
+             ) -> tuple[float, float | None]:
     """GB/s of N plain TCP streams, and the senders' CPU seconds per GB."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -283,7 +300,7 @@ def tcp_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | 
             lsock.listen(1)
             port = lsock.getsockname()[1]
             procs.append(ctx.Process(target=_tcp_receiver, args=(lsock, out)))
-            procs.append(ctx.Process(target=_tcp_sender, args=(port, nbytes, seconds)))
+            procs.append(ctx.Process(target=_tcp_sender, args=(port, nbytes, seconds, pool)))
             senders.append(procs[-1])
             procs[-2].start()
             lsock.close()
@@ -308,11 +325,13 @@ def _pull_receivers(ctx: Any, streams: int, target: Any = _zmq_receiver
     return procs, ports, out
 
 
-def zmq_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | None]:
+def zmq_gbps(streams: int, nbytes: int, seconds: float, pool: int = 1
+             ) -> tuple[float, float | None]:
     """GB/s of N pyzmq PUSH -> PULL pairs, and the senders' CPU seconds per GB."""
     ctx = mp.get_context("spawn")
     procs, ports, out = _pull_receivers(ctx, streams)
-    senders = [ctx.Process(target=_zmq_sender, args=(port, nbytes, seconds)) for port in ports]
+    senders = [ctx.Process(target=_zmq_sender, args=(port, nbytes, seconds, pool))
+               for port in ports]
     with CpuSampler(lambda: [p.pid for p in senders if p.pid]) as cpu:
         for p in senders:
             p.start()
@@ -322,15 +341,17 @@ def zmq_gbps(streams: int, nbytes: int, seconds: float) -> tuple[float, float | 
     return _gbps(results), _cpu_per_gb(results, cpu)
 
 
-def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int]) -> dict[str, Any]:
+def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int],
+                 pool: int = 1) -> dict[str, Any]:
     """``simstream emit``'s profile for the ``emit`` case: N ranks in N processes,
     one address each, messages of ``nbytes`` of detector data (HDF5, uncompressed,
-    a pool of 4 batches), unpaced and uncapped for ``seconds``."""
+    a pool of ``pool`` batches, as many buffers as the anchors' senders cycle),
+    unpaced and uncapped for ``seconds``."""
     return {
         "name": "bench-plain-socket-emit", "seed": 1,
         "source": {"batch_size": 1, "shape": [1, nbytes // 4], "dtype": "float32",
                    "content": "constant", "format": "hdf5", "compression": "none",
-                   "total_events": None, "pool": 4},
+                   "total_events": None, "pool": pool},
         "transport": {"kind": "zmq", "role": "client", "url": f"tcp://127.0.0.1:{ports[0]}",
                       "urls": [f"tcp://127.0.0.1:{p}" for p in ports], "url_spread": "rank",
                       "ranks": streams, "processes": streams, "sndhwm": 4,
@@ -343,7 +364,7 @@ def emit_profile(streams: int, nbytes: int, seconds: float, ports: list[int]) ->
 SINKS = {"into": _into_receiver, "zmq": _zmq_receiver}
 
 
-def emit_gbps(streams: int, nbytes: int, seconds: float, sink: str = "into"
+def emit_gbps(streams: int, nbytes: int, seconds: float, sink: str = "into", pool: int = 1
               ) -> tuple[float, float | None]:
     """``simstream emit --processes N`` into N receiver processes (``sink``: ``into``,
     the fast layout's recv_into ZMTP PULL, or ``zmq``, pyzmq PULLs as in the ``zmq``
@@ -355,7 +376,7 @@ def emit_gbps(streams: int, nbytes: int, seconds: float, sink: str = "into"
     procs, ports, out = _pull_receivers(ctx, streams, SINKS[sink])
     with tempfile.TemporaryDirectory() as d:
         prof = Path(d) / "emit.yaml"
-        prof.write_text(yaml.safe_dump(emit_profile(streams, nbytes, seconds, ports)))
+        prof.write_text(yaml.safe_dump(emit_profile(streams, nbytes, seconds, ports, pool)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)}
         run = subprocess.Popen([sys.executable, "-m", "simstream", "emit", "--profile", str(prof),
@@ -393,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the emit case's receivers: into (the fast layout's recv_into "
                          "ZMTP PULL, a plain socket's cost: the figure is the emitter's) "
                          "or zmq (pyzmq PULL, as the zmq case)")
+    ap.add_argument("--pool", type=int, default=1,
+                    help="distinct message buffers each sender cycles through, in every "
+                         "case (the emitter's source.pool): 1 sends from one buffer that "
+                         "stays in the CPU's cache; a pool larger than the cache reads "
+                         "DRAM, as a producer of fresh data does")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every case this many times, interleaved; the table gives "
                          "each case's best and the median of the rounds' ratios")
@@ -402,10 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.streams.split(",")]
     cases = [c for c in args.cases.split(",") if c]
     bad = sorted(set(cases) - set(CASES))
-    if bad or not counts or min(counts) < 1 or nbytes < 1024 or args.rounds < 1:
+    if bad or not counts or min(counts) < 1 or nbytes < 1024 or args.rounds < 1 \
+            or args.pool < 1:
         print(f"bench_plain_socket: bad arguments: cases {bad or cases}, streams {counts}, "
-              f"message {nbytes} bytes (cases: {', '.join(CASES)}; streams >= 1; "
-              f"--msg-mib >= 1/1024; --rounds >= 1)", file=sys.stderr)
+              f"message {nbytes} bytes, pool {args.pool} (cases: {', '.join(CASES)}; "
+              f"streams >= 1; --msg-mib >= 1/1024; --rounds >= 1; --pool >= 1)",
+              file=sys.stderr)
         return 2
     try:
         import zmq  # noqa: F401
@@ -421,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         "msg_bytes": nbytes,
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "pool": args.pool,
         "emit_sink": args.emit_sink if "emit" in cases else None,
         "memcpy_gbps": memcpy_gbps(nbytes, args.seconds),
         "tcp_gbps": {},
@@ -438,12 +467,14 @@ def main(argv: list[str] | None = None) -> int:
             # the cases alike, and each round's ratio compares neighbours in time
             run: dict[str, Any] = {"round": r, "streams": n}
             if "tcp" in cases:
-                run["tcp_gbps"], run["tcp_cpu_s_per_gb"] = tcp_gbps(n, nbytes, args.seconds)
+                run["tcp_gbps"], run["tcp_cpu_s_per_gb"] = tcp_gbps(n, nbytes, args.seconds,
+                                                                    args.pool)
             if have_zmq and "zmq" in cases:
-                run["zmq_gbps"], run["zmq_cpu_s_per_gb"] = zmq_gbps(n, nbytes, args.seconds)
+                run["zmq_gbps"], run["zmq_cpu_s_per_gb"] = zmq_gbps(n, nbytes, args.seconds,
+                                                                    args.pool)
             if "emit" in cases:
                 e, run["emit_cpu_s_per_gb"] = emit_gbps(n, nbytes, args.seconds,
-                                                        args.emit_sink)
+                                                        args.emit_sink, args.pool)
                 run["emit_gbps"] = e
                 run["emit_over_tcp"] = _ratio(e, run.get("tcp_gbps"))
                 run["emit_over_zmq"] = _ratio(e, run.get("zmq_gbps"))
@@ -469,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {rows['machine']['cpu']}, {rows['machine']['cores']} cores, "
           f"load average {os.getloadavg()[0]:.1f} at the end")
     print(f"message {nbytes / (1 << 20):.1f} MiB, {args.seconds:g} s per case, "
-          f"{args.rounds} round(s): best GB/s of each case, median of the rounds' ratios "
+          f"{args.pool} buffer(s) per sender, {args.rounds} round(s): best GB/s of each case, median of the rounds' ratios "
           f"and CPU figures (sender CPU: user + system seconds of the sending processes "
           f"per GB received, while the receivers received)")
     print(f"one-thread memcpy: {rows['memcpy_gbps']:.2f} GB/s")
