@@ -107,6 +107,9 @@ def _row(args: argparse.Namespace, model: dict[str, Any], label: str, shape: lis
                               ("received", "processed", "quarantined", "lost", "duplicated")},
         "socket_mb_per_s": (sock.summary.get("throughput") or {}).get("mb_per_s"),
         "device": sock.summary.get("device"),
+        # host buffers pinned at warm-up, and the time spent pinning on each run's clock
+        "random_host_pool": rnd_summary.get("host_pool"),
+        "socket_host_pool": sock.summary.get("host_pool"),
     }
     print(json.dumps(row), flush=True)
     return row

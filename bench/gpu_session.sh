@@ -18,8 +18,9 @@
 # a session can be split over calls of a bounded length. Every step has its own
 # time limit (SIGINT to its process group, then SIGKILL) and the whole session a
 # deadline (TOTAL_S, default 500 s), so one hang cannot eat the rest. Results go
-# to $OUT: env.txt, plain_emit.json, fast_receive.json, svr_streams<N>.json,
-# svr_records.tar.xz (the socket-vs-random runs' batches.csv and summary.json),
+# to $OUT: env.txt, plain_emit.json (senders cycling one buffer) and
+# plain_emit_pool<N>.json (N buffers, for each N in ANCHOR_POOLS, default "1 4"),
+# fast_receive.json, svr_streams<N>.json, svr_records.tar.xz (the socket-vs-random runs' batches.csv and summary.json),
 # scale_8mb.json, scale_236mb.json, summary.txt, session.log (split a session's
 # parts over calls where a call brings back at most 8 files). The summary is
 # printed at the end.
@@ -59,6 +60,7 @@ LOG=$OUT/session.log
 START=$SECONDS
 
 PARTS=${PARTS:-anchor svr ray}
+ANCHOR_POOLS=${ANCHOR_POOLS:-1 4}
 if [ "$SMALL" = 1 ]; then
   STREAMS=1,2; MSG_MIB=1; ANCHOR_S=1
   BATCH=2; SHAPE=1,128,128; SVR_S=3; SVR_STREAMS="1 2"; RX_MIB=50
@@ -88,6 +90,7 @@ fi
   echo "commit: ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   echo "host: $(uname -a)"
   echo "cpus: $(nproc)"
+  lscpu 2>/dev/null | grep -E "^(Model name|L2 cache|L3 cache)" | sed 's/  */ /g'
   echo "python: $("$PY" --version 2>&1)"
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" 2>&1
@@ -137,8 +140,14 @@ step() {
 }
 
 if part anchor; then
-  step anchor_emit 140 "$PY" bench/bench_plain_socket.py --streams "$STREAMS" \
-    --msg-mib "$MSG_MIB" --seconds "$ANCHOR_S" --cases tcp,zmq,emit --json "$OUT/plain_emit.json"
+  # pool 1: every sender reads one cache-hot buffer (the issue's anchor); a larger
+  # pool reads DRAM as a producer of fresh data does (plain_emit_pool<N>.json)
+  for pool in $ANCHOR_POOLS; do
+    name=plain_emit; [ "$pool" = 1 ] || name=plain_emit_pool$pool
+    step "anchor_emit_pool$pool" 140 "$PY" bench/bench_plain_socket.py --streams "$STREAMS" \
+      --msg-mib "$MSG_MIB" --seconds "$ANCHOR_S" --cases tcp,zmq,emit --pool "$pool" \
+      --json "$OUT/$name.json"
+  done
 fi
 
 if part receive; then
@@ -195,32 +204,46 @@ def f(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
 
+def pinned(pool):
+    """host buffers pinned on the run's clock (allocations not reserved at warm-up)
+    and the seconds all pinning took, as n / s"""
+    if not pool:
+        return "-"
+    return f"{pool['allocations'] - pool.get('reserved', 0)} / {pool['alloc_s']:.2f}"
+
+
 env = (out / "env.txt").read_text() if (out / "env.txt").exists() else ""
 print("== summary")
 print("\n".join(l for l in env.splitlines() if l.startswith(("date", "commit", "cpus", "torch", "device"))))
-a = load("plain_emit.json")
-tcp = {}
-if a:
-    tcp = {int(k): v for k, v in a["tcp_gbps"].items()}
+tcp = {}  # the pool-1 anchor's, for the socket-vs-random rows' "/ plain tcp" column
+anchors = [(p.name, load(p.name)) for p in sorted(out.glob("plain_emit*.json"))]
+for name, a in anchors:
+    if not a:
+        continue
+    tcp_a = {int(k): v for k, v in a["tcp_gbps"].items()}
+    if a.get("pool", 1) == 1:
+        tcp = tcp_a
     zmq = {int(k): v for k, v in a["zmq_gbps"].items()}
     emit = {int(k): v for k, v in a.get("emit_gbps", {}).items()}
     cpu = {c: {int(k): v for k, v in a.get(f"{c}_cpu_s_per_gb", {}).items()}
            for c in ("tcp", "zmq", "emit")}
-    print(f"\nanchor and emitter: {a['msg_bytes'] / (1 << 20):.0f} MiB messages, "
-          f"{a['seconds']:g} s per case; one-thread memcpy {a['memcpy_gbps']:.2f} GB/s")
+    print(f"\nanchor and emitter ({name}): {a['msg_bytes'] / (1 << 20):.0f} MiB messages, "
+          f"{a.get('pool', 1)} buffer(s) per sender, "
+          f"{a['seconds']:g} s per case; one-thread memcpy {a['memcpy_gbps']:.2f} GB/s; "
+          f"emit's receivers: {a.get('emit_sink')}")
     print("streams | tcp GB/s | zmq GB/s | emit --processes N GB/s | emit/tcp | emit/zmq "
           "| sender CPU s/GB tcp / zmq / emit")
-    for n in sorted(tcp):
+    for n in sorted(tcp_a):
         e = emit.get(n)
-        print(f"{n:7d} | {f(tcp.get(n)):>8} | {f(zmq.get(n)):>8} | {f(e):>23} | "
-              f"{f(e / tcp[n] if e and tcp.get(n) else None):>8} | "
+        print(f"{n:7d} | {f(tcp_a.get(n)):>8} | {f(zmq.get(n)):>8} | {f(e):>23} | "
+              f"{f(e / tcp_a[n] if e and tcp_a.get(n) else None):>8} | "
               f"{f(e / zmq[n] if e and zmq.get(n) else None):>8} | "
               + " / ".join(f(cpu[c].get(n)) for c in ("tcp", "zmq", "emit")))
-    if 1 in emit and 1 in tcp:
-        print(f"goal 3: one process {emit[1] / tcp[1]:.2f} of one plain TCP stream (>= 0.8); "
-              f"N processes: " + ", ".join(f"{n}: {emit[n] / tcp[n]:.2f}" for n in sorted(emit)
-                                           if n in tcp))
-else:
+    if 1 in emit and 1 in tcp_a:
+        print(f"goal 3: one process {emit[1] / tcp_a[1]:.2f} of one plain TCP stream (>= 0.8); "
+              f"N processes: " + ", ".join(f"{n}: {emit[n] / tcp_a[n]:.2f}" for n in sorted(emit)
+                                           if n in tcp_a))
+if not any(a for _, a in anchors):
     print("\nanchor and emitter: no results (see session.log)")
 fr = load("fast_receive.json")
 if fr:
@@ -233,8 +256,6 @@ if fr:
              f"{fr['into-chunks']['cpu_s_per_gb']:.3f} CPU s/GB" if "into-chunks" in fr else ""))
 else:
     print("\nreceive path alone: no results (see session.log)")
-if a and a.get("emit_sink"):
-    print(f"emit's receivers: {a['emit_sink']}")
 for n in svr_streams:
     rows = load(f"svr_streams{n}.json")
     print(f"\nsocket vs random, {n} stream(s):")
@@ -242,7 +263,8 @@ for n in svr_streams:
         print("  no results (see session.log)")
         continue
     print("layout | batch x shape | random samples/s | socket samples/s | socket/random | "
-          "socket MB/s | / plain tcp same streams | verdict | received/processed/lost")
+          "socket MB/s | / plain tcp same streams | verdict | received/processed/lost | "
+          "pinned in run random, socket (buffers / s of all pinning)")
     for r in rows:
         t = tcp.get(n)
         mbs = r.get("socket_mb_per_s")
@@ -251,7 +273,8 @@ for n in svr_streams:
               f"{f(r['random_samples_per_s'], '.1f')} | {f(r['socket_samples_per_s'], '.1f')} | "
               f"{f(r['ratio'], '.3f')} | {f(mbs, '.0f')} | "
               f"{f(mbs / 1e3 / t if mbs and t else None)} | {r.get('socket_verdict')} | "
-              f"{acc.get('received')}/{acc.get('processed')}/{acc.get('lost')}")
+              f"{acc.get('received')}/{acc.get('processed')}/{acc.get('lost')} | "
+              f"{pinned(r.get('random_host_pool'))}, {pinned(r.get('socket_host_pool'))}")
 for name, what in (("scale_8mb.json", "8 MB batches"), ("scale_236mb.json", "236 MB batches")):
     sc = load(name)
     if not sc:
@@ -261,16 +284,18 @@ for name, what in (("scale_8mb.json", "8 MB batches"), ("scale_236mb.json", "236
     label = (f"PeakNet {model['size']}" if model["kind"] == "peaknet"
              else f"synthetic {model['compute_ms']:g} ms")
     print(f"\nRay layouts, {what}, {label}: random "
-          f"{f(base['samples_per_s'], '.1f')} samples/s")
+          f"{f(base['samples_per_s'], '.1f')} samples/s, pinned in run "
+          f"{pinned(base.get('host_pool'))}")
     print("ranks x receivers x actors | layout | samples/s | MB/s | vs random | GPU busy | "
-          "Q1 mean | verdict | received/processed/lost")
+          "Q1 mean | verdict | received/processed/lost | pinned in run (buffers / s of all "
+          "pinning)")
     for r in sc["rows"]:
         vs = r["samples_per_s"] / base["samples_per_s"] if base.get("samples_per_s") else None
         print(f"{r['ranks']}x{r['receivers']}x{r['actors']} | {r.get('layout', 'production')} | "
               f"{f(r['samples_per_s'], '.1f')} | "
               f"{f(r['mb_per_s'], '.0f')} | {f(vs)} | {f(r['gpu_busy'])} | "
               f"{f(r['q1_mean'])} | {r.get('verdict')} | "
-              f"{r['received']}/{r['processed']}/{r['lost']}")
+              f"{r['received']}/{r['processed']}/{r['lost']} | {pinned(r.get('host_pool'))}")
 EOF
 # the socket-vs-random runs' per-batch records and summaries, for timelines afterwards
 if ls "$WORK"/svr*/*/*/batches.csv >/dev/null 2>&1; then

@@ -288,9 +288,18 @@ class Engine:
         """Worst host/GPU clock alignment error so far, seconds (0 on CPU)."""
         return self._executor.clock_error_s
 
-    def warmup(self, shape: tuple[int, ...], dtype: Any = np.float32, batches: int = 2) -> None:
+    def warmup(self, shape: tuple[int, ...], dtype: Any = np.float32, batches: int = 2,
+               reserve: bool = True) -> None:
         """Run ``batches`` zero batches through, unrecorded (cuDNN
-        autotuning, lazy CUDA init and first allocations then happen here, not in a run)."""
+        autotuning, lazy CUDA init and first allocations then happen here, not in a run).
+        With ``reserve``, first allocate the host pool's buffers for batches of this
+        shape (as many as the pool keeps, ``host_buffers``, each with room for a
+        whole message of such a batch: ``PinnedPool.reserve``): pinning them mid-run
+        would stall the receivers and the CUDA driver for tens of milliseconds per
+        buffer, on the run's clock. Batches of another size are pinned when first met."""
+        if reserve:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            self.pool.reserve(nbytes, self.pool.max_free)
         for i in range(batches):
             arr, release = self.host_array(shape, dtype)
             arr.fill(0)

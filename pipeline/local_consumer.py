@@ -37,7 +37,7 @@ from .ingest import parse_in_actor, parse_in_receiver, producer_thread, random_p
 from .q1 import Q1Sampler, make_q1
 from .receiver import check_bindable, open_receiver
 from .records import RunRecords
-from .summary import device_facts, summary_extra
+from .summary import device_facts, host_pool_stats, summary_extra
 from .zmtp_into import IntoReceiver
 
 __all__ = ["run_local_consumer"]
@@ -186,6 +186,7 @@ def run_local_consumer(
             starvation_warnings=inference.starvation_warnings,
             clock_error_s=getattr(res.engine, "clock_error_s", 0.0),
             ray_address=getattr(res.q1, "address", None),
+            host_pool=host_pool_stats(res.engine),
         )
         summary = res.records.close(extra)
         res.records = None

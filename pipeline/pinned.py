@@ -9,7 +9,11 @@ plain numpy memory with the same interface, so the consumer code is the same.
 ``acquire`` returns an array and a ``release`` callable; release returns the
 memory to the pool (exactly once: a second call raises). A released buffer is
 reused for any later request that fits in it and is at most twice as large, so
-a final partial batch reuses a full batch's buffer. Thread-safe.
+a final partial batch reuses a full batch's buffer. At most ``max_free`` free
+buffers are kept: when a release would keep one more, the buffer released
+longest ago (and not taken since) is dropped, so sizes in use keep their
+buffers and a size no longer asked for ages out. ``reserve`` allocates buffers
+ahead of a run. Thread-safe.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,14 +52,27 @@ class PoolStats:
     bytes_allocated: int = 0
     outstanding: int = 0
     alloc_seconds: float = 0.0  # time spent allocating (pinning) new buffers
+    reserved: int = 0  # of the allocations, those made before the run (up to ``reserve``)
     sizes: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """summary.json's ``host_pool``: the counts, and the buffer sizes as
+        {bytes: how many} rather than a list."""
+        sizes: dict[str, int] = {}
+        for n in self.sizes:
+            sizes[str(n)] = sizes.get(str(n), 0) + 1
+        return {"allocations": self.allocations, "reserved": self.reserved,
+                "reuses": self.reuses, "releases": self.releases,
+                "bytes_allocated": self.bytes_allocated,
+                "alloc_s": round(self.alloc_seconds, 6), "sizes": sizes}
 
 
 class PinnedPool:
     """Host buffers, page-locked when ``pin`` is true; see the module docstring.
 
-    ``max_free`` bounds how many released buffers are kept for reuse; extra ones
-    are dropped (and unpinned by torch's host allocator when garbage collected).
+    ``max_free`` bounds how many released buffers are kept for reuse; beyond it the
+    one released longest ago is dropped (and unpinned by torch's host allocator when
+    garbage collected).
     """
 
     def __init__(self, pin: bool, max_free: int = 16) -> None:
@@ -85,10 +103,10 @@ class PinnedPool:
                 released = True
                 self.stats.releases += 1
                 self.stats.outstanding -= 1
-                if len(self._free) < self.max_free:
-                    self._free.append(buf)
-                else:
-                    self._ranges.pop(buf.address, None)
+                self._free.append(buf)  # the most recently released last
+                if len(self._free) > self.max_free:
+                    old = self._free.pop(0)
+                    self._ranges.pop(old.address, None)
 
         return array, release
 
@@ -122,6 +140,45 @@ class PinnedPool:
             buf = _Buffer(nbytes, np.empty(nbytes, dtype=np.uint8), None)
         self.stats.alloc_seconds += now() - t0
         return buf
+
+    def reserve(self, nbytes: int, count: int, headroom: float = 1 / 64) -> float:
+        """Allocate (pin) buffers until ``count`` free ones (at most ``max_free``) would
+        serve a request of ``nbytes``, so a run that later holds that many at once pins
+        nothing on its clock: pinning a few hundred megabytes takes tens of
+        milliseconds and holds up the CUDA driver meanwhile. New buffers get
+        ``headroom`` more (at least 64 KiB, at most ``nbytes``), so they also take a
+        whole message of that batch (its bytes plus the container's, for a receiver
+        that reads a message into one buffer) as well as the batch. Free buffers that
+        would not serve such a message are dropped first. Every allocation so far counts as ``stats.reserved`` (made
+        before the run). Returns the seconds it took (also in ``stats.alloc_seconds``)."""
+        t0 = now()
+        nbytes = max(int(nbytes), 1)
+        # within twice nbytes, so a batch of exactly nbytes still takes the buffer
+        capacity = nbytes + min(nbytes, max(64 << 10, int(nbytes * headroom)))
+        want = min(int(count), self.max_free)
+        with self._lock:
+            keep, drop = [], []
+            for b in self._free:
+                fits = capacity <= b.capacity <= max(2 * nbytes, 4096)
+                (keep if fits else drop).append(b)
+            for b in drop:
+                self._ranges.pop(b.address, None)
+            self._free = keep
+            have = len(keep)
+        for _ in range(max(0, want - have)):
+            buf = self._allocate(capacity)
+            with self._lock:
+                self.stats.allocations += 1
+                self.stats.bytes_allocated += buf.capacity
+                self.stats.sizes.append(buf.capacity)
+                self._ranges[buf.address] = buf.capacity
+                self._free.append(buf)
+                if len(self._free) > self.max_free:
+                    old = self._free.pop(0)
+                    self._ranges.pop(old.address, None)
+        with self._lock:
+            self.stats.reserved = self.stats.allocations
+        return now() - t0
 
     def owns(self, array: np.ndarray) -> bool:
         """True when ``array``'s memory lies inside a buffer of this pool."""

@@ -62,7 +62,7 @@ from .ingest import parse_in_actor, parse_in_receiver, producer_thread
 from .q1 import LocalQ1, Q1Sampler, Q1Stats, RayQ1, _ray, init_ray
 from .receiver import check_bindable, open_receiver
 from .records import QUARANTINE_HEAD_BYTES, RunRecords
-from .summary import device_facts, summary_extra
+from .summary import device_facts, host_pool_stats, merge_host_pools, summary_extra
 
 __all__ = ["FastInferenceActor", "InferenceActor", "ReceiverActor", "RecordRelay", "replay",
            "run_ray_consumer"]
@@ -298,6 +298,7 @@ class InferenceActor(_Actor):
             "batches": self.relay.batches,
             "reordered": inf.q1_reordered if inf is not None else 0,
             "clock_error_s": getattr(self.engine, "clock_error_s", 0.0),
+            "host_pool": host_pool_stats(self.engine),
             "error": self.error or (repr(run.errors[0]) if run is not None and run.errors
                                     else None),
         }
@@ -566,6 +567,7 @@ class _RayDriver:
             starvation_warnings=self.starvation_warnings,
             clock_error_s=max(r["clock_error_s"] for r in inf_results),
             ray_address=q1.address,
+            host_pool=merge_host_pools([r.get("host_pool") for r in inf_results]),
         )
         extra["ray"] = {
             "actors": True,
@@ -710,6 +712,7 @@ class _FastRayDriver(_RayDriver):
             starvation_warnings=self.starvation_warnings,
             clock_error_s=max(r["clock_error_s"] for r in inf_results),
             ray_address=self.q1.address,
+            host_pool=merge_host_pools([r.get("host_pool") for r in inf_results]),
         )
         extra["ray"] = {
             "actors": True,

@@ -13,7 +13,8 @@ __all__ = ["device_facts", "summary_extra"]
 def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reason: str,
                   device: str, device_description: str, q1_stats: Any, reordered: int,
                   receiver: dict[str, Any] | None, starvation_warnings: int,
-                  clock_error_s: float, ray_address: str | None) -> dict[str, Any]:
+                  clock_error_s: float, ray_address: str | None,
+                  host_pool: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run facts summary.json holds besides the records' own (docs/formats.md)."""
     socket = cfg.mode == "socket"
     return {
@@ -38,8 +39,32 @@ def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reas
         "receiver": receiver,
         "starvation_warnings": starvation_warnings,
         "clock_error_s": clock_error_s,
+        "host_pool": host_pool,
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def host_pool_stats(engine: Any) -> dict[str, Any] | None:
+    """The engine's host buffer pool counters (``PoolStats.as_dict``), or None for an
+    engine without one (a test double)."""
+    stats = getattr(getattr(engine, "pool", None), "stats", None)
+    return stats.as_dict() if hasattr(stats, "as_dict") else None
+
+
+def merge_host_pools(pools: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Several engines' ``host_pool`` records summed (sizes by size), or None when
+    none had one."""
+    have = [p for p in pools if p]
+    if not have:
+        return None
+    out: dict[str, Any] = {k: sum(p[k] for p in have) for k in have[0] if k != "sizes"}
+    out["alloc_s"] = round(out["alloc_s"], 6)
+    sizes: dict[str, int] = {}
+    for p in have:
+        for k, v in p["sizes"].items():
+            sizes[k] = sizes.get(k, 0) + v
+    out["sizes"] = sizes
+    return out
 
 
 def device_facts(engine: Any) -> tuple[str, str]:

@@ -84,6 +84,9 @@ def test_random_mode(tmp_path: Path) -> None:
     assert s["end_reason"] == "count"
     assert 0 < s["gpu_busy_fraction"] <= 1
     assert s["q1"]["samples"] >= 1
+    pool = s["host_pool"]  # reserved at warm-up; every host buffer taken was given back
+    assert pool["reserved"] >= 1 and sum(pool["sizes"].values()) == pool["allocations"]
+    assert pool["allocations"] - pool["reserved"] + pool["reuses"] == pool["releases"]
 
 
 @pytest.mark.integration

@@ -134,6 +134,57 @@ def test_a_consumer_engine_keeps_every_host_buffer_its_run_can_hold():
         assert engine.pool.stats.allocations == 14  # the 50 batches reused them
 
 
+def test_warm_up_reserves_the_host_buffers_a_run_can_hold():
+    """Warm-up allocates (pins, on CUDA) every host buffer the run can hold at once, with
+    room for a whole message of its batch (a receiver reads message bytes, a little
+    more than the batch's), so none is pinned on the run's clock; another size is
+    still allocated when first met."""
+    batch = 4 * 2 * 8192 * 4
+    with Engine(build_model({"kind": "noop"}), device="cpu", buffers=2,
+                host_buffers=6) as engine:
+        engine.warmup((4, 2, 8192), np.float32, batches=2)
+        stats = engine.pool.stats
+        assert stats.allocations == stats.reserved == 6  # the warm-up batches used them
+        [(size, count)] = stats.as_dict()["sizes"].items()
+        assert count == 6 and int(size) >= batch + (64 << 10)
+        held = [engine.host_array((4, 2, 8192), np.float32) for _ in range(3)]
+        held += [engine.host_array((batch + 5000,), np.uint8) for _ in range(3)]  # messages
+        assert engine.pool.stats.allocations == 6  # all six came from the reserve
+        for _, release in held:
+            release()
+        engine.host_array((400, 2, 8192), np.float32)[1]()
+        assert engine.pool.stats.allocations == 7
+        engine.pool.reserve(batch, 6)  # the large one is dropped, one more allocated
+        assert engine.pool.stats.allocations == engine.pool.stats.reserved == 8
+        assert len(engine.pool._free) == 6  # noqa: SLF001
+        engine.pool.reserve(batch, 6)
+        assert engine.pool.stats.allocations == 8  # six free ones of that size: none more
+    with Engine(build_model({"kind": "noop"}), device="cpu", buffers=2,
+                host_buffers=6) as engine:
+        engine.warmup((4, 2, 8), np.float32, batches=2, reserve=False)
+        assert engine.pool.stats.allocations <= 2
+        assert engine.pool.stats.reserved == 0
+
+
+def test_a_full_pool_drops_the_buffer_released_longest_ago():
+    """A pool holding max_free free buffers keeps a newly released one and drops the
+    one released longest ago: a size in use is never allocated again because stale
+    buffers of another size fill the pool."""
+    from simstream.pipeline.pinned import PinnedPool
+
+    pool = PinnedPool(pin=False, max_free=2)
+    old = [pool.acquire((100,), np.uint8) for _ in range(2)]
+    for _, release in old:
+        release()  # two free buffers of a size no longer asked for
+    for _ in range(5):
+        got = [pool.acquire((1000,), np.uint8) for _ in range(2)]
+        for _, release in got:
+            release()
+    assert pool.stats.allocations == 4  # 2 small + 2 large, the large ones reused
+    assert pool.stats.reuses == 8
+    assert all(buf.capacity == 1000 for buf in pool._free)  # noqa: SLF001
+
+
 def test_pool_release_twice_raises():
     with Engine(build_model({"kind": "noop"}), device="cpu") as engine:
         _arr, release = engine.host_array((2, 3), np.float64)

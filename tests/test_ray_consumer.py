@@ -296,6 +296,9 @@ def test_fast_layout_on_ray_receives_inside_the_inference_actor(tmp_path: Path) 
     assert rx["messages"] == 100 and len(rx["per_receiver"]) == 2
     assert [r["messages"] for r in rx["per_receiver"]] == [50, 50]
     assert s["end_reason"] == "idle"
+    # the actor's engine's host buffers: one taken per message, every one given back
+    pool = s["host_pool"]
+    assert pool["allocations"] - pool["reserved"] + pool["reuses"] == pool["releases"] >= 100
     with (out / "batches.csv").open() as f:
         for r in csv.DictReader(f):
             assert float(r["t_q1_put_start"]) <= float(r["t_q1_put_end"]) <= float(r["t_q1_get_end"])

@@ -105,8 +105,8 @@ RECORD_SUMMARY_KEYS = (
 CONSUMER_SUMMARY_KEYS = (
     "wall_s", "t_start", "t_end", "end_reason", "device", "device_description", "mode",
     "transport", "url", "urls", "role", "parse_in", "queue_backend", "ray_address", "buffers",
-    "model", "backpressure_events", "receiver", "starvation_warnings", "clock_error_s", "config",
-    "ray",
+    "model", "backpressure_events", "receiver", "starvation_warnings", "clock_error_s",
+    "host_pool", "config", "ray",
 )
 #: keys the probe adds (simstream.probe)
 PROBE_SUMMARY_KEYS = ("wall_s", "t_start", "t_end", "mode", "device", "stages_seen")
