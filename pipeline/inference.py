@@ -32,24 +32,31 @@ log = logging.getLogger("pipeline.consumer")
 Progress = Callable[[dict[str, Any]], None]
 
 
-def host_buffers_needed(cfg: ConsumerConfig) -> int:
+def host_buffers_needed(cfg: ConsumerConfig, receivers: int | None = None) -> int:
     """The most host batch buffers a run holds at once: Q1 full, every parser slot
     busy, every engine buffer in flight (and one being filled by the random source);
     in the fast layout also one per receiver (each reads its next message into a
-    buffer of the pool while the parser slots are taken)."""
-    receivers = len(cfg.urls) if cfg.mode == "socket" and cfg.layout == "fast" else 0
+    buffer of the pool while the parser slots are taken): ``receivers``, by default
+    one per address."""
+    if receivers is None:
+        receivers = len(cfg.urls) if cfg.mode == "socket" and cfg.layout == "fast" else 0
     return cfg.queue.maxsize + 2 * cfg.parser_threads + cfg.buffers + 1 + receivers
 
 
-def build_engine(cfg: ConsumerConfig) -> Any:
-    """The engine ``cfg`` asks for (model, device, buffers). Raises UsageError for a
-    missing device or a bad model."""
+def build_engine(cfg: ConsumerConfig, host_buffers: int | None = None) -> Any:
+    """The engine ``cfg`` asks for (model, device, buffers), keeping (and reserving at
+    warm-up) ``host_buffers`` host buffers, by default ``host_buffers_needed(cfg)``:
+    an engine fed from elsewhere (production's Ray inference actor, whose batches
+    come out of the object store) passes what it holds itself. Raises UsageError for
+    a missing device or a bad model."""
     from .engine import Engine  # torch
     from .models import build_model  # torch
 
     model = build_model(dict(cfg.model))
+    if host_buffers is None:
+        host_buffers = host_buffers_needed(cfg)
     return Engine(model, device=cfg.device, buffers=cfg.buffers, autocast_bf16=cfg.autocast_bf16,
-                  host_buffers=host_buffers_needed(cfg))
+                  host_buffers=host_buffers)
 
 
 def warm_up(engine: Any, cfg: ConsumerConfig) -> None:

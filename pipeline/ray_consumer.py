@@ -57,7 +57,7 @@ from simstream.errors import UsageError
 from .config import ConsumerConfig
 from .context import Q1Item, StageContext
 from .fast_ingest import fast_rcvbuf, merged_receiver_stats, parse_in_fast
-from .inference import InferenceLoop, build_engine, report_progress, warm_up
+from .inference import InferenceLoop, build_engine, host_buffers_needed, report_progress, warm_up
 from .ingest import parse_in_actor, parse_in_receiver, producer_thread
 from .q1 import LocalQ1, Q1Sampler, Q1Stats, RayQ1, _ray, init_ray
 from .receiver import check_bindable, open_receiver
@@ -263,7 +263,9 @@ class InferenceActor(_Actor):
         device it runs on, or ``{"error": message}`` for a usage error (device, model)."""
         cfg = self.cfg.model_copy(update={"device": self.device})
         try:
-            self.engine = build_engine(cfg)
+            # batches come out of the object store, not this engine's host pool: it
+            # holds only the warm-up's
+            self.engine = build_engine(cfg, host_buffers=cfg.buffers)
         except UsageError as exc:
             return {"error": str(exc)}
         if warmup:
@@ -338,7 +340,8 @@ class FastInferenceActor(InferenceActor):
             if cfg.role == "bind":
                 for url in self.urls:
                     check_bindable(url)
-            self.engine = build_engine(cfg)
+            # Q1 and the parser slots are this actor's own; one receiver per address of its share
+            self.engine = build_engine(cfg, host_buffers_needed(cfg, receivers=len(self.urls)))
             if warmup:
                 warm_up(self.engine, cfg)
             rcvbuf = fast_rcvbuf()

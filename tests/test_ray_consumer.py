@@ -262,6 +262,10 @@ def test_two_receiver_actors_one_inference_actor_account_for_every_message(
     # ranks 0 and 2 go to the first address, 1 and 3 to the second
     assert [r["puts"] for r in rx] == [50, 50]
     assert [i["batches"] for i in s["ray"]["inference"]] == [100]
+    # the inference actor's batches come out of the object store: its engine keeps and
+    # reserves host buffers for its own warm-up only, not for Q1's (held elsewhere)
+    cfg = s["config"]
+    assert s["host_pool"]["allocations"] == s["host_pool"]["reserved"] == cfg["buffers"]
     with (out / "messages.csv").open() as f:
         rows = list(csv.DictReader(f))
     by_receiver = {int(r["index"]) % 2: set() for r in rows}
@@ -297,8 +301,11 @@ def test_fast_layout_on_ray_receives_inside_the_inference_actor(tmp_path: Path) 
     assert [r["messages"] for r in rx["per_receiver"]] == [50, 50]
     assert s["end_reason"] == "idle"
     # the actor's engine's host buffers: one taken per message, every one given back
-    pool = s["host_pool"]
+    pool, cfg = s["host_pool"], s["config"]
     assert pool["allocations"] - pool["reserved"] + pool["reuses"] == pool["releases"] >= 100
+    # reserved at warm-up: Q1, the parser slots, the engine's buffers, one per receiver
+    assert pool["reserved"] == (cfg["queue"]["maxsize"] + 2 * cfg["parser_threads"]
+                                + cfg["buffers"] + 1 + 2)
     with (out / "batches.csv").open() as f:
         for r in csv.DictReader(f):
             assert float(r["t_q1_put_start"]) <= float(r["t_q1_put_end"]) <= float(r["t_q1_get_end"])
