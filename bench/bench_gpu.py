@@ -170,7 +170,7 @@ def bench_h2d(device: torch.device, batch: np.ndarray, repeats: int) -> dict[str
     how, codec = _decoder()
     results["decode_how"] = how
     engine = Engine(build_model({"kind": "noop"}), device=str(device), buffers=2)
-    engine.warmup(batch.shape, batch.dtype)
+    engine.warmup(batch.shape, batch.dtype, reserve=False)  # one batch at a time here
     message = codec.encode({"data": batch}, fields={"data": "/data/data"}) if codec else None
     done: list[Finished] = []
     decode_s = []
@@ -234,7 +234,7 @@ def bench_random_mode(args: argparse.Namespace, device: torch.device, shape: tup
     while True:
         try:
             engine = Engine(model, device=str(device), buffers=args.buffers, autocast_bf16=bf16)
-            engine.warmup((batch, *shape), np.float32, batches=2)
+            engine.warmup((batch, *shape), np.float32, batches=2, reserve=False)
             break
         except torch.cuda.OutOfMemoryError:
             if engine is not None:
