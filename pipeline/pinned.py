@@ -103,12 +103,24 @@ class PinnedPool:
                 released = True
                 self.stats.releases += 1
                 self.stats.outstanding -= 1
-                self._free.append(buf)  # the most recently released last
-                if len(self._free) > self.max_free:
-                    old = self._free.pop(0)
-                    self._ranges.pop(old.address, None)
+                self._keep_free(buf)
 
         return array, release
+
+    def _keep_free(self, buf: _Buffer) -> None:
+        """(Lock held.) ``buf`` joins the free list, the most recently released last;
+        beyond ``max_free`` the one released longest ago is dropped."""
+        self._free.append(buf)
+        if len(self._free) > self.max_free:
+            old = self._free.pop(0)
+            self._ranges.pop(old.address, None)
+
+    def _count_new(self, buf: _Buffer) -> None:
+        """(Lock held.) A buffer just allocated, in the counts and the owned ranges."""
+        self.stats.allocations += 1
+        self.stats.bytes_allocated += buf.capacity
+        self.stats.sizes.append(buf.capacity)
+        self._ranges[buf.address] = buf.capacity
 
     def _take(self, nbytes: int) -> _Buffer:
         with self._lock:
@@ -123,11 +135,8 @@ class PinnedPool:
                 return self._free.pop(best)
         buf = self._allocate(max(nbytes, 1))
         with self._lock:
-            self.stats.allocations += 1
+            self._count_new(buf)
             self.stats.outstanding += 1
-            self.stats.bytes_allocated += buf.capacity
-            self.stats.sizes.append(buf.capacity)
-            self._ranges[buf.address] = buf.capacity
         return buf
 
     def _allocate(self, nbytes: int) -> _Buffer:
@@ -149,8 +158,9 @@ class PinnedPool:
         ``headroom`` more (at least 64 KiB, at most ``nbytes``), so they also take a
         whole message of that batch (its bytes plus the container's, for a receiver
         that reads a message into one buffer) as well as the batch. Free buffers that
-        would not serve such a message are dropped first. Every allocation so far counts as ``stats.reserved`` (made
-        before the run). Returns the seconds it took (also in ``stats.alloc_seconds``)."""
+        would not serve such a message are dropped first. Every allocation so far
+        counts as ``stats.reserved`` (made before the run). Returns the seconds it
+        took (also in ``stats.alloc_seconds``)."""
         t0 = now()
         nbytes = max(int(nbytes), 1)
         # within twice nbytes, so a batch of exactly nbytes still takes the buffer
@@ -168,14 +178,8 @@ class PinnedPool:
         for _ in range(max(0, want - have)):
             buf = self._allocate(capacity)
             with self._lock:
-                self.stats.allocations += 1
-                self.stats.bytes_allocated += buf.capacity
-                self.stats.sizes.append(buf.capacity)
-                self._ranges[buf.address] = buf.capacity
-                self._free.append(buf)
-                if len(self._free) > self.max_free:
-                    old = self._free.pop(0)
-                    self._ranges.pop(old.address, None)
+                self._count_new(buf)
+                self._keep_free(buf)
         with self._lock:
             self.stats.reserved = self.stats.allocations
         return now() - t0

@@ -263,9 +263,9 @@ class InferenceActor(_Actor):
         device it runs on, or ``{"error": message}`` for a usage error (device, model)."""
         cfg = self.cfg.model_copy(update={"device": self.device})
         try:
-            # batches come out of the object store, not this engine's host pool: it
-            # holds only the warm-up's
-            self.engine = build_engine(cfg, host_buffers=cfg.buffers)
+            # batches come out of the object store, not this engine's host pool: it holds
+            # only the batches in flight and, with parse_in: actor, the one being parsed
+            self.engine = build_engine(cfg, host_buffers=cfg.buffers + 1)
         except UsageError as exc:
             return {"error": str(exc)}
         if warmup:

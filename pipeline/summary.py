@@ -7,7 +7,7 @@ from typing import Any
 
 from .config import ConsumerConfig
 
-__all__ = ["device_facts", "summary_extra"]
+__all__ = ["device_facts", "host_pool_stats", "merge_host_pools", "summary_extra"]
 
 
 def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reason: str,

@@ -298,8 +298,10 @@ class Stack:
 
 
 class _FaultRunner:
-    """Applies each fault at its time from ``t0`` and undoes it FOR seconds later.
-    One thread per service, taking that service's faults in time order: a slow
+    """Applies each fault at its time from ``t0`` and undoes it FOR seconds later,
+    counted from when the apply took effect if that was later: a slow docker call
+    (a network disconnect can take seconds on a loaded machine) moves the undo
+    later, never shortens the fault. One thread per service, taking that service's faults in time order: a slow
     docker call (seconds on a loaded machine) delays only the faults of its own
     container, and two faults of one container never overlap (a kill waits for
     the pause before it to be undone). ``stop()`` undoes at once whatever is still
@@ -326,11 +328,15 @@ class _FaultRunner:
         for i in indices:
             fault = self.faults[i]
             try:
-                for at, what in ((fault.at_s, "apply"), (fault.at_s + fault.for_s, "undo")):
-                    if self._halt.wait(max(0.0, self.t0 + at - time.time())):
-                        return
-                    if not self._step(what, fault):
-                        break
+                if self._halt.wait(max(0.0, self.t0 + fault.at_s - time.time())):
+                    return
+                if not self._step("apply", fault):
+                    continue
+                # in effect from when the apply returned, for FOR seconds at least
+                undo_at = max(self.t0 + fault.at_s, time.time()) + fault.for_s
+                if self._halt.wait(max(0.0, undo_at - time.time())):
+                    return
+                self._step("undo", fault)
             finally:
                 with self._lock:
                     self._done.add(i)
