@@ -167,7 +167,8 @@ class PinnedPool:
         capacity = nbytes + min(nbytes, max(64 << 10, int(nbytes * headroom)))
         want = min(int(count), self.max_free)
         with self._lock:
-            keep, drop = [], []
+            keep: list[_Buffer] = []
+            drop: list[_Buffer] = []
             for b in self._free:
                 fits = capacity <= b.capacity <= max(2 * nbytes, 4096)
                 (keep if fits else drop).append(b)

@@ -47,7 +47,7 @@ def summary_extra(cfg: ConsumerConfig, *, t_start: float, t_end: float, end_reas
 def host_pool_stats(engine: Any) -> dict[str, Any] | None:
     """The engine's host buffer pool counters (``PoolStats.as_dict``), or None for an
     engine without one (a test double)."""
-    stats = getattr(getattr(engine, "pool", None), "stats", None)
+    stats: Any = getattr(getattr(engine, "pool", None), "stats", None)
     return stats.as_dict() if hasattr(stats, "as_dict") else None
 
 
