@@ -190,7 +190,10 @@ class Rewriter:
             slot = self._slots.get(name)
             if slot is None:
                 raise KeyError(f"{name!r} is not a rewritable field of this message")
-            arr = np.ascontiguousarray(np.broadcast_to(np.asarray(values, dtype=slot.dtype), slot.shape))
+            arr = np.asarray(values, dtype=slot.dtype)
+            if arr.shape != slot.shape:  # a scalar or one value per event: broadcast
+                arr = np.broadcast_to(arr, slot.shape)
+            arr = np.ascontiguousarray(arr)
             src = arr.reshape(-1).view(np.uint8)
             pos = 0
             for off, n in slot.ranges:
