@@ -51,7 +51,7 @@ from simstream.clock import now
 from simstream.errors import UsageError
 
 from .device import Anchor, GpuClock, resolve_device
-from .pinned import PinnedPool, copy_into, is_pinned
+from .pinned import PinnedPool, copy_into, is_pinned, reserve_budget
 
 
 @dataclass
@@ -296,10 +296,12 @@ class Engine:
         shape (as many as the pool keeps, ``host_buffers``, each with room for a
         whole message of such a batch: ``PinnedPool.reserve``): pinning them mid-run
         would stall the receivers and the CUDA driver for tens of milliseconds per
-        buffer, on the run's clock. Batches of another size are pinned when first met."""
+        buffer, on the run's clock. Batches of another size are pinned when first met.
+        The reserve takes at most half the memory the kernel reports available
+        (``pinned.reserve_budget``); a run that needs more pins the rest as it goes."""
         if reserve:
             nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            self.pool.reserve(nbytes, self.pool.max_free)
+            self.pool.reserve(nbytes, self.pool.max_free, max_bytes=reserve_budget())
         for i in range(batches):
             arr, release = self.host_array(shape, dtype)
             arr.fill(0)

@@ -150,7 +150,8 @@ class PinnedPool:
         self.stats.alloc_seconds += now() - t0
         return buf
 
-    def reserve(self, nbytes: int, count: int, headroom: float = 1 / 64) -> float:
+    def reserve(self, nbytes: int, count: int, headroom: float = 1 / 64,
+                max_bytes: int | None = None) -> float:
         """Allocate (pin) buffers until ``count`` free ones (at most ``max_free``) would
         serve a request of ``nbytes``, so a run that later holds that many at once pins
         nothing on its clock: pinning a few hundred megabytes takes tens of
@@ -159,13 +160,17 @@ class PinnedPool:
         whole message of that batch (its bytes plus the container's, for a receiver
         that reads a message into one buffer) as well as the batch. Free buffers that
         would not serve such a message are dropped first. Every allocation so far
-        counts as ``stats.reserved`` (made before the run). Returns the seconds it
-        took (also in ``stats.alloc_seconds``)."""
+        counts as ``stats.reserved`` (made before the run). ``max_bytes`` bounds what
+        the free buffers may then hold in all (at least one buffer is kept): beyond
+        it the pool allocates as a run needs, as without a reserve. Returns the
+        seconds it took (also in ``stats.alloc_seconds``)."""
         t0 = now()
         nbytes = max(int(nbytes), 1)
         # within twice nbytes, so a batch of exactly nbytes still takes the buffer
         capacity = nbytes + min(nbytes, max(64 << 10, int(nbytes * headroom)))
         want = min(int(count), self.max_free)
+        if max_bytes is not None:
+            want = min(want, max(1, int(max_bytes) // capacity))
         with self._lock:
             keep: list[_Buffer] = []
             drop: list[_Buffer] = []
@@ -202,6 +207,21 @@ class PinnedPool:
             for buf in self._free:
                 self._ranges.pop(buf.address, None)
             self._free.clear()
+
+
+def reserve_budget(fraction: float = 0.5) -> int | None:
+    """How many bytes a warm-up may reserve: ``fraction`` of the memory the kernel
+    says is available (Linux's MemAvailable), or None where that cannot be read.
+    Pinned memory cannot be swapped out, so a reserve for large batches and a deep
+    Q1 must not take the host's memory before the run has shown it needs it."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * fraction)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def is_pinned(array: np.ndarray) -> bool:

@@ -166,6 +166,23 @@ def test_warm_up_reserves_the_host_buffers_a_run_can_hold():
         assert engine.pool.stats.reserved == 0
 
 
+def test_a_reserve_stays_within_its_memory_budget():
+    """A reserve never holds more than ``max_bytes`` (one buffer at least), and the
+    warm-up's budget is a share of the memory the kernel reports available."""
+    from simstream.pipeline.pinned import PinnedPool, reserve_budget
+
+    pool = PinnedPool(pin=False, max_free=10)
+    pool.reserve(1 << 20, 10, max_bytes=3 << 20)
+    assert pool.stats.reserved == 2  # 2 x (1 MiB + 64 KiB) fit in 3 MiB, not 3
+    pool = PinnedPool(pin=False, max_free=10)
+    pool.reserve(1 << 20, 10, max_bytes=0)
+    assert pool.stats.reserved == 1
+    budget = reserve_budget()
+    with open("/proc/meminfo") as fh:
+        avail = next(int(x.split()[1]) * 1024 for x in fh if x.startswith("MemAvailable:"))
+    assert budget is not None and 0 < budget <= avail
+
+
 def test_a_full_pool_drops_the_buffer_released_longest_ago():
     """A pool holding max_free free buffers keeps a newly released one and drops the
     one released longest ago: a size in use is never allocated again because stale
