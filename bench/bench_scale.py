@@ -146,7 +146,8 @@ def run_case(args: argparse.Namespace, workdir: Path, ranks: int, receivers: int
         "emitter_blocked_share": em.get("blocked_share"),
         "verdict": rep.get("verdict"), "confidence": rep.get("confidence"),
         "device": s.get("device_description"), "out": str(out),
-        # host buffers pinned at warm-up, and the time spent pinning on the run's clock
+        # host buffers: how many were pinned at warm-up (reserved), any pinned during
+        # the run, and the time all pinning took
         "host_pool": s.get("host_pool"),
     }
     print(json.dumps(row), file=sys.stderr, flush=True)

@@ -107,7 +107,8 @@ def _row(args: argparse.Namespace, model: dict[str, Any], label: str, shape: lis
                               ("received", "processed", "quarantined", "lost", "duplicated")},
         "socket_mb_per_s": (sock.summary.get("throughput") or {}).get("mb_per_s"),
         "device": sock.summary.get("device"),
-        # host buffers pinned at warm-up, and the time spent pinning on each run's clock
+        # host buffers of each run: pinned at warm-up (reserved) or during the run, and
+        # the time all pinning took
         "random_host_pool": rnd_summary.get("host_pool"),
         "socket_host_pool": sock.summary.get("host_pool"),
     }

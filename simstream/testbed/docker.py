@@ -298,14 +298,13 @@ class Stack:
 
 
 class _FaultRunner:
-    """Applies each fault at its time from ``t0`` and undoes it FOR seconds later,
-    counted from when the apply took effect if that was later: a slow docker call
-    (a network disconnect can take seconds on a loaded machine) moves the undo
-    later, never shortens the fault. One thread per service, taking that service's faults in time order: a slow
-    docker call (seconds on a loaded machine) delays only the faults of its own
-    container, and two faults of one container never overlap (a kill waits for
-    the pause before it to be undone). ``stop()`` undoes at once whatever is still
-    applied. Records every step."""
+    """Applies each fault at its time from ``t0`` and undoes it FOR seconds after the
+    apply returned: a slow docker call (a network disconnect can take seconds on a
+    loaded machine) moves the undo later, never shortens the fault. One thread per
+    service, taking that service's faults in time order: a slow docker call delays
+    only the faults of its own container, and two faults of one container never
+    overlap (a kill waits for the pause before it to be undone). ``stop()`` undoes at
+    once whatever is still applied. Records every step."""
 
     def __init__(self, stack: Stack, faults: list[Fault], t0: float) -> None:
         self.stack, self.t0, self.faults = stack, t0, list(faults)
@@ -332,8 +331,7 @@ class _FaultRunner:
                     return
                 if not self._step("apply", fault):
                     continue
-                # in effect from when the apply returned, for FOR seconds at least
-                undo_at = max(self.t0 + fault.at_s, time.time()) + fault.for_s
+                undo_at = time.time() + fault.for_s  # in effect from when the apply returned
                 if self._halt.wait(max(0.0, undo_at - time.time())):
                     return
                 self._step("undo", fault)
